@@ -1,0 +1,1 @@
+"""Small I/O helpers: atomic writes and raster windows/profiles."""

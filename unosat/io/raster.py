@@ -1,0 +1,173 @@
+"""Raster reading and writing around windows and profiles.
+
+Conventions: arrays are ``(bands, rows, cols)`` when they come from rasterio and ``(rows, cols, bands)``
+when they come from a memory map of a pixel-interleaved stack. Windows are :class:`rasterio.windows.Window`
+in pixel units of the raster they refer to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.errors import RasterioError
+from rasterio.transform import Affine
+from rasterio.windows import Window
+
+from unosat.errors import UnosatError
+
+#: GDAL block cache for streamed writes (bytes). GDAL's default (5 % of RAM) would let dirty blocks of a
+#: large scene pile up in memory; streaming needs only a few rows of blocks.
+GDAL_CACHE_BYTES = 64 * 1024 * 1024
+
+
+def gdal_env(**options) -> rasterio.Env:
+    """A rasterio environment with a bounded block cache (plus any GDAL ``options``)."""
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, **options)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A raster grid: CRS, affine transform (map units per pixel) and size in pixels."""
+
+    crs: CRS | None
+    transform: Affine
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, src: rasterio.io.DatasetReader) -> Grid:
+        return cls(src.crs, src.transform, src.width, src.height)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(rows, cols)``."""
+        return (self.height, self.width)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """``(left, bottom, right, top)`` in CRS units."""
+        return tuple(rasterio.transform.array_bounds(self.height, self.width, self.transform))
+
+    def differences(self, other: Grid, atol: float = 1e-6) -> list[str]:
+        """What differs between two grids, in words (empty when they are the same grid)."""
+        out = []
+        if (self.crs is None) != (other.crs is None) or (self.crs is not None and self.crs != other.crs):
+            out.append(f"CRS {_crs_name(self.crs)} vs {_crs_name(other.crs)}")
+        if (self.width, self.height) != (other.width, other.height):
+            out.append(f"size {self.width}x{self.height} vs {other.width}x{other.height} px")
+        if not self.transform.almost_equals(other.transform, precision=atol):
+            out.append(f"transform {tuple(self.transform)[:6]} vs {tuple(other.transform)[:6]}")
+        return out
+
+    def to_json(self) -> dict:
+        return {
+            "crs": self.crs.to_wkt() if self.crs else None,
+            "transform": list(self.transform)[:6],
+            "width": self.width,
+            "height": self.height,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> Grid:
+        return cls(CRS.from_wkt(d["crs"]) if d["crs"] else None, Affine(*d["transform"]), d["width"], d["height"])
+
+
+def _crs_name(crs: CRS | None) -> str:
+    if crs is None:
+        return "none"
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else crs.to_string()
+
+
+@contextlib.contextmanager
+def open_raster(path: Path | str) -> Iterator[rasterio.io.DatasetReader]:
+    """Open a raster for reading; an unreadable file raises :class:`UnosatError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UnosatError(f"{path}: file not found")
+    try:
+        src = rasterio.open(path)
+    except RasterioError as err:
+        raise UnosatError(f"{path}: not a readable raster ({_first_line(err)})") from None
+    with src:
+        yield src
+
+
+def read_window(src: rasterio.io.DatasetReader, window: Window, indexes=None, **kwargs) -> np.ndarray:
+    """``src.read`` that turns a truncated or corrupt file into :class:`UnosatError` naming the file."""
+    try:
+        return src.read(indexes, window=window, **kwargs)
+    except RasterioError as err:
+        raise UnosatError(f"{src.name}: cannot read pixels, the file is truncated or corrupt ({_first_line(err)})") from None
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def row_blocks(height: int, rows: int) -> Iterator[tuple[int, int]]:
+    """``(row_off, n_rows)`` blocks of at most ``rows`` rows that cover ``height`` rows top to bottom."""
+    if rows <= 0:
+        raise ValueError(f"block rows must be positive, got {rows}")
+    for r in range(0, height, rows):
+        yield r, min(rows, height - r)
+
+
+def stack_profile(grid: Grid, count: int, dtype: str, nodata: float | int | None) -> dict:
+    """Profile of an uncompressed, pixel-interleaved, row-striped GeoTIFF.
+
+    Written top to bottom with full-width windows, such a file keeps its pixels in one contiguous
+    ``(rows, cols, bands)`` block, which :func:`memmap_geotiff` maps without decoding; GIS software opens
+    it as any GeoTIFF.
+    """
+    return {
+        "driver": "GTiff",
+        "width": grid.width,
+        "height": grid.height,
+        "count": count,
+        "dtype": dtype,
+        "crs": grid.crs,
+        "transform": grid.transform,
+        "nodata": nodata,
+        "interleave": "pixel",
+        "tiled": False,
+        "compress": None,
+        "BIGTIFF": "IF_SAFER",
+    }
+
+
+def memmap_geotiff(path: Path | str) -> np.ndarray | None:
+    """Memory-map the pixels of an uncompressed, contiguous, pixel-interleaved GeoTIFF.
+
+    Returns a read-only ``(rows, cols, bands)`` array, or ``None`` when the file's pixels are not one
+    contiguous block (compressed, tiled, band-interleaved, or strips written out of order): callers then
+    fall back to rasterio windowed reads.
+    """
+    import tifffile
+
+    path = Path(path)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            if page.compression != 1 or page.is_tiled or (page.samplesperpixel > 1 and page.planarconfig != 1):
+                return None
+            offsets = np.asarray(page.dataoffsets, dtype=np.int64)
+            counts = np.asarray(page.databytecounts, dtype=np.int64)
+            dtype = page.dtype.newbyteorder(tif.byteorder)
+            rows, cols = page.imagelength, page.imagewidth
+            bands = page.samplesperpixel
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError):
+        return None
+    if len(offsets) == 0 or not np.array_equal(offsets[1:], offsets[:-1] + counts[:-1]):
+        return None
+    if int(counts.sum()) != rows * cols * bands * dtype.itemsize:
+        return None
+    if path.stat().st_size < int(offsets[0]) + int(counts.sum()):
+        return None
+    return np.memmap(path, dtype=dtype, mode="r", offset=int(offsets[0]), shape=(rows, cols, bands))

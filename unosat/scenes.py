@@ -1,0 +1,242 @@
+"""Scenes: one Sentinel-1 acquisition of one city, and their discovery under a raw-data directory.
+
+The default naming is the UNOSAT challenge's (S1Tiling output)::
+
+    <City>_2015/.../s1a_<MGRS>_<vh|vv>_<ASC|DES>_<YYYYMMDD>t<HHMMSS>.tif
+
+(orbit direction and time may be missing: ``s1a_38SLF_vh_20150426.tif``). VV and VH files with the same
+city, MGRS id, date, time and pass form one scene. Other datasets configure a filename pattern with named
+groups, or one multi-band file per scene with a band order.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from unosat.errors import UnosatError
+
+POLARISATIONS = ("vh", "vv")
+RASTER_SUFFIXES = (".tif", ".tiff", ".TIF", ".TIFF")
+#: Files that belong to a vector dataset but are not one (shapefile sidecars and the like).
+VECTOR_SIDECARS = {".dbf", ".shx", ".prj", ".cpg", ".qix", ".sbn", ".sbx", ".xml", ".qmd", ".aux", ".lock"}
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One acquisition: where it is, what it is.
+
+    ``date`` is ``YYYYMMDD``, ``time`` ``HHMMSS`` (or None), ``orbit_pass`` ``ASC``/``DES`` (or None).
+    ``sources`` maps a polarisation to ``(path, band index)`` (1-based band index in that file), so paired
+    files and multi-band files are read the same way.
+    """
+
+    city: str
+    mgrs: str
+    date: str
+    time: str | None
+    orbit_pass: str | None
+    sources: dict[str, tuple[Path, int]] = field(compare=False, hash=False)
+
+    @property
+    def scene_id(self) -> str:
+        """The identity that names every derived file: ``<MGRS>_<YYYYMMDD>[t<HHMMSS>][_<pass>]``."""
+        sid = f"{self.mgrs}_{self.date}"
+        if self.time:
+            sid += f"t{self.time}"
+        if self.orbit_pass:
+            sid += f"_{self.orbit_pass}"
+        return sid
+
+    @property
+    def vh(self) -> Path:
+        return self.sources["vh"][0]
+
+    @property
+    def vv(self) -> Path:
+        return self.sources["vv"][0]
+
+    @property
+    def files(self) -> list[Path]:
+        """The distinct files this scene reads."""
+        return sorted({p for p, _ in self.sources.values()})
+
+    def fields(self) -> dict[str, str]:
+        """Fields available to filename templates (``{city}``, ``{mgrs}``, ``{date}``, ``{scene_id}``...)."""
+        return {
+            "city": self.city,
+            "mgrs": self.mgrs,
+            "date": self.date,
+            "time": self.time or "",
+            "pass": self.orbit_pass or "",
+            "scene_id": self.scene_id,
+        }
+
+    def to_record(self) -> dict:
+        return {
+            "scene_id": self.scene_id,
+            "city": self.city,
+            "mgrs": self.mgrs,
+            "date": self.date,
+            "time": self.time or "",
+            "pass": self.orbit_pass or "",
+            "vh_path": str(self.sources["vh"][0]),
+            "vh_band": self.sources["vh"][1],
+            "vv_path": str(self.sources["vv"][0]),
+            "vv_band": self.sources["vv"][1],
+        }
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    """How scenes are found under ``raw_dir``.
+
+    Args:
+        layout: ``pairs`` (one file per polarisation, the UNOSAT layout) or ``multiband`` (one file per
+            scene holding both polarisations).
+        pattern: regular expression matched against each file name. Named groups: ``mgrs`` and ``date``
+            (required), ``pol`` (required for ``pairs``), ``pass``, ``time``, ``city`` (optional).
+        city_pattern: regular expression with a ``city`` group, matched against the file's path relative to
+            ``raw_dir`` (POSIX separators) when ``pattern`` has no ``city`` group.
+        band_order: for ``multiband``: the polarisation of each band, e.g. ``[vv, vh]``.
+        exclude: substrings; files whose name contains one are skipped (e.g. ``_BorderMask``).
+    """
+
+    layout: str = "pairs"
+    pattern: str = (
+        r"(?i)^s1[ab]_(?P<mgrs>\d{2}[a-z]{3})_(?P<pol>vv|vh)(?:_(?P<pass>asc|des))?_(?P<date>\d{8})"
+        r"(?:t(?P<time>\d{6}))?\.tiff?$"
+    )
+    city_pattern: str = r"^(?P<city>[^/_]+)"
+    band_order: tuple[str, ...] = ("vv", "vh")
+    exclude: tuple[str, ...] = ("_BorderMask",)
+
+    def __post_init__(self):
+        if self.layout not in ("pairs", "multiband"):
+            raise UnosatError(f"discovery.layout must be 'pairs' or 'multiband', got '{self.layout}'")
+        try:
+            rx = re.compile(self.pattern)
+            crx = re.compile(self.city_pattern)
+        except re.error as err:
+            raise UnosatError(f"discovery pattern is not a valid regular expression: {err}") from None
+        required = {"mgrs", "date"} | ({"pol"} if self.layout == "pairs" else set())
+        missing = required - set(rx.groupindex)
+        if missing:
+            raise UnosatError(f"discovery.pattern lacks the named group(s) {sorted(missing)}: {self.pattern}")
+        if "city" not in rx.groupindex and "city" not in crx.groupindex:
+            raise UnosatError("discovery: neither pattern nor city_pattern has a named group 'city'")
+        if self.layout == "multiband":
+            order = [b.lower() for b in self.band_order]
+            if sorted(order) != sorted(set(order)) or not set(POLARISATIONS) <= set(order):
+                raise UnosatError(f"discovery.band_order must name 'vh' and 'vv' once each, got {list(self.band_order)}")
+
+
+def discover_scenes(raw_dir: Path | str, config: DiscoveryConfig | None = None) -> list[Scene]:
+    """All scenes under ``raw_dir``, sorted by city then scene id.
+
+    Raises :class:`UnosatError` when ``raw_dir`` is missing or holds no scene, when a VV file has no VH
+    partner (or the reverse), or when two files claim the same polarisation of one scene.
+    """
+    config = config or DiscoveryConfig()
+    raw_dir = Path(raw_dir)
+    if not raw_dir.is_dir():
+        raise UnosatError(f"raw_dir {raw_dir} does not exist or is not a directory")
+    rx = re.compile(config.pattern)
+    crx = re.compile(config.city_pattern)
+
+    groups: dict[tuple, dict[str, tuple[Path, int]]] = defaultdict(dict)
+    n_rasters = 0
+    for path in sorted(raw_dir.rglob("*")):
+        if path.suffix not in RASTER_SUFFIXES or not path.is_file() or path.name.startswith("."):
+            continue
+        n_rasters += 1
+        if any(x in path.name for x in config.exclude):
+            continue
+        m = rx.search(path.name)
+        if not m:
+            continue
+        gd = m.groupdict()
+        rel = path.relative_to(raw_dir).as_posix()
+        city = gd.get("city")
+        if not city:
+            cm = crx.search(rel)
+            if not cm or not cm.group("city"):
+                raise UnosatError(f"{path}: cannot tell the city from its path with city_pattern '{config.city_pattern}'")
+            city = cm.group("city")
+        key = (
+            city,
+            gd["mgrs"].upper(),
+            gd["date"],
+            gd.get("time") or None,
+            gd["pass"].upper() if gd.get("pass") else None,
+        )
+        if config.layout == "pairs":
+            pols = {gd["pol"].lower(): (path, 1)}
+        else:
+            order = [b.lower() for b in config.band_order]
+            pols = {p: (path, order.index(p) + 1) for p in POLARISATIONS}
+        for pol, src in pols.items():
+            if pol in groups[key]:
+                other = groups[key][pol][0]
+                raise UnosatError(
+                    f"two files for the {pol.upper()} polarisation of one scene: {other} and {path}"
+                )
+            groups[key][pol] = src
+
+    if not groups:
+        if n_rasters == 0:
+            raise UnosatError(f"raw_dir {raw_dir} holds no GeoTIFF (*.tif) files")
+        raise UnosatError(
+            f"raw_dir {raw_dir}: none of its {n_rasters} GeoTIFF files matches discovery.pattern {config.pattern}"
+        )
+
+    scenes = []
+    for (city, mgrs, date, time, orbit_pass), sources in groups.items():
+        for pol in POLARISATIONS:
+            if pol not in sources:
+                other_pol = "vv" if pol == "vh" else "vh"
+                raise UnosatError(
+                    f"{sources[other_pol][0]}: no matching {pol.upper()} file for this {other_pol.upper()} file "
+                    f"(expected the same name with '{pol}' in place of '{other_pol}')"
+                )
+        scenes.append(Scene(city, mgrs, date, time, orbit_pass, dict(sources)))
+    scenes.sort(key=lambda s: (s.city, s.scene_id))
+    ids = [s.scene_id for s in scenes]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise UnosatError(f"scene id(s) {dupes} appear in more than one city folder under {raw_dir}")
+    return scenes
+
+
+def find_label_file(search_dirs: Sequence[Path | str], template: str, scene: Scene) -> Path | None:
+    """The vector label file for ``scene``: a file whose stem is ``template`` filled with the scene's fields.
+
+    The default template ``{mgrs}_{city}`` finds ``38SLF_Mosul.shp`` (or ``.gpkg``, ``.geojson``...).
+    Shapefile sidecars are ignored. Returns None when there is none; raises when several formats compete.
+    """
+    stem = template.format(**scene.fields())
+    found: list[Path] = []
+    for d in search_dirs:
+        d = Path(d)
+        if d.is_dir():
+            found += [p for p in d.rglob(f"{stem}.*") if p.is_file() and p.suffix.lower() not in VECTOR_SIDECARS
+                      and p.suffix not in RASTER_SUFFIXES and not p.name.startswith(".")]
+    found = sorted(set(found))
+    if len(found) > 1:
+        raise UnosatError(f"several label files for {scene.city} ({scene.mgrs}): {[str(p) for p in found]}")
+    return found[0] if found else None
+
+
+def find_raster_label(search_dirs: Sequence[Path | str], template: str, scene: Scene) -> Path | None:
+    """The mask GeoTIFF for ``scene`` whose name is ``template`` filled with the scene's fields."""
+    name = template.format(**scene.fields())
+    for d in search_dirs:
+        found = sorted(p for p in Path(d).rglob(name) if p.is_file())
+        if len(found) > 1:
+            raise UnosatError(f"several mask files named {name}: {[str(p) for p in found]}")
+        if found:
+            return found[0]
+    return None
