@@ -7,12 +7,9 @@ names the file (or config key) and the problem. Entry points print that message 
 from __future__ import annotations
 
 import functools
-import logging
 import sys
 from collections.abc import Callable
 from typing import TypeVar
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -33,7 +30,6 @@ def exit_on_user_error(func: Callable[..., T]) -> Callable[..., T]:
         try:
             return func(*args, **kwargs)
         except UnosatError as err:
-            log.error("%s", err)
             print(f"error: {err}", file=sys.stderr, flush=True)
             raise SystemExit(1) from None
 

@@ -103,6 +103,8 @@ class DiscoveryConfig:
             ``raw_dir`` (POSIX separators) when ``pattern`` has no ``city`` group.
         band_order: for ``multiband``: the polarisation of each band, e.g. ``[vv, vh]``.
         exclude: substrings; files whose name contains one are skipped (e.g. ``_BorderMask``).
+        units: units of the input rasters, ``linear`` (power; the UNOSAT data) or ``db``.
+        nodata_values: values meaning "no data" in either polarisation (NaN and infinity always do).
     """
 
     layout: str = "pairs"
@@ -113,8 +115,15 @@ class DiscoveryConfig:
     city_pattern: str = r"^(?P<city>[^/_]+)"
     band_order: tuple[str, ...] = ("vv", "vh")
     exclude: tuple[str, ...] = ("_BorderMask",)
+    units: str = "linear"
+    nodata_values: tuple[float, ...] = (0.0, -99999.0)
 
     def __post_init__(self):
+        object.__setattr__(self, "band_order", tuple(self.band_order))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        object.__setattr__(self, "nodata_values", tuple(float(v) for v in self.nodata_values))
+        if self.units not in ("linear", "db"):
+            raise UnosatError(f"discovery.units must be 'linear' or 'db', got '{self.units}'")
         if self.layout not in ("pairs", "multiband"):
             raise UnosatError(f"discovery.layout must be 'pairs' or 'multiband', got '{self.layout}'")
         try:

@@ -8,7 +8,7 @@ in pixel units of the raster they refer to.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,3 +171,42 @@ def memmap_geotiff(path: Path | str) -> np.ndarray | None:
     if path.stat().st_size < int(offsets[0]) + int(counts.sum()):
         return None
     return np.memmap(path, dtype=dtype, mode="r", offset=int(offsets[0]), shape=(rows, cols, bands))
+
+
+#: GeoTIFF metadata tag holding the JSON parameters an output was made with (see :mod:`unosat.prepare.outputs`).
+PARAMS_TAG = "UNOSAT_PARAMS"
+
+
+def write_rows(
+    path: Path | str,
+    profile: dict,
+    blocks: Iterator[tuple[int, np.ndarray]],
+    tags: dict[str, str] | None = None,
+    band_descriptions: list[str] | None = None,
+    late_tags: Callable[[], dict[str, str]] | None = None,
+) -> None:
+    """Write a raster atomically from ``(row_off, array)`` blocks given top to bottom.
+
+    ``array`` is ``(bands, rows, cols)`` with ``cols == profile['width']``. ``late_tags`` is called once
+    every block is written (for figures known only then, e.g. pixel counts). The file appears under
+    ``path`` only when complete (see :mod:`unosat.io.atomic`).
+    """
+    from unosat.io.atomic import atomic_path
+
+    with gdal_env(), atomic_path(path) as tmp:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            if tags:
+                dst.update_tags(**tags)
+            if band_descriptions:
+                for i, d in enumerate(band_descriptions, start=1):
+                    dst.set_band_description(i, d)
+            next_row = 0
+            for row_off, block in blocks:
+                if row_off != next_row:
+                    raise ValueError(f"blocks must come top to bottom: expected row {next_row}, got {row_off}")
+                dst.write(block, window=Window(0, row_off, profile["width"], block.shape[-2]))
+                next_row = row_off + block.shape[-2]
+            if next_row != profile["height"]:
+                raise ValueError(f"blocks covered {next_row} of {profile['height']} rows")
+            if late_tags:
+                dst.update_tags(**late_tags())

@@ -1,0 +1,109 @@
+"""Step ``bands``: VV/VH GeoTIFFs of a scene -> one band stack GeoTIFF, streamed by row blocks.
+
+The stack keeps the scene's CRS and transform; nodata (any configured nodata value, NaN or infinity in
+either polarisation) becomes NaN in every band, the one nodata mask carried with the scene.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rasterio.windows import Window
+
+from unosat.bands import BandRecipe, polarisations_to_stack
+from unosat.errors import UnosatError
+from unosat.io.raster import PARAMS_TAG, Grid, open_raster, read_window, row_blocks, stack_profile, write_rows
+from unosat.prepare.outputs import file_identity, needs_work
+from unosat.scenes import Scene
+
+
+@dataclass(frozen=True)
+class BandStackTask:
+    """Everything one worker needs to make one scene's stack (picklable)."""
+
+    scene: Scene
+    out_path: Path
+    recipe: BandRecipe
+    nodata_values: tuple[float, ...]
+    input_units: str
+    block_rows: int
+    overwrite: bool
+
+
+def scene_grid(scene: Scene) -> Grid:
+    """The grid shared by a scene's VV and VH files; error naming both files if they differ."""
+    grids = {}
+    for pol in ("vh", "vv"):
+        path, band = scene.sources[pol]
+        with open_raster(path) as src:
+            if band > src.count:
+                raise UnosatError(f"{path}: has {src.count} band(s), the {pol.upper()} band {band} does not exist")
+            grids[pol] = Grid.of(src)
+    for pol, grid in grids.items():
+        if grid.crs is None:
+            raise UnosatError(f"{scene.sources[pol][0]}: the raster has no CRS")
+    diff = grids["vh"].differences(grids["vv"])
+    if diff:
+        raise UnosatError(
+            f"VH and VV of scene {scene.scene_id} are not on the same grid: {scene.vh} vs {scene.vv} differ in "
+            + "; ".join(diff)
+        )
+    return grids["vv"]
+
+
+def stack_params(task: BandStackTask) -> dict:
+    return {
+        "step": "bands",
+        "scene_id": task.scene.scene_id,
+        "recipe": task.recipe.to_dict(),
+        "nodata_values": [float(v) for v in task.nodata_values],
+        "input_units": task.input_units,
+        "sources": {pol: {**file_identity(p), "band": b} for pol, (p, b) in sorted(task.scene.sources.items())},
+    }
+
+
+def make_band_stack(task: BandStackTask) -> dict:
+    """Write the scene's band stack (skipped when already done with the same parameters).
+
+    Returns the scene record: identity, grid, and pixel counts (valid, nodata, non-finite).
+    """
+    scene = task.scene
+    grid = scene_grid(scene)
+    params = stack_params(task)
+    record = {**scene.to_record(), "height": grid.height, "width": grid.width,
+              "crs": grid.crs.to_string(), "transform": json.dumps(list(grid.transform)[:6])}
+    if not needs_work(task.out_path, params, task.overwrite):
+        with open_raster(task.out_path) as src:
+            counts = json.loads(src.tags()["UNOSAT_COUNTS"])
+        return {**record, **counts, "skipped": True}
+
+    counts = {"n_valid": 0, "n_nodata": 0, "n_nonfinite": 0}
+    profile = stack_profile(grid, task.recipe.count, "float32", float("nan"))
+
+    with open_raster(scene.sources["vh"][0]) as src_vh, open_raster(scene.sources["vv"][0]) as src_vv:
+
+        def blocks() -> Iterator[tuple[int, np.ndarray]]:
+            for row_off, rows in row_blocks(grid.height, task.block_rows):
+                window = Window(0, row_off, grid.width, rows)
+                vh = read_window(src_vh, window, scene.sources["vh"][1])
+                vv = read_window(src_vv, window, scene.sources["vv"][1])
+                stack, valid, n_nonfinite = polarisations_to_stack(
+                    vh, vv, task.recipe, task.nodata_values, task.input_units
+                )
+                n_valid = int(valid.sum())
+                counts["n_valid"] += n_valid
+                counts["n_nodata"] += valid.size - n_valid
+                counts["n_nonfinite"] += n_nonfinite
+                yield row_off, stack
+
+        tags = {
+            PARAMS_TAG: json.dumps(params, sort_keys=True),
+            "UNOSAT_SCENE": json.dumps(scene.to_record()),
+        }
+        write_rows(task.out_path, profile, blocks(), tags, list(task.recipe.bands),
+                   late_tags=lambda: {"UNOSAT_COUNTS": json.dumps(counts)})
+    return {**record, **counts, "skipped": False}

@@ -1,0 +1,241 @@
+"""Step ``report``: an exploratory report of a prepared dataset, in ``<out_dir>/report/``.
+
+Figures: a quicklook per scene (VV or the first band, in dB, with the label outline and the nodata area),
+backscatter histograms of building vs background pixels per band, the target-ratio distribution per city,
+and the nodata fraction per scene; ``report.md`` links them with summary tables.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from rasterio.enums import Resampling  # noqa: E402
+from rasterio.windows import Window  # noqa: E402
+
+from unosat.bands import BandRecipe, to_db  # noqa: E402
+from unosat.classes import BUILDING, IGNORE_INDEX  # noqa: E402
+from unosat.io.atomic import atomic_path, write_text_atomic  # noqa: E402
+from unosat.io.raster import open_raster, read_window  # noqa: E402
+from unosat.prepared import PreparedDataset  # noqa: E402
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """``quicklook_px``: longest side of quicklooks; ``samples_per_class``: pixels per class and scene kept
+    for the histograms; ``tiles_per_scene``: train tiles read per scene to draw those samples; ``seed``."""
+
+    quicklook_px: int = 1024
+    samples_per_class: int = 20000
+    tiles_per_scene: int = 8
+    histogram_bins: int = 80
+    dpi: int = 110
+    seed: int = 0
+
+
+def save_figure(fig: plt.Figure, path: Path, dpi: int) -> None:
+    """Save a matplotlib figure atomically as PNG and close it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
+def display_db(values: np.ndarray, recipe: BandRecipe) -> np.ndarray:
+    """Band values in dB for display (linear recipes are converted; dB recipes are returned as they are)."""
+    return values if recipe.units == "db" else to_db(values)
+
+
+def decimated_mask(src, factor: int, rows_per_read: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """``(building, nodata)`` booleans of a mask decimated by ``factor``, read by row blocks.
+
+    A decimated pixel is building if any of its ``factor`` x ``factor`` pixels is (small buildings stay
+    visible), nodata if most of them are ignore (255).
+    """
+    out_h, out_w = math.ceil(src.height / factor), math.ceil(src.width / factor)
+    building = np.zeros((out_h, out_w), dtype=bool)
+    nodata = np.zeros((out_h, out_w), dtype=bool)
+    step = rows_per_read * factor
+    for row_off in range(0, src.height, step):
+        n = min(step, src.height - row_off)
+        block = read_window(src, Window(0, row_off, src.width, n), 1)
+        pad = np.full((math.ceil(n / factor) * factor, out_w * factor), IGNORE_INDEX, dtype=block.dtype)
+        pad[:n, : src.width] = block
+        cells = pad.reshape(pad.shape[0] // factor, factor, out_w, factor)
+        r0 = row_off // factor
+        building[r0 : r0 + cells.shape[0]] = (cells == BUILDING).any(axis=(1, 3))
+        nodata[r0 : r0 + cells.shape[0]] = (cells == IGNORE_INDEX).mean(axis=(1, 3)) > 0.5
+    return building, nodata
+
+
+def quicklook(dataset: PreparedDataset, scene_id: str, recipe: BandRecipe, config: ReportConfig, path: Path) -> None:
+    """Quicklook PNG of one scene: VV (or band 1) in dB, label outline in yellow, nodata area in red."""
+    band = recipe.bands.index("vv") + 1 if "vv" in recipe.bands else 1
+    with open_raster(dataset.mask_path(scene_id)) as src:
+        factor = max(1, math.ceil(max(src.height, src.width) / config.quicklook_px))
+        building, nodata = decimated_mask(src, factor)
+    shape = building.shape
+    with open_raster(dataset.bands_path(scene_id)) as src:
+        image = src.read(band, out_shape=shape, resampling=Resampling.average)
+    nodata |= ~np.isfinite(image)
+    shown = display_db(image, recipe)
+    finite = shown[np.isfinite(shown)]
+    lo, hi = np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0)
+    fig, ax = plt.subplots(figsize=(7, 7 * shape[0] / shape[1]))
+    ax.imshow(np.where(nodata, np.nan, shown), cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+    if building.any():
+        ax.contour(building.astype(float), levels=[0.5], colors="yellow", linewidths=0.4)
+    overlay = np.zeros((*shape, 4))
+    overlay[nodata] = (1.0, 0.0, 0.0, 0.35)
+    ax.imshow(overlay, interpolation="nearest")
+    ax.set_title(f"{scene_id}: {recipe.bands[band - 1]} (dB), labels (yellow), nodata (red)", fontsize=9)
+    ax.set_axis_off()
+    save_figure(fig, path, config.dpi)
+
+
+def sample_pixels(dataset: PreparedDataset, tiles: pd.DataFrame, config: ReportConfig, n_bands: int) -> dict:
+    """Pixels of building and background, per band, sampled from a few train tiles of every scene."""
+    rng = np.random.default_rng(config.seed)
+    samples = {0: [], BUILDING: []}
+    for scene_id, group in tiles.groupby("scene_id"):
+        chosen = group.sample(n=min(config.tiles_per_scene, len(group)), random_state=config.seed)
+        per_scene = {0: [], BUILDING: []}
+        with open_raster(dataset.bands_path(scene_id)) as stack, open_raster(dataset.mask_path(scene_id)) as masks:
+            for t in chosen.itertuples():
+                w = Window(t.col_off, t.row_off, t.width, t.height)
+                image = read_window(stack, w, boundless=True, fill_value=np.nan)
+                mask = read_window(masks, w, 1, boundless=True, fill_value=IGNORE_INDEX)
+                for cls in per_scene:
+                    per_scene[cls].append(image[:, mask == cls].T)
+        for cls, parts in per_scene.items():
+            values = np.concatenate(parts) if parts else np.empty((0, n_bands), np.float32)
+            if len(values) > config.samples_per_class:
+                values = values[rng.choice(len(values), config.samples_per_class, replace=False)]
+            samples[cls].append(values)
+    return {cls: np.concatenate(v) if v else np.empty((0, n_bands), np.float32) for cls, v in samples.items()}
+
+
+def histograms(samples: dict, recipe: BandRecipe, config: ReportConfig, path: Path) -> None:
+    n = recipe.count
+    cols = min(n, 3)
+    fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(4.5 * cols, 3.2 * math.ceil(n / cols)), squeeze=False)
+    for i, name in enumerate(recipe.bands):
+        ax = axes.flat[i]
+        bg = display_db(samples[0][:, i], recipe)
+        bd = display_db(samples[BUILDING][:, i], recipe)
+        both = np.concatenate([bg, bd])
+        both = both[np.isfinite(both)]
+        if both.size == 0:
+            continue
+        bins = np.linspace(*np.percentile(both, [0.5, 99.5]), config.histogram_bins)
+        ax.hist(bg, bins=bins, density=True, alpha=0.55, label=f"background (n={len(bg)})")
+        ax.hist(bd, bins=bins, density=True, alpha=0.55, label=f"building (n={len(bd)})")
+        ax.set_xlabel(f"{name} (dB)")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    fig.suptitle("Backscatter of building vs background pixels")
+    save_figure(fig, path, config.dpi)
+
+
+def target_ratio_figure(stats: pd.DataFrame, config: ReportConfig, path: Path) -> None:
+    train = stats[(stats["scheme"] == "train") & ~stats["skip"]]
+    cities = sorted(train["city"].unique())
+    fig, ax = plt.subplots(figsize=(1.6 * max(3, len(cities)), 3.5))
+    ax.boxplot([100 * train.loc[train["city"] == c, "target_ratio"].to_numpy() for c in cities], showfliers=True)
+    ax.set_xticks(range(1, len(cities) + 1), cities)
+    ax.set_ylabel("building pixels per tile (%)")
+    ax.set_title("Target ratio of train tiles per city")
+    save_figure(fig, path, config.dpi)
+
+
+def nodata_figure(scenes: pd.DataFrame, config: ReportConfig, path: Path) -> None:
+    frac = 100 * scenes["n_nodata"] / (scenes["height"] * scenes["width"])
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(scenes)), 3.5))
+    ax.bar(range(len(scenes)), frac)
+    ax.set_xticks(range(len(scenes)), scenes["scene_id"], rotation=90, fontsize=7)
+    ax.set_ylabel("nodata pixels (%)")
+    ax.set_title("Nodata fraction per scene")
+    save_figure(fig, path, config.dpi)
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    cols = list(frame.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(_fmt(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float | np.floating):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def write_report(dataset: PreparedDataset, config: ReportConfig) -> Path:
+    """Write the report (figures and ``report.md``) and return the path of ``report.md``."""
+    out = dataset.report_dir
+    (out / "quicklooks").mkdir(parents=True, exist_ok=True)
+    recipe = dataset.recipe
+    scenes = dataset.scenes()
+    stats = dataset.statistics()
+    norm = dataset.normalization()
+
+    for sid in scenes["scene_id"]:
+        quicklook(dataset, sid, recipe, config, out / "quicklooks" / f"{sid}.png")
+    train_tiles = stats[(stats["scheme"] == "train") & ~stats["skip"]]
+    histograms(sample_pixels(dataset, train_tiles, config, recipe.count), recipe, config, out / "histograms.png")
+    target_ratio_figure(stats, config, out / "target_ratio.png")
+    nodata_figure(scenes, config, out / "nodata.png")
+
+    size = scenes["height"] * scenes["width"]
+    scene_table = pd.DataFrame({
+        "scene": scenes["scene_id"], "city": scenes["city"], "date": scenes["date"], "pass": scenes["pass"],
+        "size (px)": scenes["height"].astype(str) + " x " + scenes["width"].astype(str),
+        "nodata %": 100 * scenes["n_nodata"] / size,
+        "NaN/inf px": scenes["n_nonfinite"],
+        "building % of valid": 100 * scenes.get("n_building", 0) / scenes["n_valid"].clip(lower=1),
+        "labels intersect": scenes.get("intersects", True),
+    })
+    per_city = stats[stats["scheme"] == "train"].groupby("city").agg(
+        fold=("fold", "first"), split=("split", "first"), tiles=("tile_id", "count"), skipped=("skip", "sum"),
+        with_buildings=("target_ratio", lambda r: int((r > 0).sum())), mean_target_pct=("target_ratio", lambda r: 100 * r.mean()),
+    ).reset_index()
+    norm_table = pd.DataFrame({"band": list(recipe.bands), "mean": norm.mean, "std": norm.std})
+    quick = "\n".join(f"![{sid}](quicklooks/{sid}.png)" for sid in scenes["scene_id"])
+    text = f"""# Prepared dataset report
+
+Dataset: `{dataset.root}`. Band recipe `{recipe.name}`: {', '.join(recipe.bands)} ({recipe.units}).
+{len(scenes)} scenes, {scenes['city'].nunique()} cities, {len(stats)} tiles ({int(stats['skip'].sum())} skipped).
+
+## Scenes
+{markdown_table(scene_table)}
+
+Nodata pixels (nodata values, NaN or infinite backscatter) are ignored (mask 255); NaN/inf pixels are counted
+separately above.
+
+![nodata fraction per scene](nodata.png)
+
+## Tiles and folds (train tiling)
+{markdown_table(per_city)}
+
+![target ratio per city](target_ratio.png)
+
+## Backscatter of buildings vs background
+![histograms](histograms.png)
+
+## Normalisation ({norm.source})
+{markdown_table(norm_table)}
+
+## Quicklooks
+{quick}
+"""
+    write_text_atomic(out / "report.md", text)
+    return out / "report.md"

@@ -1,0 +1,236 @@
+"""``prepare.py``: raw VV/VH scenes + label vectors -> a prepared dataset (see :mod:`unosat.prepared`).
+
+Steps, in order (``steps=[...]`` runs some of them): ``bands`` (band stacks), ``labels`` (masks),
+``tiles`` (tile index), ``stats`` (tile statistics, folds, normalisation), ``report`` (EDA report).
+Every output is written atomically and records the settings it was made with, so a re-run skips finished
+work, redoes unfinished work, and refuses to replace work made with other settings unless
+``overwrite=true``. Raw inputs are only read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from rasterio.transform import Affine
+
+from unosat.classes import CLASS_NAMES, IGNORE_INDEX
+from unosat.errors import UnosatError
+from unosat.io.atomic import atomic_path, remove_stale_temporaries, write_json_atomic
+from unosat.io.raster import Grid
+from unosat.prepare.band_stack import BandStackTask, make_band_stack
+from unosat.prepare.labels import LabelTask, make_label_mask
+from unosat.prepare.parallel import map_scenes
+from unosat.prepare.report import write_report
+from unosat.prepare.statistics import (
+    StatsTask,
+    assign_folds,
+    merge_statistics,
+    pooled_normalization,
+    scene_tile_statistics,
+)
+from unosat.prepare.tiling import tile_records
+from unosat.prepared import FORMAT, FORMAT_VERSION, PreparedDataset, read_table
+from unosat.scenes import discover_scenes, find_label_file, find_raster_label
+
+log = logging.getLogger(__name__)
+
+STEPS = ("bands", "labels", "tiles", "stats", "report")
+
+
+def run(cfg: DictConfig) -> PreparedDataset:
+    """Run the configured preparation steps; return the prepared dataset."""
+    raw_dir = Path(cfg.raw_dir).expanduser().resolve()
+    out_dir = Path(cfg.out_dir).expanduser().resolve()
+    steps = validate_steps(cfg.steps)
+    if out_dir == raw_dir or raw_dir in out_dir.parents:
+        raise UnosatError(f"out_dir {out_dir} must not be inside raw_dir {raw_dir}: raw inputs are never modified")
+    ensure_demo_raw(cfg, raw_dir)
+
+    discovery = instantiate(cfg.discovery)
+    recipe = instantiate(cfg.bands)
+    labels = instantiate(cfg.labels)
+    tiling = instantiate(cfg.tiling)
+    stats_cfg = instantiate(cfg.stats)
+    report_cfg = instantiate(cfg.report)
+    test_cities = list(cfg.split.test_cities or [])
+    folds = OmegaConf.to_container(cfg.split.folds) if cfg.split.folds else {}
+    overwrite = bool(cfg.overwrite)
+    workers = int(cfg.workers)
+    block_rows = int(cfg.block_rows)
+
+    scenes = discover_scenes(raw_dir, discovery)
+    log.info("found %d scenes of %d cities under %s", len(scenes), len({s.city for s in scenes}), raw_dir)
+    dataset = PreparedDataset(out_dir)
+    settings = {
+        "recipe": recipe.to_dict(),
+        "discovery": {k: v for k, v in asdict(discovery).items() if k != "exclude"},
+        "labels": {k: v for k, v in asdict(labels).items() if k != "dirs"},
+        "tiling": asdict(tiling),
+        "split": {"test_cities": sorted(test_cities), "folds": folds},
+        "stats": asdict(stats_cfg),
+    }
+    check_settings(dataset, settings, overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    removed = remove_stale_temporaries(out_dir)
+    if removed:
+        log.info("removed %d temporary files left by an interrupted run", removed)
+    write_manifest(dataset, settings, scenes, raw_dir, steps_done=[])
+
+    if "bands" in steps:
+        tasks = [BandStackTask(s, dataset.bands_path(s.scene_id), recipe, tuple(discovery.nodata_values),
+                               discovery.units, block_rows, overwrite) for s in scenes]
+        update_scenes_table(dataset, map_scenes(make_band_stack, tasks, workers, "bands"))
+
+    if "labels" in steps:
+        dataset.require("scenes.csv", "bands")
+        dirs = [Path(d) for d in (labels.dirs or [raw_dir])]
+        tasks = []
+        for s in scenes:
+            if labels.source == "vector":
+                path = find_label_file(dirs, labels.template, s)
+                what = f"{labels.template.format(**s.fields())}.<shp|gpkg|geojson|...>"
+            else:
+                path = find_raster_label(dirs, labels.template, s)
+                what = labels.template.format(**s.fields())
+            if path is None:
+                raise UnosatError(f"no label file for scene {s.scene_id} of {s.city}: expected {what} under "
+                                  f"{', '.join(map(str, dirs))}")
+            tasks.append(LabelTask(s.scene_id, dataset.bands_path(s.scene_id), path, dataset.mask_path(s.scene_id),
+                                   labels, block_rows, overwrite))
+        records = map_scenes(make_label_mask, tasks, workers, "labels")
+        for r, t in zip(records, tasks):
+            r["label_file"] = str(t.label_path)
+        update_scenes_table(dataset, records)
+
+    if "tiles" in steps:
+        dataset.require("scenes.csv")
+        table = dataset.scenes()
+        records = []
+        for rec in table.to_dict("records"):
+            grid = Grid(None, _affine(rec["transform"]), int(rec["width"]), int(rec["height"]))
+            schemes = ("train", "test") if rec["city"] in test_cities else ("train",)
+            records += tile_records(rec, grid, schemes, tiling)
+        write_csv_atomic(dataset.tiles_csv, pd.DataFrame(records))
+        log.info("tile index: %d tiles", len(records))
+
+    if "stats" in steps:
+        dataset.require("scenes.csv", "tiles.csv", "bands", "masks")
+        tiles = read_table(dataset.tiles_csv)
+        ids = {s.scene_id for s in scenes}
+        tiles = tiles[tiles["scene_id"].isin(ids)]
+        tasks = [
+            StatsTask(sid, dataset.bands_path(sid), dataset.mask_path(sid),
+                      tuple((r.tile_id, r.row_off, r.col_off, r.height, r.width) for r in group.itertuples()),
+                      recipe.bands, dataset.scene_stats_dir / f"{sid}.json", stats_cfg, overwrite)
+            for sid, group in tiles.groupby("scene_id", sort=True)
+        ]
+        rows = [row for part in map_scenes(scene_tile_statistics, tasks, workers, "stats") for row in part]
+        fold_of_city = assign_folds(sorted({s.city for s in scenes}), folds, test_cities)
+        table = merge_statistics(tiles, rows, fold_of_city)
+        write_csv_atomic(dataset.statistics_csv, table)
+        train = table[(table["split"] == "train") & (table["scheme"] == "train") & ~table["skip"]]
+        if train.empty:
+            raise UnosatError(f"no usable training tile: every city is a test city or every tile is skipped "
+                              f"(test cities {test_cities}, stats.min_valid_fraction {stats_cfg.min_valid_fraction})")
+        train_folds = sorted(int(f) for f in train["fold"].unique())
+        norm = pooled_normalization(train, recipe.bands, source=f"train tiles of folds {train_folds}")
+        write_json_atomic(dataset.normalization_json, {**norm.to_dict(), "units": recipe.units,
+                                                       "bands": list(recipe.bands), "n_valid": int(train["n_valid"].sum())})
+        log.info("statistics: %d tiles (%d skipped); folds %s", len(table), int(table["skip"].sum()), fold_of_city)
+
+    if "report" in steps:
+        dataset.require("scenes.csv", "statistics.csv", "normalization.json", "bands", "masks")
+        path = write_report(dataset, report_cfg)
+        log.info("report: %s", path)
+
+    write_manifest(dataset, settings, scenes, raw_dir, steps_done=steps)
+    log.info("prepared dataset: %s", out_dir)
+    return dataset
+
+
+def validate_steps(steps) -> list[str]:
+    steps = [str(s) for s in (steps or [])]
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        raise UnosatError(f"unknown step(s) {unknown} in steps; known steps, in order: {list(STEPS)}")
+    if not steps:
+        raise UnosatError(f"steps is empty; choose among {list(STEPS)}")
+    return [s for s in STEPS if s in steps]
+
+
+def ensure_demo_raw(cfg: DictConfig, raw_dir: Path) -> None:
+    """Generate the synthetic demo scenes when ``raw_dir`` is the demo's and does not exist yet."""
+    demo_raw = Path(cfg.paths.demo_dir).expanduser().resolve() / "raw"
+    if raw_dir == demo_raw and not raw_dir.exists():
+        from unosat.synthetic import DemoSpec, generate_demo
+
+        log.info("generating the synthetic demo dataset in %s", raw_dir)
+        generate_demo(raw_dir, DemoSpec.from_config(cfg.demo))
+
+
+def check_settings(dataset: PreparedDataset, settings: dict, overwrite: bool) -> None:
+    """Refuse to continue a dataset prepared with other settings (unless ``overwrite``)."""
+    if overwrite or not dataset.manifest_path.exists():
+        return
+    previous = dataset.manifest.get("settings", {})
+    current = json.loads(json.dumps(settings, default=str))
+    differ = [k for k in current if previous.get(k) != current[k]]
+    if differ:
+        details = "; ".join(f"{k}: {previous.get(k)} -> {current[k]}" for k in differ)
+        raise UnosatError(
+            f"{dataset.root} was prepared with other settings ({details}); run with overwrite=true to redo it, "
+            "or choose another out_dir"
+        )
+
+
+def write_manifest(dataset: PreparedDataset, settings: dict, scenes, raw_dir: Path, steps_done: list[str]) -> None:
+    done = set(steps_done)
+    if dataset.manifest_path.exists():
+        try:
+            done |= set(dataset.manifest.get("steps_done", []))
+        except UnosatError:
+            pass
+    manifest = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "recipe": settings["recipe"],
+        "classes": list(CLASS_NAMES),
+        "ignore_index": IGNORE_INDEX,
+        "raw_dir": str(raw_dir),
+        "scenes": [s.scene_id for s in scenes],
+        "cities": sorted({s.city for s in scenes}),
+        "test_cities": settings["split"]["test_cities"],
+        "steps_done": [s for s in STEPS if s in done],
+        "settings": settings,
+    }
+    write_json_atomic(dataset.manifest_path, manifest)
+    dataset.__dict__.pop("manifest", None)
+
+
+def update_scenes_table(dataset: PreparedDataset, records: list[dict]) -> None:
+    """Merge per-scene records into ``scenes.csv``; the records' columns replace the old ones.
+
+    Records of the ``bands`` step (they carry the scene identity) define the rows; records of later steps
+    add columns to the existing rows.
+    """
+    new = pd.DataFrame(records).drop(columns=["skipped"], errors="ignore")
+    if dataset.scenes_csv.exists():
+        old = dataset.scenes()
+        old = old[["scene_id"] + [c for c in old.columns if c not in new.columns]]
+        new = new.merge(old, on="scene_id", how="left") if "city" in new.columns else old.merge(new, on="scene_id", how="left")
+    write_csv_atomic(dataset.scenes_csv, new)
+
+
+def write_csv_atomic(path: Path, frame: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def _affine(text: str) -> Affine:
+    return Affine(*json.loads(text))

@@ -1,0 +1,144 @@
+"""The on-disk layout of a prepared dataset, shared by preparation, the data module and prediction.
+
+::
+
+    <out_dir>/
+      dataset.json         settings it was made with: band recipe, classes, tiling, split, steps done
+      scenes.csv           one row per scene: identity, raw files, grid, valid/nodata/NaN pixel counts
+      bands/<scene_id>.tif band stack, float32, NaN = nodata, pixel-interleaved and uncompressed
+      masks/<scene_id>.tif uint8 mask: 0 background, 1 building, 255 ignore (image nodata)
+      tiles.csv            tile index: scene, scheme (train/test), window, map bounds
+      statistics.csv       tile index + per-band statistics, target and nodata ratios, fold, skip flag
+      normalization.json   per-band mean/std over the training tiles (valid pixels)
+      report/              EDA report (report.md and figures)
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+
+import pandas as pd
+
+from unosat.bands import BandRecipe, Normalization
+from unosat.errors import UnosatError
+
+FORMAT = "unosat-prepared-dataset"
+FORMAT_VERSION = 1
+
+
+class PreparedDataset:
+    """Paths and readers of a prepared dataset rooted at ``root``."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+
+    # ----------------------------------------------------------------- paths
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "dataset.json"
+
+    @property
+    def scenes_csv(self) -> Path:
+        return self.root / "scenes.csv"
+
+    @property
+    def tiles_csv(self) -> Path:
+        return self.root / "tiles.csv"
+
+    @property
+    def statistics_csv(self) -> Path:
+        return self.root / "statistics.csv"
+
+    @property
+    def normalization_json(self) -> Path:
+        return self.root / "normalization.json"
+
+    @property
+    def bands_dir(self) -> Path:
+        return self.root / "bands"
+
+    @property
+    def masks_dir(self) -> Path:
+        return self.root / "masks"
+
+    @property
+    def scene_stats_dir(self) -> Path:
+        """Per-scene partial statistics (merged into statistics.csv)."""
+        return self.root / "stats"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    def bands_path(self, scene_id: str) -> Path:
+        return self.bands_dir / f"{scene_id}.tif"
+
+    def mask_path(self, scene_id: str) -> Path:
+        return self.masks_dir / f"{scene_id}.tif"
+
+    # --------------------------------------------------------------- readers
+    def exists(self) -> bool:
+        return self.manifest_path.is_file()
+
+    @cached_property
+    def manifest(self) -> dict:
+        if not self.manifest_path.is_file():
+            raise UnosatError(self._not_prepared(["dataset.json"]))
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+        except json.JSONDecodeError as err:
+            raise UnosatError(f"{self.manifest_path}: not valid JSON ({err})") from None
+        if manifest.get("format") != FORMAT:
+            raise UnosatError(f"{self.manifest_path}: not a unosat prepared dataset manifest")
+        return manifest
+
+    @property
+    def recipe(self) -> BandRecipe:
+        return BandRecipe.from_dict(self.manifest["recipe"])
+
+    def scenes(self) -> pd.DataFrame:
+        self.require("scenes.csv")
+        return pd.read_csv(self.scenes_csv, dtype={"date": str, "time": str, "pass": str, "mgrs": str}, keep_default_na=False)
+
+    def statistics(self) -> pd.DataFrame:
+        self.require("statistics.csv")
+        return read_table(self.statistics_csv)
+
+    def normalization(self) -> Normalization:
+        self.require("normalization.json")
+        return Normalization.from_dict(json.loads(self.normalization_json.read_text()))
+
+    def require(self, *names: str) -> None:
+        """Raise :class:`UnosatError` saying what is missing (and how to make it) unless all ``names`` exist.
+
+        ``names`` are file names relative to the root, or ``bands``/``masks`` for every scene's rasters.
+        """
+        missing = []
+        for name in names:
+            if name in ("bands", "masks"):
+                directory = self.bands_dir if name == "bands" else self.masks_dir
+                ids = self.manifest.get("scenes", [])
+                lacking = [i for i in ids if not (directory / f"{i}.tif").is_file()]
+                if lacking or not ids:
+                    missing.append(f"{name}/ ({len(lacking)} of {len(ids)} scenes missing)")
+            elif not (self.root / name).exists():
+                missing.append(name)
+        if missing:
+            raise UnosatError(self._not_prepared(missing))
+
+    def _not_prepared(self, missing: list[str]) -> str:
+        return (
+            f"{self.root} is not a complete prepared dataset: missing {', '.join(missing)}. "
+            f"Prepare it with: python prepare.py raw_dir=<your raw scenes> out_dir={self.root}"
+        )
+
+
+def read_table(path: Path | str) -> pd.DataFrame:
+    """Read a tile/scene table written by preparation, with identity columns kept as strings."""
+    return pd.read_csv(
+        path,
+        dtype={"scene_id": str, "city": str, "mgrs": str, "date": str, "time": str, "pass": str, "scheme": str, "split": str},
+        keep_default_na=False,
+    )
