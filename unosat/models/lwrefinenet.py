@@ -127,6 +127,10 @@ class LWRefineNet(nn.Module):
     Attributes:
         encoder: :class:`~unosat.models.mobilenetv2.MobileNetV2Encoder`.
         decoder: :class:`LWRefineNetDecoder`.
+
+    CPU inference is several times faster in the channels-last memory format (``model.to(memory_format=
+    torch.channels_last)`` and a channels-last input): the 5x5 max pooling of the 1/4-resolution chained residual
+    pooling dominates the default layout. The logits are the same.
     """
 
     def __init__(self, in_channels: int = 3, num_classes: int = 2, upsample_mode: str = "bicubic") -> None:

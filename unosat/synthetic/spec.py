@@ -146,7 +146,7 @@ class DemoSpec:
     pixel_size: float = 10.0
     crs: str = "EPSG:32638"
     # land cover
-    cropland_fraction: float = 0.6
+    cropland_fraction: float = 0.7
     lake_fraction: float = 0.015
     river_width_m: float = 150.0
     landscape_scale_m: float = 2500.0
@@ -156,7 +156,7 @@ class DemoSpec:
     # buildings
     building_fraction: float = 0.025
     rural_building_share: float = 0.1
-    town_building_density: float = 0.3
+    town_building_density: float = 0.2
     building_size_m: tuple[float, float] = (10.0, 50.0)
     building_gap_px: int = 1
     double_bounce_vv_db: tuple[float, float] = (-3.0, 8.0)
@@ -200,6 +200,8 @@ class DemoSpec:
                 raise UnosatError(f"demo.cities: {key} {dupes} used by more than one city")
         if self.height < 16 or self.width < 16:
             raise UnosatError(f"demo.height and demo.width must be at least 16 px, got {self.height} x {self.width}")
+        if self.seed < 0:
+            raise UnosatError(f"demo.seed must be >= 0, got {self.seed}")
         if self.pixel_size <= 0:
             raise UnosatError(f"demo.pixel_size must be positive (metres), got {self.pixel_size}")
         crs = _parse_crs(self.crs, "demo.crs")

@@ -1,0 +1,16 @@
+"""Train a segmentation model: ``python train.py [experiment=NAME] [key=value ...]``."""
+
+import hydra
+from omegaconf import DictConfig
+
+from unosat.errors import exit_on_user_error
+from unosat.training.run import run
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return exit_on_user_error(run)(cfg)
+
+
+if __name__ == "__main__":
+    main()

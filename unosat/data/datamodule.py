@@ -1,0 +1,226 @@
+"""``UnosatDataModule``: the tiles of a prepared dataset, split by city folds, for Lightning.
+
+- train: train-scheme tiles of ``train_folds`` (default: every training fold but the validation ones),
+  skipped tiles excluded, drawn by :class:`~unosat.data.sampler.DistributedWeightedSampler`;
+- val: train-scheme tiles of ``val_folds`` (default: the last training fold, i.e. one held-out city);
+- test: the test cities' tiles (``test_scheme``, default their constant-stride test tiles).
+
+Normalisation is the pooled mean/std of the training tiles' valid pixels (from the statistics table,
+without reading pixels) unless fixed values are configured.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader, DistributedSampler
+
+from unosat.bands import BandRecipe, Normalization
+from unosat.classes import CLASS_NAMES, IGNORE_INDEX
+from unosat.data.sampler import DistributedWeightedSampler, tile_weights
+from unosat.data.tile_dataset import TileDataset
+from unosat.data.transforms import SpeckleNoise, compose
+from unosat.errors import UnosatError
+from unosat.prepare.statistics import pooled_normalization
+from unosat.prepared import PreparedDataset
+
+log = logging.getLogger(__name__)
+
+
+class UnosatDataModule(pl.LightningDataModule):
+    """Serves a prepared dataset (see :mod:`unosat.prepared`) to a Lightning Trainer.
+
+    Args:
+        dir: the prepared dataset.
+        train_folds / val_folds: fold indices (one per city, see ``statistics.csv``); None: defaults above.
+        test_scheme: tiling of the test split, ``test`` (constant stride) or ``train``.
+        batch_size, val_batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings.
+        epoch_length: training tiles drawn per epoch (all ranks together); None: the number of train tiles.
+        sampling: ``{without_buildings: 0.7, with_buildings: 0.3, bins: null, bin_weights: null}``, see
+            :func:`~unosat.data.sampler.tile_weights`.
+        augment: albumentations transforms for training (crop, flips, rot90...); ``val_augment`` for
+            validation and test (e.g. a centre crop), usually none.
+        speckle: optional :class:`~unosat.data.transforms.SpeckleNoise` for training.
+        normalization: ``dataset`` (pooled over the training tiles) or ``{mean: [...], std: [...]}`` in the
+            stack's units (e.g. the original's linear/5: mean 0, std 5).
+        exclude_flagged: drop tiles of acquisitions flagged by the label-quality step (``quality_flag``).
+        demo_dir: when ``dir`` is ``<demo_dir>/prepared`` and missing, it is prepared on first use.
+        prepare_overrides: extra ``prepare.py`` overrides used for that.
+        seed: seed of the sampler and the augmentations.
+    """
+
+    def __init__(
+        self,
+        dir: str | Path,
+        train_folds: Sequence[int] | None = None,
+        val_folds: Sequence[int] | None = None,
+        test_scheme: str = "test",
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        epoch_length: int | None = None,
+        sampling: Mapping | None = None,
+        augment: Sequence | None = None,
+        val_augment: Sequence | None = None,
+        speckle: SpeckleNoise | None = None,
+        normalization: str | Mapping = "dataset",
+        exclude_flagged: bool = False,
+        demo_dir: str | Path | None = None,
+        prepare_overrides: Sequence[str] = (),
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.dir = Path(dir).expanduser()
+        self.layout = PreparedDataset(self.dir)
+        self.train_folds = list(train_folds) if train_folds is not None else None
+        self.val_folds = list(val_folds) if val_folds is not None else None
+        self.test_scheme = test_scheme
+        self.batch_size = int(batch_size)
+        self.val_batch_size = int(val_batch_size or batch_size)
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
+        self.epoch_length = epoch_length
+        self.sampling = dict(sampling or {})
+        self.augment = list(augment or [])
+        self.val_augment = list(val_augment or [])
+        self.speckle = speckle
+        self.normalization_config = normalization
+        self.exclude_flagged = exclude_flagged
+        self.demo_dir = Path(demo_dir).expanduser() if demo_dir else None
+        self.prepare_overrides = list(prepare_overrides)
+        self.seed = int(seed)
+        self._ready = False
+
+    # ------------------------------------------------------------ preparation
+    def prepare_data(self) -> None:
+        """Prepare the demo dataset if it is the one asked for and it is missing (runs on one process)."""
+        if self.layout.exists():
+            return
+        if self.demo_dir is not None and self.dir.resolve() == (self.demo_dir / "prepared").resolve():
+            from unosat.config import compose_config
+            from unosat.prepare import run as prepare
+
+            log.info("preparing the demo dataset in %s (first use)", self.dir)
+            prepare(compose_config("prepare", [f"paths.demo_dir={self.demo_dir}", f"out_dir={self.dir}",
+                                               *self.prepare_overrides]))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._ready:
+            return
+        self.layout.require("statistics.csv", "bands", "masks")
+        stats = self.layout.statistics()
+        self.recipe: BandRecipe = self.layout.recipe
+        self.tile_size = int(self.layout.manifest["settings"]["tiling"]["train_size"])
+        train_stats = stats[stats["split"] == "train"]
+        cities_of = train_stats.groupby("fold")["city"].agg(lambda c: sorted(set(c))).to_dict()
+        available = sorted(int(f) for f in cities_of)
+        if not available:
+            raise UnosatError(f"{self.dir}: no training city (every city is a test city)")
+        val = self.val_folds if self.val_folds is not None else available[-1:]
+        train = self.train_folds if self.train_folds is not None else [f for f in available if f not in val]
+        for name, folds in (("data.val_folds", val), ("data.train_folds", train)):
+            unknown = [f for f in folds if f not in cities_of]
+            if unknown:
+                listing = ", ".join(f"{f}: {'/'.join(c)}" for f, c in cities_of.items())
+                raise UnosatError(f"{name}: fold(s) {unknown} name no city in {self.dir}; its folds are {{{listing}}}")
+        if not train:
+            raise UnosatError(f"data.train_folds is empty (available folds {available}, val_folds {val})")
+        overlap = sorted(set(train) & set(val))
+        if overlap:
+            log.warning("folds %s are used for both training and validation", overlap)
+        self.folds = {"train": train, "val": list(val)}
+
+        usable = stats[~stats["skip"].astype(bool)]
+        if self.exclude_flagged:
+            if "quality_flag" not in usable.columns:
+                raise UnosatError(f"data.exclude_flagged=true but {self.dir} has no label-quality flags: "
+                                  "run python prepare.py steps=[quality,stats] on it first")
+            usable = usable[~usable["quality_flag"].astype(bool)]
+        in_train = usable[(usable["scheme"] == "train") & (usable["split"] == "train")]
+        self.train_tiles = in_train[in_train["fold"].isin(train)].reset_index(drop=True)
+        self.val_tiles = in_train[in_train["fold"].isin(val)].reset_index(drop=True)
+        self.test_tiles = usable[(usable["split"] == "test") & (usable["scheme"] == self.test_scheme)].reset_index(drop=True)
+        if self.train_tiles.empty or self.val_tiles.empty:
+            raise UnosatError(f"{self.dir}: no usable tile in train folds {train} or val folds {val}")
+
+        self.normalization = self._normalization(self.train_tiles)
+        if self.speckle is not None:
+            self.recipe.polarisation_indices()  # the noise needs VH and VV in the stack
+        train_tf = compose(self.augment, seed=self.seed)
+        val_tf = compose(self.val_augment, seed=self.seed)
+        self.train_dataset = TileDataset(self.dir, self.train_tiles, self.recipe, self.normalization, train_tf, self.speckle)
+        self.val_dataset = TileDataset(self.dir, self.val_tiles, self.recipe, self.normalization, val_tf)
+        self.test_dataset = TileDataset(self.dir, self.test_tiles, self.recipe, self.normalization, val_tf)
+        self.weights = tile_weights(self.train_tiles["target_ratio"], **self.sampling)
+        log.info("tiles: train %d (folds %s), val %d (folds %s), test %d; normalisation %s",
+                 len(self.train_tiles), train, len(self.val_tiles), list(val), len(self.test_tiles), self.normalization)
+        self._ready = True
+
+    def _normalization(self, train_tiles: pd.DataFrame) -> Normalization:
+        cfg = self.normalization_config
+        if isinstance(cfg, str):
+            if cfg != "dataset":
+                raise UnosatError(f"data.normalization must be 'dataset' or {{mean: [...], std: [...]}}, got '{cfg}'")
+            folds = sorted(int(f) for f in train_tiles["fold"].unique())
+            return pooled_normalization(train_tiles, self.recipe.bands, source=f"train tiles of folds {folds}")
+        mean, std = list(cfg["mean"]), list(cfg["std"])
+        if len(mean) == 1 and len(std) == 1:
+            mean, std = mean * self.recipe.count, std * self.recipe.count
+        if len(mean) != self.recipe.count:
+            raise UnosatError(f"data.normalization has {len(mean)} values but the dataset has {self.recipe.count} bands")
+        return Normalization(tuple(mean), tuple(std), source="config")
+
+    # ------------------------------------------------------------- properties
+    @property
+    def num_bands(self) -> int:
+        return self.layout.recipe.count
+
+    def data_recipe(self) -> dict:
+        """What prediction needs to rebuild the model's input: bands, normalisation, tile size, classes."""
+        return {
+            "recipe": self.recipe.to_dict(),
+            "normalization": self.normalization.to_dict(),
+            "tile_size": self.tile_size,
+            "classes": list(CLASS_NAMES),
+            "ignore_index": IGNORE_INDEX,
+            "dataset": str(self.dir.resolve()),
+            "folds": self.folds,
+        }
+
+    # ------------------------------------------------------------ dataloaders
+    def _world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 1, 0
+        return trainer.world_size, trainer.global_rank
+
+    def _loader(self, dataset, batch_size: int, sampler, shuffle: bool = False) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=shuffle,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.persistent_workers, drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        world, rank = self._world()
+        sampler = DistributedWeightedSampler(self.train_dataset, self.weights, self.epoch_length or len(self.train_dataset),
+                                             num_replicas=world, rank=rank, seed=self.seed)
+        return self._loader(self.train_dataset, self.batch_size, sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.val_dataset)
+
+    def test_dataloader(self) -> DataLoader:
+        if len(self.test_dataset) == 0:
+            raise UnosatError(f"{self.dir} has no test tiles (scheme '{self.test_scheme}' of test cities)")
+        return self._eval_loader(self.test_dataset)
+
+    def _eval_loader(self, dataset) -> DataLoader:
+        world, rank = self._world()
+        sampler = DistributedSampler(dataset, world, rank, shuffle=False) if world > 1 else None
+        return self._loader(dataset, self.val_batch_size, sampler)

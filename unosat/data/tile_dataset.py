@@ -1,0 +1,132 @@
+"""Tiles of a prepared dataset as a torch Dataset.
+
+Band stacks and masks are memory-mapped (:func:`unosat.io.raster.memmap_geotiff`): fetching a 512 x 512 x 3
+float32 tile is one copy of 3 MB. Files that cannot be mapped are read with rasterio windows instead.
+Windows that pass the scene border are padded with NaN (image) and 255 (mask).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import rasterio
+import torch
+from rasterio.windows import Window
+from torch.utils.data import Dataset
+
+from unosat.bands import BandRecipe, Normalization
+from unosat.classes import IGNORE_INDEX
+from unosat.io.raster import memmap_geotiff
+from unosat.prepared import PreparedDataset
+
+
+class TileReader:
+    """Reads ``(image, mask)`` windows of a prepared dataset's scenes.
+
+    ``image`` is ``(h, w, C)`` float32 in the stack's units with NaN at nodata, ``mask`` ``(h, w)`` uint8
+    (0, 1, 255). Files are opened lazily, once per process (safe with DataLoader workers).
+    """
+
+    def __init__(self, root: Path | str):
+        self.layout = PreparedDataset(root)
+        self._open: dict[str, tuple] = {}
+
+    def __getstate__(self):
+        return {"layout": self.layout, "_open": {}}
+
+    def _sources(self, scene_id: str):
+        if scene_id not in self._open:
+            bands, mask = self.layout.bands_path(scene_id), self.layout.mask_path(scene_id)
+            self._open[scene_id] = (_Source(bands, np.nan), _Source(mask, IGNORE_INDEX))
+        return self._open[scene_id]
+
+    def read(self, scene_id: str, row_off: int, col_off: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        bands, mask = self._sources(scene_id)
+        image = bands.read(row_off, col_off, height, width)
+        labels = mask.read(row_off, col_off, height, width)[..., 0]
+        return image, labels
+
+    def read_image(self, scene_id: str, row_off: int, col_off: int, height: int, width: int) -> np.ndarray:
+        return self._sources(scene_id)[0].read(row_off, col_off, height, width)
+
+
+class _Source:
+    """One raster: a memory map when possible, else rasterio windowed reads; ``(h, w, C)`` windows."""
+
+    def __init__(self, path: Path, fill):
+        self.path = path
+        self.fill = fill
+        self.array = memmap_geotiff(path)
+        self.dataset = None if self.array is not None else rasterio.open(path)
+        if self.array is not None:
+            self.height, self.width, self.count = self.array.shape
+            self.dtype = self.array.dtype
+        else:
+            self.height, self.width, self.count = self.dataset.height, self.dataset.width, self.dataset.count
+            self.dtype = np.dtype(self.dataset.dtypes[0])
+
+    def read(self, row_off: int, col_off: int, height: int, width: int) -> np.ndarray:
+        if self.array is None:
+            data = self.dataset.read(window=Window(col_off, row_off, width, height), boundless=True, fill_value=self.fill)
+            return np.ascontiguousarray(data.transpose(1, 2, 0))
+        r0, c0 = max(row_off, 0), max(col_off, 0)
+        r1, c1 = min(row_off + height, self.height), min(col_off + width, self.width)
+        if (r0, c0, r1, c1) == (row_off, col_off, row_off + height, col_off + width):
+            return np.array(self.array[r0:r1, c0:c1])
+        out = np.full((height, width, self.count), self.fill, dtype=self.dtype)
+        if r1 > r0 and c1 > c0:
+            out[r0 - row_off : r1 - row_off, c0 - col_off : c1 - col_off] = self.array[r0:r1, c0:c1]
+        return out
+
+
+class TileDataset(Dataset):
+    """Tiles listed in ``tiles`` (rows of ``statistics.csv``) of the prepared dataset at ``root``.
+
+    Each item is a dict: ``image`` (C, H, W) float32 normalised (nodata filled with the normalisation's
+    ``fill``), ``mask`` (H, W) int64 (0 background, 1 building, 255 ignore), ``index`` (int).
+
+    Order of operations: optional speckle noise (physical units), normalisation, then the geometric
+    ``transform`` (an albumentations pipeline taking ``image`` (H, W, C) and ``mask`` (H, W)).
+    """
+
+    def __init__(
+        self,
+        root: Path | str,
+        tiles: pd.DataFrame,
+        recipe: BandRecipe,
+        normalization: Normalization,
+        transform: Callable | None = None,
+        speckle: Callable | None = None,
+        seed: int = 0,
+    ):
+        self.reader = TileReader(root)
+        self.tiles = tiles.reset_index(drop=True)
+        self._windows = self.tiles[["scene_id", "row_off", "col_off", "height", "width"]].to_records(index=False)
+        self.recipe = recipe
+        self.normalization = normalization
+        self.transform = transform
+        self.speckle = speckle
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def read_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The tile as stored: image ``(h, w, C)`` float32 (NaN nodata), mask ``(h, w)`` uint8."""
+        sid, r, c, h, w = self._windows[index]
+        return self.reader.read(str(sid), int(r), int(c), int(h), int(w))
+
+    def __getitem__(self, index: int) -> dict:
+        image, mask = self.read_raw(index)
+        if self.speckle is not None:
+            image = self.speckle(image, self.recipe)
+        image = self.normalization.apply(image)
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        mask = torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64))
+        return {"image": image, "mask": mask, "index": index}

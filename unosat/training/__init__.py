@@ -1,0 +1,1 @@
+"""Training: the LightningModule, schedulers, callbacks, loggers, and ``train.py``'s run."""

@@ -1,0 +1,152 @@
+"""``SegmentationModule``: a segmentation network, its loss, optimiser and schedule, and its metrics.
+
+Everything is injected (built from config by :mod:`unosat.training.run`), so any network that maps
+``(N, C, H, W)`` images to ``(N, classes, H, W)`` logits, or to a tuple whose first item is those logits
+(GSCNN), trains here unchanged. Metrics are accumulated in a torchmetrics confusion matrix over valid pixels
+(mask != ignore_index), synchronised across DDP ranks, and turned into IoU per class, mean IoU and the
+building class's precision, recall and F1 at each epoch end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from unosat.classes import CLASS_NAMES, IGNORE_INDEX
+from unosat.metrics import scores_from_confusion
+from unosat.training.figures import confusion_figure, save_and_log_figure
+
+STAGES = ("train", "val", "test")
+
+
+def segmentation_logits(output) -> torch.Tensor:
+    """The segmentation logits of a model's output (the first item of a tuple/list, or the tensor)."""
+    return output[0] if isinstance(output, tuple | list) else output
+
+
+class SegmentationModule(pl.LightningModule):
+    """Trains ``net`` with ``loss``.
+
+    Args:
+        net: the network.
+        loss: a module ``loss(output, target) -> {"loss": total, <term>: value, ...}``.
+        optimizer: ``optimizer(params) -> torch.optim.Optimizer`` (a Hydra ``_partial_``).
+        scheduler: ``scheduler(optimizer, total_steps=...) -> LRScheduler`` or None; stepped every
+            ``scheduler_interval`` (``step`` or ``epoch``).
+        num_classes, ignore_index, class_names: the label set (255 = ignore).
+        channels_last: run the network in channels-last memory format (faster convolutions and pooling
+            on CPU and recent GPUs).
+        metadata: what the checkpoint must carry so prediction needs nothing else (model config, data
+            recipe...); stored under ``checkpoint["unosat"]``.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        optimizer: Callable,
+        scheduler: Callable | None = None,
+        scheduler_interval: str = "step",
+        num_classes: int = 2,
+        ignore_index: int = IGNORE_INDEX,
+        class_names: Sequence[str] = CLASS_NAMES,
+        channels_last: bool = False,
+        metadata: dict | None = None,
+    ):
+        super().__init__()
+        self.net = net
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.num_classes = int(num_classes)
+        self.ignore_index = int(ignore_index)
+        self.class_names = tuple(class_names)
+        self.channels_last = bool(channels_last)
+        self.metadata = dict(metadata or {})
+        self.confusion = nn.ModuleDict({
+            f"{stage}_split": MulticlassConfusionMatrix(self.num_classes, ignore_index=self.ignore_index)
+            for stage in STAGES  # ("train" alone would clash with nn.Module.train)
+        })
+        if self.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+
+    def forward(self, image: torch.Tensor):
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        return self.net(image)
+
+    # ------------------------------------------------------------------ steps
+    def _step(self, batch: dict, stage: str) -> torch.Tensor:
+        image, target = batch["image"], batch["mask"]
+        output = self(image)
+        terms = self.loss(output, target)
+        on_step = stage == "train"
+        self.log_dict({f"{stage}/{k}": v.detach() for k, v in terms.items() if k != "loss"},
+                      on_step=on_step, on_epoch=True, prog_bar=False, sync_dist=not on_step,
+                      batch_size=image.shape[0])
+        self.log(f"{stage}/loss", terms["loss"], on_step=on_step, on_epoch=True, prog_bar=True,
+                 sync_dist=not on_step, batch_size=image.shape[0])
+        self.confusion[f"{stage}_split"].update(segmentation_logits(output).detach().argmax(dim=1), target)
+        return terms["loss"]
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    # ------------------------------------------------------------ epoch ends
+    def _epoch_end(self, stage: str) -> None:
+        metric = self.confusion[f"{stage}_split"]
+        confusion = metric.compute().cpu().numpy()  # synchronised over ranks
+        metric.reset()
+        if self.trainer.sanity_checking:
+            return
+        scores = scores_from_confusion(confusion, self.class_names)
+        headline = f"iou_{self.class_names[-1]}"
+        self.log_dict({f"{stage}/{k}": float(v) for k, v in scores.items() if k != headline}, sync_dist=False)
+        self.log(f"{stage}/{headline}", scores[headline], prog_bar=True, sync_dist=False)
+        if stage != "train" and self.trainer.is_global_zero:
+            out_dir = Path(self.trainer.default_root_dir) / "figures"
+            fig = confusion_figure(confusion, self.class_names, f"{stage} confusion, epoch {self.current_epoch}")
+            save_and_log_figure(fig, out_dir / f"{stage}_confusion_epoch{self.current_epoch:03d}.png",
+                                f"{stage}/confusion_matrix", self.loggers, self.global_step)
+
+    def on_train_epoch_end(self) -> None:
+        self._epoch_end("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_end("test")
+
+    # ----------------------------------------------------------- optimisers
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        if self.scheduler_interval == "step":
+            total = int(self.trainer.estimated_stepping_batches)
+        else:
+            total = int(self.trainer.max_epochs)
+        scheduler = self.scheduler_factory(optimizer, total_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+
+    # ---------------------------------------------------------- checkpoints
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "data_recipe"):
+            self.metadata["data"] = datamodule.data_recipe()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["unosat"] = self.metadata

@@ -1,0 +1,47 @@
+"""Learning-rate schedules stepped every optimisation step. Each takes ``total_steps`` (the trainer's
+estimated optimisation steps), which the module passes in."""
+
+from __future__ import annotations
+
+import math
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+
+class PolyLR(LRScheduler):
+    """``lr = lr0 * (1 - step / total_steps) ** power`` (the UNOSAT team's schedule, power 0.9)."""
+
+    def __init__(self, optimizer: Optimizer, total_steps: int, power: float = 0.9, last_epoch: int = -1):
+        self.total_steps = max(1, int(total_steps))
+        self.power = float(power)
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self) -> list[float]:
+        frac = min(self.last_epoch, self.total_steps) / self.total_steps
+        return [base * (1.0 - frac) ** self.power for base in self.base_lrs]
+
+
+class WarmupCosineLR(LRScheduler):
+    """Linear warm-up from ``warmup_start_factor * lr0`` over ``warmup_steps`` (or ``warmup_fraction`` of
+    the run), then cosine decay to ``min_lr_factor * lr0`` at ``total_steps``."""
+
+    def __init__(self, optimizer: Optimizer, total_steps: int, warmup_steps: int | None = None,
+                 warmup_fraction: float = 0.05, warmup_start_factor: float = 0.01, min_lr_factor: float = 0.0,
+                 last_epoch: int = -1):
+        self.total_steps = max(1, int(total_steps))
+        self.warmup_steps = int(warmup_steps) if warmup_steps is not None else int(round(warmup_fraction * self.total_steps))
+        self.warmup_start_factor = float(warmup_start_factor)
+        self.min_lr_factor = float(min_lr_factor)
+        super().__init__(optimizer, last_epoch)
+
+    def factor(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.warmup_start_factor + (1 - self.warmup_start_factor) * step / max(1, self.warmup_steps)
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return self.min_lr_factor + (1 - self.min_lr_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def get_lr(self) -> list[float]:
+        f = self.factor(self.last_epoch)
+        return [base * f for base in self.base_lrs]
