@@ -48,8 +48,9 @@ class UnosatDataModule(pl.LightningDataModule):
         normalization: ``dataset`` (pooled over the training tiles) or ``{mean: [...], std: [...]}`` in the
             stack's units (e.g. the original's linear/5: mean 0, std 5).
         exclude_flagged: drop tiles of acquisitions flagged by the label-quality step (``quality_flag``).
-        demo_dir: when ``dir`` is ``<demo_dir>/prepared`` and missing, it is prepared on first use.
-        prepare_overrides: extra ``prepare.py`` overrides used for that.
+        demo_dir: when ``dir`` is a folder of ``demo_dir`` and missing, it is prepared on first use from
+            the demo's raw scenes (generated if needed).
+        prepare_overrides: extra ``prepare.py`` overrides used for that (e.g. ``bands=db``).
         seed: seed of the sampler and the augmentations.
     """
 
@@ -101,9 +102,9 @@ class UnosatDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------ preparation
     def prepare_data(self) -> None:
         """Prepare the demo dataset if it is the one asked for and it is missing (runs on one process)."""
-        if self.layout.exists():
+        if self.layout.statistics_csv.exists():
             return
-        if self.demo_dir is not None and self.dir.resolve() == (self.demo_dir / "prepared").resolve():
+        if self.demo_dir is not None and self.dir.resolve().parent == self.demo_dir.resolve():
             from unosat.config import compose_config
             from unosat.prepare import run as prepare
 

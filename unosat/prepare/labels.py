@@ -20,7 +20,9 @@ import shapely
 from rasterio.enums import Resampling
 from rasterio.features import rasterize
 from rasterio.vrt import WarpedVRT
-from rasterio.windows import Window, bounds as window_bounds, transform as window_transform
+from rasterio.windows import Window
+from rasterio.windows import bounds as window_bounds
+from rasterio.windows import transform as window_transform
 
 from unosat.classes import BUILDING, IGNORE_INDEX
 from unosat.errors import UnosatError

@@ -12,6 +12,7 @@ its shadow darkens the pixels east of it; a descending pass is the mirror image.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,17 +24,21 @@ from unosat.io.raster import Grid
 from unosat.synthetic.landcover import LandCover, LandCoverMap
 from unosat.synthetic.spec import ORBIT_PASSES, DemoSpec
 
+log = logging.getLogger(__name__)
+
 #: Skew of footprint sizes toward the small end: side = min * (max/min)^(u^SIZE_SKEW), u uniform.
 SIZE_SKEW = 1.5
 #: Aspect ratio (short/long side) range of footprints.
 ASPECT_RATIO = (0.5, 1.0)
 #: Standard deviation (degrees) of a town building's orientation around its town's street grid.
 TOWN_ANGLE_JITTER_DEG = 5.0
-#: Largest offset (px) of a footprint's centre from the centre of the pixel it is placed on; below half the
-#: smallest side (>= 1 px), so that pixel's centre is always inside.
+#: Largest offset (px, per axis) of a footprint's centre from the centre of the pixel it is placed on; 0.35 px
+#: at most, below half the smallest side (>= 1 px), so that pixel's centre is always inside.
 CENTRE_JITTER_PX = 0.25
 #: Spread (in [0, 1] of the range) of a building's VH level around the VV level's relative position.
 VH_VV_DECORRELATION = 0.15
+#: Below this share of the asked building pixels, placement warns that there was no room for more.
+SHORTFALL_WARNING = 0.9
 #: Candidate footprints drawn at a time while packing (then tried one by one).
 CANDIDATE_BATCH = 2048
 
@@ -47,7 +52,7 @@ class Footprints:
         vv_db, vh_db: ``(n,)`` double-bounce sigma0 of each building in dB.
         aspect_db: ``(len(ORBIT_PASSES), n)`` change of that level on each pass (ASC, DES) in dB: walls
             face one look direction better than the other.
-        shadow_px: ``(n,)`` shadow length in pixels (taller buildings cast longer shadows).
+        shadow_px: ``(n,)`` shadow length in pixels (the building's height over the ground range).
     """
 
     polygons: np.ndarray
@@ -108,15 +113,15 @@ def _pack(
     angle_deg: np.ndarray | None,
     taken: np.ndarray,
     spec: DemoSpec,
-) -> list[np.ndarray]:
+) -> tuple[list[np.ndarray], int]:
     """Place footprints on pixels drawn from ``weights`` until they hold ``target_px`` pixels.
 
     ``weights`` ``(rows, cols)`` need not be normalised; ``angle_deg`` (per pixel) is the street orientation
     to follow, None for random orientations. ``taken`` is the building-pixel mask padded by
     :func:`_window_size` pixels of True on every side (so no footprint leaves the scene); a candidate is kept
     when no taken pixel lies within ``building_gap_px`` of its pixels, and then marks them taken. Returns
-    ``(5, 2)`` rings in pixel coordinates ``(col, row)`` of the scene; fewer pixels than asked when the free
-    pixels run out.
+    ``(5, 2)`` rings in pixel coordinates ``(col, row)`` of the scene and the number of pixels they hold
+    (fewer than asked when the free pixels run out).
     """
     gap = spec.building_gap_px
     lo, hi = (s / spec.pixel_size for s in spec.building_size_m)
@@ -160,7 +165,7 @@ def _pack(
                 break
         if accepted == 0:  # saturated
             break
-    return [ring - pad for ring in rings]
+    return [ring - pad for ring in rings], placed
 
 
 def _window_size(spec: DemoSpec) -> int:
@@ -196,8 +201,15 @@ def place_footprints(rng: np.random.Generator, landcover: LandCoverMap, grid: Gr
 
     pad = _window_size(spec)
     taken = np.pad(np.zeros(shape, dtype=bool), pad, constant_values=True)  # the border blocks footprints
-    rings = _pack(rng, town_weight, target - rural_target, town_angle, taken, spec)
-    rings += _pack(rng, rural_px.astype(np.float64), rural_target, None, taken, spec)
+    rings, in_towns = _pack(rng, town_weight, target - rural_target, town_angle, taken, spec)
+    rural_rings, rural = _pack(rng, rural_px.astype(np.float64), rural_target, None, taken, spec)
+    rings += rural_rings
+    if in_towns + rural < SHORTFALL_WARNING * target:
+        log.warning(
+            "demo: only %.2f %% building pixels placed of the %.2f %% asked (building_fraction): no room left "
+            "for footprints; lower building_fraction, town_building_density (larger towns) or building_gap_px",
+            100 * (in_towns + rural) / (shape[0] * shape[1]), 100 * spec.building_fraction,
+        )
 
     n = len(rings)
     ring_px = np.asarray(rings, dtype=np.float64).reshape(n, 5, 2)

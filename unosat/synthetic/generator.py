@@ -125,6 +125,8 @@ def render_scene(
     acq = acquisition if isinstance(acquisition, Acquisition) else Acquisition.parse(acquisition)
     if acq.key not in city.acquisitions:
         raise UnosatError(f"demo city {city.name} has no acquisition {acq.key}; it has {city.acquisitions}")
+    if layout is not None and layout.city.name != city.name:
+        raise ValueError(f"render_scene: the layout is {layout.city.name}'s, not {city.name}'s")
     layout = layout or city_layout(spec, city)
     date_rng, vv_rng, vh_rng, noise_rng = _rng(spec, city, "acquisition", acq.key).spawn(4)
 

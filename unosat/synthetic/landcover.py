@@ -38,7 +38,8 @@ BACKSCATTER_DB: dict[LandCover, dict[str, tuple[float, float]]] = {
     LandCover.WATER: {"vv": (-25.0, -20.0), "vh": (-30.0, -25.0)},
     LandCover.TOWN: {"vv": (-5.0, 0.0), "vh": (-15.0, -11.0)},
 }
-POLARISATIONS = ("vv", "vh")
+#: Columns of :attr:`ClassBackscatter.base_db`.
+BASE_DB_COLUMNS = ("vv", "vh")
 
 #: Meander amplitude of the river, as a fraction of the scene's extent across the river.
 RIVER_MEANDER_FRACTION = 0.12
@@ -218,10 +219,10 @@ def class_backscatter(rng: np.random.Generator, landcover: LandCoverMap, spec: D
     """Draw one city's class means within :data:`BACKSCATTER_DB` (VV and VH at the same relative position
     in their ranges, so a bright crop is bright in both), the smooth within-class variation and the static
     parcel offsets."""
-    base = np.empty((len(LandCover), len(POLARISATIONS)), dtype=np.float64)
+    base = np.empty((len(LandCover), len(BASE_DB_COLUMNS)), dtype=np.float64)
     for cls in LandCover:
         u = rng.uniform()
-        for j, pol in enumerate(POLARISATIONS):
+        for j, pol in enumerate(BASE_DB_COLUMNS):
             lo, hi = BACKSCATTER_DB[cls][pol]
             base[cls, j] = lo + u * (hi - lo)
     variation = spec.class_variation_db * smooth_noise(

@@ -154,7 +154,7 @@ class DemoSpec:
     crop_parcel_m: tuple[float, float] = (150.0, 400.0)
     date_variation_db: float = 1.0
     # buildings
-    building_fraction: float = 0.025
+    building_fraction: float = 0.012
     rural_building_share: float = 0.1
     town_building_density: float = 0.2
     building_size_m: tuple[float, float] = (10.0, 50.0)

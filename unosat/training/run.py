@@ -146,7 +146,7 @@ def resolve_ckpt_path(value, log_dir: Path, output_dir: Path) -> Path | None:
 
 def build_loggers(cfg: DictConfig, wandb_id: str | None) -> list:
     loggers = []
-    for name, lg_cfg in (cfg.get("logger") or {}).items():
+    for lg_cfg in (cfg.get("logger") or {}).values():
         if lg_cfg is None or "_target_" not in lg_cfg:
             continue
         if "wandb" in str(lg_cfg._target_):

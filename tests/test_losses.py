@@ -1,0 +1,112 @@
+"""Losses against hand-computed values; label smoothing not skewed by class weights."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unosat.errors import UnosatError
+from unosat.losses import CrossEntropyJaccardLoss, SmoothedCrossEntropy, SoftJaccardLoss
+
+
+def logits_for(p_building: float, shape=(1, 4, 4)) -> torch.Tensor:
+    """Logits whose softmax gives p(building) = p_building everywhere."""
+    z = math.log(p_building / (1 - p_building))
+    out = torch.zeros(shape[0], 2, *shape[1:])
+    out[:, 1] = z
+    return out
+
+
+def test_plain_ce_equals_torch():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 2, 5, 5)
+    target = torch.randint(0, 2, (2, 5, 5))
+    target[0, 0, :3] = 255
+    ours = SmoothedCrossEntropy(class_weights=[0.1, 2.0])(logits, target)
+    ref = F.cross_entropy(logits, target, weight=torch.tensor([0.1, 2.0]), ignore_index=255)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_smoothing_without_weights_matches_torch_and_minimum_is_0_1985():
+    torch.manual_seed(1)
+    logits = torch.randn(2, 2, 5, 5)
+    target = torch.randint(0, 2, (2, 5, 5))
+    ours = SmoothedCrossEntropy(label_smoothing=0.1)(logits, target)
+    ref = F.cross_entropy(logits, target, label_smoothing=0.1)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
+    # optimum: p(true) = 1 - eps/2 = 0.95, minimum loss 0.1985 (model-facts.md)
+    target = torch.ones(1, 4, 4, dtype=torch.long)
+    loss = SmoothedCrossEntropy(label_smoothing=0.1)(logits_for(0.95), target)
+    assert loss.item() == pytest.approx(0.1985, abs=5e-5)
+
+
+def optimum_p_background(loss_fn) -> float:
+    """p(background) minimising the loss on an all-background target, by gradient descent on one logit."""
+    z = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([z], lr=0.5)
+    target = torch.zeros(1, 2, 2, dtype=torch.long)
+    for _ in range(2000):
+        logits = torch.stack([torch.zeros(1), z]).reshape(1, 2, 1, 1).expand(1, 2, 2, 2)
+        loss = loss_fn(logits, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return float(torch.softmax(torch.stack([torch.zeros(1), z.detach()]), 0)[0])
+
+
+def test_torch_builtin_smoothing_with_weights_makes_background_building_ours_does_not():
+    w, eps = torch.tensor([0.1, 2.0]), 0.1
+    builtin = optimum_p_background(lambda x, y: F.cross_entropy(x, y, weight=w, label_smoothing=eps))
+    assert builtin == pytest.approx(0.487, abs=2e-3)  # < 0.5: background pixels predicted building
+    ours = optimum_p_background(SmoothedCrossEntropy(class_weights=[0.1, 2.0], label_smoothing=eps))
+    assert ours == pytest.approx(0.95, abs=2e-3)
+
+
+def test_weighted_smoothed_value_by_hand():
+    # two valid pixels (background, building) and one ignored; p(building) = 0.8 everywhere
+    logits = logits_for(0.8, (1, 1, 3))
+    target = torch.tensor([[[0, 1, 255]]])
+    w, eps = (0.5, 2.0), 0.2
+    nll_bg, nll_bd = -math.log(0.2), -math.log(0.8)
+    smooth = (-math.log(0.2) - math.log(0.8)) / 2
+    per_bg = (1 - eps) * nll_bg + eps * smooth
+    per_bd = (1 - eps) * nll_bd + eps * smooth
+    expected = (w[0] * per_bg + w[1] * per_bd) / (w[0] + w[1])
+    got = SmoothedCrossEntropy(class_weights=w, label_smoothing=eps)(logits, target)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_all_ignored_gives_zero_with_gradient():
+    logits = torch.randn(1, 2, 3, 3, requires_grad=True)
+    loss = SmoothedCrossEntropy()(logits, torch.full((1, 3, 3), 255))
+    loss.backward()
+    assert loss.item() == 0.0 and logits.grad is not None
+
+
+def test_label_smoothing_outside_range_is_refused():
+    for eps in (-0.1, 1.0, 1.5):
+        with pytest.raises(UnosatError, match="label_smoothing"):
+            SmoothedCrossEntropy(label_smoothing=eps)
+
+
+def test_soft_jaccard_by_hand_over_valid_pixels_only():
+    logits = logits_for(0.8, (1, 1, 3))
+    target = torch.tensor([[[0, 1, 255]]])
+    # building: P = 0.8 + 0.8, Y = 1, P.Y = 0.8; background: P = 0.2 + 0.2, Y = 1, P.Y = 0.2
+    iou_bd = 0.8 / (1.6 + 1 - 0.8)
+    iou_bg = 0.2 / (0.4 + 1 - 0.2)
+    loss = SoftJaccardLoss(smooth=0.0)(logits, target)
+    assert loss.item() == pytest.approx(1 - (iou_bd + iou_bg) / 2, rel=1e-6)
+    assert SoftJaccardLoss(classes=[1], smooth=0.0)(logits, target).item() == pytest.approx(1 - iou_bd, rel=1e-6)
+
+
+def test_combined_loss_reports_terms_and_sums_them():
+    torch.manual_seed(2)
+    logits = torch.randn(2, 2, 4, 4)
+    target = torch.randint(0, 2, (2, 4, 4))
+    out = CrossEntropyJaccardLoss(jaccard_weight=2.0)(logits, target)
+    assert set(out) == {"loss", "ce", "jaccard"}
+    assert out["loss"].item() == pytest.approx(out["ce"].item() + 2 * out["jaccard"].item(), rel=1e-6)
+    # a multi-output model's tuple: the first item is the segmentation
+    assert CrossEntropyJaccardLoss()((logits, None), target)["loss"].item() == pytest.approx(out["ce"].item())
