@@ -72,3 +72,13 @@ def wandb_logger(project: str = "unosat", save_dir: str = ".", mode: str = "auto
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     return WandbLogger(project=project, save_dir=save_dir, mode=resolved, id=id, name=name, group=group,
                        tags=list(tags or []), log_model=log_model, resume="allow" if id else None, **kwargs)
+
+
+def finish_wandb(loggers) -> None:
+    """End this process's W&B runs (Lightning leaves them open; a second run in the same process would
+    otherwise log into the first)."""
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger" and getattr(logger, "_experiment", None) is not None:
+            import wandb
+
+            wandb.finish()

@@ -87,11 +87,11 @@ class SegmentationModule(pl.LightningModule):
         output = self(image)
         terms = self.loss(output, target)
         on_step = stage == "train"
+        # sync_dist: under DDP the logged values are means over all ranks (one scalar all-reduce each)
         self.log_dict({f"{stage}/{k}": v.detach() for k, v in terms.items() if k != "loss"},
-                      on_step=on_step, on_epoch=True, prog_bar=False, sync_dist=not on_step,
-                      batch_size=image.shape[0])
+                      on_step=on_step, on_epoch=True, prog_bar=False, sync_dist=True, batch_size=image.shape[0])
         self.log(f"{stage}/loss", terms["loss"], on_step=on_step, on_epoch=True, prog_bar=True,
-                 sync_dist=not on_step, batch_size=image.shape[0])
+                 sync_dist=True, batch_size=image.shape[0])
         self.confusion[f"{stage}_split"].update(segmentation_logits(output).detach().argmax(dim=1), target)
         return terms["loss"]
 

@@ -22,6 +22,7 @@ from unosat.classes import CLASS_NAMES, IGNORE_INDEX
 from unosat.errors import UnosatError
 from unosat.io.atomic import write_json_atomic, write_text_atomic
 from unosat.training.baseline import vv_threshold_baseline
+from unosat.training.loggers import finish_wandb
 from unosat.training.module import SegmentationModule
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,29 @@ def run(cfg: DictConfig) -> float | None:
         for lg in loggers:
             lg.log_metrics({"baseline/val_iou_building": base.val_iou, "baseline/vv_threshold_db": base.threshold_db}, step=0)
 
+    try:
+        summary.update(fit_and_test(cfg, trainer, module, datamodule, ckpt_path))
+    finally:
+        finish_wandb(loggers)
+
+    summary["seconds"] = time.perf_counter() - started
+    if trainer.is_global_zero:
+        write_json_atomic(output_dir / "summary.json", summary)
+        log.info("summary: %s", json.dumps({k: summary[k] for k in summary if k != "fit_metrics"}, default=str))
+    metric_name = cfg.get("optimized_metric")
+    if metric_name:
+        metrics = summary["fit_metrics"]
+        if metric_name == "val/iou_building" and summary.get("best_score") is not None:
+            return summary["best_score"]
+        if metric_name not in metrics:
+            raise UnosatError(f"optimized_metric '{metric_name}' was not logged; logged metrics: {sorted(metrics)}")
+        return metrics[metric_name]
+    return None
+
+
+def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, module: SegmentationModule, datamodule, ckpt_path) -> dict:
+    """Fit (unless ``train=false``), then test the best checkpoint when ``test=true``; return figures."""
+    summary: dict = {}
     if cfg.get("train", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
@@ -113,19 +137,7 @@ def run(cfg: DictConfig) -> float | None:
             trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
             summary["test_metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items()
                                        if k.startswith("test/") and torch.is_tensor(v) and v.numel() == 1}
-
-    summary["seconds"] = time.perf_counter() - started
-    if trainer.is_global_zero:
-        write_json_atomic(output_dir / "summary.json", summary)
-        log.info("summary: %s", json.dumps({k: summary[k] for k in summary if k != "fit_metrics"}, default=str))
-    metric_name = cfg.get("optimized_metric")
-    if metric_name:
-        if metric_name == "val/iou_building" and summary.get("best_score") is not None:
-            return summary["best_score"]
-        if metric_name not in metrics:
-            raise UnosatError(f"optimized_metric '{metric_name}' was not logged; logged metrics: {sorted(metrics)}")
-        return metrics[metric_name]
-    return None
+    return summary
 
 
 def resolve_ckpt_path(value, log_dir: Path, output_dir: Path) -> Path | None:

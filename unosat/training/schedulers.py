@@ -1,5 +1,9 @@
 """Learning-rate schedules stepped every optimisation step. Each takes ``total_steps`` (the trainer's
-estimated optimisation steps), which the module passes in."""
+estimated optimisation steps), which the module passes in.
+
+``total_steps`` and the other shape parameters come from the run's config and are left out of the state
+dict: a resumed run continues at the saved step, on the schedule of its own (possibly longer) run.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,27 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 
-class PolyLR(LRScheduler):
+class _ConfiguredSchedule(LRScheduler):
+    #: attributes set from config, not restored from checkpoints
+    config_keys: tuple[str, ...] = ()
+
+    def state_dict(self) -> dict:
+        return {k: v for k, v in super().state_dict().items() if k not in self.config_keys}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore the step, then set the optimizer's learning rates for that step on this run's schedule
+        (the optimizer state restored before carries the rates of the saved run's schedule)."""
+        super().load_state_dict({k: v for k, v in state_dict.items() if k not in self.config_keys})
+        lrs = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        self._last_lr = list(lrs)
+
+
+class PolyLR(_ConfiguredSchedule):
     """``lr = lr0 * (1 - step / total_steps) ** power`` (the UNOSAT team's schedule, power 0.9)."""
+
+    config_keys = ("total_steps", "power")
 
     def __init__(self, optimizer: Optimizer, total_steps: int, power: float = 0.9, last_epoch: int = -1):
         self.total_steps = max(1, int(total_steps))
@@ -22,9 +45,11 @@ class PolyLR(LRScheduler):
         return [base * (1.0 - frac) ** self.power for base in self.base_lrs]
 
 
-class WarmupCosineLR(LRScheduler):
+class WarmupCosineLR(_ConfiguredSchedule):
     """Linear warm-up from ``warmup_start_factor * lr0`` over ``warmup_steps`` (or ``warmup_fraction`` of
     the run), then cosine decay to ``min_lr_factor * lr0`` at ``total_steps``."""
+
+    config_keys = ("total_steps", "warmup_steps", "warmup_start_factor", "min_lr_factor")
 
     def __init__(self, optimizer: Optimizer, total_steps: int, warmup_steps: int | None = None,
                  warmup_fraction: float = 0.05, warmup_start_factor: float = 0.01, min_lr_factor: float = 0.0,
