@@ -38,17 +38,8 @@ def run(cfg: DictConfig) -> float | None:
 
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
-    recipe = datamodule.layout.recipe
-
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    if model_cfg.get("in_channels") is None:
-        model_cfg["in_channels"] = recipe.count
-    elif int(model_cfg["in_channels"]) != recipe.count:
-        raise UnosatError(f"model.in_channels={model_cfg['in_channels']} but the dataset {datamodule.dir} has "
-                          f"{recipe.count} bands ({recipe.name}: {', '.join(recipe.bands)}); set model.in_channels="
-                          f"{recipe.count} or null")
-    if int(model_cfg.get("num_classes", len(CLASS_NAMES))) != len(CLASS_NAMES):
-        raise UnosatError(f"model.num_classes must be {len(CLASS_NAMES)} ({', '.join(CLASS_NAMES)})")
+    datamodule.setup("fit")
+    model_cfg = model_config_for_data(OmegaConf.to_container(cfg.model, resolve=True), datamodule)
 
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir), output_dir)
     wandb_id = None
@@ -87,7 +78,6 @@ def run(cfg: DictConfig) -> float | None:
         lg.log_hyperparams(resolved)
 
     summary: dict = {"output_dir": str(output_dir), "model": model_cfg.get("_target_")}
-    datamodule.setup("fit")
     if cfg.get("baseline", True) and trainer.is_global_zero:
         base = vv_threshold_baseline(datamodule.train_dataset, datamodule.val_dataset)
         summary["baseline"] = {"vv_threshold_db": base.threshold_db, "train_iou_building": base.train_iou,
@@ -138,6 +128,25 @@ def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, module: SegmentationModul
             summary["test_metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items()
                                        if k.startswith("test/") and torch.is_tensor(v) and v.numel() == 1}
     return summary
+
+
+def model_config_for_data(model_cfg: dict, datamodule) -> dict:
+    """Fill what the network must know of the data: ``in_channels`` (when null, from the band recipe;
+    checked otherwise) and ``input_recipe`` (when the model declares it: bands, units, normalisation, so it
+    can undo the normalisation, e.g. GSCNN's image-gradient branch)."""
+    recipe = datamodule.recipe
+    if model_cfg.get("in_channels") is None:
+        model_cfg["in_channels"] = recipe.count
+    elif int(model_cfg["in_channels"]) != recipe.count:
+        raise UnosatError(f"model.in_channels={model_cfg['in_channels']} but the dataset {datamodule.dir} has "
+                          f"{recipe.count} bands ({recipe.name}: {', '.join(recipe.bands)}); set model.in_channels="
+                          f"{recipe.count} or null")
+    if int(model_cfg.get("num_classes", len(CLASS_NAMES))) != len(CLASS_NAMES):
+        raise UnosatError(f"model.num_classes must be {len(CLASS_NAMES)} ({', '.join(CLASS_NAMES)})")
+    if "input_recipe" in model_cfg and model_cfg["input_recipe"] is None:
+        model_cfg["input_recipe"] = {"bands": list(recipe.bands), "units": recipe.units,
+                                     "mean": list(datamodule.normalization.mean), "std": list(datamodule.normalization.std)}
+    return model_cfg
 
 
 def resolve_ckpt_path(value, log_dir: Path, output_dir: Path) -> Path | None:
