@@ -1,0 +1,1 @@
+"""Prediction: whole-scene inference, city products, vectorisation and evaluation."""
