@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -81,11 +82,20 @@ def run(cfg: DictConfig) -> PreparedDataset:
     if removed:
         log.info("removed %d temporary files left by an interrupted run", removed)
     write_manifest(dataset, settings, scenes, raw_dir, steps_done=[])
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def step_done(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 3)
+        clock = now
 
     if "bands" in steps:
         tasks = [BandStackTask(s, dataset.bands_path(s.scene_id), recipe, tuple(discovery.nodata_values),
                                discovery.units, block_rows, overwrite) for s in scenes]
         update_scenes_table(dataset, map_scenes(make_band_stack, tasks, workers, "bands"))
+        step_done("bands")
 
     if "labels" in steps:
         dataset.require("scenes.csv", "bands")
@@ -107,6 +117,7 @@ def run(cfg: DictConfig) -> PreparedDataset:
         for r, t in zip(records, tasks):
             r["label_file"] = str(t.label_path)
         update_scenes_table(dataset, records)
+        step_done("labels")
 
     if "tiles" in steps:
         dataset.require("scenes.csv")
@@ -118,6 +129,7 @@ def run(cfg: DictConfig) -> PreparedDataset:
             records += tile_records(rec, grid, schemes, tiling)
         write_csv_atomic(dataset.tiles_csv, pd.DataFrame(records))
         log.info("tile index: %d tiles", len(records))
+        step_done("tiles")
 
     if "stats" in steps:
         dataset.require("scenes.csv", "tiles.csv", "bands", "masks")
@@ -143,13 +155,16 @@ def run(cfg: DictConfig) -> PreparedDataset:
         write_json_atomic(dataset.normalization_json, {**norm.to_dict(), "units": recipe.units,
                                                        "bands": list(recipe.bands), "n_valid": int(train["n_valid"].sum())})
         log.info("statistics: %d tiles (%d skipped); folds %s", len(table), int(table["skip"].sum()), fold_of_city)
+        step_done("stats")
 
     if "report" in steps:
         dataset.require("scenes.csv", "statistics.csv", "normalization.json", "bands", "masks")
         path = write_report(dataset, report_cfg)
         log.info("report: %s", path)
+        step_done("report")
 
-    write_manifest(dataset, settings, scenes, raw_dir, steps_done=steps)
+    write_manifest(dataset, settings, scenes, raw_dir, steps_done=steps, timings=timings)
+    log.info("step times (s): %s", timings)
     log.info("prepared dataset: %s", out_dir)
     return dataset
 
@@ -189,7 +204,8 @@ def check_settings(dataset: PreparedDataset, settings: dict, overwrite: bool) ->
         )
 
 
-def write_manifest(dataset: PreparedDataset, settings: dict, scenes, raw_dir: Path, steps_done: list[str]) -> None:
+def write_manifest(dataset: PreparedDataset, settings: dict, scenes, raw_dir: Path, steps_done: list[str],
+                   timings: dict | None = None) -> None:
     done = set(steps_done)
     if dataset.manifest_path.exists():
         try:
@@ -208,6 +224,7 @@ def write_manifest(dataset: PreparedDataset, settings: dict, scenes, raw_dir: Pa
         "test_cities": settings["split"]["test_cities"],
         "steps_done": [s for s in STEPS if s in done],
         "settings": settings,
+        "last_run_seconds": timings or {},
     }
     write_json_atomic(dataset.manifest_path, manifest)
     dataset.__dict__.pop("manifest", None)

@@ -82,3 +82,29 @@ def finish_wandb(loggers) -> None:
             import wandb
 
             wandb.finish()
+
+
+def mlflow_logger(experiment_name: str = "unosat", tracking_dir: str = "mlruns", tracking_uri: str | None = None,
+                  run_name: str | None = None, run_id: str | None = None, log_model: bool = False, **kwargs):
+    """A Lightning ``MLFlowLogger`` writing to a local tracking store by default.
+
+    ``tracking_dir`` holds a SQLite store (``mlflow.db``) and the artifacts; browse it with
+    ``mlflow ui --backend-store-uri sqlite:///<tracking_dir>/mlflow.db``. ``tracking_uri`` (e.g. an MLflow
+    server ``http://host:5000``) overrides it. ``run_id`` continues an existing run (resumed training).
+    Needs the optional extra: ``pip install -e ".[mlflow]"``.
+    """
+    try:
+        import mlflow  # noqa: F401
+        from pytorch_lightning.loggers import MLFlowLogger
+    except ImportError:
+        from unosat.errors import UnosatError
+
+        raise UnosatError('logger=mlflow needs MLflow: pip install -e ".[mlflow]"') from None
+    artifact_location = None
+    if tracking_uri is None:
+        directory = Path(tracking_dir).expanduser().resolve()
+        directory.mkdir(parents=True, exist_ok=True)
+        tracking_uri = f"sqlite:///{directory / 'mlflow.db'}"
+        artifact_location = str(directory / "artifacts")
+    return MLFlowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri, run_name=run_name, run_id=run_id,
+                        log_model=log_model, artifact_location=artifact_location, **kwargs)

@@ -42,11 +42,11 @@ def run(cfg: DictConfig) -> float | None:
     model_cfg = model_config_for_data(OmegaConf.to_container(cfg.model, resolve=True), datamodule)
 
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir), output_dir)
-    wandb_id = None
+    previous: dict = {}
     if ckpt_path is not None:
         checkpoint = load_checkpoint(ckpt_path)
         check_same_model(checkpoint, model_cfg, ckpt_path)
-        wandb_id = checkpoint["unosat"].get("wandb_run_id")
+        previous = checkpoint["unosat"]
         log.info("resuming from %s", ckpt_path)
 
     net = instantiate(model_cfg)
@@ -64,10 +64,12 @@ def run(cfg: DictConfig) -> float | None:
         metadata={"model": model_cfg, "config": OmegaConf.to_container(cfg, resolve=True)},
     )
 
-    loggers = build_loggers(cfg, wandb_id)
+    loggers = build_loggers(cfg, previous)
     for lg in loggers:
         if type(lg).__name__ == "WandbLogger":
             module.metadata["wandb_run_id"] = lg.version
+        elif type(lg).__name__ == "MLFlowLogger":
+            module.metadata["mlflow"] = {"run_id": lg.run_id, "tracking_uri": lg._tracking_uri}
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
@@ -75,6 +77,11 @@ def run(cfg: DictConfig) -> float | None:
     if trainer.is_global_zero:
         write_text_atomic(output_dir / "config_resolved.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
     for lg in loggers:
+        if type(lg).__name__ == "MLFlowLogger" and previous.get("mlflow"):
+            # MLflow params cannot change within a run: a resumed run records its config as an artifact
+            lg.experiment.log_text(lg.run_id, OmegaConf.to_yaml(OmegaConf.create(resolved)),
+                                   f"config_resumed_{output_dir.name}.yaml")
+            continue
         lg.log_hyperparams(resolved)
 
     summary: dict = {"output_dir": str(output_dir), "model": model_cfg.get("_target_")}
@@ -165,14 +172,19 @@ def resolve_ckpt_path(value, log_dir: Path, output_dir: Path) -> Path | None:
     return path
 
 
-def build_loggers(cfg: DictConfig, wandb_id: str | None) -> list:
+def build_loggers(cfg: DictConfig, previous: dict) -> list:
+    """Instantiate the configured loggers; a resumed run continues the W&B / MLflow run of its checkpoint."""
     loggers = []
     for lg_cfg in (cfg.get("logger") or {}).values():
         if lg_cfg is None or "_target_" not in lg_cfg:
             continue
-        if "wandb" in str(lg_cfg._target_):
-            with open_dict(lg_cfg):
-                lg_cfg.id = wandb_id or lg_cfg.get("id") or _new_wandb_id()
+        target = str(lg_cfg._target_)
+        with open_dict(lg_cfg):
+            if "wandb" in target:
+                lg_cfg.id = previous.get("wandb_run_id") or lg_cfg.get("id") or _new_wandb_id()
+            elif "mlflow" in target and previous.get("mlflow"):
+                lg_cfg.run_id = previous["mlflow"]["run_id"]
+                lg_cfg.tracking_uri = previous["mlflow"]["tracking_uri"]
         loggers.append(instantiate(lg_cfg))
     return loggers
 
