@@ -53,8 +53,8 @@ def demo_dataset(workdir: Path, size: int, cities: int = 1, acquisitions: int = 
     demo = compose_config("prepare", []).demo
     names = [c for c in demo.cities if c.role == "train"][:cities]
     city_list = ",".join(
-        "{name:%s,mgrs:%s,role:train,acquisitions:[%s],label_format:shp,label_crs:null,nodata_value:0.0,towns:3}"
-        % (c.name, c.mgrs, ",".join(list(c.acquisitions)[:acquisitions])) for c in names)
+        f"{{name:{c.name},mgrs:{c.mgrs},role:train,acquisitions:[{','.join(list(c.acquisitions)[:acquisitions])}],"
+        "label_format:shp,label_crs:null,nodata_value:0.0,towns:3}" for c in names)
     cfg = compose_config("prepare", [f"raw_dir={raw}", f"out_dir={out}", f"paths.demo_dir={workdir}",
                                      f"demo.height={size}", f"demo.width={size}", f"demo.cities=[{city_list}]",
                                      f"bands={recipe}", f"tiling.train_size={tile}", "split.test_cities=[]",
