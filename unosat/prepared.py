@@ -10,6 +10,7 @@
       tiles.csv            tile index: scene, scheme (train/test), window, map bounds
       statistics.csv       tile index + per-band statistics, target and nodata ratios, fold, skip flag
       normalization.json   per-band mean/std over the training tiles (valid pixels)
+      quality.csv          label quality per acquisition: contrast, best shift, flags (step ``quality``)
       report/              EDA report (report.md and figures)
 """
 
@@ -54,6 +55,10 @@ class PreparedDataset:
     @property
     def normalization_json(self) -> Path:
         return self.root / "normalization.json"
+
+    @property
+    def quality_csv(self) -> Path:
+        return self.root / "quality.csv"
 
     @property
     def bands_dir(self) -> Path:

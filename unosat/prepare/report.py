@@ -165,6 +165,21 @@ def nodata_figure(scenes: pd.DataFrame, config: ReportConfig, path: Path) -> Non
     save_figure(fig, path, config.dpi)
 
 
+def quality_figure(quality: pd.DataFrame, band: str, config: ReportConfig, path: Path) -> None:
+    """Contrast of the likelihood band per acquisition (flagged ones in red), best shift written above."""
+    col = f"contrast_{band}_db" if f"contrast_{band}_db" in quality else next(c for c in quality if c.startswith("contrast_"))
+    quality = quality.sort_values(["city", "scene_id"]).reset_index(drop=True)
+    flagged = quality["quality_flag"].astype(str).str.lower() == "true"
+    fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(quality)), 3.8))
+    ax.bar(range(len(quality)), quality[col], color=np.where(flagged, "tab:red", "tab:blue"))
+    for i, row in quality.iterrows():
+        ax.annotate(f"({row.shift_rows},{row.shift_cols})", (i, row[col]), ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(range(len(quality)), quality["city"] + " " + quality["scene_id"], rotation=90, fontsize=7)
+    ax.set_ylabel(f"{col.removeprefix('contrast_').removesuffix('_db')} contrast, labels vs around (dB)")
+    ax.set_title("Label quality per acquisition: contrast (bars), best label shift in px (above); red = flagged", fontsize=8)
+    save_figure(fig, path, config.dpi)
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     cols = list(frame.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
@@ -209,6 +224,14 @@ def write_report(dataset: PreparedDataset, config: ReportConfig) -> Path:
         with_buildings=("target_ratio", lambda r: int((r > 0).sum())), mean_target_pct=("target_ratio", lambda r: 100 * r.mean()),
     ).reset_index()
     norm_table = pd.DataFrame({"band": list(recipe.bands), "mean": norm.mean, "std": norm.std})
+    quality_text = "Not measured (run the `quality` step)."
+    if dataset.quality_csv.exists():
+        quality = pd.read_csv(dataset.quality_csv, dtype={"scene_id": str, "city": str})
+        band = dataset.manifest["settings"].get("quality", {}).get("likelihood_band", "vv")
+        quality_figure(quality, band, config, out / "label_quality.png")
+        cols = ["scene_id", "city"] + [c for c in quality.columns if c.startswith("contrast_")] + \
+            ["shift_rows", "shift_cols", "quality_flag", "quality_reason"]
+        quality_text = markdown_table(quality[cols]) + "\n\n![label quality](label_quality.png)"
     quick = "\n".join(f"![{sid}](quicklooks/{sid}.png)" for sid in scenes["scene_id"])
     text = f"""# Prepared dataset report
 
@@ -230,6 +253,13 @@ separately above.
 
 ## Backscatter of buildings vs background
 ![histograms](histograms.png)
+
+## Label quality
+Contrast (dB) of the backscatter inside the label polygons against the pixels around them, and the label
+shift (rows, columns) that best matches the image; flagged acquisitions can be left out of training with
+`data.exclude_flagged=true`.
+
+{quality_text}
 
 ## Normalisation ({norm.source})
 {markdown_table(norm_table)}

@@ -1,7 +1,8 @@
 """``prepare.py``: raw VV/VH scenes + label vectors -> a prepared dataset (see :mod:`unosat.prepared`).
 
 Steps, in order (``steps=[...]`` runs some of them): ``bands`` (band stacks), ``labels`` (masks),
-``tiles`` (tile index), ``stats`` (tile statistics, folds, normalisation), ``report`` (EDA report).
+``quality`` (label quality per acquisition), ``tiles`` (tile index), ``stats`` (tile statistics, folds,
+normalisation), ``report`` (EDA report).
 Every output is written atomically and records the settings it was made with, so a re-run skips finished
 work, redoes unfinished work, and refuses to replace work made with other settings unless
 ``overwrite=true``. Raw inputs are only read.
@@ -25,6 +26,7 @@ from unosat.errors import UnosatError
 from unosat.io.atomic import atomic_path, remove_stale_temporaries, write_json_atomic
 from unosat.io.raster import Grid
 from unosat.prepare.band_stack import BandStackTask, make_band_stack
+from unosat.prepare.label_quality import QualityTask, flag_acquisitions, scene_label_quality
 from unosat.prepare.labels import LabelTask, make_label_mask
 from unosat.prepare.parallel import map_scenes
 from unosat.prepare.report import write_report
@@ -41,7 +43,7 @@ from unosat.scenes import discover_scenes, find_label_file, find_raster_label
 
 log = logging.getLogger(__name__)
 
-STEPS = ("bands", "labels", "tiles", "stats", "report")
+STEPS = ("bands", "labels", "quality", "tiles", "stats", "report")
 
 
 def run(cfg: DictConfig) -> PreparedDataset:
@@ -59,6 +61,7 @@ def run(cfg: DictConfig) -> PreparedDataset:
     tiling = instantiate(cfg.tiling)
     stats_cfg = instantiate(cfg.stats)
     report_cfg = instantiate(cfg.report)
+    quality_cfg = instantiate(cfg.quality)
     test_cities = list(cfg.split.test_cities or [])
     folds = OmegaConf.to_container(cfg.split.folds) if cfg.split.folds else {}
     overwrite = bool(cfg.overwrite)
@@ -75,6 +78,7 @@ def run(cfg: DictConfig) -> PreparedDataset:
         "tiling": asdict(tiling),
         "split": {"test_cities": sorted(test_cities), "folds": folds},
         "stats": asdict(stats_cfg),
+        "quality": asdict(quality_cfg),
     }
     check_settings(dataset, settings, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -119,6 +123,18 @@ def run(cfg: DictConfig) -> PreparedDataset:
         update_scenes_table(dataset, records)
         step_done("labels")
 
+    if "quality" in steps:
+        dataset.require("scenes.csv", "bands", "masks")
+        tasks = [QualityTask(s.scene_id, s.city, s.orbit_pass or "", dataset.bands_path(s.scene_id), dataset.mask_path(s.scene_id), recipe,
+                             quality_cfg, dataset.root / "quality" / f"{s.scene_id}.json", overwrite) for s in scenes]
+        quality = flag_acquisitions(map_scenes(scene_label_quality, tasks, workers, "quality"), quality_cfg)
+        write_csv_atomic(dataset.quality_csv, quality)
+        flagged = quality[quality["quality_flag"]]
+        for row in flagged.itertuples():
+            log.warning("label quality: %s (%s): %s", row.scene_id, row.city, row.quality_reason)
+        log.info("label quality: %d of %d acquisitions flagged", len(flagged), len(quality))
+        step_done("quality")
+
     if "tiles" in steps:
         dataset.require("scenes.csv")
         table = dataset.scenes()
@@ -144,7 +160,8 @@ def run(cfg: DictConfig) -> PreparedDataset:
         ]
         rows = [row for part in map_scenes(scene_tile_statistics, tasks, workers, "stats") for row in part]
         fold_of_city = assign_folds(sorted({s.city for s in scenes}), folds, test_cities)
-        table = merge_statistics(tiles, rows, fold_of_city)
+        quality = read_table(dataset.quality_csv) if dataset.quality_csv.exists() else None
+        table = merge_statistics(tiles, rows, fold_of_city, quality)
         write_csv_atomic(dataset.statistics_csv, table)
         train = table[(table["split"] == "train") & (table["scheme"] == "train") & ~table["skip"]]
         if train.empty:

@@ -161,8 +161,10 @@ def pooled_normalization(table: pd.DataFrame, band_names: Sequence[str], source:
     return Normalization(tuple(means), tuple(stds), source=source)
 
 
-def merge_statistics(tiles: pd.DataFrame, stats_rows: list[dict], fold_of_city: Mapping[str, int]) -> pd.DataFrame:
-    """The statistics table: the tile index joined with per-tile statistics, fold and split."""
+def merge_statistics(tiles: pd.DataFrame, stats_rows: list[dict], fold_of_city: Mapping[str, int],
+                     quality: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The statistics table: the tile index joined with per-tile statistics, fold and split, and the label
+    quality flag of each tile's acquisition when the ``quality`` step ran."""
     stats = pd.DataFrame(stats_rows)
     table = tiles.merge(stats, on="tile_id", how="left", validate="one_to_one")
     if table["n_valid"].isna().any():
@@ -170,4 +172,7 @@ def merge_statistics(tiles: pd.DataFrame, stats_rows: list[dict], fold_of_city: 
         raise UnosatError(f"statistics missing for tiles such as {missing}")
     table["fold"] = table["city"].map(fold_of_city).astype(int)
     table["split"] = np.where(table["fold"] == TEST_FOLD, "test", "train")
+    if quality is not None:
+        flags = quality.set_index("scene_id")["quality_flag"].astype(str).str.lower() == "true"
+        table["quality_flag"] = table["scene_id"].map(flags).fillna(False).astype(bool)
     return table
