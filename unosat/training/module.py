@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
@@ -20,6 +19,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from unosat.classes import CLASS_NAMES, IGNORE_INDEX
 from unosat.metrics import scores_from_confusion
 from unosat.training.figures import confusion_figure, save_and_log_figure
+from unosat.training.lightning_base import UnosatModule
 
 STAGES = ("train", "val", "test")
 
@@ -29,20 +29,12 @@ def segmentation_logits(output) -> torch.Tensor:
     return output[0] if isinstance(output, tuple | list) else output
 
 
-class SegmentationModule(pl.LightningModule):
-    """Trains ``net`` with ``loss``.
+class SegmentationModule(UnosatModule):
+    """Trains a segmentation ``net`` with ``loss`` (see :class:`~unosat.training.lightning_base.UnosatModule`
+    for the shared arguments).
 
     Args:
-        net: the network.
-        loss: a module ``loss(output, target) -> {"loss": total, <term>: value, ...}``.
-        optimizer: ``optimizer(params) -> torch.optim.Optimizer`` (a Hydra ``_partial_``).
-        scheduler: ``scheduler(optimizer, total_steps=...) -> LRScheduler`` or None; stepped every
-            ``scheduler_interval`` (``step`` or ``epoch``).
         num_classes, ignore_index, class_names: the label set (255 = ignore).
-        channels_last: run the network in channels-last memory format (faster convolutions and pooling
-            on CPU and recent GPUs).
-        metadata: what the checkpoint must carry so prediction needs nothing else (model config, data
-            recipe...); stored under ``checkpoint["unosat"]``.
     """
 
     def __init__(
@@ -58,40 +50,21 @@ class SegmentationModule(pl.LightningModule):
         channels_last: bool = False,
         metadata: dict | None = None,
     ):
-        super().__init__()
-        self.net = net
-        self.loss = loss
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.scheduler_interval = scheduler_interval
+        super().__init__(net, loss, optimizer, scheduler, scheduler_interval, channels_last, metadata)
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)
         self.class_names = tuple(class_names)
-        self.channels_last = bool(channels_last)
-        self.metadata = dict(metadata or {})
         self.confusion = nn.ModuleDict({
             f"{stage}_split": MulticlassConfusionMatrix(self.num_classes, ignore_index=self.ignore_index)
             for stage in STAGES  # ("train" alone would clash with nn.Module.train)
         })
-        if self.channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
-
-    def forward(self, image: torch.Tensor):
-        if self.channels_last:
-            image = image.contiguous(memory_format=torch.channels_last)
-        return self.net(image)
 
     # ------------------------------------------------------------------ steps
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
         image, target = batch["image"], batch["mask"]
         output = self(image)
         terms = self.loss(output, target)
-        on_step = stage == "train"
-        # sync_dist: under DDP the logged values are means over all ranks (one scalar all-reduce each)
-        self.log_dict({f"{stage}/{k}": v.detach() for k, v in terms.items() if k != "loss"},
-                      on_step=on_step, on_epoch=True, prog_bar=False, sync_dist=True, batch_size=image.shape[0])
-        self.log(f"{stage}/loss", terms["loss"], on_step=on_step, on_epoch=True, prog_bar=True,
-                 sync_dist=True, batch_size=image.shape[0])
+        self.log_terms(stage, terms, image.shape[0])
         self.confusion[f"{stage}_split"].update(segmentation_logits(output).detach().argmax(dim=1), target)
         return terms["loss"]
 
@@ -129,24 +102,3 @@ class SegmentationModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._epoch_end("test")
-
-    # ----------------------------------------------------------- optimisers
-    def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        if self.scheduler_interval == "step":
-            total = int(self.trainer.estimated_stepping_batches)
-        else:
-            total = int(self.trainer.max_epochs)
-        scheduler = self.scheduler_factory(optimizer, total_steps=total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
-
-    # ---------------------------------------------------------- checkpoints
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "data_recipe"):
-            self.metadata["data"] = datamodule.data_recipe()
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["unosat"] = self.metadata

@@ -66,6 +66,8 @@ class PredictionGrid(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or self.num_tiles <= 0:
             return
+        if getattr(getattr(pl_module, "net", None), "task", "segmentation") != "segmentation":
+            return  # e.g. a tile classifier: nothing to draw
         last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
         if (trainer.current_epoch + 1) % self.every_n_epochs and not last_epoch:
             return

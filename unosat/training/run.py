@@ -24,6 +24,7 @@ from unosat.io.atomic import write_json_atomic, write_text_atomic
 from unosat.training.baseline import vv_threshold_baseline
 from unosat.training.loggers import finish_wandb
 from unosat.training.module import SegmentationModule
+from unosat.training.tile_module import TileClassificationModule
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,9 @@ def run(cfg: DictConfig) -> float | None:
 
     net = instantiate(model_cfg)
     loss = instantiate(cfg.loss)
-    module = SegmentationModule(
+    task = getattr(net, "task", "segmentation")
+    module_class = TileClassificationModule if task == "tile_classification" else SegmentationModule
+    module = module_class(
         net=net,
         loss=loss,
         optimizer=instantiate(cfg.optimizer),
@@ -61,7 +64,7 @@ def run(cfg: DictConfig) -> float | None:
         ignore_index=IGNORE_INDEX,
         class_names=CLASS_NAMES,
         channels_last=bool(cfg.get("channels_last", False)),
-        metadata={"model": model_cfg, "config": OmegaConf.to_container(cfg, resolve=True)},
+        metadata={"model": model_cfg, "task": task, "config": OmegaConf.to_container(cfg, resolve=True)},
     )
 
     loggers = build_loggers(cfg, previous)
@@ -85,7 +88,7 @@ def run(cfg: DictConfig) -> float | None:
         lg.log_hyperparams(resolved)
 
     summary: dict = {"output_dir": str(output_dir), "model": model_cfg.get("_target_")}
-    if cfg.get("baseline", True) and trainer.is_global_zero:
+    if cfg.get("baseline", True) and trainer.is_global_zero and task == "segmentation":
         base = vv_threshold_baseline(datamodule.train_dataset, datamodule.val_dataset)
         summary["baseline"] = {"vv_threshold_db": base.threshold_db, "train_iou_building": base.train_iou,
                                "val_iou_building": base.val_iou}
@@ -106,7 +109,7 @@ def run(cfg: DictConfig) -> float | None:
     metric_name = cfg.get("optimized_metric")
     if metric_name:
         metrics = summary["fit_metrics"]
-        if metric_name == "val/iou_building" and summary.get("best_score") is not None:
+        if summary.get("best_score") is not None:  # the checkpoint callback monitors optimized_metric
             return summary["best_score"]
         if metric_name not in metrics:
             raise UnosatError(f"optimized_metric '{metric_name}' was not logged; logged metrics: {sorted(metrics)}")
