@@ -90,7 +90,7 @@ def make_label_mask(task: LabelTask) -> dict:
     with open_raster(task.stack_path) as stack:
         grid = Grid.of(stack)
         if task.config.source == "vector":
-            burner = _VectorBurner(task.label_path, grid, task.config.all_touched, task.scene_id)
+            burner = VectorBurner(task.label_path, grid, task.config.all_touched, task.scene_id)
         else:
             burner = _RasterAligner(task.label_path, grid, task.config.raster_nodata)
         counts = {"n_background": 0, "n_building": 0, "n_ignore": 0, "n_polygons": burner.n_polygons,
@@ -119,7 +119,7 @@ def make_label_mask(task: LabelTask) -> dict:
     return {"scene_id": task.scene_id, **counts, "skipped": False}
 
 
-class _VectorBurner:
+class VectorBurner:
     """Rasterizes polygons window by window (only the polygons whose box meets the window)."""
 
     def __init__(self, path: Path, grid: Grid, all_touched: bool, scene_id: str):

@@ -1,0 +1,159 @@
+"""Scores of a city's predicted buildings against its label polygons: pixel scores and object-level F1.
+
+Pixel scores, as the challenge scored them: the label polygons are rasterized on the prediction's grid
+(``all_touched`` as in preparation: true for UNOSAT) and compared with the predicted mask over its valid
+pixels (mask != 255), block by block (memory bounded by one strip). Building IoU, precision, recall and F1
+come from :func:`unosat.metrics.scores_from_confusion`; the overall figures of several cities come from the
+summed confusion matrices, not from a mean of the cities.
+
+Object scores (SpaceNet style): predicted polygons and true polygons are matched one to one at IoU >= 0.5,
+see :mod:`unosat.predict.object_matching`; the overall figures come from the summed TP/FP/FN.
+
+**True polygons are clipped to the valid area of the prediction first** (the raster's extent minus its
+nodata pixels, 255). The labels also cover the swath's nodata wedge and may extend beyond the scene; a
+prediction cannot see there, so counting those buildings as missed would measure the swath, not the model.
+A true polygon wholly in nodata (or outside) is left out; one cut by the nodata border is kept in its valid
+part. Predicted polygons never lie over nodata (255 is never building). Geometry is compared in the
+prediction's CRS (projected, metres).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import shapely
+from rasterio.windows import Window
+
+from unosat.classes import BUILDING, CLASS_NAMES, IGNORE_INDEX
+from unosat.errors import UnosatError
+from unosat.io.raster import Grid, gdal_env, open_raster, read_window, row_blocks
+from unosat.metrics import confusion_matrix, scores_from_confusion
+from unosat.predict.object_matching import match_polygons, object_scores
+from unosat.predict.vectorize import polygonize_strips, read_vectorized
+from unosat.prepare.labels import VectorBurner
+
+#: rows of the prediction read at a time
+EVAL_BLOCK_ROWS = 1024
+
+COUNT_KEYS = ("valid_pixels", "nodata_pixels", "true_building_pixels", "predicted_building_pixels",
+              "true_polygons", "true_polygons_evaluated", "true_polygons_in_nodata", "predicted_polygons")
+
+
+def evaluate_city(pred_mask_path, pred_polygons_path, label_path, all_touched: bool = True,
+                  iou_threshold: float = 0.5, *, block_rows: int = EVAL_BLOCK_ROWS) -> dict:
+    """Pixel and object scores of one city (or scene) prediction; a JSON-ready dict.
+
+    Args:
+        pred_mask_path: predicted mask GeoTIFF (0 background, 1 building, 255 nodata); its grid is the
+            reference grid.
+        pred_polygons_path: the polygons vectorised from it (any OGR format, any CRS).
+        label_path: the city's label polygons (any OGR format with a CRS).
+        all_touched: how labels are burnt for pixel scores (as in preparation).
+        iou_threshold: IoU for an object match.
+
+    Returns ``{"pixel": {"confusion": [[tn, fp], [fn, tp]], "iou_building": ..., "precision_building": ...,
+    "recall_building": ..., "f1_building": ..., ...}, "object": {"tp", "fp", "fn", "precision", "recall",
+    "f1"}, "counts": {...}, "settings": {...}, "files": {...}}``. A missing, unreadable or CRS-less label
+    or polygon file raises :class:`UnosatError` naming it.
+    """
+    pred_mask_path, pred_polygons_path, label_path = Path(pred_mask_path), Path(pred_polygons_path), Path(label_path)
+    with gdal_env(), open_raster(pred_mask_path) as src:
+        grid = Grid.of(src)
+        if grid.crs is None:
+            raise UnosatError(f"{pred_mask_path}: the prediction has no CRS, it cannot be compared with labels")
+        burner = VectorBurner(label_path, grid, all_touched, pred_mask_path.stem)
+        confusion = pixel_confusion(src, burner, block_rows)
+        nodata = np.concatenate([geoms for geoms, _ in polygonize_strips(src, IGNORE_INDEX, block_rows)])
+
+    truth, in_scene, in_nodata = clip_to_valid_area(burner.geoms, grid, nodata)
+    pred = np.asarray(read_vectorized(pred_polygons_path, grid.crs).values, dtype=object)
+    match = match_polygons(pred, truth, iou_threshold)
+    valid = int(confusion.sum())
+    return {
+        "pixel": {"confusion": confusion.tolist(), **scores_from_confusion(confusion)},
+        "object": object_scores(match.tp, match.fp, match.fn),
+        "counts": {
+            "valid_pixels": valid,
+            "nodata_pixels": grid.width * grid.height - valid,
+            "true_building_pixels": int(confusion[BUILDING].sum()),
+            "predicted_building_pixels": int(confusion[:, BUILDING].sum()),
+            "true_polygons": in_scene,
+            "true_polygons_evaluated": len(truth),
+            "true_polygons_in_nodata": in_nodata,
+            "predicted_polygons": len(pred),
+        },
+        "settings": {"all_touched": bool(all_touched), "iou_threshold": float(iou_threshold)},
+        "files": {"mask": str(pred_mask_path), "polygons": str(pred_polygons_path), "labels": str(label_path)},
+    }
+
+
+def pixel_confusion(src, burner: VectorBurner, block_rows: int) -> np.ndarray:
+    """``(2, 2)`` confusion matrix (rows: truth, columns: prediction) over the valid pixels of ``src``."""
+    total = np.zeros((len(CLASS_NAMES), len(CLASS_NAMES)), dtype=np.int64)
+    for row_off, rows in row_blocks(src.height, block_rows):
+        window = Window(0, row_off, src.width, rows)
+        pred = read_window(src, window, 1)
+        valid = pred != IGNORE_INDEX
+        if (pred[valid] > BUILDING).any():
+            raise UnosatError(f"{src.name}: a prediction mask holds 0, 1 and 255 only; found "
+                              f"{sorted(set(np.unique(pred[valid]).tolist()) - {0, 1})[:5]}")
+        target = np.where(valid, burner.burn(window), IGNORE_INDEX)
+        total += confusion_matrix(target, pred, len(CLASS_NAMES), IGNORE_INDEX)
+    return total
+
+
+def clip_to_valid_area(truth: np.ndarray, grid: Grid, nodata: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """True polygons clipped to the raster extent minus the ``nodata`` polygons (map coordinates).
+
+    Returns ``(clipped polygons with area > 0, how many met the extent, how many of those lay wholly in
+    nodata)``.
+    """
+    truth = np.asarray(truth, dtype=object)
+    extent = shapely.box(*grid.bounds)
+    shapely.prepare(extent)
+    truth = truth[shapely.intersects(extent, truth)]
+    in_scene = len(truth)
+    truth = truth.copy()
+    partly_out = ~shapely.covers(extent, truth)
+    truth[partly_out] = shapely.intersection(truth[partly_out], extent)
+    if len(nodata) and len(truth):
+        nd_index, t_index = shapely.STRtree(truth).query(nodata, predicate="intersects")
+        order = np.argsort(t_index, kind="stable")
+        nd_index, t_index = nd_index[order], t_index[order]
+        starts = np.flatnonzero(np.r_[True, t_index[1:] != t_index[:-1]]) if len(t_index) else []
+        for k, start in enumerate(starts):
+            stop = starts[k + 1] if k + 1 < len(starts) else len(t_index)
+            t = t_index[start]
+            truth[t] = shapely.difference(truth[t], shapely.union_all(nodata[nd_index[start:stop]]))
+    truth = np.array([_polygonal(g) for g in truth], dtype=object).reshape(-1)
+    keep = shapely.area(truth) > 0
+    return truth[keep], in_scene, int(in_scene - keep.sum())
+
+
+def _polygonal(geom: shapely.Geometry) -> shapely.Geometry:
+    """The polygonal part of a clipped geometry (a polygon touching the border leaves lines behind)."""
+    if geom.geom_type in ("Polygon", "MultiPolygon"):
+        return geom
+    parts = [p for p in shapely.get_parts(geom) if p.geom_type in ("Polygon", "MultiPolygon")]
+    return shapely.union_all(parts) if parts else shapely.Polygon()
+
+
+def evaluation_report(per_city: dict[str, dict]) -> dict:
+    """``{"overall": {...}, "cities": {...}}``: overall pixel scores from the summed confusion matrices,
+    overall object scores from the summed TP/FP/FN, summed counts."""
+    if not per_city:
+        raise UnosatError("evaluation: no city to report")
+    settings = {name: city["settings"] for name, city in per_city.items()}
+    if len({tuple(sorted(s.items())) for s in settings.values()}) > 1:
+        raise UnosatError(f"evaluation: cities were scored with different settings: {settings}")
+    confusion = sum(np.asarray(city["pixel"]["confusion"], dtype=np.int64) for city in per_city.values())
+    tp, fp, fn = (sum(int(city["object"][k]) for city in per_city.values()) for k in ("tp", "fp", "fn"))
+    overall = {
+        "pixel": {"confusion": confusion.tolist(), **scores_from_confusion(confusion)},
+        "object": object_scores(tp, fp, fn),
+        "counts": {k: sum(int(city["counts"][k]) for city in per_city.values()) for k in COUNT_KEYS},
+        "settings": next(iter(settings.values())),
+        "n_cities": len(per_city),
+    }
+    return {"overall": overall, "cities": dict(per_city)}
