@@ -1,0 +1,141 @@
+"""The networks that predict: one checkpoint or several averaged at the probability level.
+
+Each checkpoint brings its own band recipe and normalisation (``checkpoint["unosat"]["data"]``). For raw
+input every model gets its own stack; models that share recipe and normalisation share one input
+(:attr:`Ensemble.groups`). For a prepared dataset every checkpoint's recipe must equal the dataset's. The
+building probability of a model is the softmax of its segmentation logits (the first output of models that
+return several, e.g. GSCNN's ``(seg_logits, edge_logits)``), averaged over the TTA transforms; the
+ensemble's is the mean over models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from unosat.bands import BandRecipe, Normalization
+from unosat.checkpoint import build_model, describe_model, load_checkpoint, model_config
+from unosat.classes import BUILDING, CLASS_NAMES
+from unosat.errors import UnosatError
+from unosat.predict.distributed import Runtime
+from unosat.predict.tta import D4Transform, tta_average, tta_transforms
+from unosat.training.module import segmentation_logits
+
+HASH_CHUNK_BYTES = 1 << 20
+
+
+@dataclass
+class LoadedModel:
+    """A network with what it needs to read its input. ``sha256`` identifies the checkpoint file."""
+
+    name: str
+    net: nn.Module
+    recipe: BandRecipe
+    normalization: Normalization
+    path: Path | None = None
+    sha256: str = ""
+    model: dict | None = None
+
+    def identity(self) -> dict:
+        return {"checkpoint": str(self.path) if self.path else self.name, "sha256": self.sha256,
+                "model": describe_model(self.model or {}), "recipe": self.recipe.to_dict(),
+                "normalization": {k: v for k, v in self.normalization.to_dict().items() if k != "source"}}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_model(path: Path | str) -> LoadedModel:
+    """The network of a unosat checkpoint (read with ``weights_only``) and its data recipe.
+
+    Raises :class:`UnosatError` naming the file when it is missing, not a unosat checkpoint, or its recipe,
+    normalisation and network do not agree.
+    """
+    path = Path(path).expanduser()
+    checkpoint = load_checkpoint(path)
+    data = checkpoint["unosat"].get("data") or {}
+    if "recipe" not in data or "normalization" not in data:
+        raise UnosatError(f"{path}: the checkpoint records no band recipe or normalisation (unosat.data); it was "
+                          "not made by train.py")
+    recipe = BandRecipe.from_dict(data["recipe"])
+    normalization = Normalization.from_dict(data["normalization"])
+    if normalization.count != recipe.count:
+        raise UnosatError(f"{path}: normalisation has {normalization.count} bands but recipe '{recipe.name}' has "
+                          f"{recipe.count}")
+    classes = data.get("classes")
+    if classes is not None and tuple(classes) != CLASS_NAMES:
+        raise UnosatError(f"{path}: predicts classes {list(classes)}, expected {list(CLASS_NAMES)}")
+    cfg = model_config(checkpoint)
+    in_channels = cfg.get("in_channels")
+    if in_channels is not None and int(in_channels) != recipe.count:
+        raise UnosatError(f"{path}: the network takes {in_channels} bands but its recipe '{recipe.name}' has "
+                          f"{recipe.count}")
+    net = build_model(checkpoint, path)
+    return LoadedModel(path.name, net, recipe, normalization, path.resolve(), file_sha256(path), cfg)
+
+
+def check_prepared_recipe(models: Sequence[LoadedModel], recipe: BandRecipe, dataset: Path) -> None:
+    """Every model must read the dataset's band recipe; otherwise say which checkpoint and what differs."""
+    for m in models:
+        differ = m.recipe.differences(recipe)
+        if differ:
+            raise UnosatError(
+                f"checkpoint {m.path or m.name} was trained on band recipe '{m.recipe.name}' but the prepared dataset "
+                f"{dataset} holds recipe '{recipe.name}' ({'; '.join(differ)}); predict from the raw scenes instead "
+                "(input=<raw dir>), which computes each checkpoint's own bands, or prepare the data with its recipe"
+            )
+
+
+class Ensemble:
+    """Averages the building probability of ``models`` (each with TTA) on batches of windows.
+
+    ``groups`` lists the distinct ``(recipe, normalization)`` inputs; :meth:`probability` takes one
+    normalised batch per group.
+    """
+
+    def __init__(self, models: Sequence[LoadedModel], runtime: Runtime, tta: str = "none"):
+        if not models:
+            raise UnosatError("no checkpoint to predict with")
+        self.models = list(models)
+        self.runtime = runtime
+        self.transforms: tuple[D4Transform, ...] = tta_transforms(tta)
+        self.groups: list[tuple[BandRecipe, Normalization]] = []
+        self.group_of: list[int] = []
+        for m in self.models:
+            key = (m.recipe, m.normalization)
+            if key not in self.groups:
+                self.groups.append(key)
+            self.group_of.append(self.groups.index(key))
+        self.nets = [runtime.prepare_module(m.net) for m in self.models]
+        self.forward_calls = 0
+
+    def _building_probability(self, net: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+        self.forward_calls += 1
+        logits = segmentation_logits(net(x)).float()
+        if logits.shape[-2:] != x.shape[-2:] or logits.ndim != 4 or logits.shape[1] != len(CLASS_NAMES):
+            raise UnosatError(f"{name}: the network maps {tuple(x.shape)} inputs to {tuple(logits.shape)} logits; "
+                              f"expected (N, {len(CLASS_NAMES)}, {x.shape[-2]}, {x.shape[-1]})")
+        return torch.softmax(logits, dim=1)[:, BUILDING]
+
+    def probability(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        """Building probability ``(N, H, W)`` float32 of a batch; ``inputs[g]`` is ``(N, C_g, H, W)``
+        normalised for group ``g``."""
+        total = None
+        with self.runtime.forward_context():
+            tensors = [self.runtime.to_input(a) for a in inputs]
+            for net, m, g in zip(self.nets, self.models, self.group_of):
+                p = tta_average(lambda t, net=net, m=m: self._building_probability(net, m.name, t), tensors[g],
+                                self.transforms)
+                total = p if total is None else total + p
+        return (total / len(self.models)).float().cpu().numpy()

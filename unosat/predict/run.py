@@ -1,0 +1,490 @@
+"""``predict.py``: checkpoints + scenes -> probability and mask COGs, city products, polygons, evaluation.
+
+Output directory::
+
+    <output>/
+      predict.json                         settings, checkpoints, scenes, cities, timings (status: running/complete)
+      scenes/<scene_id>_probability.tif    building probability COG (uint8 p*254 or float16; nodata where no data)
+      scenes/<scene_id>_mask.tif           COG, 0 background, 1 building, 255 nodata (probability >= threshold)
+      cities/<City>_probability.tif        mean probability over the city's acquisitions (aggregate.method != none)
+      cities/<City>_mask.tif               the city's buildings (mean >= threshold, or k-of-N vote)
+      cities/<City>_buildings.gpkg         polygons (vectorize=true; scenes/<scene_id>_buildings.* without cities)
+      evaluation.json                      pixel and object scores against the labels (evaluate=true; the
+                                           products of the latest run)
+      quicklooks/<name>.png                (quicklooks=true)
+
+Every raster is on its input scene's grid (same CRS and transform), records the parameters it was made with
+(a GeoTIFF tag) and is written atomically. A re-run into the same directory with the same settings skips
+finished scenes (an interrupted run resumes scene by scene); other settings, or a non-empty directory that is
+not a prediction, are refused unless ``overwrite=true``. With several devices (``trainer=ddp``) the ranks
+share the scenes; rank 0 then makes the city products.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from rasterio.windows import Window
+
+from unosat.checkpoint import find_latest
+from unosat.errors import UnosatError
+from unosat.io.atomic import remove_stale_temporaries, write_json_atomic
+from unosat.io.cog import CogOptions, write_cog
+from unosat.io.raster import PARAMS_TAG, Grid, gdal_env, open_raster, read_window, row_blocks
+from unosat.predict.aggregate import (
+    MASK_NODATA,
+    AggregateConfig,
+    check_same_grid,
+    decode_stack,
+    mean_probability,
+    threshold_mask,
+    vote,
+)
+from unosat.predict.distributed import Runtime, make_runtime
+from unosat.predict.ensemble import Ensemble, LoadedModel, check_prepared_recipe, load_model
+from unosat.predict.inputs import InputScene, Selection, find_inputs
+from unosat.predict.probability import check_dtype, decode_probability, encode_probability, probability_nodata
+from unosat.predict.sliding_window import NodataSkip, SceneStats, WindowConfig, predict_scene
+from unosat.predict.vectorize import VectorizeConfig, vectorize
+from unosat.prepare.outputs import canonical, digest, needs_work
+from unosat.prepared import PreparedDataset
+from unosat.scenes import find_label_file
+
+log = logging.getLogger(__name__)
+
+FORMAT = "unosat-prediction"
+FORMAT_VERSION = 1
+MANIFEST = "predict.json"
+SCENES_DIR, CITIES_DIR, QUICKLOOK_DIR = "scenes", "cities", "quicklooks"
+EVALUATION = "evaluation.json"
+BEST_CHECKPOINTS = "train/runs/*/checkpoints/best-*.ckpt"
+#: float16 probabilities are stored as 16-bit IEEE floats in Float32 GeoTIFF bands (GDAL's NBITS=16)
+HALF_FLOAT_BITS = 16
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def resolve_checkpoints(value, log_dir: Path) -> list[Path]:
+    """``ckpt``: a path, a list of paths, or null (the best checkpoint of the latest training run)."""
+    if value is None or value == "":
+        found = find_latest(log_dir, BEST_CHECKPOINTS)
+        if found is None:
+            raise UnosatError(f"ckpt=null: no best-*.ckpt of a training run under {log_dir}/train/runs; train one "
+                              "with python train.py, or pass ckpt=PATH")
+        log.info("checkpoint: %s (best of the latest training run)", found)
+        return [found]
+    values = list(value) if isinstance(value, list | tuple | ListConfig) else [value]
+    if not values:
+        raise UnosatError("ckpt=[] names no checkpoint")
+    return [Path(str(v)).expanduser() for v in values]
+
+
+def resolve_input(cfg: DictConfig) -> tuple[Path, Selection]:
+    """The input directory and which of its scenes to predict."""
+    cities = list(cfg.cities) if cfg.get("cities") is not None else None
+    if cfg.get("input") in (None, ""):
+        path = Path(cfg.paths.demo_dir).expanduser() / "raw"
+        if cities is None:
+            cities = list(cfg.demo_cities)
+    else:
+        path = Path(str(cfg.input)).expanduser()
+    fold = cfg.get("fold")
+    return path, Selection(tuple(cities) if cities is not None else None, cfg.get("split"),
+                           int(fold) if fold is not None else None)
+
+
+class Settings:
+    """Everything that decides the outputs, built and checked before any work."""
+
+    def __init__(self, cfg: DictConfig):
+        self.window: WindowConfig = instantiate(cfg.window)
+        self.tta: str = str(cfg.tta)
+        self.threshold = float(cfg.threshold)
+        if not 0.0 <= self.threshold <= 1.0:
+            raise UnosatError(f"threshold must be in [0, 1], got {self.threshold}")
+        self.dtype = check_dtype(str(cfg.probability_dtype))
+        self.block_rows = int(cfg.block_rows)
+        if self.block_rows <= 0:
+            raise UnosatError(f"block_rows must be positive, got {self.block_rows}")
+        self.cog: CogOptions = instantiate(cfg.cog)
+        self.aggregate: AggregateConfig = instantiate(cfg.aggregate)
+        self.vectorize = bool(cfg.vectorize)
+        self.vectorization = cfg.vectorization
+        self.evaluate = bool(cfg.evaluate)
+        self.evaluation = OmegaConf.to_container(cfg.evaluation, resolve=True)
+        self.quicklooks = bool(cfg.quicklooks)
+        self.quicklook = OmegaConf.to_container(cfg.quicklook, resolve=True)
+        self.labels_template = str(cfg.labels.template)
+        self.labels_dirs = [Path(str(d)).expanduser() for d in (cfg.labels.dirs or [])]
+        self.precision = str(cfg.trainer.get("precision", "32-true"))
+        self.overwrite = bool(cfg.overwrite)
+        if self.evaluate and not self.vectorize:
+            raise UnosatError("evaluate=true scores polygons too: it needs vectorize=true")
+
+    def vector_config(self) -> VectorizeConfig:
+        return instantiate(self.vectorization)
+
+    def scene_params(self, scene: InputScene, models: Sequence[LoadedModel]) -> dict:
+        """Parameters of a scene's probability raster."""
+        return {"product": "scene_probability", "scene_id": scene.scene_id, "input": scene.identity(),
+                "models": [m.sha256 for m in models], "window": self.window.to_dict(), "tta": self.tta,
+                "precision": self.precision, "dtype": self.dtype}
+
+    def to_dict(self, input_dir: Path, kind: str, models: Sequence[LoadedModel]) -> dict:
+        """The settings recorded in ``predict.json`` and compared on re-runs (which scenes of the input are
+        predicted is not one: more cities can be predicted into the same directory later)."""
+        out = {
+            "input": str(input_dir.resolve()), "kind": kind,
+            "checkpoints": [m.sha256 for m in models], "window": self.window.to_dict(), "tta": self.tta,
+            "precision": self.precision, "threshold": self.threshold, "probability_dtype": self.dtype,
+            "aggregate": self.aggregate.to_dict(), "vectorize": self.vectorize, "evaluate": self.evaluate,
+        }
+        if self.vectorize:
+            out["vectorization"] = {k: v for k, v in asdict(self.vector_config()).items() if k != "block_rows"}
+        if self.evaluate:
+            out["evaluation"] = self.evaluation
+        return json.loads(canonical(out))
+
+
+def check_output_dir(out_dir: Path, settings: dict, overwrite: bool) -> dict | None:
+    """The manifest of the prediction already in ``out_dir`` when it was made with these settings (to resume
+    or extend it), else None. Raises :class:`UnosatError` for a prediction made with other settings, or a
+    non-empty directory that is not a prediction, unless ``overwrite``."""
+    if not out_dir.exists():
+        return None
+    if not out_dir.is_dir():
+        raise UnosatError(f"output {out_dir} exists and is not a directory")
+    manifest_path = out_dir / MANIFEST
+    if not manifest_path.is_file():
+        entries = [p.name for p in out_dir.iterdir()]
+        if entries and not overwrite:
+            raise UnosatError(f"output {out_dir} is not empty and holds no {MANIFEST}: it is not a unosat prediction "
+                              f"(it holds {sorted(entries)[:5]}); choose another output, or overwrite=true to write "
+                              "into it anyway")
+        return None
+    try:
+        previous = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        if overwrite:
+            return None
+        raise UnosatError(f"{manifest_path}: unreadable ({err}); overwrite=true replaces the prediction") from None
+    if not isinstance(previous, dict) or previous.get("format") != FORMAT:
+        if overwrite:
+            return None
+        raise UnosatError(f"{manifest_path} is not a unosat prediction manifest; overwrite=true to write into it anyway")
+    old = previous.get("settings", {})
+    differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+    if differ and not overwrite:
+        details = "; ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in differ)
+        raise UnosatError(f"output {out_dir} holds a prediction made with other settings ({details}); choose another "
+                          "output, or overwrite=true to redo it")
+    return None if differ else previous
+
+
+def merge_records(previous: list[dict], current: list[dict], key: str) -> list[dict]:
+    """Records of an earlier run into the same directory that this run did not redo, then this run's."""
+    mine = {r[key] for r in current}
+    return [r for r in previous if r.get(key) not in mine] + current
+
+
+# -------------------------------------------------------------------------------- writers
+
+
+def _store_dtype(dtype: str) -> tuple[str, int | None]:
+    """GeoTIFF band type and NBITS for a probability encoding."""
+    return ("uint8", None) if dtype == "uint8" else ("float32", HALF_FLOAT_BITS)
+
+
+def write_probability(path: Path, grid: Grid, blocks: Iterator[tuple[int, np.ndarray]], dtype: str,
+                      options: CogOptions, params: dict, extra_tags: dict | None = None) -> None:
+    """Probability COG from float32 ``(row_off, (rows, width))`` blocks (NaN = nodata)."""
+    store, nbits = _store_dtype(dtype)
+    encoded = ((r, encode_probability(p, dtype).astype(store, copy=False)[None]) for r, p in blocks)
+    write_cog(path, grid, store, probability_nodata(dtype), encoded, options,
+              tags={PARAMS_TAG: canonical(params), **(extra_tags or {})},
+              band_descriptions=["building_probability"], nbits=nbits)
+
+
+def write_mask(path: Path, grid: Grid, blocks: Iterator[tuple[int, np.ndarray]], options: CogOptions,
+               params: dict) -> None:
+    """Mask COG (0/1/255) from uint8 ``(row_off, (rows, width))`` blocks."""
+    write_cog(path, grid, "uint8", MASK_NODATA, ((r, m[None]) for r, m in blocks), options, categorical=True,
+              tags={PARAMS_TAG: canonical(params)}, band_descriptions=["building"])
+
+
+def read_rows(paths: Sequence[Path], grid: Grid, block_rows: int) -> Iterator[tuple[int, list[np.ndarray]]]:
+    """Band 1 of each raster (all on ``grid``), ``block_rows`` full-width rows at a time."""
+    import contextlib
+
+    with gdal_env(), contextlib.ExitStack() as stack:
+        srcs = [stack.enter_context(open_raster(p)) for p in paths]
+        for row_off, n in row_blocks(grid.height, block_rows):
+            window = Window(0, row_off, grid.width, n)
+            yield row_off, [read_window(src, window, 1) for src in srcs]
+
+
+def mask_blocks(prob_path: Path, grid: Grid, threshold: float, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Mask rows of a stored probability raster: ``decoded >= threshold``."""
+    for row_off, (values,) in read_rows([prob_path], grid, block_rows):
+        yield row_off, threshold_mask(decode_probability(values), threshold)
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+def run(cfg: DictConfig) -> dict | None:
+    """Predict as configured; return the manifest written to ``predict.json`` (None on ranks > 0)."""
+    started = time.perf_counter()
+    settings = Settings(cfg)
+    checkpoints = resolve_checkpoints(cfg.get("ckpt"), Path(cfg.paths.log_dir).expanduser())
+    models = [load_model(p) for p in checkpoints]
+    input_dir, selection = resolve_input(cfg)
+    kind, scenes = find_inputs(input_dir, selection, instantiate(cfg.discovery))
+    if kind == "prepared":
+        check_prepared_recipe(models, PreparedDataset(input_dir).recipe, input_dir)
+    cities = group_by_city(scenes)
+    if settings.aggregate.method != "none":
+        for city, members in cities.items():
+            check_same_grid(city, {s.scene_id: s.grid for s in members})
+    if settings.vectorize:
+        settings.vector_config()
+    out_dir = Path(str(cfg.output)).expanduser()
+    settings_dict = settings.to_dict(input_dir, kind, models)
+    previous = check_output_dir(out_dir, settings_dict, settings.overwrite)
+
+    runtime = make_runtime(cfg.trainer, bool(cfg.channels_last))
+    manifest = {
+        "format": FORMAT, "version": FORMAT_VERSION, "status": "running",
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "settings": settings_dict, "checkpoints": [m.identity() for m in models],
+        "input": {"dir": str(input_dir.resolve()), "kind": kind, "selection": selection.to_dict(),
+                  "scenes": [s.scene_id for s in scenes]},
+        "runtime": runtime.describe(), "resumed": previous is not None,
+    }
+    if runtime.is_global_zero:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        removed = remove_stale_temporaries(out_dir)
+        if removed:
+            log.info("removed %d temporary files left by an interrupted run", removed)
+        write_json_atomic(out_dir / MANIFEST, manifest)
+    runtime.barrier()
+
+    ensemble = Ensemble(models, runtime, settings.tta)
+    paths = OutputPaths(out_dir, settings)
+    params = {s.scene_id: settings.scene_params(s, models) for s in scenes}
+    pending = [s for s in scenes if scene_pending(s, paths, params[s.scene_id], settings)]
+    if len(pending) < len(scenes):
+        log.info("%d of %d scenes already predicted with these settings: skipped", len(scenes) - len(pending), len(scenes))
+    t_scenes = time.perf_counter()
+    done = runtime.run_shards(pending, lambda s: predict_one(s, ensemble, paths, params[s.scene_id], settings, runtime))
+    seconds_scenes = time.perf_counter() - t_scenes
+    runtime.barrier()
+    if not runtime.is_global_zero:
+        return None
+
+    records = {r["scene_id"]: r for r in done}
+    manifest["scenes"] = [records.get(s.scene_id, {"scene_id": s.scene_id, "city": s.city, "skipped": True,
+                                                   **paths.scene_files(s.scene_id)}) for s in scenes]
+    t_products = time.perf_counter()
+    products = make_products(cities, paths, params, settings)
+    timings = {"scenes_s": seconds_scenes, "products_s": time.perf_counter() - t_products}
+    if settings.evaluate:
+        manifest["evaluation"] = evaluate_products(products, cities, paths, settings)
+    if settings.quicklooks:
+        write_quicklooks(products, cities, paths, settings)
+    manifest["products"] = products
+    if previous is not None:  # the directory also holds what earlier runs predicted (e.g. other cities)
+        manifest["scenes"] = merge_records(previous.get("scenes", []), manifest["scenes"], "scene_id")
+        manifest["products"] = merge_records(previous.get("products", []), products, "name")
+    timings["total_s"] = time.perf_counter() - started
+    pixels = sum(r.get("pixels", 0) for r in done)
+    timings["megapixels_per_s"] = pixels / 1e6 / seconds_scenes if pixels and seconds_scenes > 0 else None
+    manifest.update(status="complete", timings=timings,
+                    finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    write_json_atomic(out_dir / MANIFEST, manifest)
+    log.info("prediction of %d scenes (%d computed) in %.1f s: %s", len(scenes), len(done), timings["total_s"], out_dir)
+    return manifest
+
+
+def group_by_city(scenes: Sequence[InputScene]) -> dict[str, list[InputScene]]:
+    cities: dict[str, list[InputScene]] = {}
+    for s in scenes:
+        cities.setdefault(s.city, []).append(s)
+    return cities
+
+
+class OutputPaths:
+    """Where each product goes."""
+
+    def __init__(self, root: Path, settings: Settings):
+        self.root = root
+        self.vector_suffix = settings.vector_config().suffix if settings.vectorize else None
+
+    def scene_probability(self, scene_id: str) -> Path:
+        return self.root / SCENES_DIR / f"{scene_id}_probability.tif"
+
+    def scene_mask(self, scene_id: str) -> Path:
+        return self.root / SCENES_DIR / f"{scene_id}_mask.tif"
+
+    def scene_files(self, scene_id: str) -> dict:
+        return {"probability": str(self.scene_probability(scene_id)), "mask": str(self.scene_mask(scene_id))}
+
+    def product(self, name: str, what: str, per_city: bool) -> Path:
+        folder = CITIES_DIR if per_city else SCENES_DIR
+        suffix = self.vector_suffix if what == "buildings" else ".tif"
+        return self.root / folder / f"{name}_{what}{suffix}"
+
+
+def mask_params(prob_params: dict, threshold: float) -> dict:
+    return {"product": "mask", "probability": digest(prob_params), "threshold": threshold}
+
+
+def scene_pending(scene: InputScene, paths: OutputPaths, params: dict, settings: Settings) -> bool:
+    """Whether a scene's probability or mask must be (re)made (raises for outputs of other settings)."""
+    prob = needs_work(paths.scene_probability(scene.scene_id), params, settings.overwrite)
+    mask = needs_work(paths.scene_mask(scene.scene_id), mask_params(params, settings.threshold), settings.overwrite)
+    return prob or mask
+
+
+def predict_one(scene: InputScene, ensemble: Ensemble, paths: OutputPaths, params: dict, settings: Settings,
+                runtime: Runtime) -> dict:
+    """Probability and mask COGs of one scene; returns its record for the manifest."""
+    t0 = time.perf_counter()
+    stats = SceneStats()
+    prob_path, mask_path = paths.scene_probability(scene.scene_id), paths.scene_mask(scene.scene_id)
+    calls_before = ensemble.forward_calls
+    if needs_work(prob_path, params, settings.overwrite):
+        with scene.open() as reader:
+            blocks = predict_scene(reader, ensemble, settings.window, (NodataSkip(),), stats)
+            write_probability(prob_path, scene.grid, blocks, settings.dtype, settings.cog, params,
+                              {"UNOSAT_SCENE": json.dumps(scene.scene.to_record())})
+    t_prob = time.perf_counter() - t0
+    mparams = mask_params(params, settings.threshold)
+    if needs_work(mask_path, mparams, settings.overwrite):
+        write_mask(mask_path, scene.grid, mask_blocks(prob_path, scene.grid, settings.threshold, settings.block_rows),
+                   settings.cog, mparams)
+    seconds = time.perf_counter() - t0
+    log.info("rank %d: %s (%s) %dx%d px: %d windows, %d predicted, skipped %s, %.1f s", runtime.rank,
+             scene.scene_id, scene.city, scene.grid.width, scene.grid.height, stats.windows, stats.predicted,
+             stats.skipped or 0, seconds)
+    return {"scene_id": scene.scene_id, "city": scene.city, **paths.scene_files(scene.scene_id),
+            "width": scene.grid.width, "height": scene.grid.height, "pixels": scene.grid.width * scene.grid.height,
+            "windows": stats.windows, "windows_predicted": stats.predicted, "windows_skipped": stats.skipped,
+            "forward_passes": ensemble.forward_calls - calls_before, "probability_s": t_prob, "seconds": seconds,
+            "rank": runtime.rank, "skipped": False}
+
+
+# ----------------------------------------------------------------------------- products
+
+
+def make_products(cities: dict[str, list[InputScene]], paths: OutputPaths, params: dict[str, dict],
+                  settings: Settings) -> list[dict]:
+    """City rasters (unless ``aggregate.method=none``) and polygons; one record per product."""
+    products = []
+    for city, members in cities.items():
+        if settings.aggregate.method == "none":
+            for s in members:
+                products.append({"name": s.scene_id, "city": city, "scenes": [s.scene_id], "per_city": False,
+                                 "probability": str(paths.scene_probability(s.scene_id)),
+                                 "mask": str(paths.scene_mask(s.scene_id)), "remade": False})
+        else:
+            products.append(city_product(city, members, paths, params, settings))
+    if settings.vectorize:
+        config = settings.vector_config()
+        for p in products:
+            out = paths.product(p["name"], "buildings", p["per_city"])
+            if settings.overwrite or p["remade"] or not out.exists():
+                t = time.perf_counter()
+                dates = [str(paths.scene_mask(sid)) for sid in p["scenes"]] if p["per_city"] else []
+                p["polygons_count"] = int(vectorize(Path(p["mask"]), out, config, prob_path=Path(p["probability"]),
+                                                    date_mask_paths=tuple(Path(d) for d in dates)))
+                p["vectorize_s"] = time.perf_counter() - t
+            p["polygons"] = str(out)
+    return products
+
+
+def city_product(city: str, members: list[InputScene], paths: OutputPaths, params: dict[str, dict],
+                 settings: Settings) -> dict:
+    """Mean probability and mask of a city's acquisitions (all on one grid, checked before predicting)."""
+    t0 = time.perf_counter()
+    agg = settings.aggregate
+    grid = members[0].grid
+    prob_paths = [paths.scene_probability(s.scene_id) for s in members]
+    mask_paths = [paths.scene_mask(s.scene_id) for s in members]
+    base = {"city": city, "scenes": [digest(params[s.scene_id]) for s in members], "dtype": settings.dtype}
+    prob_params = {"product": "city_probability", **base}
+    city_mask_params = {"product": "city_mask", **base, "aggregate": agg.to_dict()}
+    prob_out, mask_out = paths.product(city, "probability", True), paths.product(city, "mask", True)
+    remade = False
+    if needs_work(prob_out, prob_params, settings.overwrite):
+        blocks = ((r, mean_probability(decode_stack(values))) for r, values in read_rows(prob_paths, grid, agg.block_rows))
+        write_probability(prob_out, grid, blocks, settings.dtype, settings.cog, prob_params)
+        remade = True
+    if needs_work(mask_out, city_mask_params, settings.overwrite):
+        if agg.method == "mean":
+            blocks = mask_blocks(prob_out, grid, agg.threshold, agg.block_rows)
+        else:
+            k = agg.votes_needed(len(members))
+            blocks = ((r, vote(np.stack(values), k)) for r, values in read_rows(mask_paths, grid, agg.block_rows))
+        write_mask(mask_out, grid, blocks, settings.cog, city_mask_params)
+        remade = True
+    return {"name": city, "city": city, "scenes": [s.scene_id for s in members], "per_city": True,
+            "probability": str(prob_out), "mask": str(mask_out), "method": agg.method,
+            "votes_needed": agg.votes_needed(len(members)) if agg.method == "vote" else None,
+            "remade": remade, "seconds": time.perf_counter() - t0}
+
+
+def label_file(scene: InputScene, settings: Settings) -> Path:
+    dirs = settings.labels_dirs or list(scene.label_dirs)
+    found = find_label_file(dirs, settings.labels_template, scene.scene)
+    if found is None:
+        stem = settings.labels_template.format(**scene.scene.fields())
+        raise UnosatError(f"evaluate=true: no label file {stem}.<shp|gpkg|geojson|...> for {scene.city} under "
+                          f"{', '.join(map(str, dirs)) or '(no directory: set labels.dirs)'}")
+    return found
+
+
+def evaluate_products(products: list[dict], cities: dict[str, list[InputScene]], paths: OutputPaths,
+                      settings: Settings) -> dict:
+    """Scores of every product against its city's label vectors; written to ``evaluation.json``."""
+    from unosat.predict.evaluate import evaluate_city, evaluation_report
+
+    scenes = {s.scene_id: s for members in cities.values() for s in members}
+    per_product = {}
+    for p in products:
+        labels = label_file(scenes[p["scenes"][0]], settings)
+        per_product[p["name"]] = evaluate_city(Path(p["mask"]), Path(p["polygons"]), labels,
+                                               all_touched=bool(settings.evaluation["all_touched"]),
+                                               iou_threshold=float(settings.evaluation["iou_threshold"]))
+        p["labels"] = str(labels)
+    report = evaluation_report(per_product)
+    write_json_atomic(paths.root / EVALUATION, report)
+    return report
+
+
+def write_quicklooks(products: list[dict], cities: dict[str, list[InputScene]], paths: OutputPaths,
+                     settings: Settings) -> None:
+    """A PNG per product: the first acquisition's VV backscatter with predicted (and true) buildings."""
+    from unosat.predict.quicklook import quicklook
+
+    scenes = {s.scene_id: s for members in cities.values() for s in members}
+    for p in products:
+        scene = scenes[p["scenes"][0]]
+        image, band, units = scene.quicklook_source()
+        truth = p.get("labels")
+        if truth is None and settings.evaluate:
+            truth = str(label_file(scene, settings))
+        out = paths.root / QUICKLOOK_DIR / f"{p['name']}.png"
+        quicklook(image, band, units, out, predicted=Path(p["mask"]), truth=Path(truth) if truth else None,
+                  max_px=int(settings.quicklook["max_px"]), title=f"{p['name']}: predicted buildings")
+        p["quicklook"] = str(out)
