@@ -123,7 +123,7 @@ def load_reference_state_dict(model: LWRefineNet, source: str | Path | Mapping[s
             missing and unexpected keys and every shape mismatch (reference key, our key, both shapes).
     """
     name = str(source) if isinstance(source, (str, Path)) else "the given state_dict"
-    state = _normalise_keys(_unwrap(_read(source), name), name)
+    state = _normalise_keys(unwrap_state_dict(read_state_source(source), name), name)
     key_map = reference_key_map(model)
     ours = model.state_dict()
 
@@ -145,7 +145,7 @@ def load_reference_state_dict(model: LWRefineNet, source: str | Path | Mapping[s
     return model
 
 
-def _read(source: str | Path | Mapping[str, Tensor]) -> Mapping:
+def read_state_source(source: str | Path | Mapping[str, Tensor]) -> Mapping:
     if not isinstance(source, (str, Path)):
         return source
     path = Path(source)
@@ -159,7 +159,7 @@ def _read(source: str | Path | Mapping[str, Tensor]) -> Mapping:
         ) from None
 
 
-def _unwrap(state: object, name: str) -> Mapping[str, Tensor]:
+def unwrap_state_dict(state: object, name: str) -> Mapping[str, Tensor]:
     while isinstance(state, Mapping) and not any(isinstance(v, Tensor) for v in state.values()):
         wrapper = next((k for k in WRAPPER_KEYS if isinstance(state.get(k), Mapping)), None)
         if wrapper is None:
