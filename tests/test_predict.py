@@ -458,7 +458,7 @@ def test_a_rerun_with_the_same_settings_skips_finished_scenes(demo_run, trained,
 
 def test_mean_aggregation_float16_and_prepared_input(demo_run, best_ckpt, tiny_prepared_db, tmp_path):
     out = tmp_path / "out"
-    run(predict_cfg(out, f"ckpt={best_ckpt}", f"input={tiny_prepared_db}", "split=test", "aggregate.method=mean",
+    run(predict_cfg(out, f"ckpt={best_ckpt}", f"input={tiny_prepared_db}", "dataset_split=test", "aggregate.method=mean",
                     "aggregate.threshold=0.4", "probability_dtype=float16", "vectorize=false"))
     probs = np.stack([read(out / "scenes" / f"{sid}_probability.tif") for sid in SAMAWAH])
     assert probs.dtype == np.float32  # float16 values, stored as 16-bit floats
@@ -554,7 +554,7 @@ def test_empty_or_unmatched_input(best_ckpt, tiny_raw_session, tiny_prepared_db,
         ([f"input={tmp_path / 'empty'}"], r"empty holds no GeoTIFF"),
         ([f"input={tmp_path / 'missing'}"], r"input .*missing does not exist"),
         ([f"input={tiny_raw_session}", "cities=[Atlantis]"], r"no scene of cities \['Atlantis'\] .* holds \['Mosul', 'Najaf', 'Samawah'\]"),
-        ([f"input={tiny_raw_session}", "split=test"], r"split/fold select scenes of a prepared dataset"),
+        ([f"input={tiny_raw_session}", "dataset_split=test"], r"dataset_split/fold select scenes of a prepared dataset"),
         ([f"input={tiny_prepared_db}", "fold=7"], r"no scene in split None / fold 7; its \(split, fold\) pairs are"),
     ]
     for overrides, message in cases:

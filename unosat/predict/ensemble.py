@@ -41,6 +41,12 @@ class LoadedModel:
     path: Path | None = None
     sha256: str = ""
     model: dict | None = None
+    metadata: dict | None = None
+
+    @property
+    def task(self) -> str:
+        """``segmentation`` or ``tile_classification`` (what the network predicts)."""
+        return getattr(self.net, "task", "segmentation")
 
     def identity(self) -> dict:
         return {"checkpoint": str(self.path) if self.path else self.name, "sha256": self.sha256,
@@ -82,7 +88,8 @@ def load_model(path: Path | str) -> LoadedModel:
         raise UnosatError(f"{path}: the network takes {in_channels} bands but its recipe '{recipe.name}' has "
                           f"{recipe.count}")
     net = build_model(checkpoint, path)
-    return LoadedModel(path.name, net, recipe, normalization, path.resolve(), file_sha256(path), cfg)
+    return LoadedModel(path.name, net, recipe, normalization, path.resolve(), file_sha256(path), cfg,
+                       {k: v for k, v in checkpoint["unosat"].items() if k != "config"})
 
 
 def check_prepared_recipe(models: Sequence[LoadedModel], recipe: BandRecipe, dataset: Path) -> None:
@@ -107,6 +114,10 @@ class Ensemble:
     def __init__(self, models: Sequence[LoadedModel], runtime: Runtime, tta: str = "none"):
         if not models:
             raise UnosatError("no checkpoint to predict with")
+        for m in models:
+            if m.task != "segmentation":
+                raise UnosatError(f"checkpoint {m.path or m.name} is a {m.task.replace('_', ' ')} model, not a "
+                                  "segmentation model: pass it as gate.ckpt, and a segmentation checkpoint as ckpt")
         self.models = list(models)
         self.runtime = runtime
         self.transforms: tuple[D4Transform, ...] = tta_transforms(tta)
@@ -119,6 +130,14 @@ class Ensemble:
             self.group_of.append(self.groups.index(key))
         self.nets = [runtime.prepare_module(m.net) for m in self.models]
         self.forward_calls = 0
+
+    def input_group(self, recipe: BandRecipe, normalization: Normalization) -> int:
+        """Index of the window inputs normalised for ``(recipe, normalization)``, added when new (for other
+        networks that look at the windows, e.g. a tile-classifier gate)."""
+        key = (recipe, normalization)
+        if key not in self.groups:
+            self.groups.append(key)
+        return self.groups.index(key)
 
     def _building_probability(self, net: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
         self.forward_calls += 1

@@ -220,7 +220,7 @@ def find_inputs(input_dir: Path | str, selection: Selection, discovery: Discover
         scenes = _prepared_scenes(PreparedDataset(input_dir), selection)
     else:
         if selection.split is not None or selection.fold is not None:
-            raise UnosatError(f"split/fold select scenes of a prepared dataset; {input_dir} holds raw scenes "
+            raise UnosatError(f"dataset_split/fold select scenes of a prepared dataset; {input_dir} holds raw scenes "
                               "(no dataset.json): use cities=[...] instead")
         found = discover_scenes(input_dir, discovery)
         chosen = _select_cities(found, selection.cities, input_dir)

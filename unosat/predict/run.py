@@ -35,7 +35,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from rasterio.windows import Window
 
-from unosat.checkpoint import find_latest
+from unosat.checkpoint import load_checkpoint
 from unosat.errors import UnosatError
 from unosat.io.atomic import remove_stale_temporaries, write_json_atomic
 from unosat.io.cog import CogOptions, write_cog
@@ -51,6 +51,7 @@ from unosat.predict.aggregate import (
 )
 from unosat.predict.distributed import Runtime, make_runtime
 from unosat.predict.ensemble import Ensemble, LoadedModel, check_prepared_recipe, load_model
+from unosat.predict.gate import TileGate
 from unosat.predict.inputs import InputScene, Selection, find_inputs
 from unosat.predict.probability import check_dtype, decode_probability, encode_probability, probability_nodata
 from unosat.predict.sliding_window import NodataSkip, SceneStats, WindowConfig, predict_scene
@@ -74,10 +75,23 @@ HALF_FLOAT_BITS = 16
 # ----------------------------------------------------------------------------- settings
 
 
+def latest_segmentation_checkpoint(log_dir: Path) -> Path | None:
+    """The best checkpoint of the latest training run of a segmentation model (tile classifiers skipped)."""
+    for path in sorted(log_dir.glob(BEST_CHECKPOINTS), key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            task = load_checkpoint(path)["unosat"].get("task", "segmentation")
+        except UnosatError:
+            continue
+        if task == "segmentation":
+            return path
+    return None
+
+
 def resolve_checkpoints(value, log_dir: Path) -> list[Path]:
-    """``ckpt``: a path, a list of paths, or null (the best checkpoint of the latest training run)."""
+    """``ckpt``: a path, a list of paths, or null (the best checkpoint of the latest segmentation training
+    run)."""
     if value is None or value == "":
-        found = find_latest(log_dir, BEST_CHECKPOINTS)
+        found = latest_segmentation_checkpoint(log_dir)
         if found is None:
             raise UnosatError(f"ckpt=null: no best-*.ckpt of a training run under {log_dir}/train/runs; train one "
                               "with python train.py, or pass ckpt=PATH")
@@ -99,7 +113,7 @@ def resolve_input(cfg: DictConfig) -> tuple[Path, Selection]:
     else:
         path = Path(str(cfg.input)).expanduser()
     fold = cfg.get("fold")
-    return path, Selection(tuple(cities) if cities is not None else None, cfg.get("split"),
+    return path, Selection(tuple(cities) if cities is not None else None, cfg.get("dataset_split"),
                            int(fold) if fold is not None else None)
 
 
@@ -127,6 +141,10 @@ class Settings:
         self.labels_template = str(cfg.labels.template)
         self.labels_dirs = [Path(str(d)).expanduser() for d in (cfg.labels.dirs or [])]
         self.precision = str(cfg.trainer.get("precision", "32-true"))
+        gate = cfg.get("gate") or {}
+        self.gate_ckpt = Path(str(gate.ckpt)).expanduser() if gate.get("ckpt") else None
+        self.gate_threshold = float(gate.get("threshold", 0.5))
+        self.gate_sha256 = ""
         self.overwrite = bool(cfg.overwrite)
         if self.evaluate and not self.vectorize:
             raise UnosatError("evaluate=true scores polygons too: it needs vectorize=true")
@@ -136,9 +154,12 @@ class Settings:
 
     def scene_params(self, scene: InputScene, models: Sequence[LoadedModel]) -> dict:
         """Parameters of a scene's probability raster."""
-        return {"product": "scene_probability", "scene_id": scene.scene_id, "input": scene.identity(),
-                "models": [m.sha256 for m in models], "window": self.window.to_dict(), "tta": self.tta,
-                "precision": self.precision, "dtype": self.dtype}
+        params = {"product": "scene_probability", "scene_id": scene.scene_id, "input": scene.identity(),
+                  "models": [m.sha256 for m in models], "window": self.window.to_dict(), "tta": self.tta,
+                  "precision": self.precision, "dtype": self.dtype}
+        if self.gate_ckpt is not None:
+            params["gate"] = {"sha256": self.gate_sha256, "threshold": self.gate_threshold}
+        return params
 
     def to_dict(self, input_dir: Path, kind: str, models: Sequence[LoadedModel]) -> dict:
         """The settings recorded in ``predict.json`` and compared on re-runs (which scenes of the input are
@@ -149,6 +170,8 @@ class Settings:
             "precision": self.precision, "threshold": self.threshold, "probability_dtype": self.dtype,
             "aggregate": self.aggregate.to_dict(), "vectorize": self.vectorize, "evaluate": self.evaluate,
         }
+        if self.gate_ckpt is not None:
+            out["gate"] = {"sha256": self.gate_sha256, "threshold": self.gate_threshold}
         if self.vectorize:
             out["vectorization"] = {k: v for k, v in asdict(self.vector_config()).items() if k != "block_rows"}
         if self.evaluate:
@@ -248,10 +271,13 @@ def run(cfg: DictConfig) -> dict | None:
     settings = Settings(cfg)
     checkpoints = resolve_checkpoints(cfg.get("ckpt"), Path(cfg.paths.log_dir).expanduser())
     models = [load_model(p) for p in checkpoints]
+    gate_model = load_model(settings.gate_ckpt) if settings.gate_ckpt is not None else None
+    if gate_model is not None:
+        settings.gate_sha256 = gate_model.sha256
     input_dir, selection = resolve_input(cfg)
     kind, scenes = find_inputs(input_dir, selection, instantiate(cfg.discovery))
     if kind == "prepared":
-        check_prepared_recipe(models, PreparedDataset(input_dir).recipe, input_dir)
+        check_prepared_recipe(models + ([gate_model] if gate_model else []), PreparedDataset(input_dir).recipe, input_dir)
     cities = group_by_city(scenes)
     if settings.aggregate.method != "none":
         for city, members in cities.items():
@@ -267,6 +293,7 @@ def run(cfg: DictConfig) -> dict | None:
         "format": FORMAT, "version": FORMAT_VERSION, "status": "running",
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "settings": settings_dict, "checkpoints": [m.identity() for m in models],
+        "gate": gate_model.identity() | {"threshold": settings.gate_threshold} if gate_model else None,
         "input": {"dir": str(input_dir.resolve()), "kind": kind, "selection": selection.to_dict(),
                   "scenes": [s.scene_id for s in scenes]},
         "runtime": runtime.describe(), "resumed": previous is not None,
@@ -280,13 +307,16 @@ def run(cfg: DictConfig) -> dict | None:
     runtime.barrier()
 
     ensemble = Ensemble(models, runtime, settings.tta)
+    skips = [NodataSkip()]
+    if gate_model is not None:
+        skips.append(TileGate.attach(gate_model, settings.gate_threshold, ensemble))
     paths = OutputPaths(out_dir, settings)
     params = {s.scene_id: settings.scene_params(s, models) for s in scenes}
     pending = [s for s in scenes if scene_pending(s, paths, params[s.scene_id], settings)]
     if len(pending) < len(scenes):
         log.info("%d of %d scenes already predicted with these settings: skipped", len(scenes) - len(pending), len(scenes))
     t_scenes = time.perf_counter()
-    done = runtime.run_shards(pending, lambda s: predict_one(s, ensemble, paths, params[s.scene_id], settings, runtime))
+    done = runtime.run_shards(pending, lambda s: predict_one(s, ensemble, paths, params[s.scene_id], settings, runtime, skips))
     seconds_scenes = time.perf_counter() - t_scenes
     runtime.barrier()
     if not runtime.is_global_zero:
@@ -357,7 +387,7 @@ def scene_pending(scene: InputScene, paths: OutputPaths, params: dict, settings:
 
 
 def predict_one(scene: InputScene, ensemble: Ensemble, paths: OutputPaths, params: dict, settings: Settings,
-                runtime: Runtime) -> dict:
+                runtime: Runtime, skips: Sequence = (NodataSkip(),)) -> dict:
     """Probability and mask COGs of one scene; returns its record for the manifest."""
     t0 = time.perf_counter()
     stats = SceneStats()
@@ -365,7 +395,7 @@ def predict_one(scene: InputScene, ensemble: Ensemble, paths: OutputPaths, param
     calls_before = ensemble.forward_calls
     if needs_work(prob_path, params, settings.overwrite):
         with scene.open() as reader:
-            blocks = predict_scene(reader, ensemble, settings.window, (NodataSkip(),), stats)
+            blocks = predict_scene(reader, ensemble, settings.window, tuple(skips), stats)
             write_probability(prob_path, scene.grid, blocks, settings.dtype, settings.cog, params,
                               {"UNOSAT_SCENE": json.dumps(scene.scene.to_record())})
     t_prob = time.perf_counter() - t0
