@@ -667,3 +667,69 @@ def test_cog_writer_cleans_up_after_a_failure(tmp_path):
     with pytest.raises(UnosatError, match="cog.blocksize"):
         CogOptions(blocksize=100)
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+# ------------------------------------------------------------------- tile-classifier gate (issue 6)
+
+
+@pytest.fixture(scope="module")
+def gate_ckpt(tiny_prepared_db, tmp_path_factory) -> Path:
+    """A tiny tile classifier trained by train.py."""
+    from test_train import train_cfg
+
+    from unosat.training.run import run as train
+
+    root = tmp_path_factory.mktemp("gate")
+    train(train_cfg(tiny_prepared_db, root, "model=tile_classifier", "debug=limit", "trainer.max_epochs=1",
+                    "logger=csv", "data.augment.0.height=32", "data.augment.0.width=32"))
+    return next((root / "logs" / "train" / "runs" / "run" / "checkpoints").glob("best-*.ckpt"))
+
+
+def _gated(out: Path, best_ckpt: Path, tiny_raw_session: Path, *overrides: str) -> dict:
+    return run(predict_cfg(out, f"ckpt={best_ckpt}", f"input={tiny_raw_session}", "cities=[Samawah]",
+                           "vectorize=false", *overrides))
+
+
+def test_gate_that_calls_every_window_empty_writes_background_without_segmenting(best_ckpt, gate_ckpt, tiny_raw_session,
+                                                                                   tmp_path):
+    manifest = _gated(tmp_path / "out", best_ckpt, tiny_raw_session, f"gate.ckpt={gate_ckpt}", "gate.threshold=1.0")
+    assert manifest["gate"]["threshold"] == 1.0 and manifest["settings"]["gate"]["sha256"]
+    for rec in manifest["scenes"]:
+        assert rec["windows_predicted"] == 0 and rec["forward_passes"] == 0
+        assert rec["windows_skipped"]["TileGate"] == rec["windows"] - rec["windows_skipped"].get("NodataSkip", 0)
+        with rasterio.open(rec["probability"]) as src:
+            prob = src.read(1)
+        with rasterio.open(rec["mask"]) as src:
+            mask = src.read(1)
+        valid = prob != 255
+        assert valid.any() and (prob[valid] == 0).all()  # probability 0, not nodata
+        assert set(np.unique(mask)) <= {0, 255} and ((mask == 255) == ~valid).all()
+
+
+def test_gate_that_skips_nothing_changes_nothing(best_ckpt, gate_ckpt, tiny_raw_session, tmp_path):
+    plain = _gated(tmp_path / "plain", best_ckpt, tiny_raw_session)
+    gated = _gated(tmp_path / "gated", best_ckpt, tiny_raw_session, f"gate.ckpt={gate_ckpt}", "gate.threshold=0.0")
+    for a, b in zip(plain["scenes"], gated["scenes"]):
+        assert b["windows_skipped"].get("TileGate", 0) == 0
+        with rasterio.open(a["probability"]) as sa, rasterio.open(b["probability"]) as sb:
+            np.testing.assert_array_equal(sa.read(), sb.read())
+
+
+def test_gate_and_segmentation_checkpoints_are_not_confused(best_ckpt, gate_ckpt, tiny_raw_session, tmp_path):
+    with pytest.raises(UnosatError, match="not a tile classifier"):
+        _gated(tmp_path / "a", best_ckpt, tiny_raw_session, f"gate.ckpt={best_ckpt}")
+    with pytest.raises(UnosatError, match="tile classification model, not a segmentation model"):
+        _gated(tmp_path / "b", gate_ckpt, tiny_raw_session)
+
+
+def test_default_checkpoint_is_the_latest_segmentation_run(trained, gate_ckpt, best_ckpt, tmp_path):
+    import shutil
+
+    from unosat.predict.run import resolve_checkpoints
+
+    logs = Path(shutil.copytree(trained, tmp_path / "logs"))
+    later = logs / "train" / "runs" / "z_tile_classifier" / "checkpoints"
+    later.mkdir(parents=True)
+    shutil.copy(gate_ckpt, later / gate_ckpt.name)  # newer, but a tile classifier
+    (found,) = resolve_checkpoints(None, logs)
+    assert found.name == best_ckpt.name and "z_tile_classifier" not in str(found)

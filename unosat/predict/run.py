@@ -55,6 +55,7 @@ from unosat.predict.gate import TileGate
 from unosat.predict.inputs import InputScene, Selection, find_inputs
 from unosat.predict.probability import check_dtype, decode_probability, encode_probability, probability_nodata
 from unosat.predict.sliding_window import NodataSkip, SceneStats, WindowConfig, predict_scene
+from unosat.predict.tracking import TrackingConfig, log_evaluation
 from unosat.predict.vectorize import VectorizeConfig, vectorize
 from unosat.prepare.outputs import canonical, digest, needs_work
 from unosat.prepared import PreparedDataset
@@ -148,6 +149,9 @@ class Settings:
         self.overwrite = bool(cfg.overwrite)
         if self.evaluate and not self.vectorize:
             raise UnosatError("evaluate=true scores polygons too: it needs vectorize=true")
+        self.tracking: TrackingConfig = instantiate(cfg.tracking)
+        if (self.tracking.wandb or self.tracking.mlflow) and not self.evaluate:
+            raise UnosatError("tracking.wandb / tracking.mlflow log the evaluation: they need evaluate=true")
 
     def vector_config(self) -> VectorizeConfig:
         return instantiate(self.vectorization)
@@ -330,6 +334,8 @@ def run(cfg: DictConfig) -> dict | None:
     timings = {"scenes_s": seconds_scenes, "products_s": time.perf_counter() - t_products}
     if settings.evaluate:
         manifest["evaluation"] = evaluate_products(products, cities, paths, settings)
+        manifest["tracking"] = log_evaluation(manifest["evaluation"], out_dir / EVALUATION, models, settings.tracking,
+                                              out_dir)
     if settings.quicklooks:
         write_quicklooks(products, cities, paths, settings)
     manifest["products"] = products
