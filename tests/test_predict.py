@@ -681,8 +681,45 @@ def gate_ckpt(tiny_prepared_db, tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("gate")
     train(train_cfg(tiny_prepared_db, root, "model=tile_classifier", "debug=limit", "trainer.max_epochs=1",
-                    "logger=csv", "data.augment.0.height=32", "data.augment.0.width=32"))
+                    "logger=csv", "model.window_px=32",
+                    "data.augment.0.height=${model.window_px}", "data.augment.0.width=${model.window_px}"))
     return next((root / "logs" / "train" / "runs" / "run" / "checkpoints").glob("best-*.ckpt"))
+
+
+def test_gate_cells_cover_the_window():
+    from unosat.predict.gate import cell_starts, window_cells
+
+    assert cell_starts(512, 256) == [0, 256] and cell_starts(100, 256) == [0] and cell_starts(256, 256) == [0]
+    assert cell_starts(600, 256) == [0, 172, 344]  # 3 cells, evenly spread, the last ends at the border
+    x = np.arange(2 * 1 * 80 * 40, dtype=np.float32).reshape(2, 1, 80, 40)
+    cells = window_cells(x, 32)
+    assert cells.shape == (2, 3 * 2, 1, 32, 32)
+    np.testing.assert_array_equal(cells[1, 5], x[1, :, 48:80, 8:40])  # last row, last column: bottom-right corner
+    assert window_cells(x, None).shape == (2, 1, 1, 80, 40)
+
+
+def test_gate_skips_a_window_only_when_every_cell_is_empty():
+    """A classifier of 16 px windows that sees a building where any pixel is > 0.5: a 48 px window with one
+    bright pixel is kept wherever the pixel lies, even where averaging over the window would dilute it."""
+    from unosat.predict.gate import TileGate
+    from unosat.predict.sliding_window import WindowBatch
+
+    class BrightPixelClassifier(torch.nn.Module):
+        task, window_px = "tile_classification", 16
+
+        def forward(self, x):
+            assert x.shape[-2:] == (16, 16)
+            return (x.amax(dim=(1, 2, 3)) > 0.5).float()[:, None] * 20 - 10
+
+    model = LoadedModel("bright", BrightPixelClassifier(), BandRecipe("vv", ("vv",), "db"), Normalization(mean=(0.0,), std=(1.0,)))
+    gate = TileGate(model, threshold=0.5, runtime=Runtime(channels_last=False), group=0)
+    x = np.zeros((4, 1, 48, 48), dtype=np.float32)
+    x[1, 0, 47, 47] = 1.0   # bottom-right corner cell
+    x[2, 0, 20, 30] = 1.0   # a middle cell
+    x[3] = 0.4              # dim everywhere: no building
+    batch = WindowBatch(rows=np.zeros(4, int), cols=np.zeros(4, int), valid=np.ones((4, 48, 48), bool), inputs=[x])
+    assert gate(batch).tolist() == [True, False, False, True]
+    assert gate.probabilities[1] > 0.99 and gate.probabilities[0] < 0.01
 
 
 def _gated(out: Path, best_ckpt: Path, tiny_raw_session: Path, *overrides: str) -> dict:

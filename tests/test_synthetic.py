@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -115,9 +116,12 @@ def test_discover_scenes_finds_every_scene(tiny_spec, tiny_raw):
     assert sorted({s.city for s in found if s.city in tiny_spec.test_cities}) == ["Samawah"]
 
 
-def test_generate_skips_existing_and_refuses_foreign_dirs(tiny_spec, tiny_raw, tmp_path):
+def test_generate_skips_existing_and_refuses_foreign_dirs(tiny_spec, tiny_raw, tmp_path, caplog):
     stamp = {p: p.stat().st_mtime_ns for p in tiny_raw.rglob("*")}
     assert generate_demo(tiny_raw, tiny_spec) == tiny_raw
+    assert "other settings" not in caplog.text
+    assert generate_demo(tiny_raw, dataclasses.replace(tiny_spec, hamlets_per_km2=0.5)) == tiny_raw
+    assert "generated with other settings (hamlets_per_km2 differ" in caplog.text  # kept, but the user is told
     assert {p: p.stat().st_mtime_ns for p in tiny_raw.rglob("*")} == stamp
     foreign = tmp_path / "mine"
     foreign.mkdir()
@@ -398,3 +402,28 @@ def test_render_scene_rejects_an_unknown_acquisition(tiny_spec):
     with pytest.raises(UnosatError, match="no demo city"):
         render_scene(tiny_spec, "Atlantis", "ASC_20150426t145805")
     assert isinstance(tiny_spec.city("Mosul"), CitySpec)
+
+
+def test_rural_buildings_cluster_in_hamlets_leaving_empty_land():
+    from unosat.synthetic.buildings import hamlet_weights
+
+    rural = np.ones((200, 300), dtype=bool)
+    rural[:, :10] = False
+    spec = dataclasses.replace(load_spec("tiny"), hamlets_per_km2=1e-9, hamlet_radius_m=100.0)  # one hamlet
+    w = hamlet_weights(np.random.default_rng(0), rural, spec)
+    r, c = np.unravel_index(np.argmax(w), w.shape)
+    assert w[r, c] == pytest.approx(1.0, abs=0.05) and rural[r, c]
+    rr, cc = np.indices(w.shape)
+    far = np.maximum(abs(rr - r), abs(cc - c)) > 4 * 10  # beyond 4 standard deviations (10 px) on an axis
+    assert (w[far] == 0).all() and (w[~rural] == 0).all()
+    uniform = hamlet_weights(np.random.default_rng(0), rural, dataclasses.replace(spec, hamlets_per_km2=0.0))
+    np.testing.assert_array_equal(uniform, rural.astype(float))
+
+
+def test_default_demo_has_windows_without_buildings(default_layouts):
+    """Real scenes are mostly empty land; the demo keeps some of that (what a tile-classifier gate skips)."""
+    spec, layouts = default_layouts
+    for name, layout in layouts.items():
+        b = layout.buildings
+        windows = [b[r:r + 256, c:c + 256].any() for r in range(0, spec.height, 256) for c in range(0, spec.width, 256)]
+        assert 0.1 <= windows.count(False) / len(windows) <= 0.6, name

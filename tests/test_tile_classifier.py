@@ -44,8 +44,9 @@ def test_bce_by_hand():
 
 
 def test_trains_with_train_py_and_logs_precision_recall_auroc(tiny_prepared_db, tmp_path):
-    cfg = train_cfg(tiny_prepared_db, tmp_path, "model=tile_classifier", "trainer.max_epochs=2",
-                    "data.augment.0.height=16", "data.augment.0.width=16")
+    cfg = train_cfg(tiny_prepared_db, tmp_path, "model=tile_classifier", "trainer.max_epochs=2", "model.window_px=32",
+                    "data.augment.0.height=${model.window_px}", "data.augment.0.width=${model.window_px}")
+    assert cfg.data.augment[0].height == 32 and cfg.data.val_augment[0].height == 32  # trained and judged at 32 px
     value = run(cfg)
     run_dir = tmp_path / "logs" / "train" / "runs" / "run"
     metrics = pd.read_csv(run_dir / "csv" / "metrics.csv")
@@ -54,5 +55,5 @@ def test_trains_with_train_py_and_logs_precision_recall_auroc(tiny_prepared_db, 
     assert 0.0 <= value <= 1.0 and value == pytest.approx(metrics["val/auroc"].dropna().max())
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert ckpt["unosat"]["task"] == "tile_classification"
-    assert build_model(ckpt).task == "tile_classification"
+    assert build_model(ckpt).task == "tile_classification" and build_model(ckpt).window_px == 32
     assert not list((run_dir / "figures").glob("prediction_grid*"))  # no segmentation grid for a classifier

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-
 from test_predict import predict_cfg
 from test_train import train_cfg
+
 from unosat.checkpoint import load_checkpoint
 from unosat.errors import UnosatError
 from unosat.predict.run import run as predict

@@ -174,12 +174,39 @@ def _window_size(spec: DemoSpec) -> int:
     return 2 * int(np.ceil(hi / np.sqrt(2.0) + CENTRE_JITTER_PX + 1 + spec.building_gap_px)) + 1
 
 
+def hamlet_weights(rng: np.random.Generator, rural_px: np.ndarray, spec: DemoSpec) -> np.ndarray:
+    """Where rural buildings are drawn: ``(rows, cols)`` float64 weights, zero off ``rural_px`` (bool).
+
+    ``max(1, round(hamlets_per_km2 * scene area))`` hamlet centres are drawn uniformly over the rural pixels;
+    each adds a Gaussian bump of standard deviation ``hamlet_radius_m`` (cut at 4 standard deviations), so
+    most of the land holds no building at all, as in the real scenes. ``hamlets_per_km2 == 0``: uniform.
+    """
+    weights = rural_px.astype(np.float64)
+    if spec.hamlets_per_km2 <= 0 or not rural_px.any():
+        return weights
+    rows, cols = rural_px.shape
+    area_km2 = rows * cols * spec.pixel_size**2 / 1e6
+    n = max(1, round(spec.hamlets_per_km2 * area_km2))
+    candidates = np.flatnonzero(rural_px)
+    centres = np.divmod(rng.choice(candidates, size=n, replace=candidates.size < n), cols)
+    sigma = spec.hamlet_radius_m / spec.pixel_size
+    reach = int(np.ceil(4 * sigma))
+    field = np.zeros_like(weights)
+    for r, c in zip(*centres):
+        r0, r1, c0, c1 = max(0, r - reach), min(rows, r + reach + 1), max(0, c - reach), min(cols, c + reach + 1)
+        dr = np.arange(r0, r1)[:, None] - r
+        dc = np.arange(c0, c1)[None, :] - c
+        field[r0:r1, c0:c1] += np.exp(-(dr**2 + dc**2) / (2 * sigma**2))
+    return weights * field
+
+
 def place_footprints(rng: np.random.Generator, landcover: LandCoverMap, grid: Grid, spec: DemoSpec) -> Footprints:
     """Footprints of one city covering about ``spec.building_fraction`` of the scene's pixels.
 
     Town buildings are drawn with a density that falls off from each town's centre (exp(-(d/r)^2)), the
-    ``rural_building_share`` uniformly over bare soil and cropland (so some fall in the nodata wedge, as real
-    labels do). Without towns every building is rural.
+    ``rural_building_share`` over bare soil and cropland in hamlets (:func:`hamlet_weights`), or uniformly when
+    ``hamlets_per_km2`` is 0; some fall in the nodata wedge, as real labels do. Without towns every building
+    is rural.
     """
     shape = landcover.classes.shape
     target = spec.building_fraction * shape[0] * shape[1]
@@ -202,7 +229,7 @@ def place_footprints(rng: np.random.Generator, landcover: LandCoverMap, grid: Gr
     pad = _window_size(spec)
     taken = np.pad(np.zeros(shape, dtype=bool), pad, constant_values=True)  # the border blocks footprints
     rings, in_towns = _pack(rng, town_weight, target - rural_target, town_angle, taken, spec)
-    rural_rings, rural = _pack(rng, rural_px.astype(np.float64), rural_target, None, taken, spec)
+    rural_rings, rural = _pack(rng, hamlet_weights(rng, rural_px, spec), rural_target, None, taken, spec)
     rings += rural_rings
     if in_towns + rural < SHORTFALL_WARNING * target:
         log.warning(

@@ -219,6 +219,20 @@ def write_labels(path: Path, layout: CityLayout) -> int:
     return len(gdf)
 
 
+def _warn_if_other_spec(raw_dir: Path, spec: DemoSpec) -> None:
+    """Warn when an existing demo dataset was generated from other settings than ``spec``."""
+    try:
+        saved = json.loads((raw_dir / MANIFEST_NAME).read_text())["spec"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    wanted = json.loads(json.dumps(spec.to_dict()))
+    differ = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+    if differ:
+        log.warning("demo dataset %s was generated with other settings (%s differ from the configured demo); "
+                    "delete it (and the prepared copies next to it) to generate the configured one",
+                    raw_dir, ", ".join(differ))
+
+
 def generate_demo(raw_dir: Path | str, spec: DemoSpec, overwrite: bool = False) -> Path:
     """Generate the synthetic dataset under ``raw_dir`` if missing; return ``raw_dir``.
 
@@ -233,6 +247,7 @@ def generate_demo(raw_dir: Path | str, spec: DemoSpec, overwrite: bool = False) 
         if any(raw_dir.iterdir()):
             if not overwrite:
                 log.info("demo dataset: %s already exists, left as it is", raw_dir)
+                _warn_if_other_spec(raw_dir, spec)
                 return raw_dir
             if not (raw_dir / MANIFEST_NAME).is_file():
                 raise UnosatError(

@@ -125,8 +125,9 @@ class DemoSpec:
     from one date to the next.
 
     Buildings: ``building_fraction`` of the scene's pixels are building pixels (pixel centre inside a
-    footprint), ``rural_building_share`` of them scattered over the land and the rest in towns covered at
-    ``town_building_density``; footprint sides ``building_size_m`` (min, max) metres, at least
+    footprint), ``rural_building_share`` of them in hamlets over the land (``hamlets_per_km2``, each a
+    Gaussian cluster of standard deviation ``hamlet_radius_m``; 0 hamlets: scattered uniformly) and the rest in
+    towns covered at ``town_building_density``; footprint sides ``building_size_m`` (min, max) metres, at least
     ``building_gap_px`` pixels apart. Double bounce levels ``double_bounce_vv_db``/``double_bounce_vh_db``
     (min, max) per building, changing by up to ``double_bounce_aspect_db`` between passes; layover
     brightens the pixel next to a building on the sensor side by ``layover_gain_db``; the shadow on the far
@@ -156,6 +157,8 @@ class DemoSpec:
     # buildings
     building_fraction: float = 0.012
     rural_building_share: float = 0.1
+    hamlets_per_km2: float = 0.08
+    hamlet_radius_m: float = 150.0
     town_building_density: float = 0.2
     building_size_m: tuple[float, float] = (10.0, 50.0)
     building_gap_px: int = 1
@@ -210,6 +213,9 @@ class DemoSpec:
         for name in ("cropland_fraction", "lake_fraction", "building_fraction", "rural_building_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UnosatError(f"demo.{name} must be within [0, 1], got {getattr(self, name)}")
+        if self.hamlets_per_km2 < 0 or self.hamlet_radius_m < self.pixel_size:
+            raise UnosatError(f"demo.hamlets_per_km2 must be >= 0 and demo.hamlet_radius_m at least one pixel "
+                              f"({self.pixel_size} m), got {self.hamlets_per_km2} and {self.hamlet_radius_m}")
         if not 0.0 < self.town_building_density < 1.0:
             raise UnosatError(f"demo.town_building_density must be within (0, 1), got {self.town_building_density}")
         if not (0.0 <= self.wedge_fraction[0] and self.wedge_fraction[1] <= 0.5):

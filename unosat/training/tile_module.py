@@ -6,13 +6,24 @@ recall, F1 and AUROC (synchronised under DDP), logged as ``<stage>/precision`` .
 
 from __future__ import annotations
 
+import logging
+import math
+
 import torch
 from torch import nn
 from torchmetrics import MetricCollection
-from torchmetrics.classification import BinaryAUROC, BinaryF1Score, BinaryPrecision, BinaryRecall
+from torchmetrics.classification import (
+    BinaryAUROC,
+    BinaryF1Score,
+    BinaryPrecision,
+    BinaryRecall,
+    BinaryStatScores,
+)
 
 from unosat.losses.tile_bce import tile_target
 from unosat.training.lightning_base import UnosatModule
+
+log = logging.getLogger(__name__)
 
 STAGES = ("train", "val", "test")
 
@@ -31,13 +42,17 @@ class TileClassificationModule(UnosatModule):
                 "f1": BinaryF1Score(threshold=self.threshold), "auroc": BinaryAUROC(),
             }) for stage in STAGES
         })
+        self.counts = nn.ModuleDict({f"{stage}_split": BinaryStatScores(threshold=self.threshold) for stage in STAGES})
+        self._warned: set[str] = set()
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
         image, mask = batch["image"], batch["mask"]
         logits = self(image).reshape(-1)
         terms = self.loss(logits, mask)
         self.log_terms(stage, terms, image.shape[0])
-        self.metrics[f"{stage}_split"].update(torch.sigmoid(logits.detach().float()), tile_target(mask).long())
+        p, target = torch.sigmoid(logits.detach().float()), tile_target(mask).long()
+        self.metrics[f"{stage}_split"].update(p, target)
+        self.counts[f"{stage}_split"].update(p, target)
         return terms["loss"]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -51,8 +66,17 @@ class TileClassificationModule(UnosatModule):
 
     def _epoch_end(self, stage: str) -> None:
         collection = self.metrics[f"{stage}_split"]
+        tp, fp, tn, fn, _ = (int(v) for v in self.counts[f"{stage}_split"].compute())
+        self.counts[f"{stage}_split"].reset()
         values = {k: float(v) for k, v in collection.compute().items()}
         collection.reset()
+        if min(tp + fn, tn + fp) == 0:  # one class only: AUROC is undefined (torchmetrics says 0)
+            values["auroc"] = math.nan
+            if stage not in self._warned and not self.trainer.sanity_checking:
+                self._warned.add(stage)
+                log.warning("%s: all %d windows %s building pixels, so AUROC is undefined (logged as NaN) and the "
+                            "classifier cannot learn to tell them apart; use a smaller model.window_px or data with "
+                            "empty areas", stage, tp + fp + tn + fn, "hold" if tn + fp == 0 else "lack")
         if not self.trainer.sanity_checking:
             self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val", sync_dist=False)
 
