@@ -54,6 +54,33 @@ class UnosatModule(pl.LightningModule):
         self.log(f"{stage}/loss", terms["loss"], on_step=on_step, on_epoch=True, prog_bar=True,
                  sync_dist=True, batch_size=batch_size)
 
+    # ---------------------------------------------------- steps and epoch ends
+    def _step(self, batch: dict, stage: str) -> torch.Tensor:
+        """Loss of one batch of ``stage`` (``train``, ``val``, ``test``), its terms logged, metrics updated."""
+        raise NotImplementedError
+
+    def _epoch_end(self, stage: str) -> None:
+        """Compute, log and reset the metrics of ``stage``."""
+        raise NotImplementedError
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def on_train_epoch_end(self) -> None:
+        self._epoch_end("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_end("test")
+
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())
         if self.scheduler_factory is None:

@@ -68,15 +68,6 @@ class SegmentationModule(UnosatModule):
         self.confusion[f"{stage}_split"].update(segmentation_logits(output).detach().argmax(dim=1), target)
         return terms["loss"]
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._step(batch, "test")
-
     # ------------------------------------------------------------ epoch ends
     def _epoch_end(self, stage: str) -> None:
         metric = self.confusion[f"{stage}_split"]
@@ -93,12 +84,3 @@ class SegmentationModule(UnosatModule):
             fig = confusion_figure(confusion, self.class_names, f"{stage} confusion, epoch {self.current_epoch}")
             save_and_log_figure(fig, out_dir / f"{stage}_confusion_epoch{self.current_epoch:03d}.png",
                                 f"{stage}/confusion_matrix", self.loggers, self.global_step)
-
-    def on_train_epoch_end(self) -> None:
-        self._epoch_end("train")
-
-    def on_validation_epoch_end(self) -> None:
-        self._epoch_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._epoch_end("test")

@@ -55,15 +55,6 @@ class TileClassificationModule(UnosatModule):
         self.counts[f"{stage}_split"].update(p, target)
         return terms["loss"]
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._step(batch, "test")
-
     def _epoch_end(self, stage: str) -> None:
         collection = self.metrics[f"{stage}_split"]
         tp, fp, tn, fn, _ = (int(v) for v in self.counts[f"{stage}_split"].compute())
@@ -79,12 +70,3 @@ class TileClassificationModule(UnosatModule):
                             "empty areas", stage, tp + fp + tn + fn, "hold" if tn + fp == 0 else "lack")
         if not self.trainer.sanity_checking:
             self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val", sync_dist=False)
-
-    def on_train_epoch_end(self) -> None:
-        self._epoch_end("train")
-
-    def on_validation_epoch_end(self) -> None:
-        self._epoch_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._epoch_end("test")
