@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -250,3 +251,18 @@ def test_ddp_with_two_cpu_processes_matches_one_process(tiny_prepared_db, tmp_pa
     one, two = summary(tmp_path / "single")["fit_metrics"], summary(tmp_path / "ddp")["fit_metrics"]
     for key in ("train/loss_epoch", "val/loss", "val/accuracy"):
         assert two[key] == pytest.approx(one[key], rel=0.02, abs=1e-3), key
+
+
+def test_wandb_mode_from_the_environment(monkeypatch):
+    from unosat.training.loggers import resolve_wandb_mode
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert resolve_wandb_mode() == "disabled" and resolve_wandb_mode("offline") == "offline"
+    monkeypatch.setenv("WANDB_MODE", "dryrun")
+    assert resolve_wandb_mode() == "offline"
+    monkeypatch.setenv("WANDB_MODE", "offlne")
+    with pytest.raises(UnosatError, match=r"WANDB_MODE='offlne' is not a W&B mode \(online, offline"):
+        resolve_wandb_mode()
+    monkeypatch.setenv("WANDB_MODE", "")  # set but empty: unset, and removed so that wandb does not reject it
+    monkeypatch.setattr("unosat.training.loggers.wandb_logged_in", lambda: False)
+    assert resolve_wandb_mode() == "offline" and "WANDB_MODE" not in os.environ

@@ -42,6 +42,10 @@ def host_reachable(host: str, port: int = 443, timeout: float = 2.0) -> bool:
         return False
 
 
+#: the values wandb accepts for WANDB_MODE
+WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")
+
+
 def resolve_wandb_mode(mode: str = "auto") -> str:
     """``online``, ``offline`` or ``disabled``.
 
@@ -51,7 +55,14 @@ def resolve_wandb_mode(mode: str = "auto") -> str:
     if mode != "auto":
         return mode
     env = os.environ.get("WANDB_MODE")
+    if env is not None and not env.strip():
+        os.environ.pop("WANDB_MODE")  # set but empty means unset (wandb itself would reject it)
+        env = None
     if env:
+        if env not in WANDB_MODES:
+            from unosat.errors import UnosatError
+
+            raise UnosatError(f"environment variable WANDB_MODE={env!r} is not a W&B mode ({', '.join(WANDB_MODES)})")
         return "offline" if env == "dryrun" else env
     if wandb_logged_in() and host_reachable(wandb_host()):
         return "online"
