@@ -4,7 +4,7 @@ speed-up, and building recall / F1 lost against ungated prediction, for a few th
 Trains (once, cached in the work directory) LW-RefineNet and a tile classifier on the demo with the default
 settings (``python train.py`` and ``python train.py model=tile_classifier``), unless checkpoints are given,
 then predicts the held-out city with and without the gate. Speed is the scene-prediction time of each run
-(``predict.json``), against the ungated run measured in the same process (run twice; the second counts).
+(``predict.json``), against the ungated run measured in the same process after a warm-up; every time is the best of two runs.
 
     python benchmarks/gated_predict.py [--thresholds 0.05 0.1 0.2 0.3 0.5] [--window 256]
                                        [--seg-ckpt PATH --gate-ckpt PATH] [--workdir /tmp/unosat-bench-gate]
@@ -13,6 +13,7 @@ then predicts the held-out city with and without the gate. Speed is the scene-pr
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -39,18 +40,20 @@ def train(workdir: Path, name: str, *overrides: str) -> Path:
     return found[-1]
 
 
-def predict_city(workdir: Path, seg: Path, window: int, out: str, *overrides: str) -> dict:
+def predict_city(workdir: Path, seg: Path, window: int, out: str, *overrides: str, repeats: int = 2) -> dict:
+    """The manifest of predicting the held-out city; its scene time is the best of ``repeats`` runs."""
     cfg = compose_config("predict", [f"ckpt={seg}", f"input={workdir / 'demo' / 'raw'}", f"paths.demo_dir={workdir / 'demo'}",
                                      f"output={workdir / 'predictions' / out}", f"paths.output_dir={workdir / 'hydra'}",
                                      "cities=${split.test_cities}", f"window.size={window}", "window.overlap=32",
                                      "evaluate=true", "overwrite=true", *overrides])
-    return predict(cfg)
+    return min((predict(cfg) for _ in range(repeats)), key=lambda m: m["timings"]["scenes_s"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.5])
-    parser.add_argument("--window", type=int, default=256, help="prediction window (the gate sees one window)")
+    parser.add_argument("--window", type=int, default=256,
+                        help="prediction window, and the window the tile classifier is trained to judge")
     parser.add_argument("--seg-ckpt", type=Path)
     parser.add_argument("--gate-ckpt", type=Path)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/unosat-bench-gate"))
@@ -58,8 +61,8 @@ def main() -> None:
 
     seg = args.seg_ckpt or train(args.workdir, "lwrefinenet")
     gate = args.gate_ckpt or train(args.workdir, "tile_classifier", "model=tile_classifier",
-                                   f"data.augment.0.height={args.window}", f"data.augment.0.width={args.window}")
-    predict_city(args.workdir, seg, args.window, "warmup")
+                                   f"model.window_px={args.window}")
+    predict_city(args.workdir, seg, args.window, "warmup", repeats=1)
     base = predict_city(args.workdir, seg, args.window, "ungated")
 
     def figures(m: dict) -> tuple:
@@ -79,7 +82,12 @@ def main() -> None:
     cities = ", ".join(sorted({s["city"] for s in base["scenes"]}))
     print(f"machine: {machine()}")
     print(f"held-out city: {cities} ({len(base['scenes'])} acquisitions); window {args.window} px, overlap 32; "
-          f"segmentation {seg}; gate {gate}\n")
+          f"segmentation {seg}; gate {gate}")
+    summary = gate.parent.parent / "summary.json"
+    if summary.is_file():
+        print(f"tile classifier: best val AUROC {json.loads(summary.read_text())['best_score']:.3f} "
+              f"(windows of {args.window} px from the validation city)")
+    print()
     print(table(rows, ("gate threshold", "windows", "skipped", "predict s", "speed-up", "pixel recall",
                        "recall lost (points)", "pixel F1", "F1 lost (points)", "object F1")))
 
