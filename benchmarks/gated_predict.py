@@ -4,7 +4,7 @@ speed-up, and building recall / F1 lost against ungated prediction, for a few th
 Trains (once, cached in the work directory) LW-RefineNet and a tile classifier on the demo with the default
 settings (``python train.py`` and ``python train.py model=tile_classifier``), unless checkpoints are given,
 then predicts the held-out city with and without the gate. Speed is the scene-prediction time of each run
-(``predict.json``), against the ungated run measured in the same process after a warm-up; every time is the best of two runs.
+(``predict.json``), against the ungated run measured in the same process after a warm-up; every time is the best of three runs.
 
     python benchmarks/gated_predict.py [--thresholds 0.05 0.1 0.2 0.3 0.5] [--window 256]
                                        [--seg-ckpt PATH --gate-ckpt PATH] [--workdir /tmp/unosat-bench-gate]
@@ -18,6 +18,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, table  # noqa: E402
@@ -40,7 +42,7 @@ def train(workdir: Path, name: str, *overrides: str) -> Path:
     return found[-1]
 
 
-def predict_city(workdir: Path, seg: Path, window: int, out: str, *overrides: str, repeats: int = 2) -> dict:
+def predict_city(workdir: Path, seg: Path, window: int, out: str, *overrides: str, repeats: int = 3) -> dict:
     """The manifest of predicting the held-out city; its scene time is the best of ``repeats`` runs."""
     cfg = compose_config("predict", [f"ckpt={seg}", f"input={workdir / 'demo' / 'raw'}", f"paths.demo_dir={workdir / 'demo'}",
                                      f"output={workdir / 'predictions' / out}", f"paths.output_dir={workdir / 'hydra'}",
@@ -83,9 +85,10 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"held-out city: {cities} ({len(base['scenes'])} acquisitions); window {args.window} px, overlap 32; "
           f"segmentation {seg}; gate {gate}")
-    summary = gate.parent.parent / "summary.json"
-    if summary.is_file():
-        print(f"tile classifier: best val AUROC {json.loads(summary.read_text())['best_score']:.3f} "
+    run_dir = gate.parent.parent
+    if (run_dir / "summary.json").is_file():
+        metric = OmegaConf.load(run_dir / "config_resolved.yaml").optimized_metric
+        print(f"tile classifier: best {metric} {json.loads((run_dir / 'summary.json').read_text())['best_score']:.3f} "
               f"(windows of {args.window} px from the validation city)")
     print()
     print(table(rows, ("gate threshold", "windows", "skipped", "predict s", "speed-up", "pixel recall",

@@ -144,7 +144,9 @@ class Settings:
         self.precision = str(cfg.trainer.get("precision", "32-true"))
         gate = cfg.get("gate") or {}
         self.gate_ckpt = Path(str(gate.ckpt)).expanduser() if gate.get("ckpt") else None
-        self.gate_threshold = float(gate.get("threshold", 0.5))
+        if self.gate_ckpt is not None and gate.get("threshold") is None:
+            raise UnosatError("gate.ckpt is set but gate.threshold is not: set the probability below which windows are skipped")
+        self.gate_threshold = float(gate.threshold) if self.gate_ckpt is not None else None
         self.gate_sha256 = ""
         self.overwrite = bool(cfg.overwrite)
         if self.evaluate and not self.vectorize:
