@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -49,6 +50,30 @@ def predict_city(workdir: Path, seg: Path, window: int, out: str, *overrides: st
                                      "cities=${split.test_cities}", f"window.size={window}", "window.overlap=32",
                                      "evaluate=true", "overwrite=true", *overrides])
     return min((predict(cfg) for _ in range(repeats)), key=lambda m: m["timings"]["scenes_s"])
+
+
+def forward_cost(seg: Path, gate: Path, window: int, batch: int = 2, repeats: int = 5) -> tuple[float, float]:
+    """Best-of-``repeats`` seconds of one forward pass of each network on the same random batch of windows
+    (channels-last, inference mode): the gate's cost against the segmentation it may save."""
+    import torch
+
+    from unosat.checkpoint import build_model, load_checkpoint
+
+    seconds = []
+    for path in (seg, gate):
+        checkpoint = load_checkpoint(path)
+        bands = len(checkpoint["unosat"]["data"]["recipe"]["bands"])
+        x = torch.randn(batch, bands, window, window).contiguous(memory_format=torch.channels_last)
+        net = build_model(checkpoint, path).to(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            net(x)
+            best = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                net(x)
+                best = min(best, time.perf_counter() - start)
+        seconds.append(best)
+    return seconds[0], seconds[1]
 
 
 def main() -> None:
@@ -90,6 +115,10 @@ def main() -> None:
         metric = OmegaConf.load(run_dir / "config_resolved.yaml").optimized_metric
         print(f"tile classifier: best {metric} {json.loads((run_dir / 'summary.json').read_text())['best_score']:.3f} "
               f"(windows of {args.window} px from the validation city)")
+    seg_s, gate_s = forward_cost(seg, gate, args.window)
+    print(f"one forward pass on 2 windows of {args.window} px: segmentation {seg_s:.3f} s, tile classifier {gate_s:.3f} s "
+          f"({100 * gate_s / seg_s:.0f} % of it): a skip share s saves at most a fraction s - {gate_s / seg_s:.2f} of the "
+          "network time; reading, band computation, blending and writing are not saved")
     print()
     print(table(rows, ("gate threshold", "windows", "skipped", "predict s", "speed-up", "pixel recall",
                        "recall lost (points)", "pixel F1", "F1 lost (points)", "object F1")))
