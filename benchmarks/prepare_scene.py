@@ -73,7 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=10980)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/unosat-bench"))
-    parser.add_argument("--steps", default="[bands,labels,tiles,stats,report]")
+    parser.add_argument("--steps", default="[bands,labels,quality,tiles,stats,report]", help="prepare.py steps (all by default)")
     args = parser.parse_args()
 
     raw = args.workdir / f"scene_raw_{args.size}"
