@@ -240,8 +240,10 @@ def _ddp_args(data_dir: Path, run_dir: Path) -> list[str]:
 
 
 def test_ddp_with_two_cpu_processes_matches_one_process(tiny_prepared_db, tmp_path):
-    single = cli([*_ddp_args(tiny_prepared_db, tmp_path / "single"), "data.batch_size=4",
-                  "+trainer.sync_batchnorm=false"], tmp_path)
+    # the reference sees what DDP does per optimizer step: the same 4 samples, gradients averaged over 2
+    # batches of 2, batch norm over batches of 2 (it is not synchronised on CPU)
+    single = cli([*_ddp_args(tiny_prepared_db, tmp_path / "single"), "data.batch_size=2",
+                  "trainer.accumulate_grad_batches=2", "+trainer.sync_batchnorm=false"], tmp_path)
     assert single.returncode == 0
     ddp = cli([*_ddp_args(tiny_prepared_db, tmp_path / "ddp"), "trainer=ddp", "trainer.accelerator=cpu",
                "trainer.devices=2", "data.batch_size=2", "trainer.sync_batchnorm=false"], tmp_path)
@@ -249,8 +251,12 @@ def test_ddp_with_two_cpu_processes_matches_one_process(tiny_prepared_db, tmp_pa
     # one output directory for both ranks
     assert not (tmp_path / "ddp" / "logs").exists() and (tmp_path / "ddp" / "summary.json").is_file()
     one, two = summary(tmp_path / "single")["fit_metrics"], summary(tmp_path / "ddp")["fit_metrics"]
-    for key in ("train/loss_epoch", "val/loss", "val/accuracy"):
-        assert two[key] == pytest.approx(one[key], rel=0.02, abs=1e-3), key
+    # Not equal to the last bit: the single process normalises samples (0, 1) and (2, 3) of each step together,
+    # the ranks (0, 2) and (1, 3), and batch-norm statistics of 2 tiny tiles differ (about 5 % in the losses
+    # after 4 steps here); accuracy over the whole validation city, synchronised over ranks, agrees closely.
+    assert two["val/accuracy"] == pytest.approx(one["val/accuracy"], rel=0.01)
+    for key in ("train/loss_epoch", "val/loss"):
+        assert two[key] == pytest.approx(one[key], rel=0.1), key
 
 
 def test_wandb_mode_from_the_environment(monkeypatch):
