@@ -19,7 +19,7 @@ import rasterio.shutil
 
 from unosat.errors import UnosatError
 from unosat.io.atomic import atomic_path, temporary_sibling
-from unosat.io.raster import Grid, gdal_env, write_rows
+from unosat.io.raster import Grid, gdal_env, geotiff_profile, write_rows
 
 COMPRESSIONS = ("deflate", "zstd", "lzw", "none")
 #: GDAL's tiles must be a multiple of 16 pixels; its COG driver wants at least 128.
@@ -59,22 +59,8 @@ def tiled_profile(grid: Grid, count: int, dtype: str, nodata: float | int | None
 
     ``nbits=16`` with ``dtype='float32'`` stores IEEE half floats (GDAL 3.10 has no Float16 type).
     """
-    profile = {
-        "driver": "GTiff",
-        "width": grid.width,
-        "height": grid.height,
-        "count": count,
-        "dtype": dtype,
-        "crs": grid.crs,
-        "transform": grid.transform,
-        "nodata": nodata,
-        "tiled": True,
-        "blockxsize": blocksize,
-        "blockysize": blocksize,
-        "interleave": "band",
-        "compress": None,
-        "BIGTIFF": "IF_SAFER",
-    }
+    profile = geotiff_profile(grid, count, dtype, nodata) | {
+        "tiled": True, "blockxsize": blocksize, "blockysize": blocksize, "interleave": "band"}
     if nbits is not None:
         profile["NBITS"] = nbits
     return profile

@@ -119,13 +119,8 @@ def row_blocks(height: int, rows: int) -> Iterator[tuple[int, int]]:
         yield r, min(rows, height - r)
 
 
-def stack_profile(grid: Grid, count: int, dtype: str, nodata: float | int | None) -> dict:
-    """Profile of an uncompressed, pixel-interleaved, row-striped GeoTIFF.
-
-    Written top to bottom with full-width windows, such a file keeps its pixels in one contiguous
-    ``(rows, cols, bands)`` block, which :func:`memmap_geotiff` maps without decoding; GIS software opens
-    it as any GeoTIFF.
-    """
+def geotiff_profile(grid: Grid, count: int, dtype: str, nodata: float | int | None) -> dict:
+    """The rasterio profile of an uncompressed GeoTIFF of ``count`` bands on ``grid`` (BigTIFF when needed)."""
     return {
         "driver": "GTiff",
         "width": grid.width,
@@ -135,11 +130,19 @@ def stack_profile(grid: Grid, count: int, dtype: str, nodata: float | int | None
         "crs": grid.crs,
         "transform": grid.transform,
         "nodata": nodata,
-        "interleave": "pixel",
-        "tiled": False,
         "compress": None,
         "BIGTIFF": "IF_SAFER",
     }
+
+
+def stack_profile(grid: Grid, count: int, dtype: str, nodata: float | int | None) -> dict:
+    """Profile of an uncompressed, pixel-interleaved, row-striped GeoTIFF.
+
+    Written top to bottom with full-width windows, such a file keeps its pixels in one contiguous
+    ``(rows, cols, bands)`` block, which :func:`memmap_geotiff` maps without decoding; GIS software opens
+    it as any GeoTIFF.
+    """
+    return geotiff_profile(grid, count, dtype, nodata) | {"interleave": "pixel", "tiled": False}
 
 
 def memmap_geotiff(path: Path | str) -> np.ndarray | None:

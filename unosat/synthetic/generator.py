@@ -28,7 +28,7 @@ import rasterio
 from unosat.bands import from_db
 from unosat.errors import UnosatError
 from unosat.io.atomic import atomic_path
-from unosat.io.raster import Grid
+from unosat.io.raster import Grid, geotiff_profile
 from unosat.synthetic.buildings import (
     Footprints,
     PointTargets,
@@ -190,16 +190,7 @@ def label_path(raw_dir: Path | str, city: CitySpec) -> Path:
 def write_geotiff(path: Path, band: np.ndarray, grid: Grid, nodata: float) -> None:
     """Write a ``(rows, cols)`` float32 band as a single-band, uncompressed GeoTIFF on ``grid``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    profile = {
-        "driver": "GTiff",
-        "width": grid.width,
-        "height": grid.height,
-        "count": 1,
-        "dtype": "float32",
-        "crs": grid.crs,
-        "transform": grid.transform,
-        "nodata": nodata,
-    }
+    profile = geotiff_profile(grid, 1, "float32", nodata)
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(band.astype(np.float32, copy=False), 1)
 
