@@ -14,6 +14,8 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from unosat.errors import UnosatError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_WANDB_URL = "https://api.wandb.ai"
@@ -60,8 +62,6 @@ def resolve_wandb_mode(mode: str = "auto") -> str:
         env = None
     if env:
         if env not in WANDB_MODES:
-            from unosat.errors import UnosatError
-
             raise UnosatError(f"environment variable WANDB_MODE={env!r} is not a W&B mode ({', '.join(WANDB_MODES)})")
         return "offline" if env == "dryrun" else env
     if wandb_logged_in() and host_reachable(wandb_host()):
@@ -108,8 +108,6 @@ def mlflow_logger(experiment_name: str = "unosat", tracking_dir: str = "mlruns",
         import mlflow  # noqa: F401
         from pytorch_lightning.loggers import MLFlowLogger
     except ImportError:
-        from unosat.errors import UnosatError
-
         raise UnosatError('logger=mlflow needs MLflow: pip install -e ".[mlflow]"') from None
     artifact_location = None
     if tracking_uri is None:
