@@ -62,9 +62,11 @@ def test_parameter_counts():
     assert n_params(resnet50(3)) == 23_508_032  # torchvision's resnet50 minus its 2,049,000-parameter fc head
     paper = GSCNN(3, 2)  # the constructor's defaults: the paper's widths on MobileNetV2
     assert n_params(paper.backbone) == 1_812_800
-    assert n_params(paper) == 5_982_744  # "about 5.9 M" for the light variant
+    # regression pins, taken from the code's output (backbone and shape stream are derived independently
+    # above and in test_shape_stream_parameter_count_derived_by_hand): they catch an accidental layer change
+    assert n_params(paper) == 5_982_738  # "about 5.9 M" for the light variant
     cfg = compose_config("train", GSCNN_RUN)
-    assert n_params(instantiate({**cfg.model, "in_channels": 3})) == 3_460_324  # the CPU default of the config
+    assert n_params(instantiate({**cfg.model, "in_channels": 3})) == 3_460_318  # the CPU default of the config
 
 
 def _bn(x: torch.Tensor, mean, var, weight, bias, eps) -> torch.Tensor:
@@ -105,7 +107,9 @@ def test_gated_convolution_is_the_formula(mode):
         torch.testing.assert_close(gate(f, s), expected)
 
 
-def test_gradients_reach_the_shape_stream():
+def test_every_learnable_parameter_of_the_shape_stream_gets_a_gradient():
+    """Every parameter that can learn receives a gradient. A conv bias that feeds a BatchNorm cannot (the
+    normalisation removes any constant), so those convolutions are built without one."""
     torch.manual_seed(2)
     net = GSCNN(3, 2, **SMALL).train()
     target = torch.zeros(1, 64, 64, dtype=torch.int64)
@@ -115,10 +119,26 @@ def test_gradients_reach_the_shape_stream():
     loss["loss"].backward()
     params = dict(net.shape_stream.named_parameters())
     assert {"input_proj.weight", "res.0.conv1.weight", "reduce.2.weight", "gate_proj.0.weight",
-            "gates.2.gate.1.weight", "gates.2.conv.weight", "head.weight"} <= set(params)
+            "gates.2.gate.1.weight", "gates.2.gate.1.bias", "gates.2.conv.weight", "head.weight"} <= set(params)
+    assert not any(name.startswith("gate_proj.") and name.endswith(".bias") for name in params)
+    assert all(gate.gate[3].bias is None for gate in net.shape_stream.gates)
     for name, p in params.items():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
+        assert p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0, name
     assert net.fusion.weight.grad.abs().sum() > 0
+
+
+def test_shape_stream_parameter_count_derived_by_hand():
+    # widths (c0..c3) = (64, 32, 16, 8) from 24 input channels, gated by 3 features of (32, 64, 96) channels
+    c, inp, gates = (64, 32, 16, 8), 24, (32, 64, 96)
+    input_proj = inp * c[0]
+    res = sum(2 * (9 * w * w) + 2 * (2 * w) for w in c[:3])  # two 3x3 convs (no bias) + two BN (weight, bias)
+    reduce = sum(a * b for a, b in zip(c[:3], c[1:]))
+    gate_proj = sum(gates)  # 1x1 to one channel, no bias
+    gated = sum(2 * (w + 1) + (w + 1) * (w + 1) + (w + 1) + (w + 1) + 2 + w * w for w in c[1:])
+    head = c[3] + 1
+    from unosat.models.gscnn import ShapeStream
+
+    assert n_params(ShapeStream(inp, gates, c)) == input_proj + res + reduce + gate_proj + gated + head
 
 
 def test_resnet50_output_stride_8_feature_strides():

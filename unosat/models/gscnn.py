@@ -21,10 +21,10 @@ the dual-task loss (:mod:`unosat.losses.gscnn`) trains both, prediction uses the
 
 Every upsampling goes to the size of its target map, so any input size works (not only multiples of 32).
 
-Parameters for 3 bands and 2 classes: 5,982,744 with the constructor's defaults (the paper's widths on
-MobileNetV2: backbone 1,812,800, ASPP 2,772,480, decoder 1,291,264, shape stream 104,436); 3,460,324 with the
+Parameters for 3 bands and 2 classes: 5,982,738 with the constructor's defaults (the paper's widths on
+MobileNetV2: backbone 1,812,800, ASPP 2,772,480, decoder 1,291,264, shape stream 104,430); 3,460,318 with the
 narrower widths of ``conf/model/gscnn.yaml`` (trains on CPU in about 1.3 times LW-RefineNet's time);
-40,523,992 on ResNet-50 (``conf/model/gscnn_resnet50.yaml``; the ResNet itself 23,508,032).
+40,523,986 on ResNet-50 (``conf/model/gscnn_resnet50.yaml``; the ResNet itself 23,508,032).
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ class GatedConv2d(nn.Module):
 
     ``f`` (N, C, H, W): shape-stream features; ``s`` (N, 1, H, W): a (projected, upsampled) regular-stream
     feature. ``alpha`` (N, 1, H, W) in (0, 1) highlights where the regular stream sees boundaries; the output
-    (N, C, H, W). Parameters: ``gate`` = BN(C+1), conv (C+1 -> C+1, bias), ReLU, conv (C+1 -> 1, bias), BN(1),
+    (N, C, H, W). Parameters: ``gate`` = BN(C+1), conv (C+1 -> C+1, bias), ReLU, conv (C+1 -> 1, no bias), BN(1),
     sigmoid; ``conv``: C -> C, no bias.
     """
 
@@ -157,7 +157,7 @@ class GatedConv2d(nn.Module):
             nn.BatchNorm2d(channels + 1),
             nn.Conv2d(channels + 1, channels + 1, kernel_size=1),
             nn.ReLU(inplace=True),
-            nn.Conv2d(channels + 1, 1, kernel_size=1),
+            nn.Conv2d(channels + 1, 1, kernel_size=1, bias=False),  # the BatchNorm's shift is its bias
             nn.BatchNorm2d(1),
             nn.Sigmoid(),
         )
@@ -189,7 +189,8 @@ class ShapeStream(nn.Module):
         self.input_proj = nn.Conv2d(input_channels, channels[0], kernel_size=1, bias=False)
         self.res = nn.ModuleList(ResidualBlock(c) for c in channels[:-1])
         self.reduce = nn.ModuleList(nn.Conv2d(a, b, kernel_size=1, bias=False) for a, b in zip(channels[:-1], channels[1:]))
-        self.gate_proj = nn.ModuleList(nn.Conv2d(c, 1, kernel_size=1) for c in gate_channels)
+        # no bias: the projection feeds the gate's BatchNorm, which removes any constant shift
+        self.gate_proj = nn.ModuleList(nn.Conv2d(c, 1, kernel_size=1, bias=False) for c in gate_channels)
         self.gates = nn.ModuleList(GatedConv2d(c) for c in channels[1:])
         self.head = nn.Conv2d(channels[-1], 1, kernel_size=1)
 
