@@ -79,7 +79,7 @@ def test_training_run_writes_checkpoints_grid_baseline_and_returns_the_metric(ti
     ckpt = load_checkpoint(best)
     data = ckpt["unosat"]["data"]
     assert data["recipe"]["units"] == "db" and data["tile_size"] == 64 and len(data["normalization"]["mean"]) == 3
-    assert ckpt["unosat"]["model"]["_target_"] == "unosat.models.LWRefineNet"
+    assert ckpt["unosat"]["model"]["name"] == "lwrefinenet" and "_target_" not in ckpt["unosat"]["model"]["args"]
     torch.load(best, weights_only=True)
     assert list((run_dir / "figures").glob("prediction_grid_epoch*.png"))
     assert list((run_dir / "figures").glob("val_confusion_epoch*.png"))
@@ -185,10 +185,10 @@ def test_checkpoint_from_another_model(tiny_prepared_db, tmp_path):
     run(train_cfg(tiny_prepared_db, tmp_path, "debug=limit", "trainer.max_epochs=1", run_name="a"))
     last = tmp_path / "logs" / "train" / "runs" / "a" / "checkpoints" / "last.ckpt"
     ckpt = torch.load(last, weights_only=True)
-    ckpt["unosat"]["model"]["_target_"] = "unosat.models.GSCNN"
+    ckpt["unosat"]["model"]["name"] = "gscnn"
     other = tmp_path / "other.ckpt"
     torch.save(ckpt, other)
-    with pytest.raises(UnosatError, match=r"trained with unosat.models.GSCNN.*this run builds unosat.models.LWRefineNet"):
+    with pytest.raises(UnosatError, match=r"trained with gscnn.*this run builds lwrefinenet"):
         run(train_cfg(tiny_prepared_db, tmp_path, f"ckpt_path={other}", run_name="b"))
     not_ours = tmp_path / "plain.ckpt"
     torch.save({"state_dict": {}}, not_ours)

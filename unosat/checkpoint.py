@@ -1,9 +1,10 @@
 """unosat checkpoints: Lightning checkpoints that also carry what prediction needs.
 
-``checkpoint["unosat"]`` holds ``model`` (the network's config, ``_target_`` + arguments), ``data`` (band
-recipe, normalisation, tile size, classes), and ``wandb_run_id``. Checkpoints are read with
-``torch.load(weights_only=True)``: no pickled code runs, and a network is only built from a ``_target_``
-inside the ``unosat`` package.
+``checkpoint["unosat"]`` holds ``model`` (the network spec: a registry name and plain-data arguments, see
+:mod:`unosat.models.registry`), ``data`` (band recipe, normalisation, tile size, classes), and
+``wandb_run_id``. Checkpoints are read with ``torch.load(weights_only=True)``: no pickled code runs, and a
+network is only built from the registry of the project's classes; nothing read from a checkpoint is given to
+``hydra.utils.instantiate``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from unosat.errors import UnosatError
+from unosat.models.registry import build_network, spec_from_checkpoint
 
 NET_PREFIX = "net."
 
@@ -26,50 +28,67 @@ def load_checkpoint(path: Path | str) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # UnpicklingError, RuntimeError (zip), EOFError...
-        raise UnosatError(f"{path}: not a readable PyTorch checkpoint, or it holds pickled objects that are not "
-                          f"loaded for safety ({str(err).splitlines()[0][:200]})") from None
+        reason = first_line(err) or type(err).__name__
+        raise UnosatError(f"{path}: not a readable PyTorch checkpoint (empty, truncated, or holding pickled objects "
+                          f"that are not loaded for safety: {reason})") from None
     if not isinstance(checkpoint, dict) or "unosat" not in checkpoint or "state_dict" not in checkpoint:
         raise UnosatError(f"{path}: not a unosat checkpoint (no 'unosat' metadata); train one with python train.py")
     meta = checkpoint["unosat"]
+    if not isinstance(meta, dict) or not isinstance(checkpoint["state_dict"], dict):
+        raise UnosatError(f"{path}: malformed unosat checkpoint (metadata or state_dict is not a dict)")
     if "model" not in meta or "data" not in meta:
         raise UnosatError(f"{path}: unosat checkpoint without model or data recipe metadata")
     return checkpoint
 
 
-def model_config(checkpoint: dict) -> dict:
-    return dict(checkpoint["unosat"]["model"])
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (empty string for an empty message), at most ``limit`` chars."""
+    lines = str(err).splitlines()
+    return lines[0][:limit] if lines else ""
+
+
+def model_config(checkpoint: dict, path: Path | str = "checkpoint") -> dict:
+    """The checkpoint's validated network spec ``{"name", "args"}``; :class:`UnosatError` naming ``path``
+    when it is not one."""
+    try:
+        return spec_from_checkpoint(checkpoint["unosat"]["model"])
+    except UnosatError as err:
+        raise UnosatError(f"{path}: {err}") from None
 
 
 def build_model(checkpoint: dict, path: Path | str = "checkpoint") -> nn.Module:
-    """The trained network of a checkpoint, in eval mode, on CPU."""
-    from hydra.utils import instantiate
-
-    cfg = model_config(checkpoint)
-    target = str(cfg.get("_target_", ""))
-    if not target.startswith("unosat."):
-        raise UnosatError(f"{path}: model target '{target}' is not a unosat model; refusing to build it")
-    net = instantiate(cfg)
-    state = {k[len(NET_PREFIX):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(NET_PREFIX)}
+    """The trained network of a checkpoint, in eval mode, on CPU, built from the registry."""
+    spec = model_config(checkpoint, path)
+    try:
+        net = build_network(spec)
+    except UnosatError as err:
+        raise UnosatError(f"{path}: {err}") from None
+    state = {k[len(NET_PREFIX):]: v for k, v in checkpoint["state_dict"].items()
+             if isinstance(k, str) and k.startswith(NET_PREFIX)}
     try:
         net.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise UnosatError(f"{path}: weights do not fit model {target} ({str(err).splitlines()[0]})") from None
+    except (RuntimeError, TypeError, AttributeError, ValueError) as err:
+        raise UnosatError(f"{path}: weights do not fit model {spec['name']} ({first_line(err)})") from None
     return net.eval()
 
 
-def describe_model(cfg: dict) -> str:
-    keys = ("in_channels", "num_classes", "backbone")
-    return f"{cfg.get('_target_')}({', '.join(f'{k}={cfg[k]}' for k in keys if k in cfg)})"
+def describe_model(spec: dict) -> str:
+    """``name(in_channels=.., num_classes=.., backbone=..)`` of a network spec."""
+    args = spec.get("args") or {}
+    keys = ("in_channels", "num_classes", "backbone", "output_stride")
+    return f"{spec.get('name')}({', '.join(f'{k}={args[k]}' for k in keys if k in args)})"
 
 
-def check_same_model(checkpoint: dict, cfg: dict, path: Path | str) -> None:
-    """Raise :class:`UnosatError` when the checkpoint's network differs from the configured one."""
-    saved = model_config(checkpoint)
-    keys = ("_target_", "in_channels", "num_classes", "backbone")
-    differ = [k for k in keys if (k in saved or k in cfg) and saved.get(k) != cfg.get(k)]
+def check_same_model(checkpoint: dict, spec: dict, path: Path | str) -> None:
+    """Raise :class:`UnosatError` when the checkpoint's network differs from the configured one (``spec``, as
+    made by :func:`unosat.models.registry.network_spec`)."""
+    saved = model_config(checkpoint, path)
+    keys = ("in_channels", "num_classes", "backbone", "output_stride")
+    differ = ["model"] if saved["name"] != spec["name"] else []
+    differ += [k for k in keys if (k in saved["args"] or k in spec["args"]) and saved["args"].get(k) != spec["args"].get(k)]
     if differ:
         raise UnosatError(f"checkpoint {path} was trained with {describe_model(saved)}, but this run builds "
-                          f"{describe_model(cfg)} (differs in {', '.join(differ)}); choose the matching model=... "
+                          f"{describe_model(spec)} (differs in {', '.join(differ)}); choose the matching model=... "
                           "or another checkpoint")
 
 

@@ -82,8 +82,8 @@ def load_model(path: Path | str) -> LoadedModel:
     classes = data.get("classes")
     if classes is not None and tuple(classes) != CLASS_NAMES:
         raise UnosatError(f"{path}: predicts classes {list(classes)}, expected {list(CLASS_NAMES)}")
-    cfg = model_config(checkpoint)
-    in_channels = cfg.get("in_channels")
+    cfg = model_config(checkpoint, path)
+    in_channels = cfg["args"].get("in_channels")
     if in_channels is not None and int(in_channels) != recipe.count:
         raise UnosatError(f"{path}: the network takes {in_channels} bands but its recipe '{recipe.name}' has "
                           f"{recipe.count}")

@@ -21,6 +21,7 @@ from unosat.checkpoint import check_same_model, find_latest, load_checkpoint
 from unosat.classes import CLASS_NAMES, IGNORE_INDEX
 from unosat.errors import UnosatError
 from unosat.io.atomic import write_json_atomic, write_text_atomic
+from unosat.models.registry import network_spec
 from unosat.training.baseline import vv_threshold_baseline
 from unosat.training.loggers import finish_wandb
 from unosat.training.module import SegmentationModule
@@ -41,12 +42,13 @@ def run(cfg: DictConfig) -> float | None:
     datamodule.prepare_data()
     datamodule.setup("fit")
     model_cfg = model_config_for_data(OmegaConf.to_container(cfg.model, resolve=True), datamodule)
+    spec = network_spec(model_cfg)  # what the checkpoint stores: a registry name, never a _target_
 
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir), output_dir)
     previous: dict = {}
     if ckpt_path is not None:
         checkpoint = load_checkpoint(ckpt_path)
-        check_same_model(checkpoint, model_cfg, ckpt_path)
+        check_same_model(checkpoint, spec, ckpt_path)
         previous = checkpoint["unosat"]
         log.info("resuming from %s", ckpt_path)
 
@@ -64,7 +66,7 @@ def run(cfg: DictConfig) -> float | None:
         ignore_index=IGNORE_INDEX,
         class_names=CLASS_NAMES,
         channels_last=bool(cfg.get("channels_last", False)),
-        metadata={"model": model_cfg, "task": task, "config": OmegaConf.to_container(cfg, resolve=True)},
+        metadata={"model": spec, "task": task, "config": OmegaConf.to_container(cfg, resolve=True)},
     )
 
     loggers = build_loggers(cfg, previous)
