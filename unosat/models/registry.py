@@ -21,6 +21,8 @@ from typing import Any
 
 from torch import nn
 
+from unosat.baselines.pixel_classifier import PixelLogisticRegression
+from unosat.baselines.vv_threshold_net import VVThresholdNet
 from unosat.errors import UnosatError
 from unosat.models.gscnn import GSCNN
 from unosat.models.lwrefinenet import LWRefineNet
@@ -31,6 +33,9 @@ NETWORKS: dict[str, type[nn.Module]] = {
     "lwrefinenet": LWRefineNet,
     "gscnn": GSCNN,
     "tile_classifier": TileClassifier,
+    # classical baselines (unosat.baselines), exported as checkpoints so predict.py scores them like models
+    "vv_threshold": VVThresholdNet,
+    "pixel_logistic": PixelLogisticRegression,
 }
 
 #: constructor arguments that point outside the checkpoint (a local weights file): ignored when the network is
