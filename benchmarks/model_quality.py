@@ -150,26 +150,37 @@ def training_overrides(job: dict) -> list[str]:
     return ["logger=csv", *job["overrides"], *s["overrides"], *own]
 
 
-def check_configs(configs: dict[str, list[str]], settings: dict) -> None:
-    """Compose every configuration before any work: a configuration that does not compose (unknown group
-    option, key not in the config) or builds no registered network is a one-line error naming it."""
+def compose(name: str, overrides: Sequence[str], what: str):
+    """``conf/<name>.yaml`` composed with ``overrides``; a one-line :class:`UnosatError` naming ``what``
+    when it does not compose (unknown group option, key not in the config)."""
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     from unosat.config import compose_config
+
+    try:
+        return compose_config(name, overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise UnosatError(f"{what} does not compose: {' '.join(str(err).split())[:300]}") from None
+
+
+def check_configs(configs: dict[str, list[str]], settings: dict) -> None:
+    """Compose every configuration before any work: one that does not compose, or builds no registered
+    network, is a one-line error naming it."""
+    from omegaconf import OmegaConf
+
     from unosat.models.registry import network_spec
 
     fold = settings["train_folds"][-1]
     for label, overrides in configs.items():
+        what = f"configuration '{label}' ({' '.join(overrides) or 'no overrides'})"
         job = {"overrides": overrides, "settings": settings, "fold": fold, "seed": 0, "dir": "/nonexistent"}
+        cfg = compose("train", training_overrides(job), what)
         try:
-            cfg = compose_config("train", training_overrides(job))
             network_spec(OmegaConf.to_container(cfg.model, resolve=True))
-        except (HydraException, OmegaConfBaseException, UnosatError) as err:
-            reason = " ".join(str(err).split())[:300]
-            raise UnosatError(f"configuration '{label}' ({' '.join(overrides) or 'no overrides'}) does not compose: "
-                              f"{reason}") from None
+        except UnosatError as err:
+            raise UnosatError(f"{what} does not build a registered network: {err}") from None
+    compose("predict", [*settings["predict_overrides"], "ckpt=x"], f"--predict-overrides {settings['predict_overrides']}")
 
 
 def dataset_folds(data: Path) -> tuple[dict[int, list[str]], list[str]]:
@@ -186,9 +197,8 @@ def prepare_dataset(data: Path, overrides: Sequence[str]) -> None:
     """Prepare the demo on first use (as train.py does), so jobs do not race to do it."""
     from hydra.utils import instantiate
 
-    from unosat.config import compose_config
-
-    instantiate(compose_config("train", [*overrides, f"data.dir={data}", "paths.output_dir=."]).data).prepare_data()
+    cfg = compose("train", [*overrides, f"data.dir={data}", "paths.output_dir=."], f"--overrides {list(overrides)}")
+    instantiate(cfg.data).prepare_data()
 
 
 def check_workdir(workdir: Path, overwrite: bool) -> None:
@@ -349,7 +359,8 @@ def predict_and_score(ckpt: Path, settings: dict, out: Path, selection: Sequence
             "recall": pixel["recall_building"], "object_f1": obj["f1"], "object_tp": obj["tp"], "object_fp": obj["fp"],
             "object_fn": obj["fn"], "confusion": pixel["confusion"], "valid_pixels": counts["valid_pixels"],
             "true_building_pixels": counts["true_building_pixels"],
-            "cities": sorted(manifest["evaluation"]["cities"]), "seconds": manifest["timings"]["total_s"]}
+            "products": sorted(manifest["evaluation"]["cities"]),
+            "cities": sorted({scene["city"] for scene in manifest["scenes"]}), "seconds": manifest["timings"]["total_s"]}
 
 
 def _init_worker(threads: int | None) -> None:

@@ -9,7 +9,11 @@ import torch
 
 from unosat.baselines.export import save_baseline_checkpoint
 from unosat.baselines.local_statistics import local_statistics
-from unosat.baselines.pixel_classifier import PixelLogisticRegression, best_iou_threshold, fit_pixel_classifier
+from unosat.baselines.pixel_classifier import (
+    PixelLogisticRegression,
+    best_iou_threshold,
+    fit_pixel_classifier,
+)
 from unosat.baselines.vv_threshold_net import VVThresholdNet, fit_vv_threshold_net
 from unosat.errors import UnosatError
 from unosat.predict.ensemble import load_model
