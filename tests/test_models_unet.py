@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from model_fitting import building_tile, overfit
+
 from unosat.errors import UnosatError
 from unosat.models import UNet
 from unosat.models.registry import NETWORKS, build_network, network_spec
