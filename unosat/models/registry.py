@@ -22,6 +22,7 @@ from typing import Any
 from torch import nn
 
 from unosat.errors import UnosatError
+from unosat.models.fpn import FPN
 from unosat.models.gscnn import GSCNN
 from unosat.models.lwrefinenet import LWRefineNet
 from unosat.models.tile_classifier import TileClassifier
@@ -33,6 +34,7 @@ NETWORKS: dict[str, type[nn.Module]] = {
     "gscnn": GSCNN,
     "tile_classifier": TileClassifier,
     "unet": UNet,
+    "fpn": FPN,
 }
 
 #: constructor arguments that point outside the checkpoint (a local weights file): ignored when the network is
