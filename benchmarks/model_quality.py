@@ -146,7 +146,7 @@ def training_overrides(job: dict) -> list[str]:
            f"paths.output_dir={Path(job['dir']) / 'train'}", f"paths.log_dir={Path(job['dir']) / 'logs'}",
            "baseline=false", "test=false", "ckpt_path=null", "trainer.enable_progress_bar=false"]
     if s["max_minutes"] is not None:
-        own.append(f"++trainer.max_time={{minutes:{s['max_minutes']}}}")
+        own.append(f"++trainer.max_time='{max_time(s['max_minutes'])}'")
     return ["logger=csv", *job["overrides"], *s["overrides"], *own]
 
 
@@ -162,6 +162,13 @@ def compose(name: str, overrides: Sequence[str], what: str):
         return compose_config(name, overrides)
     except (HydraException, OmegaConfBaseException) as err:
         raise UnosatError(f"{what} does not compose: {' '.join(str(err).split())[:300]}") from None
+
+
+def max_time(minutes: float) -> str:
+    """Lightning's ``max_time`` string ``DD:HH:MM:SS`` of ``minutes`` (whole seconds, at least 1)."""
+    seconds = max(1, round(minutes * 60))
+    days, rest = divmod(seconds, 86400)
+    return f"{days:02d}:{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
 
 
 def check_configs(configs: dict[str, list[str]], settings: dict) -> None:
