@@ -87,8 +87,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--folds", type=int, nargs="+", default=None,
                         help="validation folds (cities) to hold out (default: every training fold)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of every fold (default 0 1)")
-    parser.add_argument("--epochs", type=int, default=8, help="trainer.max_epochs of every job")
-    parser.add_argument("--epoch-length", type=int, default=256, help="data.epoch_length: tiles per epoch")
+    parser.add_argument("--epochs", type=int, default=8, help="trainer.max_epochs of every job (default 8, the demo's)")
+    parser.add_argument("--epoch-length", type=int, default=256, help="data.epoch_length: tiles per epoch (default 256, the demo's)")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="time limit of every training job (trainer.max_time); default none")
     parser.add_argument("--checkpoint", choices=("last", "best"), default="last",
@@ -98,13 +98,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="extra predict.py overrides for every prediction (e.g. trainer=gpu window.batch_size=16)")
     parser.add_argument("--no-baselines", action="store_true", help="skip the baselines")
     parser.add_argument("--pixel-windows", type=int, nargs="+", default=[3, 7, 15],
-                        help="window sizes (odd px) of the pixel classifier's local statistics")
+                        help="window sizes (odd px) of the pixel classifier's local statistics (default 3 7 15)")
     parser.add_argument("--pixel-samples", type=int, default=200_000,
-                        help="training pixels sampled to fit the pixel classifier")
-    parser.add_argument("--jobs", type=int, default=1, help="jobs run in parallel processes")
+                        help="training pixels sampled to fit the pixel classifier (default 200000)")
+    parser.add_argument("--jobs", type=int, default=1, help="jobs run in parallel processes (default 1: in this process)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per job (default: CPU cores / jobs when --jobs > 1)")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/unosat-model-quality"))
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/unosat-model-quality"),
+                        help="one directory per job under it (default /tmp/unosat-model-quality)")
     parser.add_argument("--json", type=Path, default=None, help="where the runs go (default <workdir>/model_quality.json)")
     parser.add_argument("--overwrite", action="store_true", help="redo jobs made with other settings")
     args = parser.parse_args(argv)
