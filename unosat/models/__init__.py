@@ -2,6 +2,7 @@
 
 - :mod:`unosat.models.mobilenetv2`: :class:`MobileNetV2Encoder`, returning all eight stage outputs;
 - :mod:`unosat.models.lwrefinenet`: :class:`LWRefineNet` (encoder + :class:`LWRefineNetDecoder`);
+- :mod:`unosat.models.unet`: :class:`UNet`, a plain U-Net with logits at the input resolution;
 - :mod:`unosat.models.gscnn`: :class:`GSCNN` (Gated Shape CNN: backbone, shape stream, fusion, ASPP, decoder);
 - :mod:`unosat.models.aspp`: :class:`ASPP`; :mod:`unosat.models.resnet`: :class:`ResNet` (ResNet-50, dilated);
 - :mod:`unosat.models.image_gradient`: :class:`ImageGradient`, the un-normalised band's Sobel magnitude;
@@ -17,6 +18,7 @@ from unosat.models.lwrefinenet import UPSAMPLE_MODES, ChainedResidualPooling, LW
 from unosat.models.mobilenetv2 import MOBILENETV2_STAGES, InvertedResidual, MobileNetV2Encoder, StageSpec
 from unosat.models.reference_checkpoint import load_reference_state_dict, reference_key_map
 from unosat.models.resnet import ResNet, resnet50
+from unosat.models.unet import UNet
 
 __all__ = [
     "ASPP",
@@ -34,6 +36,7 @@ __all__ = [
     "ResNet",
     "ShapeStream",
     "StageSpec",
+    "UNet",
     "init_reference_",
     "load_reference_state_dict",
     "reference_key_map",

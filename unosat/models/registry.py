@@ -25,12 +25,14 @@ from unosat.errors import UnosatError
 from unosat.models.gscnn import GSCNN
 from unosat.models.lwrefinenet import LWRefineNet
 from unosat.models.tile_classifier import TileClassifier
+from unosat.models.unet import UNet
 
 #: registry name -> network class; the only classes a checkpoint can build
 NETWORKS: dict[str, type[nn.Module]] = {
     "lwrefinenet": LWRefineNet,
     "gscnn": GSCNN,
     "tile_classifier": TileClassifier,
+    "unet": UNet,
 }
 
 #: constructor arguments that point outside the checkpoint (a local weights file): ignored when the network is
