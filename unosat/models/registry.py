@@ -21,7 +21,10 @@ from typing import Any
 
 from torch import nn
 
+from unosat.baselines.pixel_classifier import PixelLogisticRegression
+from unosat.baselines.vv_threshold_net import VVThresholdNet
 from unosat.errors import UnosatError
+from unosat.models.fpn import FPN
 from unosat.models.gscnn import GSCNN
 from unosat.models.lwrefinenet import LWRefineNet
 from unosat.models.tile_classifier import TileClassifier
@@ -33,6 +36,10 @@ NETWORKS: dict[str, type[nn.Module]] = {
     "gscnn": GSCNN,
     "tile_classifier": TileClassifier,
     "unet": UNet,
+    "fpn": FPN,
+    # classical baselines (unosat.baselines), exported as checkpoints so predict.py scores them like models
+    "vv_threshold": VVThresholdNet,
+    "pixel_logistic": PixelLogisticRegression,
 }
 
 #: constructor arguments that point outside the checkpoint (a local weights file): ignored when the network is
