@@ -92,6 +92,7 @@ def test_benchmark_end_to_end_on_the_tiny_demo(tiny_prepared_db, tmp_path, capsy
     assert rows["lw"]["margin_over_best_baseline"]["iou"] == pytest.approx(rows["lw"]["val_iou"][0] - best)
     for r in runs:
         assert 0.0 <= r["val"]["iou"] <= r["val"]["f1"] <= 1.0 and r["train_seconds"] > 0
+        assert r["train_cpu_seconds"] > 0 and r["predict_cpu_seconds"] > 0
     assert (tmp_path / "work" / "model_quality.json").is_file()
     assert "| lw " in out and "same pixels for every method: yes" in out
 
