@@ -10,6 +10,7 @@ file and what disagrees.
 from __future__ import annotations
 
 import json
+
 from unosat.errors import UnosatError
 from unosat.io.raster import open_raster
 from unosat.prepare.outputs import digest, stored_params
