@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 LOCK_NAME = ".unosat.lock"
 
 
+def launched_as_rank_zero() -> bool:
+    """Whether this process is rank 0 of a distributed launch, or not distributed (the one that locks)."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
 def lock_path(directory: Path | str) -> Path:
     """The lock file of an output directory."""
     return Path(directory) / LOCK_NAME
