@@ -133,3 +133,20 @@ def test_infinity_in_a_band_stack_is_nodata(db_copy):
     assert np.isnan(image[10:20, 30:40]).all()
     assert (mask[10:20, 30:40] == 255).all()
     assert np.isfinite(image).all(axis=-1).sum() == (mask != 255).sum()
+
+
+def test_infinity_in_a_prepared_stack_is_nodata_for_prediction():
+    from types import SimpleNamespace
+
+    from unosat.bands import BandRecipe
+    from unosat.predict.inputs import _PreparedBlock
+
+    recipe = BandRecipe("3b", ("vh", "vv", "mean"), "linear")
+    stack = np.ones((3, 4, 5), dtype=np.float32)
+    stack[1, 2, 3] = np.inf
+    stack[0, 0, 0] = np.nan
+    block = _PreparedBlock(stack, SimpleNamespace(recipe=recipe))
+    expected = np.ones((4, 5), dtype=bool)
+    expected[2, 3] = expected[0, 0] = False
+    np.testing.assert_array_equal(block.valid, expected)
+    assert np.isnan(block.bands(recipe)[:, ~expected]).all() and np.isfinite(block.bands(recipe)[:, expected]).all()

@@ -474,3 +474,15 @@ def test_an_out_of_date_step_that_is_not_redone_is_refused_by_name(tiny_raw_sess
     with pytest.raises(UnosatError, match=r"step\(s\) \['stats'\] were done with other settings.*steps=\[stats,report\]"):
         run(prepare_config(tiny_raw_session, out, "overwrite=true", "stats.min_valid_fraction=0.5", "steps=[report]"))
     assert json.loads((out / "dataset.json").read_text()) == before  # refused before touching anything
+
+
+def test_a_second_preparation_of_one_out_dir_is_refused_while_the_first_runs(tiny_raw_session, tmp_path):
+    from unosat.io.lock import output_lock
+
+    out = tmp_path / "out"
+    with output_lock(out, "another prepare.py"):
+        with pytest.raises(UnosatError, match=r"out is in use by process \d+ since .*\(another prepare.py\)"):
+            run(prepare_config(tiny_raw_session, out, "steps=[bands]"))
+    assert not (out / "dataset.json").exists()
+    run(prepare_config(tiny_raw_session, out, "steps=[bands]"))  # free again
+    assert not (out / ".unosat.lock").exists()
