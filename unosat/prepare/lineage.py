@@ -29,12 +29,12 @@ STEP_INPUTS: dict[str, tuple[str, ...]] = {
     "report": ("bands", "labels", "tiles", "stats", "quality"),
 }
 
-#: step -> the keys of the manifest's ``settings`` it is made with
+#: step -> the keys of the manifest's ``settings`` it is made with (``a.b``: key ``b`` of ``settings["a"]``)
 STEP_SETTINGS: dict[str, tuple[str, ...]] = {
     "bands": ("recipe", "discovery"),
     "labels": ("labels",),
     "quality": ("quality",),
-    "tiles": ("tiling", "split"),
+    "tiles": ("tiling", "split.test_cities"),  # test cities also get test tiles
     "stats": ("stats", "split"),
     "report": (),
 }
@@ -70,7 +70,7 @@ def step_tokens(settings: Mapping, scene_ids: Sequence[str], done: Iterable[str]
     tokens: dict[str, str] = {}
     for step in STEPS:
         inputs = {s: tokens[s] for s in STEP_INPUTS[step] if s not in OPTIONAL_INPUTS or s in done}
-        tokens[step] = digest({"step": step, "settings": {k: settings.get(k) for k in STEP_SETTINGS[step]},
+        tokens[step] = digest({"step": step, "settings": {k: setting(settings, k) for k in STEP_SETTINGS[step]},
                                "scenes": scenes, "inputs": inputs})
     return tokens
 
@@ -105,6 +105,14 @@ def plan_steps(requested: Sequence[str], previous: Mapping[str, str | None], set
             f"{where}: step(s) {stale} were done with other settings or scenes than this run's and are not in steps "
             f"({why}); add them: steps=[{','.join(s for s in STEPS if s in run or s in stale)}]")
     return [s for s in STEPS if s in run]
+
+
+def setting(settings: Mapping, key: str):
+    """``settings[key]``, where ``key`` may be dotted (``split.test_cities``); None when missing."""
+    value = settings
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
 
 
 def _up_to_date(recorded: str | None, current: str) -> bool:
