@@ -263,3 +263,21 @@ def test_label_file_errors_name_the_file(tmp_path):
         evaluate_city(mask, polygons, no_crs)
     with pytest.raises(UnosatError, match="missing_polygons.gpkg"):
         evaluate_city(mask, tmp_path / "missing_polygons.gpkg", labels)
+
+
+def test_a_city_without_a_valid_pixel_warns_and_the_report_is_strict_json(tmp_path, caplog):
+    mask, polygons, labels, _ = hand_made_city(tmp_path)
+    blank = write_mask(tmp_path / "blank.tif", np.full((30, 40), 255, dtype=np.uint8))
+    blank_polygons = tmp_path / "blank.gpkg"
+    vectorize(blank, blank_polygons, VectorizeConfig(block_rows=8))
+    with caplog.at_level("WARNING", logger="unosat.predict.evaluate"):
+        nothing = evaluate_city(blank, blank_polygons, labels)
+        report = evaluation_report({"Mosul": evaluate_city(mask, polygons, labels), "Nowhere": nothing})
+    assert any("blank.tif has no valid pixel" in r.getMessage() for r in caplog.records)
+    assert any("written as null" in r.getMessage() and "cities.Nowhere.pixel.iou_building" in r.getMessage()
+               for r in caplog.records)
+    text = json.dumps(report, allow_nan=False)  # strict JSON: no NaN anywhere
+    back = json.loads(text)
+    assert back["cities"]["Nowhere"]["pixel"]["iou_building"] is None
+    assert back["cities"]["Nowhere"]["counts"]["valid_pixels"] == 0
+    assert back["overall"]["pixel"]["iou_building"] == report["cities"]["Mosul"]["pixel"]["iou_building"]

@@ -196,6 +196,47 @@ def test_checkpoint_from_another_model(tiny_prepared_db, tmp_path):
         run(train_cfg(tiny_prepared_db, tmp_path, f"ckpt_path={not_ours}", run_name="c"))
 
 
+def test_crafted_checkpoints_given_to_ckpt_path_end_with_one_line(tiny_prepared_db, tmp_path, capsys):
+    from unosat.errors import exit_on_user_error
+    from unosat.models import LWRefineNet
+
+    victim = tmp_path / "victim.txt"
+    weights = {f"net.{k}": v for k, v in LWRefineNet(3, 2).state_dict().items()}
+    meta = {"model": {"name": "lwrefinenet", "args": {"in_channels": 3, "num_classes": 2}}, "data": {},
+            "task": "segmentation"}
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    nested = tmp_path / "nested.ckpt"
+    torch.save({"state_dict": weights, "unosat": {**meta, "model": {
+        "_target_": "unosat.models.LWRefineNet", "in_channels": {"_target_": "builtins.open", "file": str(victim),
+                                                                 "mode": "w"}}}}, nested)
+    missing = tmp_path / "missing.ckpt"
+    torch.save({"state_dict": dict(list(weights.items())[::2]), "unosat": meta}, missing)
+    cases = {empty: "not a readable PyTorch checkpoint", nested: "keys starting with '_'",
+             missing: "its weights do not fit the model of this run"}
+    for path, message in cases.items():
+        with pytest.raises(SystemExit) as exit_info:
+            exit_on_user_error(run)(train_cfg(tiny_prepared_db, tmp_path, f"ckpt_path={path}", run_name=path.stem))
+        assert exit_info.value.code == 1
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert lines[-1].startswith(f"error: {path}: ") and message in lines[-1], lines[-3:]
+        assert not (path.parent / ".unosat.lock").exists()  # the resumed run's lock is released
+    assert not victim.exists()
+
+
+def test_two_runs_cannot_resume_one_run_at_once(tmp_path):
+    from unosat.io.lock import output_lock
+    from unosat.training.run import resumed_run_dir
+
+    ckpt = tmp_path / "runs" / "a" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"")
+    assert resumed_run_dir(ckpt) == tmp_path / "runs" / "a"
+    with output_lock(tmp_path / "runs" / "a", "a first resume"):
+        with pytest.raises(UnosatError, match=r"runs/a is in use by process \d+ since .*\(a first resume\)"):
+            run(train_cfg(tmp_path / "unused", tmp_path, f"ckpt_path={ckpt}", run_name="b"))
+
+
 # ------------------------------------------------------------------ sweeps and DDP
 
 

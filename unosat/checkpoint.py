@@ -72,6 +72,20 @@ def build_model(checkpoint: dict, path: Path | str = "checkpoint") -> nn.Module:
     return net.eval()
 
 
+def check_weights(checkpoint: dict, expected: dict, path: Path | str) -> None:
+    """Raise :class:`UnosatError` naming ``path`` unless the checkpoint's ``state_dict`` has exactly the keys
+    of ``expected`` (a module's ``state_dict()``), each a tensor of the same shape (what resuming needs)."""
+    state = checkpoint["state_dict"]
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and (not torch.is_tensor(state[k]) or state[k].shape != expected[k].shape)]
+    if missing or unexpected or wrong:
+        parts = [f"{len(keys)} {what} (such as {', '.join(map(str, keys[:3]))})"
+                 for keys, what in ((missing, "missing"), (unexpected, "unexpected"), (wrong, "of another shape")) if keys]
+        raise UnosatError(f"{path}: its weights do not fit the model of this run: {'; '.join(parts)} "
+                          f"of {len(expected)} entries")
+
+
 def describe_model(spec: dict) -> str:
     """``name(in_channels=.., num_classes=.., backbone=..)`` of a network spec."""
     args = spec.get("args") or {}

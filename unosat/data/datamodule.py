@@ -25,6 +25,7 @@ from unosat.data.sampler import DistributedWeightedSampler, tile_weights
 from unosat.data.tile_dataset import TileDataset
 from unosat.data.transforms import SpeckleNoise, compose
 from unosat.errors import UnosatError
+from unosat.prepare.consistency import check_consistency
 from unosat.prepare.statistics import pooled_normalization
 from unosat.prepared import PreparedDataset
 
@@ -120,6 +121,7 @@ class UnosatDataModule(pl.LightningDataModule):
         if self._ready:
             return
         self.layout.require("statistics.csv", "bands", "masks")
+        check_consistency(self.layout)  # every file describes the recorded recipe
         stats = self.layout.statistics()
         self.recipe: BandRecipe = self.layout.recipe
         self.tile_size = int(self.layout.manifest["settings"]["tiling"]["train_size"])

@@ -19,6 +19,8 @@ prediction's CRS (projected, metres).
 
 from __future__ import annotations
 
+import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,8 @@ from unosat.metrics import confusion_matrix, scores_from_confusion
 from unosat.predict.object_matching import match_polygons, object_scores
 from unosat.predict.vectorize import polygonize_strips, read_vectorized
 from unosat.prepare.labels import VectorBurner
+
+log = logging.getLogger(__name__)
 
 #: rows of the prediction read at a time
 EVAL_BLOCK_ROWS = 1024
@@ -70,6 +74,9 @@ def evaluate_city(pred_mask_path, pred_polygons_path, label_path, all_touched: b
     pred = np.asarray(read_vectorized(pred_polygons_path, grid.crs).values, dtype=object)
     match = match_polygons(pred, truth, iou_threshold)
     valid = int(confusion.sum())
+    if valid == 0:
+        log.warning("evaluation: %s has no valid pixel (nodata everywhere): its pixel scores are undefined (null)",
+                    pred_mask_path)
     return {
         "pixel": {"confusion": confusion.tolist(), **scores_from_confusion(confusion)},
         "object": object_scores(match.tp, match.fp, match.fn),
@@ -156,4 +163,22 @@ def evaluation_report(per_city: dict[str, dict]) -> dict:
         "settings": next(iter(settings.values())),
         "n_cities": len(per_city),
     }
-    return {"overall": overall, "cities": dict(per_city)}
+    undefined: list[str] = []
+    report = json_safe({"overall": overall, "cities": dict(per_city)}, "", undefined)
+    if undefined:
+        log.warning("evaluation: %d score(s) are undefined (a ratio of zero counts) and written as null: %s",
+                    len(undefined), ", ".join(undefined[:8]) + (" ..." if len(undefined) > 8 else ""))
+    return report
+
+
+def json_safe(value, where: str, undefined: list[str]):
+    """``value`` with every non-finite float replaced by None (strict JSON has no NaN); the dotted paths of
+    the replaced values are appended to ``undefined``."""
+    if isinstance(value, dict):
+        return {k: json_safe(v, f"{where}.{k}" if where else str(k), undefined) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v, f"{where}[{i}]", undefined) for i, v in enumerate(value)]
+    if isinstance(value, float | np.floating) and not math.isfinite(value):
+        undefined.append(where)
+        return None
+    return value

@@ -23,7 +23,7 @@ from unosat.errors import UnosatError
 from unosat.io.raster import Grid, gdal_env, open_raster, read_window
 from unosat.prepare.band_stack import scene_grid
 from unosat.prepare.outputs import file_identity
-from unosat.prepared import PreparedDataset, read_table
+from unosat.prepared import PreparedDataset
 from unosat.scenes import DiscoveryConfig, Scene, discover_scenes
 
 
@@ -139,8 +139,10 @@ class RawReader(SceneReader):
 class _PreparedBlock(PixelBlock):
     def __init__(self, stack: np.ndarray, scene: InputScene):
         self.stack, self.scene = stack, scene
-        # prepared stacks are NaN in every band at nodata
-        self.valid = np.isfinite(stack).any(axis=0)
+        # prepared stacks are NaN in every band at nodata; a non-finite value in any band (NaN, +-inf) is nodata
+        self.valid = np.isfinite(stack).all(axis=0)
+        if not self.valid.all():
+            self.stack = np.where(self.valid, stack, np.float32(np.nan))
 
     def bands(self, recipe: BandRecipe) -> np.ndarray:
         differ = recipe.differences(self.scene.recipe)
@@ -250,7 +252,7 @@ def _prepared_scenes(dataset: PreparedDataset, selection: Selection) -> list[Inp
     discovery = {**asdict(DiscoveryConfig()), **dataset.manifest.get("settings", {}).get("discovery", {})}
     if selection.split is not None or selection.fold is not None:
         dataset.require("statistics.csv")
-        stats = read_table(dataset.statistics_csv)
+        stats = dataset.statistics()
         keep = stats
         if selection.split is not None:
             keep = keep[keep["split"] == selection.split]

@@ -3,7 +3,8 @@
 Output directory::
 
     <output>/
-      predict.json                         settings, checkpoints, scenes, cities, timings (status: running/complete)
+      predict.json                         settings, checkpoints, scenes, cities, timings (status: running/complete,
+                                           or failed with the reason)
       scenes/<scene_id>_probability.tif    building probability COG (uint8 p*254 or float16; nodata where no data)
       scenes/<scene_id>_mask.tif           COG, 0 background, 1 building, 255 nodata (probability >= threshold)
       cities/<City>_probability.tif        mean probability over the city's acquisitions (aggregate.method != none)
@@ -36,9 +37,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from rasterio.windows import Window
 
 from unosat.checkpoint import load_checkpoint
-from unosat.errors import UnosatError
-from unosat.io.atomic import remove_stale_temporaries, write_json_atomic
+from unosat.errors import UnosatError, find_user_error
+from unosat.io.atomic import is_temporary, remove_stale_temporaries, write_json_atomic
 from unosat.io.cog import CogOptions, write_cog
+from unosat.io.lock import LOCK_NAME, launched_as_rank_zero, output_lock
 from unosat.io.raster import PARAMS_TAG, Grid, gdal_env, open_raster, read_window, row_blocks
 from unosat.predict.aggregate import (
     MASK_NODATA,
@@ -66,6 +68,7 @@ log = logging.getLogger(__name__)
 FORMAT = "unosat-prediction"
 FORMAT_VERSION = 1
 MANIFEST = "predict.json"
+STATUS_FAILED = "failed"
 SCENES_DIR, CITIES_DIR, QUICKLOOK_DIR = "scenes", "cities", "quicklooks"
 EVALUATION = "evaluation.json"
 BEST_CHECKPOINTS = "train/runs/*/checkpoints/best-*.ckpt"
@@ -185,39 +188,50 @@ class Settings:
         return json.loads(canonical(out))
 
 
-def check_output_dir(out_dir: Path, settings: dict, overwrite: bool) -> dict | None:
-    """The manifest of the prediction already in ``out_dir`` when it was made with these settings (to resume
-    or extend it), else None. Raises :class:`UnosatError` for a prediction made with other settings, or a
-    non-empty directory that is not a prediction, unless ``overwrite``."""
+def foreign_entries(out_dir: Path) -> list[str]:
+    """Names in ``out_dir`` other than this run's lock file and temporaries of interrupted writes."""
+    return sorted(p.name for p in out_dir.iterdir() if p.name != LOCK_NAME and not is_temporary(p))
+
+
+def check_output_dir(out_dir: Path, settings: dict, overwrite: bool) -> tuple[dict | None, bool]:
+    """``(previous, replace_failed)``: the manifest of the prediction already in ``out_dir`` when it was made
+    with these settings (to resume or extend it), else None; and whether ``out_dir`` holds a prediction that
+    *failed* with other settings, whose outputs this run replaces without ``overwrite``. Raises
+    :class:`UnosatError` for a prediction made with other settings that did not fail, or a non-empty
+    directory that is not a prediction, unless ``overwrite``."""
     if not out_dir.exists():
-        return None
+        return None, False
     if not out_dir.is_dir():
         raise UnosatError(f"output {out_dir} exists and is not a directory")
     manifest_path = out_dir / MANIFEST
     if not manifest_path.is_file():
-        entries = [p.name for p in out_dir.iterdir()]
+        entries = foreign_entries(out_dir)
         if entries and not overwrite:
             raise UnosatError(f"output {out_dir} is not empty and holds no {MANIFEST}: it is not a unosat prediction "
                               f"(it holds {sorted(entries)[:5]}); choose another output, or overwrite=true to write "
                               "into it anyway")
-        return None
+        return None, False
     try:
         previous = json.loads(manifest_path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         if overwrite:
-            return None
+            return None, False
         raise UnosatError(f"{manifest_path}: unreadable ({err}); overwrite=true replaces the prediction") from None
     if not isinstance(previous, dict) or previous.get("format") != FORMAT:
         if overwrite:
-            return None
+            return None, False
         raise UnosatError(f"{manifest_path} is not a unosat prediction manifest; overwrite=true to write into it anyway")
-    old = previous.get("settings", {})
+    old = previous.get("settings") or {}
     differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+    if differ and previous.get("status") == STATUS_FAILED:
+        log.warning("output %s holds a prediction that failed (%s) with other settings: this run replaces it", out_dir,
+                    previous.get("reason", "no reason recorded"))
+        return None, True
     if differ and not overwrite:
         details = "; ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in differ)
         raise UnosatError(f"output {out_dir} holds a prediction made with other settings ({details}); choose another "
                           "output, or overwrite=true to redo it")
-    return None if differ else previous
+    return (None if differ else previous), False
 
 
 def merge_records(previous: list[dict], current: list[dict], key: str) -> list[dict]:
@@ -272,7 +286,62 @@ def mask_blocks(prob_path: Path, grid: Grid, threshold: float, block_rows: int) 
 
 
 def run(cfg: DictConfig) -> dict | None:
-    """Predict as configured; return the manifest written to ``predict.json`` (None on ranks > 0)."""
+    """Predict as configured; return the manifest written to ``predict.json`` (None on ranks > 0).
+
+    The output directory is locked for the run (:mod:`unosat.io.lock`; by rank 0 under DDP). A run that
+    fails records ``"status": "failed"`` and the reason in ``predict.json`` (unless the directory holds a
+    finished prediction or something else, which stay untouched); the same command, once the cause is
+    fixed, then runs without ``overwrite=true``.
+    """
+    out_dir = Path(str(cfg.output)).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UnosatError(f"output {out_dir} exists and is not a directory")
+    if not launched_as_rank_zero():
+        return predict(cfg, out_dir, {})
+    with output_lock(out_dir, "predict.py"):
+        state: dict = {"manifest": None, "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        try:
+            return predict(cfg, out_dir, state)
+        except Exception as err:
+            record_failure(out_dir, err, state)
+            raise
+
+
+def failure_reason(err: BaseException) -> str:
+    """One line saying why a run failed."""
+    user_error = find_user_error(err)
+    if user_error is not None:
+        return str(user_error)
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".strip().rstrip(":")
+
+
+def record_failure(out_dir: Path, err: BaseException, state: dict) -> None:
+    """Write ``"status": "failed"`` and the reason into ``predict.json``: into this run's manifest when it
+    wrote one, else when the directory holds nothing but a failed prediction (or nothing at all)."""
+    manifest_path = out_dir / MANIFEST
+    manifest = state.get("manifest")
+    if manifest is None:
+        if manifest_path.exists():
+            try:
+                previous = json.loads(manifest_path.read_text())
+            except (OSError, json.JSONDecodeError):
+                return
+            if not isinstance(previous, dict) or previous.get("format") != FORMAT or previous.get("status") != STATUS_FAILED:
+                return  # a finished or interrupted prediction, or not ours: left as it is
+        elif foreign_entries(out_dir):
+            return
+        manifest = {"format": FORMAT, "version": FORMAT_VERSION, "started": state.get("started"), "settings": None}
+    manifest = {**manifest, "status": STATUS_FAILED, "reason": failure_reason(err),
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    try:
+        write_json_atomic(manifest_path, manifest)
+    except OSError as write_error:
+        log.warning("could not record the failure in %s: %s", manifest_path, write_error)
+
+
+def predict(cfg: DictConfig, out_dir: Path, state: dict) -> dict | None:
+    """The body of :func:`run`; puts the manifest it writes in ``state["manifest"]``."""
     started = time.perf_counter()
     settings = Settings(cfg)
     checkpoints = resolve_checkpoints(cfg.get("ckpt"), Path(cfg.paths.log_dir).expanduser())
@@ -290,14 +359,15 @@ def run(cfg: DictConfig) -> dict | None:
             check_same_grid(city, {s.scene_id: s.grid for s in members})
     if settings.vectorize:
         settings.vector_config()
-    out_dir = Path(str(cfg.output)).expanduser()
     settings_dict = settings.to_dict(input_dir, kind, models)
-    previous = check_output_dir(out_dir, settings_dict, settings.overwrite)
+    previous, replace_failed = check_output_dir(out_dir, settings_dict, settings.overwrite)
+    if replace_failed:
+        settings.overwrite = True  # the failed prediction's outputs are redone with these settings
 
     runtime = make_runtime(cfg.trainer, bool(cfg.channels_last))
     manifest = {
         "format": FORMAT, "version": FORMAT_VERSION, "status": "running",
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started": state.get("started") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "settings": settings_dict, "checkpoints": [m.identity() for m in models],
         "gate": gate_model.identity() | {"threshold": settings.gate_threshold} if gate_model else None,
         "input": {"dir": str(input_dir.resolve()), "kind": kind, "selection": selection.to_dict(),
@@ -310,6 +380,7 @@ def run(cfg: DictConfig) -> dict | None:
         if removed:
             log.info("removed %d temporary files left by an interrupted run", removed)
         write_json_atomic(out_dir / MANIFEST, manifest)
+        state["manifest"] = manifest
     runtime.barrier()
 
     ensemble = Ensemble(models, runtime, settings.tta)

@@ -7,6 +7,7 @@ dataset's band recipe when null, checked otherwise); loss, optimiser, schedule; 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -17,10 +18,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from unosat.checkpoint import check_same_model, find_latest, load_checkpoint
+from unosat.checkpoint import check_same_model, check_weights, find_latest, load_checkpoint
 from unosat.classes import CLASS_NAMES, IGNORE_INDEX
 from unosat.errors import UnosatError
 from unosat.io.atomic import write_json_atomic, write_text_atomic
+from unosat.io.lock import launched_as_rank_zero, output_lock
 from unosat.models.registry import network_spec
 from unosat.training.baseline import vv_threshold_baseline
 from unosat.training.loggers import finish_wandb
@@ -31,7 +33,25 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> float | None:
-    """Train as configured; return the value of ``cfg.optimized_metric`` (for sweeps), or None."""
+    """Train as configured; return the value of ``cfg.optimized_metric`` (for sweeps), or None.
+
+    A run resuming a checkpoint holds the lock of that checkpoint's run directory (:mod:`unosat.io.lock`):
+    two runs cannot resume the same run at once.
+    """
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir), Path(cfg.paths.output_dir))
+    with contextlib.ExitStack() as hold:
+        if ckpt_path is not None and launched_as_rank_zero():
+            hold.enter_context(output_lock(resumed_run_dir(ckpt_path), "train.py resuming it"))
+        return train(cfg, ckpt_path)
+
+
+def resumed_run_dir(ckpt_path: Path) -> Path:
+    """The run directory of a checkpoint (``<run>/checkpoints/x.ckpt`` -> ``<run>``; else its folder)."""
+    return ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+
+
+def train(cfg: DictConfig, ckpt_path: Path | None) -> float | None:
+    """The body of :func:`run`, resuming from ``ckpt_path`` when not None."""
     started = time.perf_counter()
     if cfg.get("seed") is not None:
         pl.seed_everything(int(cfg.seed), workers=True)
@@ -44,7 +64,6 @@ def run(cfg: DictConfig) -> float | None:
     model_cfg = model_config_for_data(OmegaConf.to_container(cfg.model, resolve=True), datamodule)
     spec = network_spec(model_cfg)  # what the checkpoint stores: a registry name, never a _target_
 
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir), output_dir)
     previous: dict = {}
     if ckpt_path is not None:
         checkpoint = load_checkpoint(ckpt_path)
@@ -68,6 +87,8 @@ def run(cfg: DictConfig) -> float | None:
         channels_last=bool(cfg.get("channels_last", False)),
         metadata={"model": spec, "task": task, "config": OmegaConf.to_container(cfg, resolve=True)},
     )
+    if ckpt_path is not None:
+        check_weights(checkpoint, module.state_dict(), ckpt_path)  # a one-line error, not Lightning's traceback
 
     loggers = build_loggers(cfg, previous)
     for lg in loggers:
