@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from unosat.bands import BandRecipe, Normalization
 from unosat.classes import CLASS_NAMES, IGNORE_INDEX
 from unosat.data.sampler import DistributedWeightedSampler, tile_weights
-from unosat.data.tile_dataset import TileDataset
+from unosat.data.tile_dataset import TileDataset, seed_worker
 from unosat.data.transforms import SpeckleNoise, compose
 from unosat.errors import UnosatError
 from unosat.prepare.statistics import pooled_normalization
@@ -156,9 +156,10 @@ class UnosatDataModule(pl.LightningDataModule):
             self.recipe.polarisation_indices()  # the noise needs VH and VV in the stack
         train_tf = compose(self.augment, seed=self.seed)
         val_tf = compose(self.val_augment, seed=self.seed)
-        self.train_dataset = TileDataset(self.dir, self.train_tiles, self.recipe, self.normalization, train_tf, self.speckle)
-        self.val_dataset = TileDataset(self.dir, self.val_tiles, self.recipe, self.normalization, val_tf)
-        self.test_dataset = TileDataset(self.dir, self.test_tiles, self.recipe, self.normalization, val_tf)
+        self.train_dataset = TileDataset(self.dir, self.train_tiles, self.recipe, self.normalization, train_tf,
+                                         self.speckle, seed=self.seed)
+        self.val_dataset = TileDataset(self.dir, self.val_tiles, self.recipe, self.normalization, val_tf, seed=self.seed)
+        self.test_dataset = TileDataset(self.dir, self.test_tiles, self.recipe, self.normalization, val_tf, seed=self.seed)
         self.weights = tile_weights(self.train_tiles["target_ratio"], **self.sampling)
         log.info("tiles: train %d (folds %s), val %d (folds %s), test %d; normalisation %s",
                  len(self.train_tiles), train, len(self.val_tiles), list(val), len(self.test_tiles), self.normalization)
@@ -205,10 +206,12 @@ class UnosatDataModule(pl.LightningDataModule):
     def _loader(self, dataset, batch_size: int, sampler, shuffle: bool = False) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=shuffle,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.persistent_workers, drop_last=False)
+                          persistent_workers=self.persistent_workers, drop_last=False,
+                          worker_init_fn=seed_worker if self.num_workers > 0 else None)
 
     def train_dataloader(self) -> DataLoader:
         world, rank = self._world()
+        self.train_dataset.rank = rank
         sampler = DistributedWeightedSampler(self.train_dataset, self.weights, self.epoch_length or len(self.train_dataset),
                                              num_replicas=world, rank=rank, seed=self.seed)
         return self._loader(self.train_dataset, self.batch_size, sampler)

@@ -82,6 +82,25 @@ class _Source:
         return out
 
 
+def derived_seed(*entropy: int) -> int:
+    """A 32-bit seed mixed from integers (numpy ``SeedSequence``): distinct inputs give unrelated seeds."""
+    return int(np.random.SeedSequence([int(e) % 2**63 for e in entropy]).generate_state(1, dtype=np.uint32)[0])
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: gives each worker its own augmentation stream.
+
+    A forked worker starts with a copy of the main process's random state, so without this every worker of
+    an epoch, and every epoch (workers are forked again), would replay the same crops and flips. The
+    worker's stream is seeded from torch's worker seed (``base_seed + worker_id``; the base seed is drawn
+    afresh from the main process's torch generator for each epoch's iterator) and the dataset's epoch.
+    """
+    info = torch.utils.data.get_worker_info()
+    dataset = info.dataset
+    if isinstance(dataset, TileDataset):
+        dataset.reseed(info.seed, dataset.epoch)
+
+
 class TileDataset(Dataset):
     """Tiles listed in ``tiles`` (rows of ``statistics.csv``) of the prepared dataset at ``root``.
 
@@ -90,6 +109,11 @@ class TileDataset(Dataset):
 
     Order of operations: optional speckle noise (physical units), normalisation, then the geometric
     ``transform`` (an albumentations pipeline taking ``image`` (H, W, C) and ``mask`` (H, W)).
+
+    Random streams: :meth:`set_epoch` (called by the sampler every epoch) reseeds the transform and numpy's
+    global generator (speckle) from ``(seed, rank, epoch)`` in the main process; DataLoader workers reseed
+    themselves with :func:`seed_worker`. ``rank`` (the DDP rank) keeps ranks from drawing the same
+    augmentations.
     """
 
     def __init__(
@@ -109,7 +133,21 @@ class TileDataset(Dataset):
         self.normalization = normalization
         self.transform = transform
         self.speckle = speckle
-        self.seed = seed
+        self.seed = int(seed)
+        self.rank = 0
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch``: the main process's augmentation stream restarts from ``(seed, rank, epoch)``."""
+        self.epoch = int(epoch)
+        self.reseed(self.epoch)
+
+    def reseed(self, *entropy: int) -> None:
+        """Seed the transform and numpy's global generator from ``(seed, rank, *entropy)``."""
+        seed = derived_seed(self.seed, self.rank, *entropy)
+        if self.transform is not None and hasattr(self.transform, "set_random_seed"):
+            self.transform.set_random_seed(seed)
+        np.random.seed(seed)
 
     def __len__(self) -> int:
         return len(self.tiles)
