@@ -272,3 +272,30 @@ def test_wandb_mode_from_the_environment(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "")  # set but empty: unset, and removed so that wandb does not reject it
     monkeypatch.setattr("unosat.training.loggers.wandb_logged_in", lambda: False)
     assert resolve_wandb_mode() == "offline" and "WANDB_MODE" not in os.environ
+
+
+def test_original_experiments_use_the_originals_values():
+    """experiment=unosat_ce / unosat_ce_jaccard against the UNOSAT team's configs (baseline_lwrefinenet.py,
+    baseline_lwrefinenet_xentropy_jaccard.py): the values below are theirs, read from those files."""
+    from hydra.utils import instantiate
+
+    from unosat.data.transforms import compose
+    from unosat.losses import CrossEntropyJaccardLoss
+
+    ce = compose_config("train", ["experiment=unosat_ce"])
+    assert (ce.optimizer.lr, ce.optimizer.weight_decay, ce.optimizer.momentum, ce.optimizer.nesterov) == (0.05, 5e-4, 0.9, True)
+    assert (ce.data.batch_size, ce.trainer.accumulate_grad_batches, ce.trainer.max_epochs) == (22, 1, 100)
+    assert list(ce.data.val_folds) == [2] and list(ce.data.train_folds) == [0, 1, 3]
+    assert list(ce.loss.class_weights) == [0.1, 2.0] and ce.scheduler.schedule.power == 0.9
+    jac = compose_config("train", ["experiment=unosat_ce_jaccard"])
+    assert (jac.optimizer.lr, jac.trainer.accumulate_grad_batches) == (0.045, 2)
+    loss = instantiate(jac.loss)
+    assert isinstance(loss, CrossEntropyJaccardLoss) and loss.jaccard_weight == 2.0
+    assert loss.jaccard.reduction == "pooled" and loss.jaccard.classes is None
+    for cfg, scale in ((ce, [0.7, 1.0]), (jac, [0.8, 1.0])):
+        assert list(cfg.data.augment[0].scale) == scale
+        pipeline = compose(instantiate(cfg.data.augment), seed=0)
+        mask = np.full((512, 512), 255, dtype=np.uint8)
+        mask[:256] = 1
+        out = pipeline(image=np.zeros((512, 512, 3), np.float32), mask=mask)
+        assert out["image"].shape == (480, 480, 3) and set(np.unique(out["mask"])) <= {1, 255}
