@@ -24,7 +24,6 @@ from torch import nn
 from unosat.classes import IGNORE_INDEX
 from unosat.errors import UnosatError
 
-
 REDUCTIONS = ("per_class", "pooled")
 
 
