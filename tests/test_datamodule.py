@@ -48,3 +48,60 @@ def test_main_process_epochs_do_not_repeat(tiny_prepared_db):
     loader = _one_tile_module(tiny_prepared_db, num_workers=0).train_dataloader()
     first, second = _epoch(loader, 0), _epoch(loader, 1)
     assert not all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def _times_counted(dataset) -> dict[str, np.ndarray]:
+    """Per scene, how many times each pixel is a valid (scored) pixel of some tile of ``dataset``."""
+    from unosat.prepared import PreparedDataset
+
+    layout = PreparedDataset(dataset.reader.layout.root)
+    counts: dict[str, np.ndarray] = {}
+    for i, row in dataset.tiles.iterrows():
+        sid = row["scene_id"]
+        if sid not in counts:
+            import rasterio
+
+            with rasterio.open(layout.mask_path(sid)) as src:
+                counts[sid] = np.zeros((src.height, src.width), dtype=np.int64)
+        _, mask = dataset.read_raw(i)
+        r, c, h, w = int(row["row_off"]), int(row["col_off"]), int(row["height"]), int(row["width"])
+        counts[sid][r : r + h, c : c + w] += mask != 255
+    return counts
+
+
+def test_validation_counts_every_valid_pixel_once(tiny_prepared_db):
+    once = UnosatDataModule(tiny_prepared_db, seed=0)
+    once.setup("fit")
+    twice = UnosatDataModule(tiny_prepared_db, seed=0, count_once=False)
+    twice.setup("fit")
+    counted, before = _times_counted(once.val_dataset), _times_counted(twice.val_dataset)
+    # the tiny demo's 64 px tiles overlap by at least 8 px: without ownership those pixels counted 2 or 4 times
+    assert max(int(c.max()) for c in before.values()) >= 2
+    for sid, count in counted.items():
+        assert count.max() == 1, sid
+        # and no valid pixel is lost: counted once wherever some tile saw it valid
+        np.testing.assert_array_equal(count, (before[sid] > 0).astype(np.int64))
+
+
+def test_an_overlap_is_split_at_its_middle():
+    from unosat.data.tile_dataset import owned_pixels
+
+    # tiles 0 and 1 of one row, 64 px wide, overlapping by 16 columns (48..63): 8 columns each
+    owned0 = owned_pixels((0, 0, 64, 64), [(0, 48, 64, 64)], 0, np.array([1]))
+    owned1 = owned_pixels((0, 48, 64, 64), [(0, 0, 64, 64)], 1, np.array([0]))
+    assert owned0[:, :56].all() and not owned0[:, 56:].any()
+    assert owned1[:, 8:].all() and not owned1[:, :8].any()
+
+
+def test_evaluation_shares_under_ddp_are_not_padded():
+    from torch.utils.data import DistributedSampler
+
+    from unosat.data.sampler import UnpaddedDistributedSampler
+
+    data = list(range(5))
+    shares = [list(UnpaddedDistributedSampler(data, 2, r)) for r in (0, 1)]
+    assert shares == [[0, 2, 4], [1, 3]] and sorted(shares[0] + shares[1]) == data
+    assert [len(UnpaddedDistributedSampler(data, 2, r)) for r in (0, 1)] == [3, 2]
+    # torch's sampler pads: 6 tiles seen, tile 0 twice
+    padded = [i for r in (0, 1) for i in DistributedSampler(data, 2, r, shuffle=False)]
+    assert len(padded) == 6

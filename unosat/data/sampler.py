@@ -90,3 +90,23 @@ class DistributedWeightedSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Evaluation shares without padding: rank ``r`` of ``R`` gets tiles ``r, r + R, r + 2R...``, in order.
+
+    torch's :class:`~torch.utils.data.DistributedSampler` repeats tiles so that every rank gets as many; in
+    validation those repeats count twice in the scores. Shares here differ by at most one tile, and every tile
+    is seen exactly once over all ranks. A ``DistributedSampler`` subclass, so Lightning keeps it.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.indices = list(range(rank, len(dataset), num_replicas))
+        self.num_samples = len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return self.num_samples
