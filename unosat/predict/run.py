@@ -39,7 +39,7 @@ from rasterio.windows import Window
 from unosat.checkpoint import load_checkpoint
 from unosat.errors import UnosatError, find_user_error
 from unosat.io.atomic import is_temporary, remove_stale_temporaries, write_json_atomic
-from unosat.io.cog import CogOptions, write_cog
+from unosat.io.cog import CogOptions, CogRowWriter, write_cog
 from unosat.io.lock import LOCK_NAME, launched_as_rank_zero, output_lock
 from unosat.io.raster import PARAMS_TAG, Grid, gdal_env, open_raster, read_window, row_blocks
 from unosat.predict.aggregate import (
@@ -55,7 +55,7 @@ from unosat.predict.distributed import Runtime, make_runtime
 from unosat.predict.ensemble import Ensemble, LoadedModel, check_prepared_recipe, load_model
 from unosat.predict.gate import TileGate
 from unosat.predict.inputs import InputScene, Selection, find_inputs
-from unosat.predict.probability import check_dtype, decode_probability, encode_probability, probability_nodata
+from unosat.predict.probability import check_dtype, encode_probability, probability_nodata
 from unosat.predict.sliding_window import NodataSkip, SceneStats, WindowConfig, predict_scene
 from unosat.predict.tracking import TrackingConfig, log_evaluation
 from unosat.predict.vectorize import VectorizeConfig, vectorize
@@ -276,10 +276,13 @@ def read_rows(paths: Sequence[Path], grid: Grid, block_rows: int) -> Iterator[tu
             yield row_off, [read_window(src, window, 1) for src in srcs]
 
 
-def mask_blocks(prob_path: Path, grid: Grid, threshold: float, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
-    """Mask rows of a stored probability raster: ``decoded >= threshold``."""
-    for row_off, (values,) in read_rows([prob_path], grid, block_rows):
-        yield row_off, threshold_mask(decode_probability(values), threshold)
+def masked_as_they_pass(blocks: Iterator[tuple[int, np.ndarray]], threshold: float,
+                        mask_out: CogRowWriter) -> Iterator[tuple[int, np.ndarray]]:
+    """Passes float probability blocks ``(row_off, (rows, width))`` on unchanged, writing their mask
+    (``p >= threshold``, 255 where NaN) to ``mask_out`` on the way: the mask sees the float values."""
+    for row_off, prob in blocks:
+        mask_out.write(row_off, threshold_mask(prob, threshold))
+        yield row_off, prob
 
 
 # ------------------------------------------------------------------------------ the run
@@ -472,16 +475,29 @@ def predict_one(scene: InputScene, ensemble: Ensemble, paths: OutputPaths, param
     stats = SceneStats()
     prob_path, mask_path = paths.scene_probability(scene.scene_id), paths.scene_mask(scene.scene_id)
     calls_before = ensemble.forward_calls
-    if needs_work(prob_path, params, settings.overwrite):
+    mparams = mask_params(params, settings.threshold)
+    need_prob = needs_work(prob_path, params, settings.overwrite)
+    need_mask = needs_work(mask_path, mparams, settings.overwrite)
+    if need_prob or need_mask:
+        # the mask thresholds the network's float probabilities as they stream out: the stored probability is
+        # quantised (uint8: steps of 1/254), and p in [0.498, 0.5) would round up to 0.5 there. A mask remade
+        # on its own (another threshold) therefore runs the network again rather than reading the stored values.
         with scene.open() as reader:
             blocks = predict_scene(reader, ensemble, settings.window, tuple(skips), stats)
-            write_probability(prob_path, scene.grid, blocks, settings.dtype, settings.cog, params,
-                              {"UNOSAT_SCENE": json.dumps(scene.scene.to_record())})
+            if need_mask:
+                with CogRowWriter(mask_path, scene.grid, "uint8", MASK_NODATA, settings.cog, categorical=True,
+                                  tags={PARAMS_TAG: canonical(mparams)}, band_descriptions=["building"]) as mask_out:
+                    blocks = masked_as_they_pass(blocks, settings.threshold, mask_out)
+                    if need_prob:
+                        write_probability(prob_path, scene.grid, blocks, settings.dtype, settings.cog, params,
+                                          {"UNOSAT_SCENE": json.dumps(scene.scene.to_record())})
+                    else:
+                        for _ in blocks:
+                            pass
+            else:
+                write_probability(prob_path, scene.grid, blocks, settings.dtype, settings.cog, params,
+                                  {"UNOSAT_SCENE": json.dumps(scene.scene.to_record())})
     t_prob = time.perf_counter() - t0
-    mparams = mask_params(params, settings.threshold)
-    if needs_work(mask_path, mparams, settings.overwrite):
-        write_mask(mask_path, scene.grid, mask_blocks(prob_path, scene.grid, settings.threshold, settings.block_rows),
-                   settings.cog, mparams)
     seconds = time.perf_counter() - t0
     log.info("rank %d: %s (%s) %dx%d px: %d windows, %d predicted, skipped %s, %.1f s", runtime.rank,
              scene.scene_id, scene.city, scene.grid.width, scene.grid.height, stats.windows, stats.predicted,
@@ -535,18 +551,28 @@ def city_product(city: str, members: list[InputScene], paths: OutputPaths, param
     city_mask_params = {"product": "city_mask", **base, "aggregate": agg.to_dict()}
     prob_out, mask_out = paths.product(city, "probability", True), paths.product(city, "mask", True)
     remade = False
-    if needs_work(prob_out, prob_params, settings.overwrite):
+    need_prob = needs_work(prob_out, prob_params, settings.overwrite)
+    need_mask = needs_work(mask_out, city_mask_params, settings.overwrite)
+    if need_prob or (need_mask and agg.method == "mean"):
+        # the mean of the dates' decoded probabilities, thresholded before it is quantised again for storage
         blocks = ((r, mean_probability(decode_stack(values))) for r, values in read_rows(prob_paths, grid, agg.block_rows))
-        write_probability(prob_out, grid, blocks, settings.dtype, settings.cog, prob_params)
-        remade = True
-    if needs_work(mask_out, city_mask_params, settings.overwrite):
-        if agg.method == "mean":
-            blocks = mask_blocks(prob_out, grid, agg.threshold, agg.block_rows)
+        if need_mask and agg.method == "mean":
+            with CogRowWriter(mask_out, grid, "uint8", MASK_NODATA, settings.cog, categorical=True,
+                              tags={PARAMS_TAG: canonical(city_mask_params)}, band_descriptions=["building"]) as sink:
+                blocks = masked_as_they_pass(blocks, agg.threshold, sink)
+                if need_prob:
+                    write_probability(prob_out, grid, blocks, settings.dtype, settings.cog, prob_params)
+                else:
+                    for _ in blocks:
+                        pass
         else:
-            k = agg.votes_needed(len(members))
-            blocks = ((r, vote(np.stack(values), k)) for r, values in read_rows(mask_paths, grid, agg.block_rows))
-        write_mask(mask_out, grid, blocks, settings.cog, city_mask_params)
+            write_probability(prob_out, grid, blocks, settings.dtype, settings.cog, prob_params)
         remade = True
+    if need_mask and agg.method != "mean":
+        k = agg.votes_needed(len(members))
+        blocks = ((r, vote(np.stack(values), k)) for r, values in read_rows(mask_paths, grid, agg.block_rows))
+        write_mask(mask_out, grid, blocks, settings.cog, city_mask_params)
+    remade = remade or need_mask
     return {"name": city, "city": city, "scenes": [s.scene_id for s in members], "per_city": True,
             "probability": str(prob_out), "mask": str(mask_out), "method": agg.method,
             "votes_needed": agg.votes_needed(len(members)) if agg.method == "vote" else None,
