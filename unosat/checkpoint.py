@@ -148,9 +148,9 @@ def newest_loadable(candidates: list[Path], what: str, temporaries: list[Path] =
 
 
 def epochs_completed(checkpoint: dict) -> int:
-    """How many training epochs a Lightning checkpoint has completed (a checkpoint written at an epoch's end
+    """How many training epochs a Lightning checkpoint has finished (its fit loop's processed epochs: a checkpoint written at an epoch's end
     counts that epoch; one written during an epoch does not)."""
     try:
-        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"])
+        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
     except (KeyError, TypeError, ValueError):
         return int(checkpoint.get("epoch", -1)) + 1

@@ -42,8 +42,8 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def save_atomically(obj: Any, path: Path | str, save: Callable[[Any, Any], None] = torch.save) -> None:
-    """``save(obj, file)`` into a temporary sibling of ``path``, fsync, rename to ``path``, fsync the folder.
+def save_atomically(obj: Any, path: Path | str, save: Callable[[Any, Any], None] | None = None) -> None:
+    """``save(obj, file)`` (default :func:`torch.save`) into a temporary sibling of ``path``, fsync, rename to ``path``, fsync the folder.
 
     On any failure (including a ``KeyboardInterrupt`` during serialisation) the temporary is removed and
     ``path`` is left as it was.
@@ -53,7 +53,7 @@ def save_atomically(obj: Any, path: Path | str, save: Callable[[Any, Any], None]
     tmp = temporary_sibling(path)
     try:
         with open(tmp, "wb") as f:
-            save(obj, f)
+            (save or torch.save)(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
