@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -63,6 +64,8 @@ def test_fast_dev_run(tiny_prepared_db, tmp_path):
     out = summary(tmp_path / "logs" / "train" / "runs" / "run")
     assert "train/loss_step" in out["fit_metrics"] or "train/loss" in out["fit_metrics"]
     assert np.isfinite(out["fit_metrics"]["val/loss"])
+    # debug=fdr writes no checkpoint (Lightning's own ModelCheckpoint wrote last.ckpt at train end)
+    assert not list((tmp_path / "logs").rglob("*.ckpt"))
 
 
 def test_training_run_writes_checkpoints_grid_baseline_and_returns_the_metric(tiny_prepared_db, tmp_path):
@@ -123,6 +126,90 @@ def test_resume_continues_epoch_optimizer_schedule_and_wandb_run(tiny_prepared_d
     assert c2["optimizer_states"][0]["state"] and c1["optimizer_states"][0]["state"]
     wandb_dirs = list((tmp_path / "logs" / "train" / "runs" / "second" / "wandb").glob("offline-run-*"))
     assert wandb_dirs and wandb_dirs[0].name.endswith(c1["unosat"]["wandb_run_id"])
+
+
+def test_resume_skips_a_truncated_last_ckpt_and_refuses_a_finished_run(tiny_prepared_db, tmp_path, caplog):
+    import logging
+
+    run(train_cfg(tiny_prepared_db, tmp_path, "baseline=false", run_name="first"))
+    folder = tmp_path / "logs" / "train" / "runs" / "first" / "checkpoints"
+    # the 1-epoch run is finished: resuming it trains nothing, and says so in one line
+    with pytest.raises(UnosatError, match=r"last.ckpt: this run already finished \(1 of its 1 epochs\); to train longer "
+                                          r"set trainer.max_epochs above 1"):
+        run(train_cfg(tiny_prepared_db, tmp_path, "ckpt_path=last", run_name="again"))
+    best = next(folder.glob("best-*.ckpt"))
+    with pytest.raises(UnosatError, match=r"completed 1 epoch\(s\), not fewer than trainer.max_epochs=1"):
+        ckpt = torch.load(best, weights_only=True)
+        ckpt["unosat"]["config"]["trainer"]["max_epochs"] = 5  # a run of 5 epochs stopped after 1
+        torch.save(ckpt, tmp_path / "five.ckpt")
+        run(train_cfg(tiny_prepared_db, tmp_path, f"ckpt_path={tmp_path / 'five.ckpt'}", run_name="lower"))
+    # a kill during a non-atomic write truncated last.ckpt: resume from the whole best-* beside it
+    last = folder / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:5000])
+    with caplog.at_level(logging.WARNING):
+        run(train_cfg(tiny_prepared_db, tmp_path, "ckpt_path=last", "trainer.max_epochs=2", "baseline=false",
+                      run_name="second"))
+    assert f"skipping {last}: not a readable PyTorch checkpoint" in caplog.text
+    assert f"using {best}, the newest checkpoint that loads (1 newer one(s) skipped)" in caplog.text
+    resumed = load_checkpoint(tmp_path / "logs" / "train" / "runs" / "second" / "checkpoints" / "last.ckpt")
+    assert resumed["epoch"] == 1 and resumed["global_step"] == 4
+
+
+def test_test_only_scores_the_checkpoint_weights_as_a_direct_evaluation(tiny_prepared_db, tmp_path, capsys):
+    from hydra.utils import instantiate
+
+    from unosat.checkpoint import build_model
+    from unosat.metrics import scores_from_confusion
+
+    run(train_cfg(tiny_prepared_db, tmp_path, "baseline=false", run_name="fit"))
+    best = Path(summary(tmp_path / "logs" / "train" / "runs" / "fit")["best_checkpoint"])
+    cfg = train_cfg(tiny_prepared_db, tmp_path)
+    assert cfg.channels_last
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+
+    def direct_evaluation(path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """Confusion matrix (numpy, valid pixels) of the checkpoint's network on the test tiles, and the
+        building-minus-background logit of every valid pixel. Channels-last as in training (cfg.channels_last):
+        another memory format sums convolutions in another order, and pixels whose two logits differ by ~1e-6
+        would flip."""
+        net = build_model(load_checkpoint(path)).to(memory_format=torch.channels_last)
+        confusion, margins = np.zeros((2, 2), np.int64), []
+        with torch.inference_mode():
+            for batch in datamodule.test_dataloader():
+                logits = net(batch["image"].contiguous(memory_format=torch.channels_last))
+                pred, truth = logits.argmax(1).numpy().ravel(), batch["mask"].numpy().ravel()
+                valid = truth != 255
+                np.add.at(confusion, (truth[valid], pred[valid]), 1)
+                margins.append((logits[:, 1] - logits[:, 0]).numpy().ravel()[valid])
+        return confusion, np.concatenate(margins)
+
+    # one epoch on the tiny scenes calls every pixel background, which any weights can do: shift the final
+    # layer's building bias so that about half the test pixels are called building, then score those weights
+    ckpt = torch.load(best, weights_only=True)
+    key = [k for k, v in ckpt["state_dict"].items() if k.startswith("net.") and k.endswith("bias") and v.shape == (2,)][-1]
+    ckpt["state_dict"][key][1] -= float(np.median(direct_evaluation(best)[1]))
+    shifted = tmp_path / "shifted.ckpt"
+    torch.save(ckpt, shifted)
+    confusion, _ = direct_evaluation(shifted)
+    assert confusion[1].sum() > 0 and confusion[:, 1].sum() > 0.3 * confusion.sum()  # buildings, predicted too
+    direct = scores_from_confusion(confusion)
+    assert 0.0 < direct["iou_building"] < 1.0
+
+    capsys.readouterr()
+    value = run(train_cfg(tiny_prepared_db, tmp_path, "train=false", "test=true", f"ckpt_path={shifted}", run_name="test"))
+    out = summary(tmp_path / "logs" / "train" / "runs" / "test")
+    assert out["test_checkpoint"] == str(shifted) and value == out["test_metrics"]["test/iou_building"]
+    for key in ("iou_building", "iou_background", "precision_building", "recall_building"):
+        assert out["test_metrics"][f"test/{key}"] == pytest.approx(direct[key], abs=1e-6), key
+    printed = capsys.readouterr().out
+    assert "test scores (test split, 5 tiles, weights: " in printed
+    assert re.search(rf"^  iou_building +{value:.4f}$", printed, re.M)
+    # another seed (other initial weights) scores the same: the weights come from the checkpoint
+    reseeded = run(train_cfg(tiny_prepared_db, tmp_path, "train=false", "test=true", f"ckpt_path={shifted}",
+                             "seed=5", run_name="test2"))
+    assert reseeded == pytest.approx(value, abs=1e-9)
 
 
 def test_five_band_dataset_trains(tiny_raw_session, tmp_path):
