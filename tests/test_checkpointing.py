@@ -157,3 +157,49 @@ def test_newest_loadable_skips_a_truncated_last_and_a_leftover_temporary(tmp_pat
     (folder / "best-epoch000.ckpt").write_bytes(b"")
     with pytest.raises(UnosatError, match=r"none of the 2 checkpoint\(s\) loads"):
         newest_loadable(candidates, "ckpt_path=last", temporaries)
+
+
+# ------------------------------------------------------------------------------- SLURM requeue
+
+
+def test_a_requeued_slurm_job_resumes_from_its_own_newest_loadable_checkpoint(tmp_path, monkeypatch, caplog):
+    from unosat.training.run import requeued_checkpoint
+
+    trainer(tmp_path, checkpoint_callback(tmp_path), max_epochs=2).fit(ConstantMetricModel())
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    assert requeued_checkpoint(tmp_path) == (None, None)  # a first start: nothing is resumed implicitly
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    path, checkpoint = requeued_checkpoint(tmp_path)
+    assert path == tmp_path / "checkpoints" / "last.ckpt" and checkpoint["epoch"] == 1
+    # Lightning's requeue checkpoint is newer; a truncated one is skipped with a warning
+    hpc = tmp_path / "hpc_ckpt_1.ckpt"
+    hpc.write_bytes((tmp_path / "checkpoints" / "last.ckpt").read_bytes()[:300])
+    os.utime(hpc, (hpc.stat().st_mtime + 5,) * 2)
+    with caplog.at_level(logging.WARNING, logger="unosat.checkpoint"):
+        assert requeued_checkpoint(tmp_path)[0] == tmp_path / "checkpoints" / "last.ckpt"
+    assert f"skipping {hpc}" in caplog.text
+    save_atomically(checkpoint, hpc)
+    os.utime(hpc, (hpc.stat().st_mtime + 5,) * 2)
+    assert requeued_checkpoint(tmp_path)[0] == hpc
+
+
+def test_under_slurm_the_trainer_gets_lightnings_slurm_environment_with_auto_requeue(monkeypatch):
+    import signal
+
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    from unosat.config import compose_config
+    from unosat.training.run import slurm_options
+
+    cfg = compose_config("train", ["slurm.requeue_signal=SIGUSR2"])
+    for key in ("SLURM_NTASKS", "SLURM_JOB_NAME"):
+        monkeypatch.delenv(key, raising=False)
+    assert slurm_options(cfg) == {}
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")
+    monkeypatch.setenv("SLURM_JOB_ID", "123")
+    plugins = slurm_options(cfg)["plugins"]
+    assert [type(p) for p in plugins] == [AtomicCheckpointIO, SLURMEnvironment]
+    assert plugins[1].auto_requeue and plugins[1].requeue_signal == signal.SIGUSR2
+    with pytest.raises(UnosatError, match="slurm.requeue_signal: unknown signal 'SIGFOO'"):
+        slurm_options(compose_config("train", ["slurm.requeue_signal=SIGFOO"]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import warnings
 from pathlib import Path
@@ -58,6 +59,8 @@ def run(cfg: DictConfig) -> float | None:
 
     training = bool(cfg.get("train", True))
     ckpt_path, checkpoint = resolve_ckpt_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir), output_dir)
+    if ckpt_path is None and training:
+        ckpt_path, checkpoint = requeued_checkpoint(output_dir)
     previous: dict = {}
     if ckpt_path is not None:
         check_same_model(checkpoint, spec, ckpt_path)
@@ -93,7 +96,7 @@ def run(cfg: DictConfig) -> float | None:
             module.metadata["mlflow"] = {"run_id": lg.run_id, "tracking_uri": lg._tracking_uri}
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                      **distributed_options(cfg.trainer))
+                                      **distributed_options(cfg.trainer), **slurm_options(cfg))
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if trainer.is_global_zero:
@@ -205,6 +208,50 @@ def distributed_options(trainer_cfg) -> dict:
         raise UnosatError(f"trainer.sync_batchnorm=true needs GPUs (trainer.accelerator={accelerator}); use "
                           "trainer.sync_batchnorm=auto or false on CPU")
     return {}
+
+
+def slurm_options(cfg: DictConfig) -> dict:
+    """Under SLURM (Lightning detects ``srun``): the trainer's plugins plus Lightning's ``SLURMEnvironment``
+    with ``auto_requeue`` and the ``requeue_signal`` of ``cfg.slurm``. On that signal (sbatch
+    ``--signal=USR1@120``) Lightning writes ``<run>/hpc_ckpt_<n>.ckpt`` (atomically, through the trainer's
+    ``AtomicCheckpointIO``) and requeues the job (``scontrol requeue``); the requeued job runs in the same
+    directory and resumes (:func:`requeued_checkpoint`). Outside SLURM: nothing."""
+    import signal
+
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    settings = cfg.get("slurm") or {}
+    if not SLURMEnvironment.detect():
+        return {}
+    name = str(settings.get("requeue_signal", "SIGUSR1"))
+    try:
+        requeue_signal = signal.Signals[name if name.startswith("SIG") else f"SIG{name}"]
+    except KeyError:
+        raise UnosatError(f"slurm.requeue_signal: unknown signal '{name}' (e.g. SIGUSR1)") from None
+    plugins = list(instantiate(cfg.trainer.get("plugins") or []))
+    plugins.append(SLURMEnvironment(auto_requeue=bool(settings.get("auto_requeue", True)), requeue_signal=requeue_signal))
+    log.info("SLURM job %s (restart %s): auto-requeue %s on %s", os.environ.get("SLURM_JOB_ID"),
+             os.environ.get("SLURM_RESTART_COUNT", 0), bool(settings.get("auto_requeue", True)), requeue_signal.name)
+    return {"plugins": plugins}
+
+
+def requeued_checkpoint(output_dir: Path) -> tuple[Path | None, dict | None]:
+    """In a SLURM job that was requeued (``SLURM_RESTART_COUNT`` > 0), the newest loadable checkpoint this run
+    already wrote in ``output_dir`` (Lightning's ``hpc_ckpt_*.ckpt`` on the requeue signal, ``last.ckpt``,
+    ``best-*``), so a pre-empted or timed-out job resumes where it stopped; (None, None) otherwise."""
+    try:
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    except ValueError:
+        restarts = 0
+    if restarts <= 0:
+        return None, None
+    hpc, hpc_tmp = checkpoint_files([output_dir], "hpc_ckpt_*.ckpt")
+    own, own_tmp = checkpoint_files([output_dir / "checkpoints"], "*.ckpt")
+    candidates = sorted(hpc + own, key=lambda p: (p.stat().st_mtime, p.name.startswith("hpc_ckpt")), reverse=True)
+    if not candidates:
+        log.info("SLURM restart %d: no checkpoint in %s yet, starting from scratch", restarts, output_dir)
+        return None, None
+    return newest_loadable(candidates, f"SLURM restart {restarts} of {output_dir}", hpc_tmp + own_tmp)
 
 
 def check_resumable(checkpoint: dict, path: Path, max_epochs) -> None:
