@@ -203,3 +203,28 @@ def test_under_slurm_the_trainer_gets_lightnings_slurm_environment_with_auto_req
     assert plugins[1].auto_requeue and plugins[1].requeue_signal == signal.SIGUSR2
     with pytest.raises(UnosatError, match="slurm.requeue_signal: unknown signal 'SIGFOO'"):
         slurm_options(compose_config("train", ["slurm.requeue_signal=SIGFOO"]))
+
+
+# -------------------------------------------------------------------------- debug=overfit's check
+
+
+@pytest.mark.parametrize("losses, passed", [((0.9, 0.5, 0.15), True), ((0.9, 0.5, 0.2), False)])
+def test_overfit_check_compares_the_last_epoch_loss_with_the_first(losses, passed, caplog):
+    from types import SimpleNamespace
+
+    from unosat.training.overfit_check import OverfitCheck
+
+    check = OverfitCheck(max_ratio=0.2)
+    logged = []
+    fake = SimpleNamespace(callback_metrics={}, current_epoch=0, global_step=0,
+                           loggers=[SimpleNamespace(log_metrics=lambda m, step: logged.append(m))])
+    for epoch, loss in enumerate(losses):
+        fake.current_epoch = epoch
+        check.on_train_epoch_start(fake, None)
+        fake.callback_metrics["train/loss_epoch"] = torch.tensor(loss)  # logged at the epoch's end
+    with caplog.at_level(logging.INFO, logger="unosat.training.overfit_check"):
+        check.on_train_end(fake, None)
+    assert check.passed is passed and logged == [{"debug/overfit_loss_ratio": pytest.approx(losses[-1] / 0.9)}]
+    assert ("overfit check PASS" if passed else "overfit check FAIL") in caplog.text and "criterion <= 0.20" in caplog.text
+    with pytest.raises(UnosatError, match=r"max_ratio must be in \(0, 1\)"):
+        OverfitCheck(max_ratio=1.5)
