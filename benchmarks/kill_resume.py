@@ -4,9 +4,9 @@ without a hand step, and whether the resumed run's final weights equal an uninte
 The baseline, measured side by side in the same run, is one uninterrupted run of the same command (same
 seed, deterministic CPU, no augmentation): its duration sets the range of kill moments and its final
 ``last.ckpt`` is what every resumed run must reproduce bit for bit. Trial ``i`` kills either at a random
-moment of the run (uniform over the baseline's duration) or, every ``--write-every``-th trial, at the moment
-a checkpoint file first appears in the run's checkpoint folder (a temporary being written, or a final name),
-i.e. inside the checkpoint write. The resume is exactly the command a requeued job would run again:
+moment of the run (uniform over the baseline's duration) or, every ``--write-every``-th trial, inside a
+checkpoint write: when a temporary checkpoint file appears beside a complete checkpoint (the rewrite of
+``last.ckpt`` or a new ``best-*``; ``--first-write``: inside the very first write). The resume is exactly the command a requeued job would run again:
 ``python train.py <same args> ckpt_path=last``. A kill before the first checkpoint leaves nothing to resume:
 ``ckpt_path=last`` says so in one line and the trial counts as needing a hand step (start again without
 ``ckpt_path``); the table shows how many trials that was.
@@ -58,16 +58,22 @@ def same_weights(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def kill_during(args: list[str], ckpt_dir: Path, delay: float | None, limit: float) -> tuple[str, float]:
-    """Start training; SIGKILL it after ``delay`` s, or (``delay`` None) when a file first appears in
-    ``ckpt_dir``. Return (what happened, seconds)."""
+def kill_during(args: list[str], ckpt_dir: Path, delay: float | None, limit: float,
+                first_write: bool = False) -> tuple[str, float]:
+    """Start training; SIGKILL it after ``delay`` s, or (``delay`` None) when a temporary checkpoint file
+    appears in ``ckpt_dir`` beside a complete one (``first_write``: the very first temporary). Return (what
+    happened, seconds)."""
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     started = time.perf_counter()
     while proc.poll() is None:
         elapsed = time.perf_counter() - started
-        appeared = delay is None and ckpt_dir.is_dir() and any(ckpt_dir.iterdir())
+        # inside a write: a temporary appears while a complete checkpoint already exists (a rewrite of
+        # last.ckpt or a new best-*: the case that truncated last.ckpt); see --first-write for the first one
+        files = list(ckpt_dir.iterdir()) if delay is None and ckpt_dir.is_dir() else []
+        temporaries = [p for p in files if p.name.startswith(".")]
+        appeared = bool(temporaries) and (first_write or len(files) > len(temporaries))
         if appeared or (delay is not None and elapsed >= delay) or elapsed > limit:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
@@ -84,6 +90,8 @@ def main() -> None:
     parser.add_argument("--write-every", type=int, default=3, help="every n-th trial kills inside a checkpoint write")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/unosat_kill_resume"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--first-write", action="store_true",
+                        help="kill inside the very first checkpoint write (nothing to resume from: a hand step)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     work = args.workdir.resolve()
@@ -111,7 +119,8 @@ def main() -> None:
         inside_write = args.write_every > 0 and i % args.write_every == args.write_every - 1
         delay = None if inside_write else rng.uniform(0.0, baseline_s)
         first = train_args(data, logs, "first", args.epochs)
-        what, _ = kill_during(first, logs / "train" / "runs" / "first" / "checkpoints", delay, limit=3 * baseline_s)
+        what, _ = kill_during(first, logs / "train" / "runs" / "first" / "checkpoints", delay, limit=3 * baseline_s,
+                              first_write=args.first_write)
         resume = train(train_args(data, logs, "resumed", args.epochs) + ["ckpt_path=last"], timeout=3600)
         text = resume.stdout + resume.stderr
         last_line = (resume.stderr.strip().splitlines() or ["?"])[-1]
