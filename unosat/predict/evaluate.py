@@ -182,3 +182,19 @@ def json_safe(value, where: str, undefined: list[str]):
         undefined.append(where)
         return None
     return value
+
+
+def evaluation_table(report: dict) -> str:
+    """The console summary of an :func:`evaluation_report`: a row per city and one overall, with pixel IoU,
+    precision, recall, F1 of the building class and object-level precision, recall, F1 (counts of matches)."""
+    header = ("", "pixel IoU", "pixel P", "pixel R", "pixel F1", "object P", "object R", "object F1", "TP/FP/FN")
+    rows = [(name, score) for name, score in report["cities"].items()] + [("overall", report["overall"])]
+    width = max(len(header[1]), *(len(name) for name, _ in rows))
+    lines = [f"{'':<{width}}  " + "  ".join(f"{h:>9}" for h in header[1:-1]) + f"  {header[-1]}"]
+    for name, score in rows:
+        px, ob = score["pixel"], score["object"]
+        values = (px["iou_building"], px["precision_building"], px["recall_building"], px["f1_building"],
+                  ob["precision"], ob["recall"], ob["f1"])
+        cells = (f"{v:>9.4f}" if v is not None else f"{'n/a':>9}" for v in values)  # None: undefined (0/0)
+        lines.append(f"{name:<{width}}  " + "  ".join(cells) + f"  {ob['tp']}/{ob['fp']}/{ob['fn']}")
+    return "\n".join(lines)

@@ -592,7 +592,7 @@ def label_file(scene: InputScene, settings: Settings) -> Path:
 def evaluate_products(products: list[dict], cities: dict[str, list[InputScene]], paths: OutputPaths,
                       settings: Settings) -> dict:
     """Scores of every product against its city's label vectors; written to ``evaluation.json``."""
-    from unosat.predict.evaluate import evaluate_city, evaluation_report
+    from unosat.predict.evaluate import evaluate_city, evaluation_report, evaluation_table
 
     scenes = {s.scene_id: s for members in cities.values() for s in members}
     per_product = {}
@@ -604,6 +604,7 @@ def evaluate_products(products: list[dict], cities: dict[str, list[InputScene]],
         p["labels"] = str(labels)
     report = evaluation_report(per_product)
     write_json_atomic(paths.root / EVALUATION, report)
+    print(f"evaluation (building class; written to {paths.root / EVALUATION}):\n{evaluation_table(report)}", flush=True)
     return report
 
 
