@@ -21,7 +21,7 @@ ort = pytest.importorskip("onnxruntime")
 from unosat.bands import BAND_FORMULAS, BandRecipe, Normalization, polarisations_to_stack  # noqa: E402
 from unosat.config import compose_config  # noqa: E402
 from unosat.errors import UnosatError  # noqa: E402
-from unosat.export.graph import TORCH_BAND_FORMULAS, PolarisationInput, exported_module  # noqa: E402
+from unosat.export.graph import TORCH_BAND_FORMULAS, PolarisationInput  # noqa: E402
 from unosat.export.run import INPUT_NAME, run, synthetic_polarisations  # noqa: E402
 from unosat.models.registry import NETWORKS, build_network  # noqa: E402
 from unosat.predict.distributed import Runtime  # noqa: E402
