@@ -38,7 +38,7 @@ TINY_ARGS = {
                                "std": NORMALIZATION["std"]}},
     "tile_classifier": {"num_stages": 3, "window_px": 32},
 }
-SMALL = ["trace.size=64", "check.sizes=[[64,64],[48,80]]"]
+SMALL = ["trace.size=64", "check.sizes=[[48,80]]"]
 #: prediction settings for the tiny demo's 160 x 192 px scenes (as tests/test_predict.py)
 PRED = ["window.size=96", "window.overlap=32", "window.batch_size=4", "cog.blocksize=128", "block_rows=64",
         "aggregate.method=none", "vectorize=false"]
@@ -213,14 +213,17 @@ def test_sliding_window_prediction_with_onnxruntime_equals_the_checkpoints(expor
     x = synthetic_polarisations(1, 150, 110, 0.0, "linear", seed=3)[0]
     x[:, 60:64, :] = np.nan  # a nodata band across the scene
     config = WindowConfig(size=64, overlap=16, batch_size=2)
+    models = [load_model(ckpt), load_model(path)]
+    recipe = models[0].recipe
+    stack, _, _ = polarisations_to_stack(x[0], x[1], recipe)  # the windows give each model its own input
     out = []
-    for model in (load_model(ckpt), load_model(path)):
-        stack, _, _ = polarisations_to_stack(x[0], x[1], model.recipe)
-        ensemble = Ensemble([model], Runtime(None, channels_last=True), "flips")
-        out.append(np.concatenate([p for _, p in predict_scene(ArrayReader(stack, model.recipe), ensemble, config)]))
-    torch_p, onnx_p = out
+    for members in ([models[0]], [models[1]], models):  # torch, onnxruntime, an ensemble of both
+        ensemble = Ensemble(members, Runtime(None, channels_last=True), "none")
+        out.append(np.concatenate([p for _, p in predict_scene(ArrayReader(stack, recipe), ensemble, config)]))
+    torch_p, onnx_p, mixed = out
     assert np.array_equal(np.isnan(torch_p), np.isnan(onnx_p)) and np.isnan(torch_p).any()
     assert np.nanmax(np.abs(torch_p - onnx_p)) <= 1e-4 and np.nanstd(torch_p) > 1e-3
+    assert np.nanmax(np.abs(mixed - torch_p)) <= 1e-4
 
 
 def test_a_prepared_stack_gives_an_exported_graph_its_polarisations_back(exports):
