@@ -269,3 +269,14 @@ def test_predict_py_with_the_onnx_model_writes_the_checkpoints_cogs(exports, tin
         assert ((mask_a == mask_b) | near).all() and (mask_a == MASK_NODATA).any()
     manifest = json.loads((outs["onnx"] / "predict.json").read_text())
     assert manifest["checkpoints"][0]["checkpoint"].endswith("lwrefinenet.onnx")
+
+
+def test_aspp_guidance_pooling_written_for_onnx_equals_adaptive_average_pooling(monkeypatch):
+    import torch.nn.functional as F
+
+    from unosat.models import aspp
+
+    x = torch.randn(2, 1, 37, 53)
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)  # the branch the exporter traces
+    for size in [(2, 2), (5, 7), (10, 13), (37, 53)]:  # sizes that do not divide the input's, and the identity
+        assert torch.allclose(aspp.adaptive_avg_pool2d(x, size), F.adaptive_avg_pool2d(x, size), atol=1e-6), size
