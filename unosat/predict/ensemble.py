@@ -71,13 +71,19 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_model(path: Path | str) -> LoadedModel:
-    """The network of a unosat checkpoint (read with ``weights_only``) and its data recipe.
+def load_model(path: Path | str, onnx_options=None) -> LoadedModel:
+    """The network of a unosat checkpoint (read with ``weights_only``) and its data recipe, or of a model
+    exported with ``python -m unosat.export`` (``*.onnx``, run by onnxruntime with ``onnx_options``, an
+    :class:`unosat.predict.onnx_network.OnnxOptions`).
 
     Raises :class:`UnosatError` naming the file when it is missing, not a unosat checkpoint, or its recipe,
     normalisation and network do not agree.
     """
+    from unosat.predict.onnx_network import is_onnx, load_onnx_model
+
     path = Path(path).expanduser()
+    if is_onnx(path):
+        return load_onnx_model(path, onnx_options)
     checkpoint = load_checkpoint(path)
     data = checkpoint["unosat"].get("data") or {}
     if "recipe" not in data or "normalization" not in data:
@@ -102,8 +108,11 @@ def load_model(path: Path | str) -> LoadedModel:
 
 
 def check_prepared_recipe(models: Sequence[LoadedModel], recipe: BandRecipe, dataset: Path) -> None:
-    """Every model must read the dataset's band recipe; otherwise say which checkpoint and what differs."""
+    """Every model must read the dataset's band recipe, or only VH/VV (an exported ONNX graph) from a dataset that
+    holds both; otherwise say which checkpoint and what differs."""
     for m in models:
+        if set(m.recipe.bands) <= {"vh", "vv"} and {"vh", "vv"} <= set(recipe.bands):
+            continue  # the polarisations are recovered from the stack (see unosat.predict.inputs)
         differ = m.recipe.differences(recipe)
         if differ:
             raise UnosatError(
@@ -170,11 +179,13 @@ class Ensemble:
 
     def _building_probability(self, net: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
         self.forward_calls += 1
-        logits = forward_padded(net, x)
-        if logits.shape[-2:] != x.shape[-2:] or logits.ndim != 4 or logits.shape[1] != len(CLASS_NAMES):
-            raise UnosatError(f"{name}: the network maps {tuple(x.shape)} inputs to {tuple(logits.shape)} logits; "
+        out = forward_padded(net, x)
+        if out.shape[-2:] != x.shape[-2:] or out.ndim != 4 or out.shape[1] != len(CLASS_NAMES):
+            raise UnosatError(f"{name}: the network maps {tuple(x.shape)} inputs to {tuple(out.shape)} logits; "
                               f"expected (N, {len(CLASS_NAMES)}, {x.shape[-2]}, {x.shape[-1]})")
-        return torch.softmax(logits, dim=1)[:, BUILDING]
+        if getattr(net, "returns_probabilities", False):  # an exported graph ends in the softmax
+            return out[:, BUILDING]
+        return torch.softmax(out, dim=1)[:, BUILDING]
 
     def probability(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
         """Building probability ``(N, H, W)`` float32 of a batch; ``inputs[g]`` is ``(N, C_g, H, W)``

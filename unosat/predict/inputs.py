@@ -3,7 +3,8 @@
 ``input`` is a directory. If it holds a prepared dataset's ``dataset.json`` its band stacks are read (a
 checkpoint's band recipe must then equal the dataset's); otherwise it holds raw scenes, found as
 ``prepare.py`` finds them (``discovery`` config), and each checkpoint's own recipe is computed from VV and
-VH. Either way a scene is read by windows on its own grid (CRS and transform of the input files), as
+VH. (VH and VV themselves, what an exported ONNX graph takes, are also taken back from any prepared stack
+that holds both.) Either way a scene is read by windows on its own grid (CRS and transform of the input files), as
 :class:`PixelBlock`: the valid-pixel mask and, for a band recipe, the ``(bands, rows, cols)`` float32 stack
 with NaN at nodata.
 """
@@ -146,6 +147,10 @@ class _PreparedBlock(PixelBlock):
 
     def bands(self, recipe: BandRecipe) -> np.ndarray:
         differ = recipe.differences(self.scene.recipe)
+        if differ and set(recipe.bands) <= {"vh", "vv"} and {"vh", "vv"} <= set(self.scene.recipe.bands):
+            # only the polarisations (an exported ONNX graph's input): taken back from the stack
+            vh, vv = self.scene.recipe.polarisations(self.stack)
+            return recipe.compute(vh, vv)
         if differ:
             raise UnosatError(f"{self.scene.bands_path}: holds bands of recipe '{self.scene.recipe.name}', not "
                               f"'{recipe.name}' ({'; '.join(differ)})")

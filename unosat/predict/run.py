@@ -55,6 +55,7 @@ from unosat.predict.distributed import Runtime, make_runtime
 from unosat.predict.ensemble import Ensemble, LoadedModel, check_prepared_recipe, load_model
 from unosat.predict.gate import TileGate
 from unosat.predict.inputs import InputScene, Selection, find_inputs
+from unosat.predict.onnx_network import OnnxOptions
 from unosat.predict.probability import check_dtype, encode_probability, probability_nodata
 from unosat.predict.sliding_window import NodataSkip, SceneStats, WindowConfig, predict_scene
 from unosat.predict.tracking import TrackingConfig, log_evaluation
@@ -348,8 +349,9 @@ def predict(cfg: DictConfig, out_dir: Path, state: dict) -> dict | None:
     started = time.perf_counter()
     settings = Settings(cfg)
     checkpoints = resolve_checkpoints(cfg.get("ckpt"), Path(cfg.paths.log_dir).expanduser())
-    models = [load_model(p) for p in checkpoints]
-    gate_model = load_model(settings.gate_ckpt) if settings.gate_ckpt is not None else None
+    onnx_options = OnnxOptions(**OmegaConf.to_container(cfg.onnxruntime, resolve=True)) if cfg.get("onnxruntime") else None
+    models = [load_model(p, onnx_options) for p in checkpoints]
+    gate_model = load_model(settings.gate_ckpt, onnx_options) if settings.gate_ckpt is not None else None
     if gate_model is not None:
         settings.gate_sha256 = gate_model.sha256
     input_dir, selection = resolve_input(cfg)
