@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from unosat.errors import UnosatError
+from unosat.raw_input import file_valid
 
 BAND_FORMULAS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "vh": lambda vh, vv: vh,
@@ -128,16 +129,17 @@ class BandRecipe:
         return out
 
 
-def valid_pixels(vh: np.ndarray, vv: np.ndarray, nodata_values: Sequence[float]) -> np.ndarray:
+def valid_pixels(vh: np.ndarray, vv: np.ndarray, nodata_values: Sequence[float],
+                 vv_nodata_values: Sequence[float] | None = None) -> np.ndarray:
     """Boolean mask of pixels that hold data in both polarisations.
 
-    A pixel is nodata when either polarisation is NaN, infinite, or equal to one of ``nodata_values``
-    (0 and -99999 in the UNOSAT data).
+    A pixel is nodata when either polarisation is NaN, infinite, or equal to one of its nodata values:
+    ``nodata_values`` for both (0 and -99999 in the UNOSAT data), or, when ``vv_nodata_values`` is given,
+    ``nodata_values`` for VH and ``vv_nodata_values`` for VV (files with their own nodata tags, see
+    :meth:`unosat.raw_input.RawInput.nodata_of`).
     """
-    valid = np.isfinite(vh) & np.isfinite(vv)
-    for value in nodata_values:
-        valid &= (vh != value) & (vv != value)
-    return valid
+    vv_nodata = nodata_values if vv_nodata_values is None else vv_nodata_values
+    return file_valid(vh, nodata_values) & file_valid(vv, vv_nodata)
 
 
 def polarisations_to_stack(
@@ -146,20 +148,21 @@ def polarisations_to_stack(
     recipe: BandRecipe,
     nodata_values: Sequence[float] = (0.0, -99999.0),
     input_units: str = "linear",
+    vv_nodata_values: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """VH/VV arrays as read from the scene -> ``(stack, valid, n_nonfinite)``.
 
     ``stack`` is ``(recipe.count, *shape)`` float32 with NaN where ``valid`` is False; ``n_nonfinite``
     counts pixels that were NaN or infinite in either input (they are nodata too). ``input_units`` is
     ``linear`` or ``db`` (dB inputs are converted to linear power first; nodata values are compared in the
-    input's own units).
+    input's own units; ``vv_nodata_values``: see :func:`valid_pixels`).
     """
     if input_units not in UNITS:
         raise UnosatError(f"input units must be one of {UNITS}, got '{input_units}'")
     vh = np.asarray(vh, dtype=np.float32)
     vv = np.asarray(vv, dtype=np.float32)
     n_nonfinite = int(np.count_nonzero(~(np.isfinite(vh) & np.isfinite(vv))))
-    valid = valid_pixels(vh, vv, nodata_values)
+    valid = valid_pixels(vh, vv, nodata_values, vv_nodata_values)
     if input_units == "db":
         with np.errstate(over="ignore", invalid="ignore"):
             vh, vv = from_db(vh), from_db(vv)

@@ -24,6 +24,7 @@ import pandas as pd
 
 from unosat.bands import BandRecipe, Normalization
 from unosat.errors import UnosatError
+from unosat.raw_input import RawInput
 
 FORMAT = "unosat-prepared-dataset"
 FORMAT_VERSION = 1
@@ -102,6 +103,10 @@ class PreparedDataset:
     @property
     def recipe(self) -> BandRecipe:
         return BandRecipe.from_dict(self.manifest["recipe"])
+
+    def raw_input(self) -> RawInput:
+        """The raw-input settings (units, nodata) the band stacks were made with (``settings.discovery``)."""
+        return RawInput.from_dict(self.manifest.get("settings", {}).get("discovery", {}))
 
     def scenes(self) -> pd.DataFrame:
         self.require("scenes.csv")

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from unosat.errors import UnosatError
+from unosat.raw_input import RawInput, UnitsCheck, check_units_name, default_nodata
 
 POLARISATIONS = ("vh", "vv")
 RASTER_SUFFIXES = (".tif", ".tiff", ".TIF", ".TIFF")
@@ -103,8 +104,14 @@ class DiscoveryConfig:
             ``raw_dir`` (POSIX separators) when ``pattern`` has no ``city`` group.
         band_order: for ``multiband``: the polarisation of each band, e.g. ``[vv, vh]``.
         exclude: substrings; files whose name contains one are skipped (e.g. ``_BorderMask``).
-        units: units of the input rasters, ``linear`` (power; the UNOSAT data) or ``db``.
-        nodata_values: values meaning "no data" in either polarisation (NaN and infinity always do).
+        units: units of the input rasters, ``linear`` (power; the UNOSAT data) or ``db``; None (predict.py
+            only): the units the checkpoint was trained on.
+        nodata_values: values meaning "no data" in either polarisation (NaN and infinity always do); None: 0
+            and -99999 for linear inputs, -99999 for dB (0 dB is valid backscatter), see
+            :mod:`unosat.raw_input`.
+        file_nodata: each file's own nodata tag also means "no data"; None (predict.py only): as the
+            checkpoint was trained.
+        units_check: refuse files whose values contradict ``units`` (:class:`~unosat.raw_input.UnitsCheck`).
     """
 
     layout: str = "pairs"
@@ -115,15 +122,21 @@ class DiscoveryConfig:
     city_pattern: str = r"^(?P<city>[^/_]+)"
     band_order: tuple[str, ...] = ("vv", "vh")
     exclude: tuple[str, ...] = ("_BorderMask",)
-    units: str = "linear"
-    nodata_values: tuple[float, ...] = (0.0, -99999.0)
+    units: str | None = "linear"
+    nodata_values: tuple[float, ...] | None = None
+    file_nodata: bool | None = True
+    units_check: UnitsCheck = field(default_factory=UnitsCheck)
 
     def __post_init__(self):
         object.__setattr__(self, "band_order", tuple(self.band_order))
         object.__setattr__(self, "exclude", tuple(self.exclude))
-        object.__setattr__(self, "nodata_values", tuple(float(v) for v in self.nodata_values))
-        if self.units not in ("linear", "db"):
-            raise UnosatError(f"discovery.units must be 'linear' or 'db', got '{self.units}'")
+        if self.nodata_values is not None:
+            object.__setattr__(self, "nodata_values", tuple(float(v) for v in self.nodata_values))
+        if isinstance(self.units_check, Mapping):
+            object.__setattr__(self, "units_check", UnitsCheck(**{k: v for k, v in self.units_check.items()
+                                                                  if not str(k).startswith("_")}))
+        if self.units is not None:
+            check_units_name(self.units, "discovery.units")
         if self.layout not in ("pairs", "multiband"):
             raise UnosatError(f"discovery.layout must be 'pairs' or 'multiband', got '{self.layout}'")
         try:
@@ -141,6 +154,25 @@ class DiscoveryConfig:
             order = [b.lower() for b in self.band_order]
             if sorted(order) != sorted(set(order)) or not set(POLARISATIONS) <= set(order):
                 raise UnosatError(f"discovery.band_order must name 'vh' and 'vv' once each, got {list(self.band_order)}")
+
+
+    def raw_input(self, fallback: RawInput | None = None) -> RawInput:
+        """The raw-input settings; unset ``units`` / ``nodata_values`` come from ``fallback`` (e.g. a
+        checkpoint's), else the defaults."""
+        units = self.units or (fallback.units if fallback else "linear")
+        if self.nodata_values is not None:
+            nodata = self.nodata_values
+        elif fallback is not None and self.units in (None, fallback.units):
+            nodata = fallback.nodata_values
+        else:
+            nodata = default_nodata(units)
+        file_nodata = self.file_nodata if self.file_nodata is not None else (fallback.file_nodata if fallback else True)
+        return RawInput(units, nodata, file_nodata)
+
+    def settings(self) -> dict:
+        """What a prepared dataset records of its discovery (the raw-input settings resolved)."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("exclude", "units_check")}
+        return out | self.raw_input().to_dict()
 
 
 def discover_scenes(raw_dir: Path | str, config: DiscoveryConfig | None = None) -> list[Scene]:

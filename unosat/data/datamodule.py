@@ -184,9 +184,11 @@ class UnosatDataModule(pl.LightningDataModule):
         return self.layout.recipe.count
 
     def data_recipe(self) -> dict:
-        """What prediction needs to rebuild the model's input: bands, normalisation, tile size, classes."""
+        """What prediction needs to rebuild the model's input: bands, normalisation, tile size, classes, and
+        the raw-input settings the dataset was prepared with (units, nodata; :mod:`unosat.raw_input`)."""
         return {
             "recipe": self.recipe.to_dict(),
+            "raw_input": self.layout.raw_input().to_dict(),
             "normalization": self.normalization.to_dict(),
             "tile_size": self.tile_size,
             "classes": list(CLASS_NAMES),

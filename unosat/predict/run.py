@@ -50,7 +50,14 @@ from unosat.predict.aggregate import (
     vote,
 )
 from unosat.predict.distributed import Runtime, make_runtime
-from unosat.predict.ensemble import Ensemble, LoadedModel, check_prepared_recipe, load_model
+from unosat.predict.ensemble import (
+    Ensemble,
+    LoadedModel,
+    check_prepared_recipe,
+    check_raw_input,
+    load_model,
+    resolve_raw_input,
+)
 from unosat.predict.gate import TileGate
 from unosat.predict.inputs import InputScene, Selection, find_inputs
 from unosat.predict.probability import check_dtype, decode_probability, encode_probability, probability_nodata
@@ -281,9 +288,15 @@ def run(cfg: DictConfig) -> dict | None:
     if gate_model is not None:
         settings.gate_sha256 = gate_model.sha256
     input_dir, selection = resolve_input(cfg)
-    kind, scenes = find_inputs(input_dir, selection, instantiate(cfg.discovery))
+    all_models = models + ([gate_model] if gate_model else [])
+    discovery = instantiate(cfg.discovery)
+    mismatch = str(cfg.get("input_mismatch", "refuse"))
+    raw_input = resolve_raw_input(all_models, discovery, mismatch)
+    kind, scenes = find_inputs(input_dir, selection, discovery, raw_input)
     if kind == "prepared":
-        check_prepared_recipe(models + ([gate_model] if gate_model else []), PreparedDataset(input_dir).recipe, input_dir)
+        check_prepared_recipe(all_models, PreparedDataset(input_dir).recipe, input_dir)
+        if mismatch == "refuse":
+            check_raw_input(all_models, PreparedDataset(input_dir).raw_input(), f"the prepared dataset {input_dir}")
     cities = group_by_city(scenes)
     if settings.aggregate.method != "none":
         for city, members in cities.items():

@@ -1,7 +1,8 @@
 """Step ``bands``: VV/VH GeoTIFFs of a scene -> one band stack GeoTIFF, streamed by row blocks.
 
-The stack keeps the scene's CRS and transform; nodata (any configured nodata value, NaN or infinity in
-either polarisation) becomes NaN in every band, the one nodata mask carried with the scene.
+The stack keeps the scene's CRS and transform; nodata (any configured nodata value, the file's own nodata
+tag, NaN or infinity in either polarisation, see :mod:`unosat.raw_input`) becomes NaN in every band, the one
+nodata mask carried with the scene. The files' values are checked against the configured units first.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from unosat.bands import BandRecipe, polarisations_to_stack
 from unosat.errors import UnosatError
 from unosat.io.raster import PARAMS_TAG, Grid, open_raster, read_window, row_blocks, stack_profile, write_rows
 from unosat.prepare.outputs import file_identity, needs_work
+from unosat.raw_input import RawInput, UnitsCheck, check_file_units
 from unosat.scenes import Scene
 
 
@@ -28,10 +30,10 @@ class BandStackTask:
     scene: Scene
     out_path: Path
     recipe: BandRecipe
-    nodata_values: tuple[float, ...]
-    input_units: str
+    raw: RawInput
     block_rows: int
     overwrite: bool
+    units_check: UnitsCheck = UnitsCheck()
 
 
 def scene_grid(scene: Scene) -> Grid:
@@ -55,13 +57,31 @@ def scene_grid(scene: Scene) -> Grid:
     return grids["vv"]
 
 
+def scene_nodata(scene: Scene, raw: RawInput) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Nodata values of the scene's VH and VV bands: the configured ones plus each file's own tag."""
+    out = []
+    for pol in ("vh", "vv"):
+        path, band = scene.sources[pol]
+        with open_raster(path) as src:
+            tag = src.nodatavals[band - 1] if band - 1 < len(src.nodatavals) else None
+        out.append(raw.nodata_of(tag))
+    return out[0], out[1]
+
+
+def check_scene_units(scene: Scene, raw: RawInput, check: UnitsCheck, setting: str = "discovery.units") -> None:
+    """Refuse a scene whose files' values contradict ``raw.units`` (see :func:`unosat.raw_input.check_file_units`)."""
+    for path, band in sorted(set(scene.sources.values())):
+        check_file_units(path, band, raw, check, setting)
+
+
 def stack_params(task: BandStackTask) -> dict:
     return {
         "step": "bands",
         "scene_id": task.scene.scene_id,
         "recipe": task.recipe.to_dict(),
-        "nodata_values": [float(v) for v in task.nodata_values],
-        "input_units": task.input_units,
+        "nodata_values": [float(v) for v in task.raw.nodata_values],
+        "input_units": task.raw.units,
+        "file_nodata": task.raw.file_nodata,
         "sources": {pol: {**file_identity(p), "band": b} for pol, (p, b) in sorted(task.scene.sources.items())},
     }
 
@@ -81,6 +101,8 @@ def make_band_stack(task: BandStackTask) -> dict:
             counts = json.loads(src.tags()["UNOSAT_COUNTS"])
         return {**record, **counts, "skipped": True}
 
+    check_scene_units(scene, task.raw, task.units_check)
+    vh_nodata, vv_nodata = scene_nodata(scene, task.raw)
     counts = {"n_valid": 0, "n_nodata": 0, "n_nonfinite": 0}
     profile = stack_profile(grid, task.recipe.count, "float32", float("nan"))
 
@@ -92,7 +114,7 @@ def make_band_stack(task: BandStackTask) -> dict:
                 vh = read_window(src_vh, window, scene.sources["vh"][1])
                 vv = read_window(src_vv, window, scene.sources["vv"][1])
                 stack, valid, n_nonfinite = polarisations_to_stack(
-                    vh, vv, task.recipe, task.nodata_values, task.input_units
+                    vh, vv, task.recipe, vh_nodata, task.raw.units, vv_nodata
                 )
                 n_valid = int(valid.sum())
                 counts["n_valid"] += n_valid

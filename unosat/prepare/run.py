@@ -73,7 +73,7 @@ def run(cfg: DictConfig) -> PreparedDataset:
     dataset = PreparedDataset(out_dir)
     settings = {
         "recipe": recipe.to_dict(),
-        "discovery": {k: v for k, v in asdict(discovery).items() if k != "exclude"},
+        "discovery": discovery.settings(),
         "labels": {k: v for k, v in asdict(labels).items() if k != "dirs"},
         "tiling": asdict(tiling),
         "split": {"test_cities": sorted(test_cities), "folds": folds},
@@ -96,8 +96,9 @@ def run(cfg: DictConfig) -> PreparedDataset:
         clock = now
 
     if "bands" in steps:
-        tasks = [BandStackTask(s, dataset.bands_path(s.scene_id), recipe, tuple(discovery.nodata_values),
-                               discovery.units, block_rows, overwrite) for s in scenes]
+        raw_input = discovery.raw_input()
+        tasks = [BandStackTask(s, dataset.bands_path(s.scene_id), recipe, raw_input, block_rows, overwrite,
+                               discovery.units_check) for s in scenes]
         update_scenes_table(dataset, map_scenes(make_band_stack, tasks, workers, "bands"))
         step_done("bands")
 
