@@ -133,3 +133,100 @@ def test_labels_that_cover_part_of_the_scene_leave_the_rest_ignored(scene_4326, 
     prepare(labels_config(scene_4326, tmp_path / "out"))
     got = prepared_mask(tmp_path / "out")
     assert (got[: ROWS // 2] == 1).all() and (got[ROWS // 2:] == 255).all()
+
+
+# ------------------------------------------------------------------------- evaluate=true with raster labels
+
+
+def test_evaluation_against_a_label_raster_leaves_its_unknown_pixels_out(tmp_path):
+    from test_evaluate import TRANSFORM, numpy_confusion, write_mask
+
+    from unosat.predict.evaluate import evaluate_city
+    from unosat.predict.vectorize import VectorizeConfig, vectorize
+    from unosat.prepare.labels import LabelsConfig
+
+    truth = np.zeros((32, 40), dtype="int16")
+    truth[2:6, 2:6] = truth[10:14, 16:26] = truth[20:23, 8:11] = 1
+    truth[25:, 30:] = -1  # unknown
+    pred = np.zeros((32, 40), dtype="uint8")
+    pred[2:6, 2:6] = pred[10:14, 16:26] = 1  # two of three found
+    pred[26:30, 32:36] = 1  # a false alarm where the truth is unknown: not counted
+    pred[0, :] = 255  # prediction nodata
+    mask = write_mask(tmp_path / "pred.tif", pred)
+    polygons = tmp_path / "pred.gpkg"
+    vectorize(mask, polygons, VectorizeConfig(block_rows=8))
+    labels = write(tmp_path / "truth.tif", truth, TRANSFORM, nodata=-1, crs=CRS.from_epsg(32638))
+    result = evaluate_city(mask, polygons, labels, block_rows=7, labels=LabelsConfig(source="raster"))
+    known = truth != -1
+    expected = numpy_confusion(np.where(known, truth, 0), np.where(known, pred, 255))
+    assert result["pixel"]["confusion"] == expected.tolist()
+    assert result["pixel"]["recall_building"] == pytest.approx(56 / 65)
+    assert result["object"]["tp"] == 2 and result["object"]["fn"] == 1
+    assert result["files"]["labels_source"] == "raster"
+
+
+@pytest.fixture(scope="module")
+def label_rasters(tiny_prepared_db, tmp_path_factory) -> Path:
+    """The prepared masks of the dB demo copied as label rasters ``<scene_id>_mask.tif`` (255 tagged nodata)."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("label_rasters")
+    for path in sorted(PreparedDataset(tiny_prepared_db).masks_dir.glob("*.tif")):
+        shutil.copy(path, out / f"{path.stem}_mask.tif")
+    return out
+
+
+def evaluate_run(tmp_path: Path, ckpt: Path, input_dir: Path, out: str, *overrides: str) -> dict:
+    from unosat.config import compose_config
+    from unosat.predict.run import run
+
+    cfg = compose_config("predict", [f"ckpt={ckpt}", f"input={input_dir}", f"output={tmp_path / out}",
+                                     f"paths.output_dir={tmp_path / 'hydra'}", "cities=[Samawah]", "evaluate=true",
+                                     "window.size=96", "window.overlap=32", "window.batch_size=4",
+                                     "cog.blocksize=128", "block_rows=64", *overrides])
+    return run(cfg)
+
+
+def test_evaluate_accepts_label_rasters_and_prepared_masks(tiny_raw_session, tiny_prepared_db, label_rasters,
+                                                           tmp_path):
+    """The same prediction scored against the label vectors, the same labels as rasters, and the prepared
+    masks: the same pixel confusion (all are the polygons burnt on the scene grid, nodata left out). Scene by
+    scene: a city product would be scored against its first acquisition's raster, whose nodata differs."""
+    from test_raw_input import toy_checkpoint
+
+    ckpt = toy_checkpoint(tmp_path / "toy.ckpt", {"units": "linear", "nodata_values": [0.0, -99999.0],
+                                                   "file_nodata": True})
+    per_scene = "aggregate.method=none"
+    vector = evaluate_run(tmp_path, ckpt, tiny_raw_session, "vector", per_scene)["evaluation"]["overall"]
+    raster = evaluate_run(tmp_path, ckpt, tiny_raw_session, "raster", per_scene, "labels=raster",
+                          f"labels.dirs=[{label_rasters}]")["evaluation"]["overall"]
+    prepared = evaluate_run(tmp_path, ckpt, tiny_prepared_db, "prepared", per_scene,
+                            "labels=prepared")["evaluation"]["overall"]
+    assert vector["counts"]["true_building_pixels"] > 0
+    assert raster["pixel"]["confusion"] == vector["pixel"]["confusion"] == prepared["pixel"]["confusion"]
+    assert raster["object"] == prepared["object"]
+
+
+def test_every_input_is_checked_before_predicting(tiny_raw_session, tiny_prepared_db, label_rasters, tmp_path):
+    import shutil
+
+    from test_raw_input import toy_checkpoint
+
+    ckpt = toy_checkpoint(tmp_path / "toy.ckpt", {"units": "linear", "nodata_values": [0.0, -99999.0],
+                                                   "file_nodata": True})
+    partial = Path(shutil.copytree(label_rasters, tmp_path / "partial"))
+    next(partial.glob("38RNV_*_DES_mask.tif")).unlink()  # the second Samawah acquisition lacks its labels
+    with pytest.raises(UnosatError, match=r"no label raster 38RNV_.*_DES_mask.tif for scene"):
+        evaluate_run(tmp_path, ckpt, tiny_raw_session, "out", "labels=raster", f"labels.dirs=[{partial}]",
+                     "aggregate.method=none")
+    with pytest.raises(UnosatError, match="labels=prepared scores against a prepared dataset's masks"):
+        evaluate_run(tmp_path, ckpt, tiny_raw_session, "out", "labels=prepared")
+    no_crs = tmp_path / "no_crs"
+    no_crs.mkdir()
+    for path in label_rasters.glob("*.tif"):
+        with rasterio.open(path) as src:
+            with rasterio.open(no_crs / path.name, "w", **(src.profile | {"crs": None})) as dst:
+                dst.write(src.read())
+    with pytest.raises(UnosatError, match="has no CRS"):
+        evaluate_run(tmp_path, ckpt, tiny_raw_session, "out", "labels=raster", f"labels.dirs=[{no_crs}]")
+    assert not (tmp_path / "out").exists()  # nothing predicted, nothing written

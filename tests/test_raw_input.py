@@ -169,7 +169,7 @@ def toy_checkpoint(path: Path, raw_input: dict | None) -> Path:
     checkpoint that records none)."""
     torch.manual_seed(0)
     net = LWRefineNet(3, 2)
-    data = {"recipe": {"name": "db", "bands": ["vh", "vv", "mean"], "units": "db"},
+    data = {"recipe": {"name": "db", "bands": ["vh", "vv", "mean"], "units": "db", "db_floor": 1e-8},
             "normalization": {"mean": [-17.0, -10.0, -12.0], "std": [6.0, 6.0, 6.0], "fill": 0.0},
             "classes": ["background", "building"]}
     if raw_input is not None:

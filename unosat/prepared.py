@@ -110,7 +110,8 @@ class PreparedDataset:
 
     def scenes(self) -> pd.DataFrame:
         self.require("scenes.csv")
-        return pd.read_csv(self.scenes_csv, dtype={"date": str, "time": str, "pass": str, "mgrs": str}, keep_default_na=False)
+        return pd.read_csv(self.scenes_csv, dtype={"scene_id": str, "city": str, "date": str, "time": str, "pass": str,
+                                                   "mgrs": str}, keep_default_na=False)
 
     def statistics(self) -> pd.DataFrame:
         self.require("statistics.csv")

@@ -24,9 +24,9 @@ from unosat.checkpoint import build_model, describe_model, load_checkpoint, mode
 from unosat.classes import BUILDING, CLASS_NAMES
 from unosat.errors import UnosatError
 from unosat.predict.distributed import Runtime
+from unosat.predict.tta import D4Transform, tta_average, tta_transforms
 from unosat.raw_input import RawInput
 from unosat.scenes import DiscoveryConfig
-from unosat.predict.tta import D4Transform, tta_average, tta_transforms
 from unosat.training.module import segmentation_logits
 
 HASH_CHUNK_BYTES = 1 << 20

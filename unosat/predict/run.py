@@ -64,9 +64,10 @@ from unosat.predict.probability import check_dtype, decode_probability, encode_p
 from unosat.predict.sliding_window import NodataSkip, SceneStats, WindowConfig, predict_scene
 from unosat.predict.tracking import TrackingConfig, log_evaluation
 from unosat.predict.vectorize import VectorizeConfig, vectorize
+from unosat.prepare.labels import LabelsConfig
 from unosat.prepare.outputs import canonical, digest, needs_work
 from unosat.prepared import PreparedDataset
-from unosat.scenes import find_label_file
+from unosat.scenes import find_label_file, find_raster_label
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +147,9 @@ class Settings:
         self.evaluation = OmegaConf.to_container(cfg.evaluation, resolve=True)
         self.quicklooks = bool(cfg.quicklooks)
         self.quicklook = OmegaConf.to_container(cfg.quicklook, resolve=True)
-        self.labels_template = str(cfg.labels.template)
-        self.labels_dirs = [Path(str(d)).expanduser() for d in (cfg.labels.dirs or [])]
+        self.labels: LabelsConfig = instantiate(cfg.labels)
+        self.labels_template = self.labels.template
+        self.labels_dirs = [Path(str(d)).expanduser() for d in self.labels.dirs]
         self.precision = str(cfg.trainer.get("precision", "32-true"))
         gate = cfg.get("gate") or {}
         self.gate_ckpt = Path(str(gate.ckpt)).expanduser() if gate.get("ckpt") else None
@@ -303,6 +305,7 @@ def run(cfg: DictConfig) -> dict | None:
             check_same_grid(city, {s.scene_id: s.grid for s in members})
     if settings.vectorize:
         settings.vector_config()
+    truth = find_truth(cities, kind, input_dir, settings) if settings.evaluate else {}
     out_dir = Path(str(cfg.output)).expanduser()
     settings_dict = settings.to_dict(input_dir, kind, models)
     previous = check_output_dir(out_dir, settings_dict, settings.overwrite)
@@ -348,11 +351,11 @@ def run(cfg: DictConfig) -> dict | None:
     products = make_products(cities, paths, params, settings)
     timings = {"scenes_s": seconds_scenes, "products_s": time.perf_counter() - t_products}
     if settings.evaluate:
-        manifest["evaluation"] = evaluate_products(products, cities, paths, settings)
+        manifest["evaluation"] = evaluate_products(products, truth, paths, settings)
         manifest["tracking"] = log_evaluation(manifest["evaluation"], out_dir / EVALUATION, models, settings.tracking,
                                               out_dir)
     if settings.quicklooks:
-        write_quicklooks(products, cities, paths, settings)
+        write_quicklooks(products, cities, paths, settings, truth)
     manifest["products"] = products
     if previous is not None:  # the directory also holds what earlier runs predicted (e.g. other cities)
         manifest["scenes"] = merge_records(previous.get("scenes", []), manifest["scenes"], "scene_id")
@@ -495,28 +498,64 @@ def city_product(city: str, members: list[InputScene], paths: OutputPaths, param
             "remade": remade, "seconds": time.perf_counter() - t0}
 
 
-def label_file(scene: InputScene, settings: Settings) -> Path:
+def label_file(scene: InputScene, settings: Settings, kind: str = "raw", input_dir: Path | None = None) -> Path:
+    """The truth of ``scene`` for evaluation: its city's label vectors, its label raster, or (``labels=prepared``)
+    the prepared dataset's mask. Raises :class:`UnosatError` saying what was looked for where."""
+    source = settings.labels.source
+    if source == "prepared":
+        if kind != "prepared":
+            raise UnosatError(f"labels=prepared scores against a prepared dataset's masks, but input {input_dir} holds "
+                              "raw scenes: use labels=vector or labels=raster")
+        path = PreparedDataset(input_dir).mask_path(scene.scene_id)
+        if not path.is_file():
+            raise UnosatError(f"evaluate=true, labels=prepared: {path} is missing; run prepare.py's labels step on "
+                              f"{input_dir}")
+        return path
     dirs = settings.labels_dirs or list(scene.label_dirs)
+    where = ", ".join(map(str, dirs)) or "(no directory: set labels.dirs)"
+    if source == "raster":
+        found = find_raster_label(dirs, settings.labels_template, scene.scene)
+        if found is None:
+            raise UnosatError(f"evaluate=true: no label raster {settings.labels_template.format(**scene.scene.fields())} "
+                              f"for scene {scene.scene_id} of {scene.city} under {where}")
+        return found
     found = find_label_file(dirs, settings.labels_template, scene.scene)
     if found is None:
         stem = settings.labels_template.format(**scene.scene.fields())
-        raise UnosatError(f"evaluate=true: no label file {stem}.<shp|gpkg|geojson|...> for {scene.city} under "
-                          f"{', '.join(map(str, dirs)) or '(no directory: set labels.dirs)'}")
+        raise UnosatError(f"evaluate=true: no label file {stem}.<shp|gpkg|geojson|...> for {scene.city} under {where}")
     return found
 
 
-def evaluate_products(products: list[dict], cities: dict[str, list[InputScene]], paths: OutputPaths,
-                      settings: Settings) -> dict:
-    """Scores of every product against its city's label vectors; written to ``evaluation.json``."""
+def find_truth(cities: dict[str, list[InputScene]], kind: str, input_dir: Path, settings: Settings) -> dict[str, Path]:
+    """Every product's truth, found and opened before anything is predicted: product name -> label file.
+
+    A city product is scored against its first acquisition's labels (the city's label vectors; with label
+    rasters, the first acquisition's raster); with ``aggregate.method=none`` each scene against its own.
+    """
+    from unosat.predict.evaluate import label_reader
+
+    truth = {}
+    for city, members in cities.items():
+        per_scene = settings.aggregate.method == "none"
+        for scene in members if per_scene else members[:1]:
+            path = label_file(scene, settings, kind, input_dir)
+            with label_reader(path, scene.grid, settings.labels, bool(settings.evaluation["all_touched"]), scene.scene_id):
+                pass  # opens it: a missing CRS, an unreadable file or no feature fails here, before predicting
+            truth[scene.scene_id if per_scene else city] = path
+    return truth
+
+
+def evaluate_products(products: list[dict], truth: dict[str, Path], paths: OutputPaths, settings: Settings) -> dict:
+    """Scores of every product against its truth (:func:`find_truth`); written to ``evaluation.json``."""
     from unosat.predict.evaluate import evaluate_city, evaluation_report
 
-    scenes = {s.scene_id: s for members in cities.values() for s in members}
     per_product = {}
     for p in products:
-        labels = label_file(scenes[p["scenes"][0]], settings)
+        labels = truth[p["name"]]
         per_product[p["name"]] = evaluate_city(Path(p["mask"]), Path(p["polygons"]), labels,
                                                all_touched=bool(settings.evaluation["all_touched"]),
-                                               iou_threshold=float(settings.evaluation["iou_threshold"]))
+                                               iou_threshold=float(settings.evaluation["iou_threshold"]),
+                                               labels=settings.labels)
         p["labels"] = str(labels)
     report = evaluation_report(per_product)
     write_json_atomic(paths.root / EVALUATION, report)
@@ -524,7 +563,7 @@ def evaluate_products(products: list[dict], cities: dict[str, list[InputScene]],
 
 
 def write_quicklooks(products: list[dict], cities: dict[str, list[InputScene]], paths: OutputPaths,
-                     settings: Settings) -> None:
+                     settings: Settings, truth: dict[str, Path] | None = None) -> None:
     """A PNG per product: the first acquisition's VV backscatter with predicted (and true) buildings."""
     from unosat.predict.quicklook import quicklook
 
@@ -532,10 +571,10 @@ def write_quicklooks(products: list[dict], cities: dict[str, list[InputScene]], 
     for p in products:
         scene = scenes[p["scenes"][0]]
         image, band, units = scene.quicklook_source()
-        truth = p.get("labels")
-        if truth is None and settings.evaluate:
-            truth = str(label_file(scene, settings))
+        labels = p.get("labels") or (truth or {}).get(p["name"])
+        if labels is not None and settings.labels.source != "vector":
+            labels = None  # quicklooks outline label polygons only
         out = paths.root / QUICKLOOK_DIR / f"{p['name']}.png"
-        quicklook(image, band, units, out, predicted=Path(p["mask"]), truth=Path(truth) if truth else None,
+        quicklook(image, band, units, out, predicted=Path(p["mask"]), truth=Path(labels) if labels else None,
                   max_px=int(settings.quicklook["max_px"]), title=f"{p['name']}: predicted buildings")
         p["quicklook"] = str(out)

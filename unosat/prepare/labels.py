@@ -31,13 +31,17 @@ from unosat.io.raster import PARAMS_TAG, Grid, open_raster, read_window, row_blo
 from unosat.io.vectors import read_polygons
 from unosat.prepare.outputs import digest, file_identity, needs_work, stored_params
 
+#: where labels come from: polygon files, label rasters, or a prepared dataset's masks (evaluation only)
+LABEL_SOURCES = ("vector", "raster", "prepared")
+
 
 @dataclass(frozen=True)
 class LabelsConfig:
     """Where labels come from and how they are burnt.
 
     Args:
-        source: ``vector`` (one polygon file per city) or ``raster`` (one mask GeoTIFF per scene).
+        source: ``vector`` (one polygon file per city), ``raster`` (one label GeoTIFF per scene), or, for
+            ``predict.py evaluate=true`` on a prepared dataset only, ``prepared`` (its masks).
         dirs: directories searched (recursively) for label files.
         template: file stem (vector) or file name (raster) with ``{city}``, ``{mgrs}``, ``{date}``,
             ``{time}``, ``{pass}``, ``{scene_id}`` fields. UNOSAT: ``{mgrs}_{city}``.
@@ -60,8 +64,8 @@ class LabelsConfig:
             object.__setattr__(self, "positive_values", tuple(float(v) for v in self.positive_values))
             if not self.positive_values:
                 raise UnosatError("labels.positive_values is empty: list the label values of the target class, or null")
-        if self.source not in ("vector", "raster"):
-            raise UnosatError(f"labels.source must be 'vector' or 'raster', got '{self.source}'")
+        if self.source not in LABEL_SOURCES:
+            raise UnosatError(f"labels.source must be one of {list(LABEL_SOURCES)}, got '{self.source}'")
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,9 @@ def run(cfg: DictConfig) -> PreparedDataset:
         step_done("bands")
 
     if "labels" in steps:
+        if labels.source == "prepared":
+            raise UnosatError("labels=prepared reads a prepared dataset's masks for predict.py evaluate=true; "
+                              "prepare.py takes labels=vector or labels=raster")
         dataset.require("scenes.csv", "bands")
         dirs = [Path(d) for d in (labels.dirs or [raw_dir])]
         tasks = []
