@@ -9,6 +9,7 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pytest
 import rasterio
 import shapely
@@ -222,3 +223,23 @@ def test_sen1floods11_chip_found_prepared_and_predicted(chip_raw, tmp_path):
     with rasterio.open(manifest["scenes"][0]["probability"]) as src:
         prob = src.read(1)
     assert (prob[:6] == 255).all() and (prob[6:] != 255).all()
+
+
+def test_scenes_prepared_without_labels_are_marked_and_refused_by_training(hyp3_raw, tmp_path):
+    from unosat.data.datamodule import UnosatDataModule
+
+    (hyp3_raw / "Mosul.gpkg").unlink()  # nothing to learn from: prediction only
+    out = tmp_path / "prepared"
+    prepare(prepare_config(hyp3_raw, out, "discovery=hyp3", "labels=none", "bands=db", "split.test_cities=[]"))
+    dataset = PreparedDataset(out)
+    (scene_id,) = dataset.manifest["scenes"]
+    with rasterio.open(dataset.mask_path(scene_id)) as src:
+        assert (src.read(1) == 255).all()
+    assert dataset.scenes()["labelled"].tolist() == [False]
+    stats = pd.read_csv(dataset.statistics_csv)
+    assert stats["target_ratio"].isna().all() and (~stats["skip"]).any()  # unknown, not 0
+    assert (out / "normalization.json").is_file() and not (out / "quality.csv").exists()
+    with pytest.raises(UnosatError, match=r"prepared without labels \(labels=none\).*not training"):
+        UnosatDataModule(out).setup()
+    with pytest.raises(UnosatError, match="prepared without labels"):
+        predict(tmp_path, toy(tmp_path, "linear"), out, "evaluate=true", "labels=prepared")

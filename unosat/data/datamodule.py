@@ -116,6 +116,10 @@ class UnosatDataModule(pl.LightningDataModule):
         if self._ready:
             return
         self.layout.require("statistics.csv", "bands", "masks")
+        if self.layout.manifest.get("settings", {}).get("labels", {}).get("source") == "none":
+            raise UnosatError(f"{self.dir} was prepared without labels (labels=none): its scenes serve prediction "
+                              "(python predict.py input=<raw scenes>), not training; prepare them with labels=vector "
+                              "or labels=raster to train")
         stats = self.layout.statistics()
         self.recipe: BandRecipe = self.layout.recipe
         self.tile_size = int(self.layout.manifest["settings"]["tiling"]["train_size"])

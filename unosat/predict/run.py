@@ -506,7 +506,10 @@ def label_file(scene: InputScene, settings: Settings, kind: str = "raw", input_d
         if kind != "prepared":
             raise UnosatError(f"labels=prepared scores against a prepared dataset's masks, but input {input_dir} holds "
                               "raw scenes: use labels=vector or labels=raster")
-        path = PreparedDataset(input_dir).mask_path(scene.scene_id)
+        dataset = PreparedDataset(input_dir)
+        if dataset.manifest.get("settings", {}).get("labels", {}).get("source") == "none":
+            raise UnosatError(f"evaluate=true, labels=prepared: {input_dir} was prepared without labels (labels=none)")
+        path = dataset.mask_path(scene.scene_id)
         if not path.is_file():
             raise UnosatError(f"evaluate=true, labels=prepared: {path} is missing; run prepare.py's labels step on "
                               f"{input_dir}")

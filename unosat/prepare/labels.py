@@ -32,7 +32,7 @@ from unosat.io.vectors import read_polygons
 from unosat.prepare.outputs import digest, file_identity, needs_work, stored_params
 
 #: where labels come from: polygon files, label rasters, or a prepared dataset's masks (evaluation only)
-LABEL_SOURCES = ("vector", "raster", "prepared")
+LABEL_SOURCES = ("vector", "raster", "prepared", "none")
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,10 @@ class LabelsConfig:
     """Where labels come from and how they are burnt.
 
     Args:
-        source: ``vector`` (one polygon file per city), ``raster`` (one label GeoTIFF per scene), or, for
-            ``predict.py evaluate=true`` on a prepared dataset only, ``prepared`` (its masks).
+        source: ``vector`` (one polygon file per city), ``raster`` (one label GeoTIFF per scene), ``none``
+            (unlabelled scenes, for prediction or pre-training: masks are 255 everywhere and training refuses
+            the dataset), or, for ``predict.py evaluate=true`` on a prepared dataset only, ``prepared`` (its
+            masks).
         dirs: directories searched (recursively) for label files.
         template: file stem (vector) or file name (raster) with ``{city}``, ``{mgrs}``, ``{date}``,
             ``{time}``, ``{pass}``, ``{scene_id}`` fields. UNOSAT: ``{mgrs}_{city}``.
@@ -72,7 +74,7 @@ class LabelsConfig:
 class LabelTask:
     scene_id: str
     stack_path: Path
-    label_path: Path
+    label_path: Path | None  # None: unlabelled (labels.source none)
     out_path: Path
     config: LabelsConfig
     block_rows: int
@@ -84,7 +86,7 @@ def label_params(task: LabelTask) -> dict:
         "step": "labels",
         "scene_id": task.scene_id,
         "source": task.config.source,
-        "label_file": file_identity(task.label_path),
+        "label_file": file_identity(task.label_path) if task.label_path is not None else None,
         "all_touched": task.config.all_touched if task.config.source == "vector" else None,
         "raster_nodata": task.config.raster_nodata if task.config.source == "raster" else None,
         "positive_values": list(task.config.positive_values or []) if task.config.source == "raster" else None,
@@ -102,7 +104,9 @@ def make_label_mask(task: LabelTask) -> dict:
 
     with open_raster(task.stack_path) as stack:
         grid = Grid.of(stack)
-        if task.config.source == "vector":
+        if task.config.source == "none":
+            burner = Unlabelled()
+        elif task.config.source == "vector":
             burner = VectorBurner(task.label_path, grid, task.config.all_touched, task.scene_id)
         else:
             burner = RasterAligner(task.label_path, grid, task.config.raster_nodata, task.config.positive_values)
@@ -126,10 +130,27 @@ def make_label_mask(task: LabelTask) -> dict:
             stack_profile(grid, 1, "uint8", IGNORE_INDEX),
             blocks(),
             {PARAMS_TAG: json.dumps(params, sort_keys=True), "UNOSAT_LABELS": str(task.label_path)},
-            ["label: 0 background, 1 building, 255 ignore"],
+            ["label: 0 background, 1 building, 255 ignore" if task.label_path is not None
+             else "label: none (unlabelled scene), 255 everywhere"],
             late_tags=lambda: {"UNOSAT_COUNTS": json.dumps(counts)},
         )
     return {"scene_id": task.scene_id, **counts, "skipped": False}
+
+
+class Unlabelled:
+    """An unlabelled scene: every pixel is 255 (unknown), so nothing can be learnt or scored from it."""
+
+    n_polygons = 0
+    intersects = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def burn(self, window: Window) -> np.ndarray:
+        return np.full((int(window.height), int(window.width)), IGNORE_INDEX, dtype=np.uint8)
 
 
 class VectorBurner:
