@@ -243,3 +243,20 @@ def test_scenes_prepared_without_labels_are_marked_and_refused_by_training(hyp3_
         UnosatDataModule(out).setup()
     with pytest.raises(UnosatError, match="prepared without labels"):
         predict(tmp_path, toy(tmp_path, "linear"), out, "evaluate=true", "labels=prepared")
+
+
+def test_a_pattern_may_match_the_relative_path(tmp_path):
+    """STAC-style asset names (iw-vv.tiff) whose date is only in a folder name, as in the README."""
+    from unosat.scenes import DiscoveryConfig
+
+    raw = tmp_path / "raw"
+    pols = backscatter(3)
+    for date in ("20200104", "20200116"):
+        for pol in ("vv", "vh"):
+            write(raw / "Najaf" / "orbit079" / date / f"iw-{pol}.tiff", [pols[pol]], UTM, UTM_TRANSFORM)
+    pattern = r"(?P<city>[^/]+)/(?P<id>[^/]+)/(?P<date>\d{8})/iw-(?P<pol>vv|vh)\.tiff?$"
+    with pytest.raises(UnosatError, match="discovery.match=path"):
+        discover_scenes(raw, DiscoveryConfig(pattern=pattern))  # matched against the file name: nothing
+    scenes = discover_scenes(raw, DiscoveryConfig(pattern=pattern, match="path"))
+    assert [(s.city, s.scene_id) for s in scenes] == [("Najaf", "ORBIT079_20200104"), ("Najaf", "ORBIT079_20200116")]
+    assert scenes[0].vv == raw / "Najaf" / "orbit079" / "20200104" / "iw-vv.tiff"
