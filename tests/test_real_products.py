@@ -260,3 +260,61 @@ def test_a_pattern_may_match_the_relative_path(tmp_path):
     scenes = discover_scenes(raw, DiscoveryConfig(pattern=pattern, match="path"))
     assert [(s.city, s.scene_id) for s in scenes] == [("Najaf", "ORBIT079_20200104"), ("Najaf", "ORBIT079_20200116")]
     assert scenes[0].vv == raw / "Najaf" / "orbit079" / "20200104" / "iw-vv.tiff"
+
+
+# -------------------------------------------------------------------------------------- pyroSAR, VV only
+
+PYROSAR = "S1A__IW___D_20180829T053012_VV_Orb_Cal_TF_TC_dB.tif"
+UTM31 = CRS.from_epsg(32631)
+
+
+@pytest.fixture
+def vv_only_raw(tmp_path) -> Path:
+    """A pyroSAR VV-only file in dB, EPSG:32631, nodata tag -99 over a wedge."""
+    vv = backscatter(4, "db")["vv"]
+    rows, cols = np.indices(vv.shape)
+    vv[cols > rows + 40] = -99.0
+    write(tmp_path / "raw" / "Paris" / PYROSAR, [vv], UTM31, UTM_TRANSFORM, nodata=-99.0)
+    return tmp_path / "raw"
+
+
+def vv_only_checkpoint(path: Path) -> Path:
+    import torch
+
+    from unosat.models import LWRefineNet
+
+    torch.manual_seed(0)
+    net = LWRefineNet(1, 2)
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                "unosat": {"model": {"name": "lwrefinenet", "args": {"in_channels": 1, "num_classes": 2}},
+                           "data": {"recipe": {"name": "vv_db", "bands": ["vv"], "units": "db", "db_floor": 1e-8},
+                                    "normalization": {"mean": [-10.0], "std": [6.0], "fill": 0.0},
+                                    "classes": ["background", "building"],
+                                    "raw_input": {"units": "db", "nodata_values": [-99999.0], "file_nodata": True}},
+                           "task": "segmentation"}}, path)
+    return path
+
+
+def test_a_vv_only_pyrosar_file_is_found_prepared_and_predicted(vv_only_raw, tmp_path):
+    from hydra.utils import instantiate
+
+    vv_only = ["discovery=pyrosar", "discovery.polarisations=[vv]"]
+    with pytest.raises(UnosatError, match=r"discovery.polarisations=\[vv\] and bands=vv_db"):
+        discover_scenes(vv_only_raw, instantiate(compose_config("prepare", ["discovery=pyrosar"]).discovery))
+    (scene,) = discover_scenes(vv_only_raw, instantiate(compose_config("prepare", vv_only).discovery))
+    assert (scene.city, scene.scene_id, sorted(scene.sources)) == ("Paris", "S1A_20180829t053012_DES", ["vv"])
+    with pytest.raises(UnosatError, match=r"has only VV, but band recipe 'db' .* needs VH: use bands=vv_db"):
+        prepare(prepare_config(vv_only_raw, tmp_path / "refused", *vv_only, "bands=db", "steps=[bands]"))
+    out = tmp_path / "prepared"
+    prepare(prepare_config(vv_only_raw, out, *vv_only, "bands=vv_db", "labels=none", "split.test_cities=[]"))
+    with rasterio.open(PreparedDataset(out).bands_path(scene.scene_id)) as src, rasterio.open(scene.vv) as raw:
+        stack, vv = src.read(1), raw.read(1)
+    assert src.count == 1
+    np.testing.assert_array_equal(np.isnan(stack), vv == -99.0)
+    np.testing.assert_allclose(stack[vv != -99.0], vv[vv != -99.0], atol=1e-4)
+    manifest = predict(tmp_path, vv_only_checkpoint(tmp_path / "vv.ckpt"), vv_only_raw, *vv_only)
+    assert_on_grid(manifest["scenes"][0]["probability"], UTM31, UTM_TRANSFORM)
+    with rasterio.open(manifest["scenes"][0]["probability"]) as src:
+        assert np.array_equal(src.read(1) == 255, vv == -99.0)
+    with pytest.raises(UnosatError, match="needs VH"):  # a dual-polarisation checkpoint on VV-only scenes
+        predict(tmp_path, toy(tmp_path, "db"), vv_only_raw, *vv_only, "output=" + str(tmp_path / "other"))

@@ -21,6 +21,8 @@ from unosat.errors import UnosatError
 from unosat.raw_input import RawInput, UnitsCheck, check_units_name, default_nodata
 
 POLARISATIONS = ("vh", "vv")
+#: orbit pass spellings -> ASC / DES
+PASS_NAMES = {"A": "ASC", "ASCENDING": "ASC", "D": "DES", "DESCENDING": "DES", "DSC": "DES"}
 #: how scenes lie on disk: a file per polarisation, a file per scene, or STAC items
 LAYOUTS = ("pairs", "multiband", "stac")
 RASTER_SUFFIXES = (".tif", ".tiff", ".TIF", ".TIFF")
@@ -88,10 +90,10 @@ class Scene:
             "date": self.date,
             "time": self.time or "",
             "pass": self.orbit_pass or "",
-            "vh_path": str(self.sources["vh"][0]),
-            "vh_band": self.sources["vh"][1],
-            "vv_path": str(self.sources["vv"][0]),
-            "vv_band": self.sources["vv"][1],
+            "vh_path": str(self.sources["vh"][0]) if "vh" in self.sources else "",
+            "vh_band": self.sources["vh"][1] if "vh" in self.sources else 0,
+            "vv_path": str(self.sources["vv"][0]) if "vv" in self.sources else "",
+            "vv_band": self.sources["vv"][1] if "vv" in self.sources else 0,
         }
 
 
@@ -114,6 +116,8 @@ class DiscoveryConfig:
         area: ``folder`` (the city from ``pattern`` or ``city_pattern``) or ``scene`` (each scene is its own
             area, named by its identity: no city products across acquisitions).
         stac_assets: for ``stac``: the asset keys that may hold each polarisation (case-insensitive).
+        polarisations: the polarisations every scene must have (``[vv]`` for a VV-only archive, read with
+            a VV-only band recipe such as ``bands=vv_db``).
         band_order: for ``multiband``: the polarisation of each band, e.g. ``[vv, vh]``.
         exclude: substrings; files whose name contains one are skipped (e.g. ``_BorderMask``).
         units: units of the input rasters, ``linear`` (power; the UNOSAT data) or ``db``; None (predict.py
@@ -137,6 +141,7 @@ class DiscoveryConfig:
     stac_assets: dict = field(default_factory=lambda: {"vv": ["vv", "iw-vv"], "vh": ["vh", "iw-vh"]})
     band_order: tuple[str, ...] = ("vv", "vh")
     exclude: tuple[str, ...] = ("_BorderMask",)
+    polarisations: tuple[str, ...] = POLARISATIONS
     units: str | None = "linear"
     nodata_values: tuple[float, ...] | None = None
     file_nodata: bool | None = True
@@ -144,6 +149,9 @@ class DiscoveryConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "band_order", tuple(self.band_order))
+        object.__setattr__(self, "polarisations", tuple(str(p).lower() for p in self.polarisations))
+        if not self.polarisations or not set(self.polarisations) <= set(POLARISATIONS):
+            raise UnosatError(f"discovery.polarisations must list vh and/or vv, got {list(self.polarisations)}")
         object.__setattr__(self, "exclude", tuple(self.exclude))
         if self.nodata_values is not None:
             object.__setattr__(self, "nodata_values", tuple(float(v) for v in self.nodata_values))
@@ -182,8 +190,9 @@ class DiscoveryConfig:
                               "discovery.area=scene)")
         if self.layout == "multiband":
             order = [b.lower() for b in self.band_order]
-            if sorted(order) != sorted(set(order)) or not set(POLARISATIONS) <= set(order):
-                raise UnosatError(f"discovery.band_order must name 'vh' and 'vv' once each, got {list(self.band_order)}")
+            if len(order) != len(set(order)) or not set(self.polarisations) <= set(order) or not set(order) <= set(POLARISATIONS):
+                raise UnosatError(f"discovery.band_order must name each of {list(self.polarisations)} once (and only vh/vv), "
+                                  f"got {list(self.band_order)}")
 
 
     def raw_input(self, fallback: RawInput | None = None) -> RawInput:
@@ -243,14 +252,14 @@ def discover_scenes(raw_dir: Path | str, config: DiscoveryConfig | None = None) 
             pols = {gd["pol"].lower(): (path, 1)}
         else:
             order = [b.lower() for b in config.band_order]
-            pols = {p: (path, order.index(p) + 1) for p in POLARISATIONS}
+            pols = {p: (path, order.index(p) + 1) for p in order}
         identity = (gd.get("mgrs") or gd.get("id") or "").upper()
         key = (
             scene_area(config, gd, rel, path),
             identity,
             gd.get("date") or "",
             gd.get("time") or None,
-            gd["pass"].upper() if gd.get("pass") else None,
+            PASS_NAMES.get(gd["pass"].upper(), gd["pass"].upper()) if gd.get("pass") else None,
         )
         for pol, src in pols.items():
             if pol in groups[key]:
@@ -275,12 +284,16 @@ def discover_scenes(raw_dir: Path | str, config: DiscoveryConfig | None = None) 
 
     scenes = []
     for (city, mgrs, date, time, orbit_pass), sources in groups.items():
-        for pol in POLARISATIONS:
+        for pol in config.polarisations:
             if pol not in sources:
                 other_pol = "vv" if pol == "vh" else "vh"
+                if other_pol not in sources:  # a single-polarisation scene of the other polarisation
+                    raise UnosatError(f"{next(iter(sources.values()))[0]}: no {pol.upper()} for this scene; "
+                                      f"discovery.polarisations={list(config.polarisations)} requires it")
                 raise UnosatError(
                     f"{sources[other_pol][0]}: no matching {pol.upper()} file for this {other_pol.upper()} file "
-                    f"(expected the same name with '{pol}' in place of '{other_pol}')"
+                    f"(expected the same name with '{pol}' in place of '{other_pol}'; for {other_pol.upper()}-only data "
+                    f"set discovery.polarisations=[{other_pol}] and bands={other_pol}_db or bands={other_pol})"
                 )
         scenes.append(Scene(city, mgrs, date, time, orbit_pass, dict(sources)))
     scenes.sort(key=lambda s: (s.city, s.scene_id))

@@ -69,7 +69,7 @@ class InputScene:
             if "vv" in self.recipe.bands:
                 return self.bands_path, self.recipe.bands.index("vv") + 1, self.recipe.units
             return self.bands_path, 1, self.recipe.units
-        path, band = self.scene.sources["vv"]
+        path, band = self.scene.sources.get("vv") or self.scene.sources["vh"]
         return path, band, self.raw.units
 
     @contextlib.contextmanager
@@ -115,13 +115,15 @@ class _RawBlock(PixelBlock):
         self.valid = valid_pixels(vh, vv, scene.vh_nodata, scene.vv_nodata)
 
     def bands(self, recipe: BandRecipe) -> np.ndarray:
-        stack, _, _ = polarisations_to_stack(self.vh, self.vv, recipe, self.scene.vh_nodata, self.scene.raw.units,
+        # only the polarisations the recipe needs: the same stack (and nodata) as prepare.py makes
+        vh, vv = (a if p in recipe.needs() else None for p, a in (("vh", self.vh), ("vv", self.vv)))
+        stack, _, _ = polarisations_to_stack(vh, vv, recipe, self.scene.vh_nodata, self.scene.raw.units,
                                              self.scene.vv_nodata)
         return stack
 
     def take(self, rows: np.ndarray, cols: np.ndarray) -> PixelBlock:
         index = np.ix_(rows, cols)
-        return _RawBlock(self.vh[index], self.vv[index], self.scene)
+        return _RawBlock(*(a[index] if a is not None else None for a in (self.vh, self.vv)), self.scene)
 
 
 class RawReader(SceneReader):
@@ -133,10 +135,9 @@ class RawReader(SceneReader):
 
     def read(self, window: Window) -> PixelBlock:
         pols = {}
-        for pol in ("vh", "vv"):
-            band = self.scene.scene.sources[pol][1]
+        for pol, (_, band) in self.scene.scene.sources.items():
             pols[pol] = read_window(self.srcs[pol], window, band).astype(np.float32, copy=False)
-        return _RawBlock(pols["vh"], pols["vv"], self.scene)
+        return _RawBlock(pols.get("vh"), pols.get("vv"), self.scene)
 
 
 class _PreparedBlock(PixelBlock):
@@ -276,7 +277,7 @@ def _prepared_scenes(dataset: PreparedDataset, selection: Selection) -> list[Inp
     scenes = []
     for rec in table.to_dict("records"):
         scene = Scene(rec["city"], rec["mgrs"], rec["date"], rec["time"] or None, rec["pass"] or None,
-                      {"vh": (Path(rec["vh_path"]), int(rec["vh_band"])), "vv": (Path(rec["vv_path"]), int(rec["vv_band"]))})
+                      {p: (Path(rec[f"{p}_path"]), int(rec[f"{p}_band"])) for p in ("vh", "vv") if rec[f"{p}_path"]})
         path = dataset.bands_path(rec["scene_id"])
         with open_raster(path) as src:
             grid = Grid.of(src)

@@ -64,6 +64,7 @@ from unosat.predict.probability import check_dtype, decode_probability, encode_p
 from unosat.predict.sliding_window import NodataSkip, SceneStats, WindowConfig, predict_scene
 from unosat.predict.tracking import TrackingConfig, log_evaluation
 from unosat.predict.vectorize import VectorizeConfig, vectorize
+from unosat.prepare.band_stack import check_scene_polarisations
 from unosat.prepare.labels import LabelsConfig
 from unosat.prepare.outputs import canonical, digest, needs_work
 from unosat.prepared import PreparedDataset
@@ -295,6 +296,10 @@ def run(cfg: DictConfig) -> dict | None:
     mismatch = str(cfg.get("input_mismatch", "refuse"))
     raw_input = resolve_raw_input(all_models, discovery, mismatch)
     kind, scenes = find_inputs(input_dir, selection, discovery, raw_input)
+    if kind == "raw":
+        for scene in scenes:
+            for m in all_models:
+                check_scene_polarisations(scene.scene, m.recipe, f"checkpoint {m.path or m.name}'s band recipe")
     if kind == "prepared":
         check_prepared_recipe(all_models, PreparedDataset(input_dir).recipe, input_dir)
         if mismatch == "refuse":

@@ -7,6 +7,7 @@ nodata mask carried with the scene. The files' values are checked against the co
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ class BandStackTask:
 def scene_grid(scene: Scene) -> Grid:
     """The grid shared by a scene's VV and VH files; error naming both files if they differ."""
     grids = {}
-    for pol in ("vh", "vv"):
+    for pol in sorted(scene.sources):
         path, band = scene.sources[pol]
         with open_raster(path) as src:
             if band > src.count:
@@ -48,6 +49,8 @@ def scene_grid(scene: Scene) -> Grid:
     for pol, grid in grids.items():
         if grid.crs is None:
             raise UnosatError(f"{scene.sources[pol][0]}: the raster has no CRS")
+    if len(grids) == 1:
+        return next(iter(grids.values()))
     diff = grids["vh"].differences(grids["vv"])
     if diff:
         raise UnosatError(
@@ -57,10 +60,23 @@ def scene_grid(scene: Scene) -> Grid:
     return grids["vv"]
 
 
+def check_scene_polarisations(scene: Scene, recipe: BandRecipe, what: str = "band recipe") -> None:
+    """Refuse a recipe that needs a polarisation the scene does not have, naming both."""
+    missing = [p for p in recipe.needs() if p not in scene.sources]
+    if missing:
+        has = "/".join(p.upper() for p in sorted(scene.sources))
+        raise UnosatError(f"scene {scene.scene_id} ({next(iter(scene.sources.values()))[0]}) has only {has}, but {what} "
+                          f"'{recipe.name}' {list(recipe.bands)} needs {missing[0].upper()}: use bands={has.lower()}_db "
+                          f"or bands={has.lower()} for single-polarisation data")
+
+
 def scene_nodata(scene: Scene, raw: RawInput) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Nodata values of the scene's VH and VV bands: the configured ones plus each file's own tag."""
     out = []
     for pol in ("vh", "vv"):
+        if pol not in scene.sources:
+            out.append(())
+            continue
         path, band = scene.sources[pol]
         with open_raster(path) as src:
             tag = src.nodatavals[band - 1] if band - 1 < len(src.nodatavals) else None
@@ -106,13 +122,16 @@ def make_band_stack(task: BandStackTask) -> dict:
     counts = {"n_valid": 0, "n_nodata": 0, "n_nonfinite": 0}
     profile = stack_profile(grid, task.recipe.count, "float32", float("nan"))
 
-    with open_raster(scene.sources["vh"][0]) as src_vh, open_raster(scene.sources["vv"][0]) as src_vv:
+    check_scene_polarisations(scene, task.recipe)
+    needed = task.recipe.needs()
+    with contextlib.ExitStack() as files:
+        srcs = {pol: files.enter_context(open_raster(scene.sources[pol][0])) for pol in needed}
 
         def blocks() -> Iterator[tuple[int, np.ndarray]]:
             for row_off, rows in row_blocks(grid.height, task.block_rows):
                 window = Window(0, row_off, grid.width, rows)
-                vh = read_window(src_vh, window, scene.sources["vh"][1])
-                vv = read_window(src_vv, window, scene.sources["vv"][1])
+                vh, vv = (read_window(srcs[p], window, scene.sources[p][1]) if p in srcs else None
+                          for p in ("vh", "vv"))
                 stack, valid, n_nonfinite = polarisations_to_stack(
                     vh, vv, task.recipe, vh_nodata, task.raw.units, vv_nodata
                 )
