@@ -318,3 +318,22 @@ def test_a_vv_only_pyrosar_file_is_found_prepared_and_predicted(vv_only_raw, tmp
         assert np.array_equal(src.read(1) == 255, vv == -99.0)
     with pytest.raises(UnosatError, match="needs VH"):  # a dual-polarisation checkpoint on VV-only scenes
         predict(tmp_path, toy(tmp_path, "db"), vv_only_raw, *vv_only, "output=" + str(tmp_path / "other"))
+
+
+def test_a_multiband_db_file_with_a_nodata_tag(tmp_path):
+    """One file per scene, VV and VH in dB, nodata tagged -32768 (an export with an integer-like fill): the tag is
+    nodata in both bands, 0 dB stays valid."""
+    from hydra.utils import instantiate
+
+    pols = backscatter(5, "db")
+    pols["vv"][:, :10] = pols["vh"][:, :10] = -32768.0
+    pols["vv"][40, 40] = 0.0  # 0 dB: valid
+    raw = tmp_path / "raw"
+    write(raw / "Ghana" / "Ghana_200001_S1Hand.tif", [pols["vv"], pols["vh"]], WGS84, DEG_TRANSFORM, nodata=-32768.0)
+    (scene,) = discover_scenes(raw, instantiate(compose_config("prepare", ["discovery=sen1floods11"]).discovery))
+    out = tmp_path / "prepared"
+    prepare(prepare_config(raw, out, "discovery=sen1floods11", "bands=db", "labels=none", "split.test_cities=[]"))
+    with rasterio.open(PreparedDataset(out).bands_path(scene.scene_id)) as src:
+        stack = src.read()
+    assert np.isnan(stack[:, :, :10]).all() and np.isfinite(stack[:, :, 10:]).all()
+    assert stack[1, 40, 40] == pytest.approx(0.0, abs=1e-5)
