@@ -24,6 +24,7 @@ import pandas as pd
 
 from unosat.bands import BandRecipe, Normalization
 from unosat.errors import UnosatError
+from unosat.raw_input import RawInput
 
 FORMAT = "unosat-prepared-dataset"
 FORMAT_VERSION = 1
@@ -103,9 +104,14 @@ class PreparedDataset:
     def recipe(self) -> BandRecipe:
         return BandRecipe.from_dict(self.manifest["recipe"])
 
+    def raw_input(self) -> RawInput:
+        """The raw-input settings (units, nodata) the band stacks were made with (``settings.discovery``)."""
+        return RawInput.from_dict(self.manifest.get("settings", {}).get("discovery", {}))
+
     def scenes(self) -> pd.DataFrame:
         self.require("scenes.csv")
-        return pd.read_csv(self.scenes_csv, dtype={"date": str, "time": str, "pass": str, "mgrs": str}, keep_default_na=False)
+        return pd.read_csv(self.scenes_csv, dtype={"scene_id": str, "city": str, "date": str, "time": str, "pass": str,
+                                                   "mgrs": str}, keep_default_na=False)
 
     def statistics(self) -> pd.DataFrame:
         """``statistics.csv``, every value checked (see :func:`read_statistics`)."""

@@ -52,7 +52,14 @@ from unosat.predict.aggregate import (
     vote,
 )
 from unosat.predict.distributed import Runtime, make_runtime
-from unosat.predict.ensemble import Ensemble, LoadedModel, check_prepared_recipe, load_model
+from unosat.predict.ensemble import (
+    Ensemble,
+    LoadedModel,
+    check_prepared_recipe,
+    check_raw_input,
+    load_model,
+    resolve_raw_input,
+)
 from unosat.predict.gate import TileGate
 from unosat.predict.inputs import InputScene, Selection, find_inputs
 from unosat.predict.onnx_network import OnnxOptions
@@ -60,9 +67,11 @@ from unosat.predict.probability import check_dtype, encode_probability, probabil
 from unosat.predict.sliding_window import NodataSkip, SceneStats, WindowConfig, predict_scene
 from unosat.predict.tracking import TrackingConfig, log_evaluation
 from unosat.predict.vectorize import VectorizeConfig, vectorize
+from unosat.prepare.band_stack import check_scene_polarisations
+from unosat.prepare.labels import LabelsConfig
 from unosat.prepare.outputs import canonical, digest, needs_work
 from unosat.prepared import PreparedDataset
-from unosat.scenes import find_label_file
+from unosat.scenes import find_label_file, find_raster_label
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +152,9 @@ class Settings:
         self.evaluation = OmegaConf.to_container(cfg.evaluation, resolve=True)
         self.quicklooks = bool(cfg.quicklooks)
         self.quicklook = OmegaConf.to_container(cfg.quicklook, resolve=True)
-        self.labels_template = str(cfg.labels.template)
-        self.labels_dirs = [Path(str(d)).expanduser() for d in (cfg.labels.dirs or [])]
+        self.labels: LabelsConfig = instantiate(cfg.labels)
+        self.labels_template = self.labels.template
+        self.labels_dirs = [Path(str(d)).expanduser() for d in self.labels.dirs]
         self.precision = str(cfg.trainer.get("precision", "32-true"))
         gate = cfg.get("gate") or {}
         self.gate_ckpt = Path(str(gate.ckpt)).expanduser() if gate.get("ckpt") else None
@@ -355,15 +365,26 @@ def predict(cfg: DictConfig, out_dir: Path, state: dict) -> dict | None:
     if gate_model is not None:
         settings.gate_sha256 = gate_model.sha256
     input_dir, selection = resolve_input(cfg)
-    kind, scenes = find_inputs(input_dir, selection, instantiate(cfg.discovery))
+    all_models = models + ([gate_model] if gate_model else [])
+    discovery = instantiate(cfg.discovery)
+    mismatch = str(cfg.get("input_mismatch", "refuse"))
+    raw_input = resolve_raw_input(all_models, discovery, mismatch)
+    kind, scenes = find_inputs(input_dir, selection, discovery, raw_input)
+    if kind == "raw":
+        for scene in scenes:
+            for m in all_models:
+                check_scene_polarisations(scene.scene, m.recipe, f"checkpoint {m.path or m.name}'s band recipe")
     if kind == "prepared":
-        check_prepared_recipe(models + ([gate_model] if gate_model else []), PreparedDataset(input_dir).recipe, input_dir)
+        check_prepared_recipe(all_models, PreparedDataset(input_dir).recipe, input_dir)
+        if mismatch == "refuse":
+            check_raw_input(all_models, PreparedDataset(input_dir).raw_input(), f"the prepared dataset {input_dir}")
     cities = group_by_city(scenes)
     if settings.aggregate.method != "none":
         for city, members in cities.items():
             check_same_grid(city, {s.scene_id: s.grid for s in members})
     if settings.vectorize:
         settings.vector_config()
+    truth = find_truth(cities, kind, input_dir, settings) if settings.evaluate else {}
     settings_dict = settings.to_dict(input_dir, kind, models)
     previous, replace_failed = check_output_dir(out_dir, settings_dict, settings.overwrite)
     if replace_failed:
@@ -411,11 +432,11 @@ def predict(cfg: DictConfig, out_dir: Path, state: dict) -> dict | None:
     products = make_products(cities, paths, params, settings)
     timings = {"scenes_s": seconds_scenes, "products_s": time.perf_counter() - t_products}
     if settings.evaluate:
-        manifest["evaluation"] = evaluate_products(products, cities, paths, settings)
+        manifest["evaluation"] = evaluate_products(products, truth, paths, settings)
         manifest["tracking"] = log_evaluation(manifest["evaluation"], out_dir / EVALUATION, models, settings.tracking,
                                               out_dir)
     if settings.quicklooks:
-        write_quicklooks(products, cities, paths, settings)
+        write_quicklooks(products, cities, paths, settings, truth)
     manifest["products"] = products
     if previous is not None:  # the directory also holds what earlier runs predicted (e.g. other cities)
         manifest["scenes"] = merge_records(previous.get("scenes", []), manifest["scenes"], "scene_id")
@@ -581,28 +602,67 @@ def city_product(city: str, members: list[InputScene], paths: OutputPaths, param
             "remade": remade, "seconds": time.perf_counter() - t0}
 
 
-def label_file(scene: InputScene, settings: Settings) -> Path:
+def label_file(scene: InputScene, settings: Settings, kind: str = "raw", input_dir: Path | None = None) -> Path:
+    """The truth of ``scene`` for evaluation: its city's label vectors, its label raster, or (``labels=prepared``)
+    the prepared dataset's mask. Raises :class:`UnosatError` saying what was looked for where."""
+    source = settings.labels.source
+    if source == "prepared":
+        if kind != "prepared":
+            raise UnosatError(f"labels=prepared scores against a prepared dataset's masks, but input {input_dir} holds "
+                              "raw scenes: use labels=vector or labels=raster")
+        dataset = PreparedDataset(input_dir)
+        if dataset.manifest.get("settings", {}).get("labels", {}).get("source") == "none":
+            raise UnosatError(f"evaluate=true, labels=prepared: {input_dir} was prepared without labels (labels=none)")
+        path = dataset.mask_path(scene.scene_id)
+        if not path.is_file():
+            raise UnosatError(f"evaluate=true, labels=prepared: {path} is missing; run prepare.py's labels step on "
+                              f"{input_dir}")
+        return path
     dirs = settings.labels_dirs or list(scene.label_dirs)
+    where = ", ".join(map(str, dirs)) or "(no directory: set labels.dirs)"
+    if source == "raster":
+        found = find_raster_label(dirs, settings.labels_template, scene.scene)
+        if found is None:
+            raise UnosatError(f"evaluate=true: no label raster {settings.labels_template.format(**scene.scene.fields())} "
+                              f"for scene {scene.scene_id} of {scene.city} under {where}")
+        return found
     found = find_label_file(dirs, settings.labels_template, scene.scene)
     if found is None:
         stem = settings.labels_template.format(**scene.scene.fields())
-        raise UnosatError(f"evaluate=true: no label file {stem}.<shp|gpkg|geojson|...> for {scene.city} under "
-                          f"{', '.join(map(str, dirs)) or '(no directory: set labels.dirs)'}")
+        raise UnosatError(f"evaluate=true: no label file {stem}.<shp|gpkg|geojson|...> for {scene.city} under {where}")
     return found
 
 
-def evaluate_products(products: list[dict], cities: dict[str, list[InputScene]], paths: OutputPaths,
-                      settings: Settings) -> dict:
-    """Scores of every product against its city's label vectors; written to ``evaluation.json``."""
+def find_truth(cities: dict[str, list[InputScene]], kind: str, input_dir: Path, settings: Settings) -> dict[str, Path]:
+    """Every product's truth, found and opened before anything is predicted: product name -> label file.
+
+    A city product is scored against its first acquisition's labels (the city's label vectors; with label
+    rasters, the first acquisition's raster); with ``aggregate.method=none`` each scene against its own.
+    """
+    from unosat.predict.evaluate import label_reader
+
+    truth = {}
+    for city, members in cities.items():
+        per_scene = settings.aggregate.method == "none"
+        for scene in members if per_scene else members[:1]:
+            path = label_file(scene, settings, kind, input_dir)
+            with label_reader(path, scene.grid, settings.labels, bool(settings.evaluation["all_touched"]), scene.scene_id):
+                pass  # opens it: a missing CRS, an unreadable file or no feature fails here, before predicting
+            truth[scene.scene_id if per_scene else city] = path
+    return truth
+
+
+def evaluate_products(products: list[dict], truth: dict[str, Path], paths: OutputPaths, settings: Settings) -> dict:
+    """Scores of every product against its truth (:func:`find_truth`); written to ``evaluation.json``."""
     from unosat.predict.evaluate import evaluate_city, evaluation_report, evaluation_table
 
-    scenes = {s.scene_id: s for members in cities.values() for s in members}
     per_product = {}
     for p in products:
-        labels = label_file(scenes[p["scenes"][0]], settings)
+        labels = truth[p["name"]]
         per_product[p["name"]] = evaluate_city(Path(p["mask"]), Path(p["polygons"]), labels,
                                                all_touched=bool(settings.evaluation["all_touched"]),
-                                               iou_threshold=float(settings.evaluation["iou_threshold"]))
+                                               iou_threshold=float(settings.evaluation["iou_threshold"]),
+                                               labels=settings.labels)
         p["labels"] = str(labels)
     report = evaluation_report(per_product)
     write_json_atomic(paths.root / EVALUATION, report)
@@ -611,7 +671,7 @@ def evaluate_products(products: list[dict], cities: dict[str, list[InputScene]],
 
 
 def write_quicklooks(products: list[dict], cities: dict[str, list[InputScene]], paths: OutputPaths,
-                     settings: Settings) -> None:
+                     settings: Settings, truth: dict[str, Path] | None = None) -> None:
     """A PNG per product: the first acquisition's VV backscatter with predicted (and true) buildings."""
     from unosat.predict.quicklook import quicklook
 
@@ -619,10 +679,10 @@ def write_quicklooks(products: list[dict], cities: dict[str, list[InputScene]], 
     for p in products:
         scene = scenes[p["scenes"][0]]
         image, band, units = scene.quicklook_source()
-        truth = p.get("labels")
-        if truth is None and settings.evaluate:
-            truth = str(label_file(scene, settings))
+        labels = p.get("labels") or (truth or {}).get(p["name"])
+        if labels is not None and settings.labels.source != "vector":
+            labels = None  # quicklooks outline label polygons only
         out = paths.root / QUICKLOOK_DIR / f"{p['name']}.png"
-        quicklook(image, band, units, out, predicted=Path(p["mask"]), truth=Path(truth) if truth else None,
+        quicklook(image, band, units, out, predicted=Path(p["mask"]), truth=Path(labels) if labels else None,
                   max_px=int(settings.quicklook["max_px"]), title=f"{p['name']}: predicted buildings")
         p["quicklook"] = str(out)

@@ -86,7 +86,7 @@ def prepare_steps(cfg: DictConfig, raw_dir: Path, out_dir: Path, requested: list
     dataset = PreparedDataset(out_dir)
     settings = {
         "recipe": recipe.to_dict(),
-        "discovery": {k: v for k, v in asdict(discovery).items() if k != "exclude"},
+        "discovery": discovery.settings(),
         "labels": {k: v for k, v in asdict(labels).items() if k != "dirs"},
         "tiling": asdict(tiling),
         "split": {"test_cities": sorted(test_cities), "folds": folds},
@@ -120,16 +120,24 @@ def prepare_steps(cfg: DictConfig, raw_dir: Path, out_dir: Path, requested: list
         write_manifest(dataset, settings, scenes, raw_dir, done, timings)
 
     if "bands" in steps:
-        tasks = [BandStackTask(s, dataset.bands_path(s.scene_id), recipe, tuple(discovery.nodata_values),
-                               discovery.units, block_rows, overwrite) for s in scenes]
+        raw_input = discovery.raw_input()
+        tasks = [BandStackTask(s, dataset.bands_path(s.scene_id), recipe, raw_input, block_rows, overwrite,
+                               discovery.units_check) for s in scenes]
         update_scenes_table(dataset, map_scenes(make_band_stack, tasks, workers, "bands"))
         step_done("bands")
 
     if "labels" in steps:
+        if labels.source == "prepared":
+            raise UnosatError("labels=prepared reads a prepared dataset's masks for predict.py evaluate=true; "
+                              "prepare.py takes labels=vector or labels=raster")
         dataset.require("scenes.csv", "bands")
         dirs = [Path(d) for d in (labels.dirs or [raw_dir])]
         tasks = []
         for s in scenes:
+            if labels.source == "none":
+                tasks.append(LabelTask(s.scene_id, dataset.bands_path(s.scene_id), None, dataset.mask_path(s.scene_id),
+                                       labels, block_rows, overwrite))
+                continue
             if labels.source == "vector":
                 path = find_label_file(dirs, labels.template, s)
                 what = f"{labels.template.format(**s.fields())}.<shp|gpkg|geojson|...>"
@@ -143,9 +151,16 @@ def prepare_steps(cfg: DictConfig, raw_dir: Path, out_dir: Path, requested: list
                                    labels, block_rows, overwrite))
         records = map_scenes(make_label_mask, tasks, workers, "labels")
         for r, t in zip(records, tasks):
-            r["label_file"] = str(t.label_path)
+            r["label_file"] = str(t.label_path) if t.label_path is not None else ""
+            r["labelled"] = t.label_path is not None
         update_scenes_table(dataset, records)
         step_done("labels")
+
+    if labels.source == "none":
+        for step in ("quality", "report"):
+            if step in steps:
+                log.info("labels=none: step %s skipped (it compares images with labels)", step)
+        steps = [step for step in steps if step not in ("quality", "report")]
 
     if "quality" in steps:
         dataset.require("scenes.csv", "bands", "masks")
@@ -179,7 +194,8 @@ def prepare_steps(cfg: DictConfig, raw_dir: Path, out_dir: Path, requested: list
         tasks = [
             StatsTask(sid, dataset.bands_path(sid), dataset.mask_path(sid),
                       tuple((r.tile_id, r.row_off, r.col_off, r.height, r.width) for r in group.itertuples()),
-                      recipe.bands, dataset.scene_stats_dir / f"{sid}.json", stats_cfg, overwrite)
+                      recipe.bands, dataset.scene_stats_dir / f"{sid}.json", stats_cfg, overwrite,
+                      labelled=labels.source != "none")
             for sid, group in tiles.groupby("scene_id", sort=True)
         ]
         rows = [row for part in map_scenes(scene_tile_statistics, tasks, workers, "stats") for row in part]
@@ -188,6 +204,8 @@ def prepare_steps(cfg: DictConfig, raw_dir: Path, out_dir: Path, requested: list
         table = merge_statistics(tiles, rows, fold_of_city, quality)
         write_csv_atomic(dataset.statistics_csv, table)
         train = table[(table["split"] == "train") & (table["scheme"] == "train") & ~table["skip"]]
+        if train.empty and labels.source == "none":
+            train = table[(table["scheme"] == "train") & ~table["skip"]]  # normalisation over every valid tile
         if train.empty:
             raise UnosatError(f"no usable training tile: every city is a test city or every tile is skipped "
                               f"(test cities {test_cities}, stats.min_valid_fraction {stats_cfg.min_valid_fraction})")

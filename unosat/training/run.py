@@ -137,10 +137,10 @@ def train(cfg: DictConfig, ckpt_path: Path | None, checkpoint: dict | None) -> f
     summary: dict = {"output_dir": str(output_dir), "model": model_cfg.get("_target_")}
     if cfg.get("baseline", True) and trainer.is_global_zero and task == "segmentation":
         base = vv_threshold_baseline(datamodule.train_dataset, datamodule.val_dataset)
-        summary["baseline"] = {"vv_threshold_db": base.threshold_db, "train_iou_building": base.train_iou,
-                               "val_iou_building": base.val_iou}
-        log.info("baseline (one VV threshold at %.2f dB chosen on the training tiles): val building IoU %.4f",
-                 base.threshold_db, base.val_iou)
+        summary["baseline"] = {"vv_threshold_db": base.threshold_db, "direction": base.direction,
+                               "train_iou_building": base.train_iou, "val_iou_building": base.val_iou}
+        log.info("baseline (one VV threshold, target %s %.2f dB, chosen on the training tiles): val building IoU %.4f",
+                 base.direction, base.threshold_db, base.val_iou)
         for lg in loggers:
             lg.log_metrics({"baseline/val_iou_building": base.val_iou, "baseline/vv_threshold_db": base.threshold_db}, step=0)
 
