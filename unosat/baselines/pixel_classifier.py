@@ -40,7 +40,8 @@ class PixelLogisticRegression(nn.Module):
         num_classes: must be 2.
 
     Buffers (all float32): ``feature_mean`` and ``feature_std`` (F,), ``weight`` (F,), ``bias`` (1,), with
-    ``F = in_channels * (1 + 2 * len(windows))``. As built: mean 0, std 1, weight 0, bias 0 (probability 0.5).
+    ``F = in_channels * (1 + 2 * len(windows))``. As built: mean 0, std 1, weights drawn as ``nn.Linear``'s
+    (uniform in +-1/sqrt(F), torch's generator), bias 0.
     """
 
     task = "segmentation"
@@ -55,7 +56,9 @@ class PixelLogisticRegression(nn.Module):
         n = feature_count(self.in_channels, self.windows)
         self.register_buffer("feature_mean", torch.zeros(n))
         self.register_buffer("feature_std", torch.ones(n))
-        self.register_buffer("weight", torch.zeros(n))
+        # unfitted, it is like an untrained linear layer (nn.Linear's default range), not a constant
+        bound = 1.0 / math.sqrt(n)
+        self.register_buffer("weight", torch.empty(n).uniform_(-bound, bound))
         self.register_buffer("bias", torch.zeros(1))
 
     def spec(self) -> dict:

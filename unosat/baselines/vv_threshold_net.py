@@ -6,10 +6,9 @@ un-normalise, ``10 log10`` of linear power clamped at ``db_floor``, dB stacks cl
 the threshold is the one :func:`unosat.training.baseline.vv_threshold_baseline` chose in dB on the training
 tiles.
 
-Output: logits (N, 2, H, W) ``[0, sharpness * (vv_db - threshold_db)]``: the building probability is
-``sigmoid(sharpness * (vv_db - threshold_db))``, >= 0.5 exactly where ``vv_db >= threshold_db``. The
-sharpness (per dB) only makes the probability saturate so that its uint8 encoding (p * 254) does not move the
-decision by more than ``log(127) / sharpness`` dB.
+Output: logits (N, 2, H, W) ``[0, +confidence]`` where ``vv_db >= threshold_db`` and ``[0, -confidence]``
+elsewhere: a step, so the decision is exactly the threshold's whatever the probability encoding (uint8
+p * 254), and a float rounding of the input can only matter for pixels at the threshold itself.
 """
 
 from __future__ import annotations
@@ -34,27 +33,27 @@ class VVThresholdNet(nn.Module):
         input_recipe: ``{"bands", "units", "mean", "std"}`` of the input (as train.py fills it for GSCNN);
             None: channel 0 of the input is thresholded as it comes (normalised; for unit tests).
         band: the band thresholded (``vv``).
-        sharpness: logit per dB (see the module docstring).
+        confidence: the building logit's magnitude (10: probabilities 0.99995 and 0.00005).
         num_classes: must be 2.
     """
 
     task = "segmentation"
 
     def __init__(self, in_channels: int, threshold_db: float = 0.0, input_recipe: dict | None = None,
-                 band: str = "vv", sharpness: float = 1000.0, num_classes: int = len(CLASS_NAMES)) -> None:
+                 band: str = "vv", confidence: float = 10.0, num_classes: int = len(CLASS_NAMES)) -> None:
         super().__init__()
         if int(num_classes) != len(CLASS_NAMES):
             raise UnosatError(f"VV-threshold baseline: num_classes must be {len(CLASS_NAMES)}, got {num_classes}")
-        if not float(sharpness) > 0:
-            raise UnosatError(f"VV-threshold baseline: sharpness must be positive, got {sharpness}")
+        if not float(confidence) > 0:
+            raise UnosatError(f"VV-threshold baseline: confidence must be positive, got {confidence}")
         if input_recipe is not None and len(input_recipe.get("bands", ())) != int(in_channels):
             raise UnosatError(f"VV-threshold baseline: in_channels={in_channels} but the recipe has bands "
                               f"{input_recipe.get('bands')}")
         self.in_channels = int(in_channels)
         self.threshold_db = float(threshold_db)
-        self.sharpness = float(sharpness)
+        self.confidence = float(confidence)
         self.args = {"in_channels": self.in_channels, "threshold_db": self.threshold_db,
-                     "input_recipe": input_recipe, "band": band, "sharpness": self.sharpness}
+                     "input_recipe": input_recipe, "band": band, "confidence": self.confidence}
         # used only for its band_db (un-normalise, to dB, floor); sigma 0: no smoothing
         self.band_db = gradient_for_recipe(input_recipe, band, DB_FLOOR, 0.0, 1.0).band_db
 
@@ -63,7 +62,8 @@ class VVThresholdNet(nn.Module):
         if x.shape[1] != self.in_channels:
             raise UnosatError(f"VV-threshold baseline: expected {self.in_channels} bands, got {x.shape[1]}")
         with torch.autocast(device_type=x.device.type, enabled=False):
-            building = self.sharpness * (self.band_db(x.float()) - self.threshold_db)
+            above = self.band_db(x.float()) >= self.threshold_db
+            building = torch.where(above, self.confidence, -self.confidence).to(torch.float32)
             return torch.cat([torch.zeros_like(building), building], dim=1).contiguous()
 
     def spec(self) -> dict:
@@ -71,7 +71,7 @@ class VVThresholdNet(nn.Module):
         return {"name": "vv_threshold", "args": dict(self.args)}
 
     def extra_repr(self) -> str:
-        return f"threshold_db={self.threshold_db:.3f}, sharpness={self.sharpness}"
+        return f"threshold_db={self.threshold_db:.3f}, confidence={self.confidence}"
 
 
 def fit_vv_threshold_net(datamodule) -> tuple[VVThresholdNet, dict]:
