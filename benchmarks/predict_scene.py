@@ -18,7 +18,19 @@ Vectorisation: ``unosat.predict.vectorize.vectorize`` on a mask of building bloc
 pixels), against ``rasterio.features.shapes`` over the whole mask in memory (GDAL's polygonize, nothing
 written).
 
+Engines (``--engines``, issue 14): the same scene (``--engine-size``) predicted by ``predict.py`` with the
+checkpoint (torch eager, channels-last, as by default) and with its ONNX export (``python -m unosat.export``,
+onnxruntime CPU), at 1 and 2 threads, each in a fresh child: megapixels per second of the forward passes and
+of the whole prediction, and peak RSS; the speed-up is onnxruntime over torch at the same thread count (goal
+>= 1.3x for the default model, ``train.py``'s ``model``, or ``--model``). Agreement: on a scene of the demo
+dataset (the project's generator) both engines run ``predict_scene`` in one process and the float32
+probabilities are compared (goal: max abs difference <= 1e-4; masks identical except where p is within 1e-4
+of the threshold). The network has PyTorch's default initialisation with its head scaled so that the
+building probability varies over the scene (an untrained LW-RefineNet predicts 0.5 everywhere, which would
+make the mask comparison empty); speed does not depend on the weights.
+
     python benchmarks/predict_scene.py [--sizes 2048 4096] [--full-width 10980] [--workdir /tmp/unosat-bench-predict]
+    python benchmarks/predict_scene.py --engines-only [--engine-size 2048] [--model lwrefinenet]
 """
 
 from __future__ import annotations
@@ -54,6 +66,57 @@ def write_checkpoint(path: Path) -> Path:
         "unosat": {"model": {"_target_": "unosat.models.LWRefineNet", "in_channels": 3, "num_classes": 2},
                    "data": {"recipe": {"name": "db", "bands": ["vh", "vv", "mean"], "units": "db", "db_floor": 1e-8},
                             "normalization": {"mean": list(DB_MEAN), "std": list(DB_STD), "fill": 0.0},
+                            "tile_size": 512, "classes": ["background", "building"], "ignore_index": 255}},
+    }, path)
+    return path
+
+
+def default_model_name() -> str:
+    """The registry name of ``train.py``'s default model."""
+    from unosat.config import compose_config
+    from unosat.models.registry import name_of_target
+
+    return name_of_target(str(compose_config("train", []).model._target_)) or "lwrefinenet"
+
+
+def write_engine_checkpoint(path: Path, name: str, raw: Path) -> Path:
+    """Network ``name`` (3 dB bands) as train.py writes it, PyTorch's default initialisation, the last
+    2-channel convolution scaled so that building - background logit has mean 0 and std 2 on a window of the
+    scene under ``raw`` (see the module docstring)."""
+    import torch
+
+    from unosat.bands import BandRecipe, Normalization
+    from unosat.models.registry import build_network
+
+    recipe = {"name": "db", "bands": ["vh", "vv", "mean"], "units": "db", "db_floor": 1e-8}
+    spec = {"name": name, "args": {"in_channels": 3, "num_classes": 2}}
+    torch.manual_seed(0)
+    net = build_network(spec)
+    for module in net.modules():
+        if module is not net and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    net.eval()
+    from rasterio.windows import Window
+
+    scene = demo_scene(raw)
+    with scene.open() as reader:
+        block = reader.read(Window(0, 0, min(512, scene.grid.width), min(512, scene.grid.height)))
+        x = Normalization(DB_MEAN, DB_STD).apply(block.bands(BandRecipe.from_dict(recipe)), channel_axis=0)
+    heads = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.out_channels == 2]
+    with torch.inference_mode():
+        out = net(torch.from_numpy(x)[None])
+        logits = out[0] if isinstance(out, tuple) else out
+        head = heads[-1]
+        bias = head.bias if head.bias is not None else torch.zeros(2)
+        diff = (logits[:, 1] - logits[:, 0] - (bias[1] - bias[0]))[:, torch.from_numpy(block.valid)]
+        k = 2.0 / max(float(diff.std()), 1e-6)
+        head.weight.mul_(k)
+        if head.bias is not None:
+            head.bias.copy_(torch.tensor([0.0, -k * float(diff.mean())]))
+    torch.save({
+        "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+        "unosat": {"model": spec, "task": "segmentation",
+                   "data": {"recipe": recipe, "normalization": {"mean": list(DB_MEAN), "std": list(DB_STD), "fill": 0.0},
                             "tile_size": 512, "classes": ["background", "building"], "ignore_index": 255}},
     }, path)
     return path
@@ -108,13 +171,18 @@ def child_predict(args) -> dict:
     from unosat.config import compose_config
     from unosat.predict.run import run
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     forward: list[float] = []
     time_forward_passes(forward)
-    bare_forward_seconds(args.batch_size, args.window, args.batch_size)  # warm-up of the kernels
+    onnx = str(args.ckpt).endswith(".onnx")
+    if not onnx:
+        bare_forward_seconds(args.batch_size, args.window, args.batch_size)  # warm-up of the kernels
     cfg = compose_config("predict", [
         f"ckpt={args.ckpt}", f"input={args.input}", f"output={args.output}", "overwrite=true",
         f"window.size={args.window}", f"window.overlap={args.overlap}", f"window.batch_size={args.batch_size}",
         "tta=none", "aggregate.method=none", "vectorize=false", f"paths.output_dir={args.output}",
+        f"onnxruntime.threads={args.threads or 'null'}", "onnxruntime.providers=[CPUExecutionProvider]",
     ])
     runs = []
     for _ in range(args.repeats):
@@ -123,10 +191,49 @@ def child_predict(args) -> dict:
         runs.append((scene["seconds"], sum(forward), scene["forward_passes"]))
     peak = peak_rss_mb()
     seconds, forward_s, passes = min(runs)
+    if onnx:
+        return {"seconds": seconds, "forward_s": forward_s, "forward_passes": passes, "runs": runs,
+                "windows": scene["windows_predicted"], "pixels": scene["pixels"], "peak_rss_mb": peak,
+                "threads": torch.get_num_threads()}
     replay = bare_forward_seconds(scene["windows_predicted"], args.window, args.batch_size)
     return {"seconds": seconds, "forward_s": forward_s, "forward_passes": passes, "replay_s": replay,
             "runs": runs, "windows": scene["windows_predicted"], "pixels": scene["pixels"], "peak_rss_mb": peak,
             "threads": torch.get_num_threads()}
+
+
+def child_export(args) -> dict:
+    """``python -m unosat.export`` of ``args.ckpt`` to ``args.output`` (what it reports)."""
+    from unosat.config import compose_config
+    from unosat.export.run import run
+
+    return run(compose_config("export", [f"ckpt={args.ckpt}", f"output={args.output}", "overwrite=true",
+                                         f"paths.output_dir={Path(args.output).parent / 'export_hydra'}"]))
+
+
+def child_agree(args) -> dict:
+    """Both engines on one demo scene through ``predict_scene`` (same windows, blending): float32 probabilities
+    compared."""
+    from unosat.predict.distributed import Runtime
+    from unosat.predict.ensemble import Ensemble, load_model
+    from unosat.predict.sliding_window import WindowConfig, predict_scene
+
+    scene = demo_scene(Path(args.input))
+    config = WindowConfig(size=args.window, overlap=args.overlap, batch_size=args.batch_size)
+    probs = []
+    for path in (args.ckpt, args.onnx):
+        ensemble = Ensemble([load_model(path)], Runtime(None, channels_last=True), "none")
+        with scene.open() as reader:
+            probs.append(np.concatenate([p for _, p in predict_scene(reader, ensemble, config)]))
+    a, b = probs
+    both = np.isfinite(a) & np.isfinite(b)
+    diff = np.abs(a - b)[both]
+    masks_differ = (a >= args.threshold) != (b >= args.threshold)
+    near = np.abs(a - args.threshold) <= 1e-4
+    return {"scene": scene.scene_id, "pixels": int(a.size), "valid": int(both.sum()),
+            "nodata_equal": bool(np.array_equal(np.isnan(a), np.isnan(b))), "max_abs_diff": float(diff.max()),
+            "mean_abs_diff": float(diff.mean()), "p_std": float(a[both].std()),
+            "mask_differences": int((masks_differ & both).sum()),
+            "mask_differences_not_near_threshold": int((masks_differ & both & ~near).sum())}
 
 
 def child_forward(args) -> dict:
@@ -216,18 +323,30 @@ def main() -> None:
     parser.add_argument("--overlap", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--child", choices=("predict", "forward"))
+    parser.add_argument("--engines", action=argparse.BooleanOptionalAction, default=True,
+                        help="also torch eager vs onnxruntime (needs the .[export] extra)")
+    parser.add_argument("--engines-only", action="store_true", help="only the engine comparison")
+    parser.add_argument("--engine-size", type=int, default=2048, help="square scene (px) of the engine comparison")
+    parser.add_argument("--engine-threads", type=int, nargs="+", default=(1, 2))
+    parser.add_argument("--model", default=None, help="registry name of the network compared (default: train.py's)")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument("--child", choices=("predict", "forward", "export", "agree"))
+    parser.add_argument("--onnx")
     parser.add_argument("--ckpt")
     parser.add_argument("--input")
     parser.add_argument("--output")
     args = parser.parse_args()
 
     if args.child:
-        result = child_predict(args) if args.child == "predict" else child_forward(args)
-        print(json.dumps(result))
+        children = {"predict": child_predict, "forward": child_forward, "export": child_export, "agree": child_agree}
+        print(json.dumps(children[args.child](args)))
         return
 
     args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.engines_only:
+        engines(args)
+        return
     ckpt = write_checkpoint(args.workdir / "lwrefinenet_db.ckpt")
     common = {"window": args.window, "overlap": args.overlap, "batch_size": args.batch_size}
     scenes = [(n, n) for n in args.sizes] + ([(1024, args.full_width)] if args.full_width else [])
@@ -267,6 +386,69 @@ def main() -> None:
           f"{vec['seconds']:.2f} s = {per_mpx:.2f} s per million building px; "
           f"rasterio.features.shapes in memory (baseline, nothing written): {vec['shapes_s']:.2f} s "
           f"({vec['shapes_n']:,} polygons), ratio {vec['seconds'] / vec['shapes_s']:.2f}")
+    if args.engines:
+        print()
+        engines(args)
+
+
+def demo_scene_dir(workdir: Path) -> Path:
+    """Raw scenes of the demo dataset (the project's generator, default settings), generated once."""
+    from unosat.config import compose_config
+    from unosat.synthetic import DemoSpec, generate_demo
+
+    raw = workdir / "demo_raw"
+    if not raw.exists():
+        generate_demo(raw, DemoSpec.from_config(compose_config("prepare", []).demo))
+    return raw
+
+
+def demo_scene(raw: Path):
+    """The first acquisition of the demo's held-out city (an :class:`unosat.predict.inputs.InputScene`)."""
+    from unosat.config import compose_config
+    from unosat.predict.inputs import Selection, find_inputs
+    from unosat.scenes import DiscoveryConfig
+
+    city = str(compose_config("predict", []).demo_cities[0])
+    return find_inputs(raw, Selection(cities=(city,)), DiscoveryConfig())[1][0]
+
+
+def engines(args) -> None:
+    """torch eager vs onnxruntime: throughput at each thread count, peak RSS, and agreement (module docstring)."""
+    name = args.model or default_model_name()
+    demo = demo_scene_dir(args.workdir)
+    ckpt = write_engine_checkpoint(args.workdir / f"{name}_engines.ckpt", name, demo)
+    onnx = args.workdir / f"{name}_engines.onnx"
+    exported = spawn("export", ckpt=ckpt, output=onnx)
+    common = {"window": args.window, "overlap": args.overlap, "batch_size": args.batch_size}
+    raw = args.workdir / f"scene_{args.engine_size}x{args.engine_size}"
+    if not raw.exists():
+        write_scene(raw, args.engine_size, args.engine_size)
+    rows, results = [], {}
+    for threads in args.engine_threads:
+        for engine, model in (("torch eager", ckpt), ("onnxruntime", onnx)):
+            results[engine, threads] = r = spawn(
+                "predict", ckpt=model, input=raw, output=args.workdir / f"out_engine_{threads}_{engine[:5]}",
+                repeats=args.repeats, threads=threads, **common)
+            mp = r["pixels"] / 1e6
+            base = results["torch eager", threads]
+            rows.append((engine, threads, r["windows"], f"{mp / r['forward_s']:.3f}", f"{mp / r['seconds']:.3f}",
+                         f"{base['forward_s'] / r['forward_s']:.2f}x", f"{base['seconds'] / r['seconds']:.2f}x",
+                         f"{r['peak_rss_mb']:.0f}"))
+    agree = spawn("agree", ckpt=ckpt, onnx=onnx, input=demo, threshold=args.threshold, **common)
+    print(f"machine: {machine()}")
+    print(f"{name} (3 dB bands; ONNX: VH/VV in, recipe inside, opset {exported['opset']}, "
+          f"{exported['bytes'] / 1e6:.1f} MB), {args.engine_size}^2 scene, window {args.window}, overlap {args.overlap}, "
+          f"batch {args.batch_size}, TTA none, COGs written; best of {args.repeats}\n")
+    print(table(rows, ("engine", "threads", "windows", "forward MP/s", "predict MP/s", "forward speed-up",
+                       "predict speed-up", "peak RSS MB")))
+    goal = min(results["torch eager", t]["seconds"] / results["onnxruntime", t]["seconds"] for t in args.engine_threads)
+    print(f"\nonnxruntime / torch eager, whole prediction, worst thread count: {goal:.2f}x "
+          f"(goal >= 1.3x: {'met' if goal >= 1.3 else 'NOT met'})")
+    print(f"agreement on demo scene {agree['scene']} ({agree['valid']:,} valid px, p std {agree['p_std']:.3f}): "
+          f"max |p_torch - p_onnx| = {agree['max_abs_diff']:.2e} (mean {agree['mean_abs_diff']:.1e}; goal <= 1e-4: "
+          f"{'met' if agree['max_abs_diff'] <= 1e-4 else 'NOT met'}); nodata identical: {agree['nodata_equal']}; "
+          f"mask pixels that differ at threshold {args.threshold}: {agree['mask_differences']} "
+          f"({agree['mask_differences_not_near_threshold']} with p farther than 1e-4 from it)")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -561,7 +562,9 @@ def test_checkpoint_missing_or_not_unosat(tiny_raw_session, tmp_path):
         run(predict_cfg(tmp_path / "o", f"ckpt={text}", f"input={tiny_raw_session}"))
     with pytest.raises(UnosatError, match=r"ckpt=null: no best-\*.ckpt .* python train.py"):
         run(predict_cfg(tmp_path / "o", f"input={tiny_raw_session}", log_dir=tmp_path / "no_logs"))
-    assert not (tmp_path / "o").exists()
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["predict.json"]  # the failure, and nothing else
+    manifest = json.loads((tmp_path / "o" / "predict.json").read_text())
+    assert manifest["status"] == "failed" and manifest["reason"].startswith("ckpt=null: no best-*.ckpt")
 
 
 def test_checkpoint_recipe_must_match_a_prepared_dataset(best_ckpt, tiny_prepared, tmp_path):
@@ -628,6 +631,41 @@ def test_an_output_made_with_other_settings_or_not_a_prediction_is_refused(demo_
     assert (foreign / "notes.txt").read_text() == "mine" and (foreign / "predict.json").is_file()
 
 
+def test_a_failed_prediction_records_why_and_the_same_command_runs_after_the_fix(best_ckpt, tiny_raw, tmp_path):
+    scene = next(s for s in discover_scenes(tiny_raw) if s.scene_id == SAMAWAH[1])
+    good = scene.vv.read_bytes()
+    scene.vv.write_bytes(good[: len(good) * 2 // 3])  # a truncated input
+    out = tmp_path / "o"
+    args = [f"ckpt={best_ckpt}", f"input={tiny_raw}", "cities=[Samawah]", "vectorize=false"]
+    with pytest.raises(UnosatError, match=rf"{scene.vv.name}"):
+        run(predict_cfg(out, *args))
+    manifest = json.loads((out / "predict.json").read_text())
+    assert manifest["status"] == "failed" and scene.vv.name in manifest["reason"] and "\n" not in manifest["reason"]
+    scene.vv.write_bytes(good)  # the fix
+    assert run(predict_cfg(out, *args))["status"] == "complete"  # the same command, no overwrite=true
+
+    bad = tmp_path / "model.ckpt"
+    bad.write_bytes(b"")  # a bad checkpoint
+    out = tmp_path / "o2"
+    args = [f"ckpt={bad}", f"input={tiny_raw}", "cities=[Samawah]", "vectorize=false"]
+    with pytest.raises(UnosatError, match="model.ckpt: not a readable PyTorch checkpoint"):
+        run(predict_cfg(out, *args))
+    manifest = json.loads((out / "predict.json").read_text())
+    assert manifest["status"] == "failed" and "model.ckpt: not a readable PyTorch checkpoint" in manifest["reason"]
+    shutil.copy(best_ckpt, bad)  # the fix: the right file under the same name
+    assert run(predict_cfg(out, *args))["status"] == "complete"
+
+
+def test_a_failure_leaves_a_finished_prediction_alone(demo_run, tmp_path):
+    before = (demo_run / "predict.json").read_bytes()
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    with pytest.raises(UnosatError, match="empty.ckpt"):
+        run(predict_cfg(demo_run, f"ckpt={empty}"))
+    assert (demo_run / "predict.json").read_bytes() == before
+    assert not (demo_run / ".unosat.lock").exists()
+
+
 def cli(args: list[str], **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "predict.py", *args], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kwargs)
@@ -692,6 +730,31 @@ def test_two_cpu_processes_predict_what_one_does(resumed_run, best_ckpt, tiny_ra
             assert (a != b).mean() < 1e-3, path.name
     for path in sorted((single / "cities").glob("*.tif")):
         assert (read(path) != read(out / "cities" / path.name)).mean() < 1e-3
+
+
+def test_two_runs_on_one_output_refuse_each_other_cleanly(best_ckpt, tiny_raw_session, tmp_path):
+    out = tmp_path / "shared"
+    args = cli_args(out, f"ckpt={best_ckpt}", f"input={tiny_raw_session}", "cities=[Samawah]")
+    first = cli(args)
+    deadline = time.monotonic() + 180
+    while not (out / ".unosat.lock").exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert (out / ".unosat.lock").exists(), "the first run did not start"
+    first.send_signal(signal.SIGSTOP)  # holds the lock for as long as the second run needs
+    try:
+        second = cli(args[:1] + [f"hydra.run.dir={tmp_path / 'hydra_second'}"] + args[2:])
+        _, stderr = second.communicate(timeout=180)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert second.returncode == 1
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert re.fullmatch(rf"error: {re.escape(str(out))} is in use by process {first.pid} since "
+                        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC .*", lines[-1]), stderr[-2000:]
+    assert "Traceback" not in stderr
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr[-2000:]
+    assert json.loads((out / "predict.json").read_text())["status"] == "complete"
+    assert not (out / ".unosat.lock").exists()
 
 
 def test_user_errors_end_with_one_line_and_status_1(tmp_path):

@@ -25,6 +25,7 @@ from unosat.data.sampler import DistributedWeightedSampler, UnpaddedDistributedS
 from unosat.data.tile_dataset import TileDataset, seed_worker
 from unosat.data.transforms import SpeckleNoise, compose
 from unosat.errors import UnosatError
+from unosat.prepare.consistency import check_consistency
 from unosat.prepare.statistics import pooled_normalization
 from unosat.prepared import PreparedDataset
 
@@ -127,6 +128,11 @@ class UnosatDataModule(pl.LightningDataModule):
         if self._ready:
             return
         self.layout.require("statistics.csv", "bands", "masks")
+        if self.layout.manifest.get("settings", {}).get("labels", {}).get("source") == "none":
+            raise UnosatError(f"{self.dir} was prepared without labels (labels=none): its scenes serve prediction "
+                              "(python predict.py input=<raw scenes>), not training; prepare them with labels=vector "
+                              "or labels=raster to train")
+        check_consistency(self.layout)  # every file describes the recorded recipe
         stats = self.layout.statistics()
         self.recipe: BandRecipe = self.layout.recipe
         self.tile_size = int(self.layout.manifest["settings"]["tiling"]["train_size"])
@@ -198,9 +204,11 @@ class UnosatDataModule(pl.LightningDataModule):
         return self.layout.recipe.count
 
     def data_recipe(self) -> dict:
-        """What prediction needs to rebuild the model's input: bands, normalisation, tile size, classes."""
+        """What prediction needs to rebuild the model's input: bands, normalisation, tile size, classes, and
+        the raw-input settings the dataset was prepared with (units, nodata; :mod:`unosat.raw_input`)."""
         return {
             "recipe": self.recipe.to_dict(),
+            "raw_input": self.layout.raw_input().to_dict(),
             "normalization": self.normalization.to_dict(),
             "tile_size": self.tile_size,
             "crop_px": self.crop_px,

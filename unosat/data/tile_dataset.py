@@ -44,9 +44,14 @@ class TileReader:
         return self._open[scene_id]
 
     def read(self, scene_id: str, row_off: int, col_off: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image and mask of a window; the mask is 255 wherever a band is not finite (NaN or +-inf is nodata)."""
         bands, mask = self._sources(scene_id)
         image = bands.read(row_off, col_off, height, width)
         labels = mask.read(row_off, col_off, height, width)[..., 0]
+        nodata = ~np.isfinite(image).all(axis=-1)
+        if nodata.any():
+            labels[nodata] = IGNORE_INDEX
+            image[nodata] = np.nan
         return image, labels
 
     def read_image(self, scene_id: str, row_off: int, col_off: int, height: int, width: int) -> np.ndarray:

@@ -34,6 +34,27 @@ from torch import nn
 from unosat.errors import UnosatError
 
 
+def pooling_matrix(size_in, size_out, like: torch.Tensor) -> torch.Tensor:
+    """``(size_out, size_in)`` averaging weights of adaptive average pooling along one axis: row ``i`` is
+    ``1 / n`` over input cells ``[floor(i * size_in / size_out), ceil((i + 1) * size_in / size_out))``."""
+    out_idx = torch.arange(size_out, device=like.device)
+    start = torch.div(out_idx * size_in, size_out, rounding_mode="floor")
+    end = torch.div((out_idx + 1) * size_in + size_out - 1, size_out, rounding_mode="floor")
+    in_idx = torch.arange(size_in, device=like.device)
+    inside = ((in_idx[None, :] >= start[:, None]) & (in_idx[None, :] < end[:, None])).to(like.dtype)
+    return inside / inside.sum(dim=1, keepdim=True)
+
+
+def adaptive_avg_pool2d(x: torch.Tensor, size) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(x, size)``; while exporting to ONNX, the same averages as two matrix products
+    (the exporter cannot write adaptive pooling to an output size that depends on the input's)."""
+    if not torch.onnx.is_in_onnx_export():
+        return F.adaptive_avg_pool2d(x, size)
+    rows = pooling_matrix(x.shape[-2], size[0], x)
+    cols = pooling_matrix(x.shape[-1], size[1], x)
+    return torch.matmul(torch.matmul(rows, x), cols.transpose(0, 1))
+
+
 class ConvBNReLU(nn.Sequential):
     """``conv`` (no bias, "same" padding for odd kernels, optional dilation) -> ``bn`` -> ``act`` (ReLU).
 
@@ -96,5 +117,5 @@ class ASPP(nn.Module):
         if self.guidance is not None:
             if guidance is None:
                 raise ValueError("this ASPP has a guidance branch: forward needs the guidance map")
-            branches.append(self.guidance(F.adaptive_avg_pool2d(guidance, x.shape[-2:])))
+            branches.append(self.guidance(adaptive_avg_pool2d(guidance, x.shape[-2:])))
         return self.project(torch.cat(branches, dim=1))

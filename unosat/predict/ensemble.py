@@ -34,6 +34,8 @@ from unosat.classes import BUILDING, CLASS_NAMES
 from unosat.errors import UnosatError
 from unosat.predict.distributed import Runtime
 from unosat.predict.tta import D4Transform, tta_average, tta_transforms
+from unosat.raw_input import RawInput
+from unosat.scenes import DiscoveryConfig
 from unosat.training.module import segmentation_logits
 
 HASH_CHUNK_BYTES = 1 << 20
@@ -51,6 +53,7 @@ class LoadedModel:
     sha256: str = ""
     model: dict | None = None
     metadata: dict | None = None
+    raw_input: RawInput | None = None
 
     @property
     def task(self) -> str:
@@ -71,13 +74,19 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_model(path: Path | str) -> LoadedModel:
-    """The network of a unosat checkpoint (read with ``weights_only``) and its data recipe.
+def load_model(path: Path | str, onnx_options=None) -> LoadedModel:
+    """The network of a unosat checkpoint (read with ``weights_only``) and its data recipe, or of a model
+    exported with ``python -m unosat.export`` (``*.onnx``, run by onnxruntime with ``onnx_options``, an
+    :class:`unosat.predict.onnx_network.OnnxOptions`).
 
     Raises :class:`UnosatError` naming the file when it is missing, not a unosat checkpoint, or its recipe,
     normalisation and network do not agree.
     """
+    from unosat.predict.onnx_network import is_onnx, load_onnx_model
+
     path = Path(path).expanduser()
+    if is_onnx(path):
+        return load_onnx_model(path, onnx_options)
     checkpoint = load_checkpoint(path)
     data = checkpoint["unosat"].get("data") or {}
     if "recipe" not in data or "normalization" not in data:
@@ -96,14 +105,64 @@ def load_model(path: Path | str) -> LoadedModel:
     if in_channels is not None and int(in_channels) != recipe.count:
         raise UnosatError(f"{path}: the network takes {in_channels} bands but its recipe '{recipe.name}' has "
                           f"{recipe.count}")
+    raw_input = data.get("raw_input")
+    if raw_input is not None and not isinstance(raw_input, dict):
+        raise UnosatError(f"{path}: malformed raw-input settings in the checkpoint's data recipe")
+    raw_input = RawInput.from_dict(raw_input) if raw_input is not None else None
     net = build_model(checkpoint, path)
     return LoadedModel(path.name, net, recipe, normalization, path.resolve(), file_sha256(path), cfg,
-                       {k: v for k, v in checkpoint["unosat"].items() if k != "config"})
+                       {k: v for k, v in checkpoint["unosat"].items() if k != "config"}, raw_input)
+
+
+#: ``input_mismatch`` values: what to do when predict-time raw-input settings differ from a checkpoint's
+INPUT_MISMATCH = ("refuse", "allow")
+
+
+def resolve_raw_input(models: Sequence[LoadedModel], discovery: DiscoveryConfig, mismatch: str = "refuse") -> RawInput:
+    """The raw-input settings (units, nodata) to read raw scenes with.
+
+    ``discovery.units`` / ``nodata_values`` / ``file_nodata`` left unset (null) come from the checkpoints'
+    data recipes (checkpoints made before these were recorded count as linear with the default nodata).
+    Settings that differ from a checkpoint's are refused unless ``mismatch == "allow"``: the checkpoint's
+    network was trained on inputs read with its own settings. Checkpoints that disagree among themselves
+    need explicit settings (and ``allow``).
+    """
+    if mismatch not in INPUT_MISMATCH:
+        raise UnosatError(f"input_mismatch must be one of {list(INPUT_MISMATCH)}, got '{mismatch}'")
+    recorded = [(m, m.raw_input) for m in models if m.raw_input is not None]
+    distinct = list(dict.fromkeys(r for _, r in recorded))
+    explicit = discovery.units is not None and discovery.nodata_values is not None and discovery.file_nodata is not None
+    if len(distinct) > 1 and not explicit:
+        listing = "; ".join(f"{m.path or m.name}: {r.to_dict()}" for m, r in recorded)
+        raise UnosatError(f"the checkpoints were trained on raw inputs read with different settings ({listing}); set "
+                          "discovery.units, discovery.nodata_values and discovery.file_nodata for these scenes, and "
+                          "input_mismatch=allow")
+    raw = discovery.raw_input(distinct[0] if distinct else None)
+    if mismatch == "refuse":
+        check_raw_input(models, raw, "predict.py's discovery settings")
+    return raw
+
+
+def check_raw_input(models: Sequence[LoadedModel], raw: RawInput, what: str) -> None:
+    """Refuse models whose recorded raw-input settings differ from ``raw`` (``what`` says where it comes from)."""
+    for m in models:
+        if m.raw_input is None:
+            continue
+        differ = m.raw_input.differences(raw)
+        if differ:
+            raise UnosatError(
+                f"checkpoint {m.path or m.name} was trained on raw inputs read with other settings than {what} "
+                f"({'; '.join(f'{d} (checkpoint vs here)' for d in differ)}); leave those discovery keys unset "
+                "(null) to use the checkpoint's, or set input_mismatch=allow if these scenes really need other settings"
+            )
 
 
 def check_prepared_recipe(models: Sequence[LoadedModel], recipe: BandRecipe, dataset: Path) -> None:
-    """Every model must read the dataset's band recipe; otherwise say which checkpoint and what differs."""
+    """Every model must read the dataset's band recipe, or only VH/VV (an exported ONNX graph) from a dataset that
+    holds both; otherwise say which checkpoint and what differs."""
     for m in models:
+        if set(m.recipe.bands) <= {"vh", "vv"} and {"vh", "vv"} <= set(recipe.bands):
+            continue  # the polarisations are recovered from the stack (see unosat.predict.inputs)
         differ = m.recipe.differences(recipe)
         if differ:
             raise UnosatError(
@@ -170,11 +229,13 @@ class Ensemble:
 
     def _building_probability(self, net: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
         self.forward_calls += 1
-        logits = forward_padded(net, x)
-        if logits.shape[-2:] != x.shape[-2:] or logits.ndim != 4 or logits.shape[1] != len(CLASS_NAMES):
-            raise UnosatError(f"{name}: the network maps {tuple(x.shape)} inputs to {tuple(logits.shape)} logits; "
+        out = forward_padded(net, x)
+        if out.shape[-2:] != x.shape[-2:] or out.ndim != 4 or out.shape[1] != len(CLASS_NAMES):
+            raise UnosatError(f"{name}: the network maps {tuple(x.shape)} inputs to {tuple(out.shape)} logits; "
                               f"expected (N, {len(CLASS_NAMES)}, {x.shape[-2]}, {x.shape[-1]})")
-        return torch.softmax(logits, dim=1)[:, BUILDING]
+        if getattr(net, "returns_probabilities", False):  # an exported graph ends in the softmax
+            return out[:, BUILDING]
+        return torch.softmax(out, dim=1)[:, BUILDING]
 
     def probability(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
         """Building probability ``(N, H, W)`` float32 of a batch; ``inputs[g]`` is ``(N, C_g, H, W)``

@@ -76,6 +76,7 @@ class TileGate:
         n, k = cells.shape[:2]
         with self.runtime.forward_context():
             logits = self.net(self.runtime.to_input(cells.reshape(n * k, *cells.shape[2:])))
-        p = torch.sigmoid(logits.float()).reshape(n, k).amax(dim=1).cpu().numpy()
+        p = logits.float() if getattr(self.net, "returns_probabilities", False) else torch.sigmoid(logits.float())
+        p = p.reshape(n, k).amax(dim=1).cpu().numpy()
         self.probabilities.extend(p.tolist())
         return p < self.threshold

@@ -1,0 +1,128 @@
+"""The networks as they are exported: VH and VV in, class probabilities out, the band recipe inside.
+
+A checkpoint's network reads a normalised band stack (its recipe, e.g. VH, VV, (VH+VV)/2 in dB, standardised
+with the training tiles' mean and std). A GIS user has VH and VV GeoTIFFs. :class:`PolarisationInput` folds the
+whole recipe into the graph, so the exported model takes the two polarisations as they are delivered:
+
+1. input ``(N, 2, H, W)`` float32, channel 0 VH, channel 1 VV, in ``input_units`` (``linear`` power, as
+   Sentinel-1 sigma0 GRD products are delivered, or ``db``);
+2. a pixel is nodata where either polarisation is NaN, infinite or equals one of ``nodata_values``
+   (compared in the input's units, as :func:`unosat.bands.valid_pixels` does);
+3. dB input is brought to linear power (``10^(x/10)``);
+4. the recipe's bands are computed (:data:`TORCH_BAND_FORMULAS`, the torch twins of
+   :data:`unosat.bands.BAND_FORMULAS`), in dB (``10 log10(max(b, db_floor))``) for a dB recipe;
+5. each band is standardised, ``(b - mean) * (1 / std)``, and nodata or non-finite values get the
+   normalisation's ``fill`` (0), exactly as :meth:`unosat.bands.Normalization.apply` does for prediction.
+
+:class:`ExportedSegmentation` then runs the network and returns the softmax over classes ``(N, C, H, W)``
+(only the segmentation output of networks that return several, e.g. GSCNN's edge logits are dropped);
+:class:`ExportedTileClassifier` returns ``(N, 1)``, the probability that the window holds buildings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from unosat.bands import BandRecipe, Normalization
+from unosat.errors import UnosatError
+from unosat.training.module import segmentation_logits
+
+#: torch versions of :data:`unosat.bands.BAND_FORMULAS` (VH, VV in linear power -> one band); same names
+TORCH_BAND_FORMULAS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "vh": lambda vh, vv: vh,
+    "vv": lambda vh, vv: vv,
+    "mean": lambda vh, vv: (vh + vv) / 2,
+    "diff": lambda vh, vv: vv - vh,
+    "norm": lambda vh, vv: torch.sqrt(vh * vh + vv * vv),
+    "product": lambda vh, vv: vv * vh,
+    "ratio": lambda vh, vv: torch.where(vh != 0, vv / vh, torch.full_like(vv, float("nan"))),
+}
+
+#: channel order of the exported models' input
+INPUT_BANDS: tuple[str, ...] = ("vh", "vv")
+INPUT_UNITS: tuple[str, ...] = ("linear", "db")
+
+
+class PolarisationInput(nn.Module):
+    """``(N, 2, H, W)`` VH, VV -> the network's normalised ``(N, recipe.count, H, W)`` input (module docstring).
+
+    Args:
+        recipe: the checkpoint's band recipe.
+        normalization: the checkpoint's normalisation (one mean/std per recipe band, in the recipe's units).
+        nodata_values: input values that mark nodata (in ``input_units``), besides NaN and infinity.
+        input_units: ``linear`` or ``db``: the units of the VH/VV the model is given.
+    """
+
+    def __init__(self, recipe: BandRecipe, normalization: Normalization, nodata_values: Sequence[float] = (0.0, -99999.0),
+                 input_units: str = "linear") -> None:
+        super().__init__()
+        if input_units not in INPUT_UNITS:
+            raise UnosatError(f"export input_units must be one of {INPUT_UNITS}, got '{input_units}'")
+        missing = [b for b in recipe.bands if b not in TORCH_BAND_FORMULAS]
+        if missing:
+            raise UnosatError(f"band recipe '{recipe.name}': bands {missing} have no exportable formula")
+        if normalization.count != recipe.count:
+            raise UnosatError(f"normalisation has {normalization.count} bands but recipe '{recipe.name}' has {recipe.count}")
+        self.recipe = recipe
+        self.input_units = input_units
+        self.nodata_values = tuple(float(v) for v in nodata_values)
+        self.fill = float(normalization.fill)
+        self.register_buffer("mean", torch.tensor(normalization.mean, dtype=torch.float32).view(1, -1, 1, 1))
+        std = torch.tensor(normalization.std, dtype=torch.float32)
+        self.register_buffer("inv_std", (1.0 / std).view(1, -1, 1, 1))
+
+    def valid(self, vh: torch.Tensor, vv: torch.Tensor) -> torch.Tensor:
+        """``(N, 1, H, W)`` bool: both polarisations finite and not a nodata value."""
+        ok = torch.isfinite(vh) & torch.isfinite(vv)
+        for value in self.nodata_values:
+            ok = ok & (vh != value) & (vv != value)
+        return ok
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        vh, vv = x[:, 0:1].float(), x[:, 1:2].float()
+        valid = self.valid(vh, vv)
+        if self.input_units == "db":
+            vh, vv = torch.pow(10.0, vh / 10.0), torch.pow(10.0, vv / 10.0)
+        bands = torch.cat([TORCH_BAND_FORMULAS[b](vh, vv) for b in self.recipe.bands], dim=1)
+        if self.recipe.units == "db":
+            bands = 10.0 * torch.log10(torch.clamp_min(bands, self.recipe.db_floor))
+        normed = (bands - self.mean) * self.inv_std
+        return torch.where(valid & torch.isfinite(normed), normed, torch.full_like(normed, self.fill))
+
+
+class ExportedSegmentation(nn.Module):
+    """VH, VV ``(N, 2, H, W)`` -> class probabilities ``(N, num_classes, H, W)`` (softmax of the segmentation
+    logits)."""
+
+    def __init__(self, net: nn.Module, prepare: PolarisationInput) -> None:
+        super().__init__()
+        self.prepare = prepare
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(segmentation_logits(self.net(self.prepare(x))).float(), dim=1)
+
+
+class ExportedTileClassifier(nn.Module):
+    """VH, VV ``(N, 2, H, W)`` -> ``(N, 1)`` probability that the window holds building pixels."""
+
+    def __init__(self, net: nn.Module, prepare: PolarisationInput) -> None:
+        super().__init__()
+        self.prepare = prepare
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(self.prepare(x)).float())
+
+
+def exported_module(net: nn.Module, prepare: PolarisationInput) -> nn.Module:
+    """The exported form of ``net`` (by its ``task``: segmentation or tile classification), in eval mode."""
+    task = getattr(net, "task", "segmentation")
+    if task == "segmentation":
+        return ExportedSegmentation(net, prepare).eval()
+    if task == "tile_classification":
+        return ExportedTileClassifier(net, prepare).eval()
+    raise UnosatError(f"cannot export a network of task '{task}'")
