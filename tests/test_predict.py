@@ -338,7 +338,8 @@ def trained(tiny_prepared_db, tmp_path_factory) -> Path:
     from unosat.training.run import run as train
 
     root = tmp_path_factory.mktemp("trained")
-    train(train_cfg(tiny_prepared_db, root, "baseline=false", "debug=limit", "trainer.max_epochs=1", "logger=none",
+    # LW-RefineNet at output_stride 4: the layout sharpen() rescales (its classifier is decoder.classifier)
+    train(train_cfg(tiny_prepared_db, root, "model=lwrefinenet", "model.output_stride=4", "baseline=false", "debug=limit", "trainer.max_epochs=1", "logger=none",
                     "callbacks.prediction_grid=null", "callbacks.learning_rate_monitor=null"))
     sharpen(next((root / "logs" / "train" / "runs" / "run" / "checkpoints").glob("best-*.ckpt")), tiny_prepared_db)
     return root / "logs"
