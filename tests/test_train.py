@@ -354,7 +354,7 @@ def _ddp_args(data_dir: Path, run_dir: Path) -> list[str]:
     return [f"data.dir={data_dir}", f"hydra.run.dir={run_dir}", "seed=3", "data.augment=[]", "data.epoch_length=16",
             "data.batch_size=1", "data.val_batch_size=2", "trainer.max_epochs=2", "logger=csv", "baseline=false",
             "trainer.precision=32-true", "optimizer=sgd", "optimizer.lr=0.01", "loss.class_weights=[0.1,2.0]",
-            "trainer.deterministic=true"]
+            "trainer.deterministic=true", "callbacks.prediction_grid.num_tiles=2"]
 
 
 def epoch_metrics(run_dir: Path, keys: tuple[str, ...]) -> pd.DataFrame:
@@ -367,10 +367,11 @@ def test_ddp_with_two_cpu_processes_and_the_progress_bar_matches_one_process(tin
     # The reference sees what DDP does per optimizer step: samples 2k and 2k+1 of the same weighted draw, one
     # per forward pass (batch norm normalises each sample on its own in both), gradients averaged (gradient
     # accumulation over 2 batches of 1 here, the all-reduce over 2 ranks there).
-    single = cli([*_ddp_args(tiny_prepared_db, tmp_path / "single"), "trainer.accumulate_grad_batches=2"], tmp_path)
+    single = cli([*_ddp_args(tiny_prepared_db, tmp_path / "single"), "trainer.accumulate_grad_batches=2"], tmp_path,
+                 timeout=1200)  # about 1 min each on 2 free cores; 10 min on 2 cores shared by 8 agents
     assert single.returncode == 0
     ddp = cli([*_ddp_args(tiny_prepared_db, tmp_path / "ddp"), "trainer=ddp", "trainer.accelerator=cpu",
-               "trainer.devices=2"], tmp_path, timeout=900)
+               "trainer.devices=2"], tmp_path, timeout=1200)
     assert ddp.returncode == 0
     assert "batch norm is not synchronised across ranks" in ddp.stdout + ddp.stderr  # sync_batchnorm: auto, CPU
     # one output directory for both ranks, 2 epochs, checkpoints of both
