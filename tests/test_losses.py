@@ -110,3 +110,93 @@ def test_combined_loss_reports_terms_and_sums_them():
     assert out["loss"].item() == pytest.approx(out["ce"].item() + 2 * out["jaccard"].item(), rel=1e-6)
     # a multi-output model's tuple: the first item is the segmentation
     assert CrossEntropyJaccardLoss()((logits, None), target)["loss"].item() == pytest.approx(out["ce"].item())
+
+
+# ------------------------------------------------------------------------------------------ focal, Lovasz
+
+
+def test_focal_with_gamma_0_is_weighted_cross_entropy_and_matches_a_hand_value():
+    from unosat.losses import FocalLoss
+
+    torch.manual_seed(3)
+    logits = torch.randn(2, 2, 6, 6)
+    target = torch.randint(0, 2, (2, 6, 6))
+    target[1, :2] = 255
+    ref = F.cross_entropy(logits, target, weight=torch.tensor([0.3, 1.7]), ignore_index=255)
+    assert FocalLoss(gamma=0.0, class_weights=[0.3, 1.7])(logits, target).item() == pytest.approx(ref.item(), rel=1e-5)
+    # one building pixel at p = 0.9 and one ignored pixel: -(1 - 0.9)^2 log 0.9
+    target = torch.tensor([[[1, 255]]])
+    logits = logits_for(0.9, shape=(1, 1, 2))
+    assert FocalLoss(gamma=2.0)(logits, target).item() == pytest.approx(0.01 * -math.log(0.9), rel=1e-5)
+    assert FocalLoss()(logits, torch.full((1, 1, 2), 255)).item() == 0.0
+    with pytest.raises(UnosatError, match="gamma"):
+        FocalLoss(gamma=-1)
+
+
+def lovasz_by_definition(errors: list[float], foreground: list[bool]) -> float:
+    """The Lovasz extension of the Jaccard loss from its set function, one prefix at a time (no cumsum)."""
+    order = sorted(range(len(errors)), key=lambda i: -errors[i])
+
+    def jaccard_loss(mispredicted: set[int]) -> float:
+        fg = {i for i, f in enumerate(foreground) if f}
+        union = fg | mispredicted
+        return 0.0 if not union else 1.0 - len(fg - mispredicted) / len(union)
+
+    total, previous = 0.0, 0.0
+    for k in range(1, len(order) + 1):
+        current = jaccard_loss(set(order[:k]))
+        total += errors[order[k - 1]] * (current - previous)
+        previous = current
+    return total
+
+
+def test_lovasz_softmax_equals_its_definition_and_is_one_minus_iou_on_hard_predictions():
+    from unosat.losses import LovaszSoftmaxLoss
+
+    torch.manual_seed(4)
+    logits = torch.randn(1, 2, 5, 5)
+    target = torch.randint(0, 2, (1, 5, 5))
+    target[0, 0, 0] = 255
+    p = torch.softmax(logits, 1)[0].permute(1, 2, 0).reshape(-1, 2)
+    labels = target.reshape(-1)
+    keep = labels != 255
+    expected = []
+    for c in (0, 1):
+        fg = (labels[keep] == c).tolist()
+        errors = ((labels[keep] == c).float() - p[keep, c]).abs().tolist()
+        expected.append(lovasz_by_definition(errors, fg))
+    assert LovaszSoftmaxLoss()(logits, target).item() == pytest.approx(sum(expected) / 2, rel=1e-5)
+    assert LovaszSoftmaxLoss(classes=[1])(logits, target).item() == pytest.approx(expected[1], rel=1e-5)
+    # hard (saturated) predictions: the extension is the set function, 1 - IoU per class
+    pred = torch.randint(0, 2, (1, 5, 5))
+    hard = torch.stack([(pred == 0).float(), (pred == 1).float()], dim=1) * 60.0
+    iou = [((pred == c) & (target == c)).sum().item() / ((pred == c) & (target != 255) | (target == c)).sum().item()
+           for c in (0, 1)]
+    assert LovaszSoftmaxLoss()(hard, target).item() == pytest.approx(1 - sum(iou) / 2, abs=1e-5)
+
+
+def test_lovasz_ignores_nodata_and_absent_classes():
+    from unosat.losses import LovaszSoftmaxLoss
+
+    logits = torch.randn(1, 2, 4, 4)
+    only_background = torch.zeros(1, 4, 4, dtype=torch.long)
+    loss = LovaszSoftmaxLoss()(logits, only_background)
+    assert loss.item() == pytest.approx(LovaszSoftmaxLoss(classes=[0])(logits, only_background).item())
+    assert LovaszSoftmaxLoss()(logits, torch.full((1, 4, 4), 255)).item() == 0.0
+
+
+@pytest.mark.parametrize("name, terms", [("focal", {"focal"}), ("ce_lovasz", {"ce", "lovasz"})])
+def test_loss_configs_compose_into_a_weighted_sum_of_reported_terms(name, terms):
+    from hydra.utils import instantiate
+
+    from unosat.config import compose_config
+
+    loss = instantiate(compose_config("train", [f"loss={name}"]).loss)
+    torch.manual_seed(5)
+    logits = torch.randn(2, 2, 8, 8, requires_grad=True)
+    target = torch.randint(0, 2, (2, 8, 8))
+    out = loss((logits, torch.zeros(2, 1, 8, 8)), target)  # multi-output models: the first is segmentation
+    assert set(out) == {"loss"} | terms
+    assert out["loss"].item() == pytest.approx(sum(loss.weights[t] * out[t].item() for t in terms), rel=1e-6)
+    out["loss"].backward()
+    assert logits.grad.abs().sum() > 0

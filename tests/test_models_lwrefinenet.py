@@ -22,6 +22,7 @@ from unosat.models import (
     load_reference_state_dict,
     reference_key_map,
 )
+from unosat.models.lwrefinenet import new_full_resolution_keys
 
 # (expansion t, channels c, repeats n, first stride s), from the MobileNetV2 paper.
 TABLE = [
@@ -352,3 +353,135 @@ def test_unreadable_checkpoints(tmp_path) -> None:
         load_reference_state_dict(LWRefineNet(), path)
     with pytest.raises(UnosatError, match="not tensors: mbv2.layer1.0.weight"):
         load_reference_state_dict(LWRefineNet(), {"mbv2.layer1.0.weight": [1.0]})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Output stride 1: the 1/2 and 1/1 refinement levels
+
+# The tensors an output-stride-1 model adds to the original layout (the 1/2 and 1/1 levels), written out.
+NEW_KEYS_STRIDE_1 = sorted(
+    [
+        "decoder.adapt_1_4.weight",
+        "decoder.lateral_16.weight",
+        *(f"decoder.crp_1_2.convs.{i}.weight" for i in range(4)),
+        "decoder.adapt_1_2.weight",
+        *(f"decoder.input_branch.{j}.conv.weight" for j in range(2)),
+        *(f"decoder.input_branch.{j}.bn.{t}" for j in range(2) for t in BN_TENSORS),
+        *(f"decoder.crp_1_1.convs.{i}.weight" for i in range(4)),
+        "decoder.classifier_1_1.weight",
+        "decoder.classifier_1_1.bias",
+    ]
+)
+
+
+@pytest.fixture(scope="module")
+def model_s1() -> LWRefineNet:
+    torch.manual_seed(0)
+    return LWRefineNet(in_channels=3, num_classes=2, output_stride=1).eval()
+
+
+def test_stride_1_parameter_count_and_new_keys(model_s1: LWRefineNet) -> None:
+    c2, c1 = 64, 32
+    quarter_classifier = 2 * 256 * 9 + 2
+    added = (
+        256 * c2  # adapt_1_4
+        + 16 * c2  # lateral_16 (MobileNetV2's first stage: 16 channels at 1/2)
+        + 4 * c2 * c2  # crp_1_2
+        + c2 * c1  # adapt_1_2
+        + (3 * c1 * 9 + 2 * c1) + (c1 * c1 * 9 + 2 * c1)  # input_branch: two 3x3 conv + BN
+        + 4 * c1 * c1  # crp_1_1
+        + c1 * 2 * 9 + 2  # classifier_1_1
+    )
+    assert n_params(model_s1) == 3_240_770 - quarter_classifier + added == 3_286_882
+    assert new_full_resolution_keys(model_s1) == NEW_KEYS_STRIDE_1
+    assert new_full_resolution_keys(LWRefineNet(output_stride=4)) == []
+    # every original tensor but the 1/4 classifier is shared, with the same shape
+    original = LWRefineNet(output_stride=4).state_dict()
+    ours = model_s1.state_dict()
+    assert sorted(set(original) - set(ours)) == ["decoder.classifier.bias", "decoder.classifier.weight"]
+    assert all(ours[k].shape == v.shape for k, v in original.items() if k in ours)
+    assert model_s1.size_divisor == 32
+
+
+@pytest.mark.parametrize("size", [(64, 64), (33, 47), (100, 76), (7, 9)])
+def test_stride_1_logits_at_input_resolution(model_s1: LWRefineNet, size: tuple[int, int]) -> None:
+    with torch.inference_mode():
+        assert model_s1(torch.randn(2, 3, *size)).shape == (2, 2, *size)
+    with pytest.raises(ValueError, match="output stride 4"):
+        model_s1.forward_quarter(torch.randn(1, 3, 32, 32))
+
+
+def test_stride_1_gradients_reach_every_parameter() -> None:
+    net = LWRefineNet(output_stride=1).train()
+    F.cross_entropy(net(torch.randn(2, 3, 64, 64)), torch.randint(0, 2, (2, 64, 64))).backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+def test_bad_output_stride_and_fine_channels() -> None:
+    with pytest.raises(UnosatError, match="output_stride"):
+        LWRefineNet(output_stride=2)
+    with pytest.raises(UnosatError, match="fine_channels"):
+        LWRefineNet(output_stride=1, fine_channels=[64])
+
+
+def test_config_default_is_stride_1_and_old_specs_rebuild_at_stride_4() -> None:
+    from omegaconf import OmegaConf
+
+    from unosat.config import compose_config
+    from unosat.models.registry import build_network
+
+    cfg = compose_config("train", [])
+    assert cfg.model.output_stride == 1 and cfg.model._target_ == "unosat.models.LWRefineNet"
+    assert OmegaConf.to_container(cfg.model.fine_channels) == [64, 32]
+    # a checkpoint saved before output_stride existed stores no such argument: it rebuilds as trained
+    old = build_network({"name": "lwrefinenet", "args": {"in_channels": 3, "num_classes": 2, "upsample_mode": "bicubic"}})
+    assert old.output_stride == 4 and hasattr(old.decoder, "classifier")
+
+
+def test_reference_checkpoint_loads_into_the_shared_layers_at_stride_1() -> None:
+    ref = random_reference_state_dict(seed=3)
+    torch.manual_seed(5)
+    net = LWRefineNet(output_stride=1).eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert load_reference_state_dict(net, {"module." + k: v for k, v in ref.items()}) is net
+
+    key_map = reference_key_map(net)
+    assert len(key_map) == 337 and set(layout_key for layout_key in reference_layout()) - set(key_map) == {
+        "mbv2.segm.weight",
+        "mbv2.segm.bias",
+    }
+    ours = net.state_dict()
+    assert all(torch.equal(ours[k], ref[r]) for r, k in key_map.items())  # every shared tensor loaded
+    assert all(torch.equal(ours[k], before[k]) for k in NEW_KEYS_STRIDE_1)  # the new ones untouched
+    assert set(key_map.values()) | set(NEW_KEYS_STRIDE_1) == set(ours)
+
+    # The shared layers compute what the reference computes: the 1/4-level features (after crp_1_4) equal
+    # the original-layout model's, loaded from the same checkpoint.
+    net4 = load_reference_state_dict(LWRefineNet(output_stride=4).eval(), ref)
+    seen: dict[int, torch.Tensor] = {}
+    hooks = [m.decoder.crp_1_4.register_forward_hook(lambda _m, _i, out, s=stride: seen.__setitem__(s, out))
+             for m, stride in ((net, 1), (net4, 4))]
+    x = torch.randn(1, 3, 70, 58)
+    with torch.inference_mode():
+        out1 = net(x)
+        torch.testing.assert_close(net4(x), reference_forward(ref, x))
+    for h in hooks:
+        h.remove()
+    assert out1.shape == (1, 2, 70, 58)
+    assert seen[1].abs().max() > 0.1
+    torch.testing.assert_close(seen[1], seen[4])
+
+
+def test_stride_1_still_refuses_a_band_mismatch() -> None:
+    ref = random_reference_state_dict(in_channels=3)
+    with pytest.raises(UnosatError, match=r"output_stride=1.*\n.*shape mismatches \(1\)"):
+        load_reference_state_dict(LWRefineNet(in_channels=5, output_stride=1), ref)
+
+
+def test_stride_1_overfits_one_tile(tiny_spec) -> None:
+    from model_fitting import building_tile, overfit
+
+    x, y = building_tile(tiny_spec, size=48)
+    torch.manual_seed(0)
+    assert overfit(LWRefineNet(output_stride=1), x, y, steps=60, lr=1e-2) > 0.95

@@ -185,7 +185,7 @@ def test_checkpoint_from_another_model(tiny_prepared_db, tmp_path):
     run(train_cfg(tiny_prepared_db, tmp_path, "debug=limit", "trainer.max_epochs=1", run_name="a"))
     last = tmp_path / "logs" / "train" / "runs" / "a" / "checkpoints" / "last.ckpt"
     ckpt = torch.load(last, weights_only=True)
-    ckpt["unosat"]["model"]["name"] = "gscnn"
+    ckpt["unosat"]["model"] = {"name": "gscnn", "args": {"in_channels": 3, "num_classes": 2}}
     other = tmp_path / "other.ckpt"
     torch.save(ckpt, other)
     with pytest.raises(UnosatError, match=r"trained with gscnn.*this run builds lwrefinenet"):

@@ -45,6 +45,8 @@ class UnosatDataModule(pl.LightningDataModule):
         augment: albumentations transforms for training (crop, flips, rot90...); ``val_augment`` for
             validation and test (e.g. a centre crop), usually none.
         speckle: optional :class:`~unosat.data.transforms.SpeckleNoise` for training.
+        crop_px: side (px) of the random training crops that the ``augment=...`` configs make; recorded in
+            the checkpoint's data recipe (None: not a crop-based pipeline).
         normalization: ``dataset`` (pooled over the training tiles) or ``{mean: [...], std: [...]}`` in the
             stack's units (e.g. the original's linear/5: mean 0, std 5).
         exclude_flagged: drop tiles of acquisitions flagged by the label-quality step (``quality_flag``).
@@ -70,6 +72,7 @@ class UnosatDataModule(pl.LightningDataModule):
         augment: Sequence | None = None,
         val_augment: Sequence | None = None,
         speckle: SpeckleNoise | None = None,
+        crop_px: int | None = None,
         normalization: str | Mapping = "dataset",
         exclude_flagged: bool = False,
         demo_dir: str | Path | None = None,
@@ -92,6 +95,7 @@ class UnosatDataModule(pl.LightningDataModule):
         self.augment = list(augment or [])
         self.val_augment = list(val_augment or [])
         self.speckle = speckle
+        self.crop_px = None if crop_px is None else int(crop_px)
         self.normalization_config = normalization
         self.exclude_flagged = exclude_flagged
         self.demo_dir = Path(demo_dir).expanduser() if demo_dir else None
@@ -189,6 +193,7 @@ class UnosatDataModule(pl.LightningDataModule):
             "recipe": self.recipe.to_dict(),
             "normalization": self.normalization.to_dict(),
             "tile_size": self.tile_size,
+            "crop_px": self.crop_px,
             "classes": list(CLASS_NAMES),
             "ignore_index": IGNORE_INDEX,
             "dataset": str(self.dir.resolve()),

@@ -12,6 +12,15 @@ For deep features ``x`` (N, C_in, h, w), ASPP concatenates, each with ``C`` = ``
 
 and ``project`` maps the ``(2 + len(rates) + [1]) * C`` channels to ``C`` with a 1x1 conv -> BN -> ReLU.
 Output (N, C, h, w). Convs before BatchNorm have no bias.
+
+**Dead taps.** A 3x3 convolution with dilation ``r`` on an ``h x w`` map (zero padding ``r``) reads its
+off-centre taps at ``+-r`` rows / columns. When ``r >= h`` (or ``w``) no output position has a real pixel
+there: those taps read only padding, get exactly zero gradient, and never learn, yet at prediction on larger
+windows they read real features with their untrained (initial) weights. :meth:`ASPP.dead_rates` names the
+rates for which that happens; a network refuses to train with them (GSCNN: at its first training step).
+The rates are in pixels of the feature map and must stay the same between training and prediction, so they
+are chosen for the training crop: below ``crop / stride`` (DeepLab's 6/12/18 were set for 33 x 33 features;
+about 1/6, 1/3 and 1/2 of the side).
 """
 
 from __future__ import annotations
@@ -97,6 +106,10 @@ class ASPP(nn.Module):
         self.guidance = ConvBNReLU(self.guidance_channels, out_channels) if self.guidance_channels else None
         branches = 2 + len(rates) + (1 if self.guidance is not None else 0)
         self.project = ConvBNReLU(branches * out_channels, out_channels, kernel_size=1)
+
+    def dead_rates(self, height: int, width: int) -> list[int]:
+        """Rates whose off-centre taps see only zero padding on a ``height x width`` feature map (no gradient)."""
+        return [r for r in self.rates if r >= min(height, width)]
 
     def forward(self, x: torch.Tensor, guidance: torch.Tensor | None = None) -> torch.Tensor:
         """x (N, C_in, h, w) [+ guidance (N, guidance_channels, H', W')] -> (N, out_channels, h, w)."""

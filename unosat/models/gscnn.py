@@ -14,17 +14,35 @@ For an input ``x`` (N, in_channels, H, W), normalised as the dataset's band reci
 4. **Fusion.** ``sigmoid(edge_logits)`` and the gradient map -> 1x1 conv -> sigmoid: the fused edge map
    (N, 1, H, W), fed to an extra branch of the ASPP (:mod:`unosat.models.aspp`) on the deepest features.
 5. **Decoder** (DeepLabV3+ style): the ASPP output, upsampled to the 1/4-stride features, concatenated with
-   a 1x1 reduction of those, two 3x3 conv-BN-ReLU, a 1x1 conv to the classes; bilinear to (H, W).
+   a 1x1 reduction of those, two 3x3 conv-BN-ReLU. Then, at ``output_stride`` 4 (the original layout), a 1x1
+   conv to the classes (``classifier``) and bilinear to (H, W): logits 4 pixels apart, too coarse for 1-5 px
+   buildings.
+6. **Full-resolution head** (``output_stride`` 1, the default of ``conf/model/gscnn.yaml``):
+   ``relu(input_branch(x) + up(adapt_1_4(decoder)))``, where ``input_branch`` is a shallow conv branch on the
+   input ((3x3 conv, BN, ReLU) twice, ``in_channels`` -> ``fine_channels``) and ``adapt_1_4`` a 1x1 conv
+   (``decoder_channels`` -> ``fine_channels``) upsampled bilinearly to (H, W); concatenated with the fused edge
+   map, ``refine_1_1`` (3x3 conv, BN, ReLU) and ``classifier_1_1`` (1x1 conv to the classes): logits at (H, W)
+   without interpolation. The shape stream is already at full resolution.
+
+**ASPP rates** are dilations in pixels of the deepest feature map, which is ``crop / 32`` (MobileNetV2) or
+``crop / 8`` (ResNet-50 at output stride 8) pixels wide at the training crop. A rate at or above that side
+leaves the branch's off-centre taps on zero padding: they never learn, yet read real features at prediction
+(:class:`~unosat.models.aspp.ASPP`). :meth:`GSCNN.forward` refuses such a combination at the first training
+step; ``conf/model/gscnn.yaml`` uses 1/2/3, which train for crops of 128 px and more (the demo's 192 px crop:
+6 x 6 features; the paper's 6/12/18 would need crops above 576 px there), ``conf/model/gscnn_resnet50.yaml``
+4/8/12 (crops of 104 px and more; the paper's 12/24/36 need crops above 288 px).
 
 :meth:`GSCNN.forward` returns ``(segmentation_logits (N, num_classes, H, W), edge_logits (N, 1, H, W))``;
 the dual-task loss (:mod:`unosat.losses.gscnn`) trains both, prediction uses the first.
 
 Every upsampling goes to the size of its target map, so any input size works (not only multiples of 32).
 
-Parameters for 3 bands and 2 classes: 5,982,738 with the constructor's defaults (the paper's widths on
-MobileNetV2: backbone 1,812,800, ASPP 2,772,480, decoder 1,291,264, shape stream 104,430); 3,460,318 with the
-narrower widths of ``conf/model/gscnn.yaml`` (trains on CPU in about 1.3 times LW-RefineNet's time);
-40,523,986 on ResNet-50 (``conf/model/gscnn_resnet50.yaml``; the ResNet itself 23,508,032).
+Parameters for 3 bands and 2 classes (regression pins, see ``tests/test_gscnn.py``): 5,982,738 with the
+constructor's defaults (the paper's widths on MobileNetV2 at output stride 4: backbone 1,812,800, ASPP
+2,772,480, decoder 1,291,264, shape stream 104,430); 3,483,998 with the narrower widths of
+``conf/model/gscnn.yaml`` at output stride 1 (3,460,318 at output stride 4); 40,551,506 on ResNet-50
+(``conf/model/gscnn_resnet50.yaml``, output stride 1; the ResNet itself 23,508,032).
+:attr:`GSCNN.size_divisor`: the backbone's deepest stride (32 for MobileNetV2, 8 for the dilated ResNet-50).
 """
 
 from __future__ import annotations
@@ -48,6 +66,7 @@ from unosat.models.resnet import resnet50
 log = logging.getLogger(__name__)
 
 SHAPE_GATES = 3  # gated convolutions in the shape stream
+OUTPUT_STRIDES = (1, 4)  # of the segmentation logits
 DATA_PARALLEL_PREFIX = "module."
 # Prefixes under which a backbone sits in a whole-model state_dict (a unosat Lightning checkpoint: ``net.``).
 BACKBONE_PREFIXES = ("net.encoder.", "net.backbone.", "encoder.", "backbone.")
@@ -225,9 +244,13 @@ class GSCNN(nn.Module):
         low_level_channels: width of the decoder's reduction of the 1/4-stride features (48 in DeepLabV3+).
         decoder_channels: width of the decoder's 3x3 convs.
         shape_channels: 4 widths of the shape stream (:class:`ShapeStream`).
+        output_stride: 4 (logits at 1/4, bilinear to the input size; the constructor's default, so that
+            checkpoints saved before this argument existed rebuild as trained) or 1 (full-resolution head).
+        fine_channels: width of the full-resolution head (output stride 1).
 
     Attributes: ``backbone``, ``shape_stream``, ``image_gradient``, ``fusion`` (1x1 conv 2 -> 1, no bias),
-    ``aspp``, ``low_level``, ``decoder``, ``classifier``.
+    ``aspp``, ``low_level``, ``decoder``, then ``classifier`` (output stride 4) or ``adapt_1_4``,
+    ``input_branch``, ``refine_1_1``, ``classifier_1_1`` (output stride 1); ``size_divisor``.
     """
 
     def __init__(
@@ -246,6 +269,8 @@ class GSCNN(nn.Module):
         low_level_channels: int = 48,
         decoder_channels: int = 256,
         shape_channels: Sequence[int] = (64, 32, 16, 8),
+        output_stride: int = 4,
+        fine_channels: int = 32,
     ) -> None:
         super().__init__()
         if backbone not in BACKBONES:
@@ -256,14 +281,20 @@ class GSCNN(nn.Module):
         if input_recipe is not None and len(input_recipe.get("bands", ())) != in_channels:
             raise UnosatError(f"model input_recipe has bands {list(input_recipe.get('bands', ()))} but "
                               f"in_channels={in_channels}")
+        if output_stride not in OUTPUT_STRIDES:
+            raise UnosatError(f"model output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
+        if int(fine_channels) < 1:
+            raise UnosatError(f"model fine_channels must be positive, got {fine_channels}")
         self.in_channels = int(in_channels)
         self.num_classes = int(num_classes)
+        self.output_stride = int(output_stride)
         self.backbone_name = backbone
         build, self.taps = BACKBONES[backbone]
         self.backbone = build(self.in_channels)
         if pretrained is not None:
             load_backbone_weights(self.backbone, Path(pretrained).expanduser())
         ch = self.backbone.stage_channels
+        self.size_divisor = int(self.backbone.stage_strides[self.taps.deep])
 
         self.shape_stream = ShapeStream(ch[self.taps.shape_input], [ch[i] for i in self.taps.gates], shape_channels)
         self.image_gradient = gradient_for_recipe(
@@ -276,7 +307,26 @@ class GSCNN(nn.Module):
             ConvBNReLU(aspp_channels + low_level_channels, decoder_channels, kernel_size=3),
             ConvBNReLU(decoder_channels, decoder_channels, kernel_size=3),
         )
-        self.classifier = nn.Conv2d(decoder_channels, num_classes, kernel_size=1)
+        if self.output_stride == 4:
+            self.classifier = nn.Conv2d(decoder_channels, num_classes, kernel_size=1)
+        else:
+            fine = int(fine_channels)
+            self.adapt_1_4 = nn.Conv2d(decoder_channels, fine, kernel_size=1, bias=False)
+            self.input_branch = nn.Sequential(ConvBNReLU(self.in_channels, fine, kernel_size=3),
+                                              ConvBNReLU(fine, fine, kernel_size=3))
+            self.refine_1_1 = ConvBNReLU(fine + 1, fine, kernel_size=3)  # + the fused edge map
+            self.classifier_1_1 = nn.Conv2d(fine, num_classes, kernel_size=1)
+
+    def check_aspp_taps(self, x: torch.Tensor, deep: torch.Tensor) -> None:
+        """Raise :class:`UnosatError` when an ASPP rate leaves taps on zero padding at this (training) input size."""
+        dead = self.aspp.dead_rates(*deep.shape[-2:])
+        if dead:
+            h, w = deep.shape[-2:]
+            raise UnosatError(
+                f"model.aspp_rates {list(self.aspp.rates)}: a {x.shape[-2]} x {x.shape[-1]} px training crop gives "
+                f"{h} x {w} px features at the ASPP (stride {self.size_divisor}); dilation(s) {dead} reach only zero "
+                f"padding there, so those taps would never learn. Use rates below {min(h, w)} (e.g. about 1/6, 1/3, "
+                f"1/2 of it) or a larger crop (data.augment's RandomCrop)")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, in_channels, H, W) -> (segmentation logits (N, num_classes, H, W), edge logits (N, 1, H, W))."""
@@ -286,8 +336,13 @@ class GSCNN(nn.Module):
         edge_logits = self.shape_stream(features[taps.shape_input], [features[i] for i in taps.gates], size)
         gradient = self.image_gradient(x).to(edge_logits.dtype)
         fused_edges = torch.sigmoid(self.fusion(torch.cat([torch.sigmoid(edge_logits), gradient], dim=1)))
+        if self.training and torch.is_grad_enabled():
+            self.check_aspp_taps(x, features[taps.deep])
         context = self.aspp(features[taps.deep], guidance=fused_edges)
         low = self.low_level(features[taps.low_level])
-        top = torch.cat([upsample(context, low.shape[-2:]), low], dim=1)
-        logits = self.classifier(self.decoder(top))
-        return upsample(logits, size), edge_logits
+        top = self.decoder(torch.cat([upsample(context, low.shape[-2:]), low], dim=1))
+        if self.output_stride == 4:
+            return upsample(self.classifier(top), size), edge_logits
+        fine = F.relu(self.input_branch(x) + upsample(self.adapt_1_4(top), size))
+        logits = self.classifier_1_1(self.refine_1_1(torch.cat([fine, fused_edges], dim=1)))
+        return logits, edge_logits

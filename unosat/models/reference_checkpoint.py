@@ -18,6 +18,13 @@ names and ours, module by module (reference name after ``mbv2.`` -> ours):
 Every tensor of each module pair (``weight``, ``bias``, ``running_mean``, ``running_var``,
 ``num_batches_tracked``) maps to the tensor of the same name; :func:`reference_key_map` spells the whole map
 out and checks that it covers every tensor of the model exactly once.
+
+An **output-stride-1** model (``LWRefineNet(output_stride=1)``) shares every reference tensor but ``segm`` (the
+1/4-resolution classifier, which it does not have); its 1/2 and 1/1 levels
+(:func:`unosat.models.lwrefinenet.new_full_resolution_keys`) have no reference counterpart.
+:func:`load_reference_state_dict` then loads the 337 shared tensors, drops the checkpoint's ``segm`` (logged), and
+leaves the new tensors as they were (freshly initialised): a starting point for fine-tuning, not a model that
+reproduces the reference's predictions.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import torch
 from torch import Tensor
 
 from unosat.errors import UnosatError
-from unosat.models.lwrefinenet import LWRefineNet
+from unosat.models.lwrefinenet import LWRefineNet, new_full_resolution_keys
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +73,8 @@ _DECODER_CRPS = {
 # Reference tensors whose absence is tolerated: checkpoints from PyTorch < 0.4.1 have no
 # ``num_batches_tracked``, which only matters for BatchNorm with momentum=None (not used here).
 _OPTIONAL_SUFFIX = ".num_batches_tracked"
+# The reference's 1/4-resolution classifier: an output-stride-1 model has no counterpart.
+_QUARTER_CLASSIFIER = "segm"
 _MAX_LISTED = 20
 
 
@@ -82,6 +91,8 @@ def reference_module_map(model: LWRefineNet) -> dict[str, str]:
                         f"encoder.stages.{k}.blocks.{b}.{part}.{ours}"
                     )
     pairs.update(_DECODER_CONVS)
+    if model.output_stride != 4:
+        del pairs[_QUARTER_CLASSIFIER]
     for ref_name, ours in _DECODER_CRPS.items():
         crp = model.get_submodule(ours)
         for i in range(len(crp.convs)):
@@ -90,16 +101,18 @@ def reference_module_map(model: LWRefineNet) -> dict[str, str]:
 
 
 def reference_key_map(model: LWRefineNet) -> dict[str, str]:
-    """Reference state_dict key (``mbv2.``...) -> our state_dict key; 339 entries for the standard model.
+    """Reference state_dict key (``mbv2.``...) -> our state_dict key; 339 entries for the standard model, 337
+    at output stride 1 (no ``segm``; the new tensors are not in the map).
 
     Raises:
-        RuntimeError: if the map misses a tensor of ``model`` or maps two keys to one (a bug here).
+        RuntimeError: if the map misses a tensor of ``model`` (other than the new full-resolution ones) or maps
+            two keys to one (a bug here).
     """
     key_map: dict[str, str] = {}
     for ref_module, our_module in reference_module_map(model).items():
         for tensor_name in model.get_submodule(our_module).state_dict():
             key_map[f"{ref_module}.{tensor_name}"] = f"{our_module}.{tensor_name}"
-    ours = set(model.state_dict())
+    ours = set(model.state_dict()) - set(new_full_resolution_keys(model))
     targets = set(key_map.values())
     if targets != ours or len(targets) != len(key_map):
         raise RuntimeError(
@@ -111,6 +124,9 @@ def reference_key_map(model: LWRefineNet) -> dict[str, str]:
 
 def load_reference_state_dict(model: LWRefineNet, source: str | Path | Mapping[str, Tensor]) -> LWRefineNet:
     """Copy the weights of a UNOSAT-team checkpoint into ``model`` (in place) and return ``model``.
+
+    At output stride 1 only the shared tensors are loaded (the checkpoint's ``segm`` is dropped, the new 1/2 and
+    1/1 levels keep their values); see the module docstring.
 
     Args:
         model: the model to fill; its bands and classes must match the checkpoint.
@@ -127,6 +143,11 @@ def load_reference_state_dict(model: LWRefineNet, source: str | Path | Mapping[s
     key_map = reference_key_map(model)
     ours = model.state_dict()
 
+    dropped = []
+    if model.output_stride != 4:
+        quarter = f"{REFERENCE_PREFIX}{_QUARTER_CLASSIFIER}."
+        dropped = sorted(k for k in state if k.startswith(quarter))
+        state = {k: v for k, v in state.items() if k not in dropped}
     missing = [k for k in key_map if k not in state and not k.endswith(_OPTIONAL_SUFFIX)]
     unexpected = [k for k in state if k not in key_map]
     mismatched = [
@@ -138,10 +159,15 @@ def load_reference_state_dict(model: LWRefineNet, source: str | Path | Mapping[s
         raise UnosatError(_mismatch_message(name, model, missing, unexpected, mismatched))
 
     converted = {our_key: state[ref_key] for ref_key, our_key in key_map.items() if ref_key in state}
-    for our_key in set(ours) - set(converted):  # only the tolerated num_batches_tracked
+    new = set(new_full_resolution_keys(model))
+    for our_key in set(ours) - set(converted) - new:  # only the tolerated num_batches_tracked
         converted[our_key] = torch.zeros_like(ours[our_key])
+    converted.update({k: ours[k] for k in new})  # the full-resolution levels keep their values
     model.load_state_dict(converted, strict=True)
     log.info("loaded %d reference tensors from %s", len(state), name)
+    if dropped:
+        log.info("output stride %d: dropped the reference's 1/4-resolution classifier (%s); %d new full-resolution "
+                 "tensors keep their initial values", model.output_stride, ", ".join(dropped), len(new))
     return model
 
 
@@ -211,7 +237,7 @@ def _mismatch_message(
 ) -> str:
     lines = [
         f"checkpoint {name} does not fit LWRefineNet(in_channels={model.in_channels}, "
-        f"num_classes={model.num_classes}) in the UNOSAT team's layout:"
+        f"num_classes={model.num_classes}, output_stride={model.output_stride}) in the UNOSAT team's layout:"
     ]
     if mismatched:
         lines.append(f"shape mismatches ({len(mismatched)}):{_listed(mismatched)}")

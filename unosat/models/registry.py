@@ -21,16 +21,25 @@ from typing import Any
 
 from torch import nn
 
+from unosat.baselines.pixel_classifier import PixelLogisticRegression
+from unosat.baselines.vv_threshold_net import VVThresholdNet
 from unosat.errors import UnosatError
+from unosat.models.fpn import FPN
 from unosat.models.gscnn import GSCNN
 from unosat.models.lwrefinenet import LWRefineNet
 from unosat.models.tile_classifier import TileClassifier
+from unosat.models.unet import UNet
 
 #: registry name -> network class; the only classes a checkpoint can build
 NETWORKS: dict[str, type[nn.Module]] = {
     "lwrefinenet": LWRefineNet,
     "gscnn": GSCNN,
     "tile_classifier": TileClassifier,
+    "unet": UNet,
+    "fpn": FPN,
+    # classical baselines (unosat.baselines), exported as checkpoints so predict.py scores them like models
+    "vv_threshold": VVThresholdNet,
+    "pixel_logistic": PixelLogisticRegression,
 }
 
 #: constructor arguments that point outside the checkpoint (a local weights file): ignored when the network is

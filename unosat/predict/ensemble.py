@@ -6,6 +6,14 @@ input every model gets its own stack; models that share recipe and normalisation
 building probability of a model is the softmax of its segmentation logits (the first output of models that
 return several, e.g. GSCNN's ``(seg_logits, edge_logits)``), averaged over the TTA transforms; the
 ensemble's is the mean over models.
+
+**Window sizes.** Every network states ``size_divisor``: input sides that are multiples of it give exact 2x steps
+between its levels (32 for the MobileNetV2 and ResNet-50 models, 2^(depth-1) for U-Net, 8 for GSCNN on the
+dilated ResNet-50; 1 when a network does not say). A window whose side is not a multiple is padded on its bottom
+and right by mirroring (replicating when the window is smaller than the padding) up to the next multiple, and
+the logits are cropped back: any ``window.size`` works, and the pixels of the window get the same logits as in
+a window of the padded size whose extra rows and columns mirror the scene. Windows of a multiple (the default 512
+for every model here) are not padded.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from unosat.bands import BandRecipe, Normalization
@@ -113,6 +122,25 @@ def check_prepared_recipe(models: Sequence[LoadedModel], recipe: BandRecipe, dat
             )
 
 
+def size_divisor(net: nn.Module) -> int:
+    """The input side multiple ``net`` asks for (its ``size_divisor``; 1 when it states none)."""
+    return max(1, int(getattr(net, "size_divisor", 1) or 1))
+
+
+def forward_padded(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Float segmentation logits of ``x`` (N, C, H, W), cropped to (H, W) after padding the bottom and right of
+    ``x`` to multiples of the network's :func:`size_divisor` (mirrored; replicated when a side is too short to
+    mirror)."""
+    divisor = size_divisor(net)
+    h, w = x.shape[-2:]
+    pad_h, pad_w = (-h) % divisor, (-w) % divisor
+    if pad_h or pad_w:
+        mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+        x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+    logits = segmentation_logits(net(x)).float()
+    return logits[..., :h, :w] if logits.shape[-2:] == x.shape[-2:] else logits
+
+
 class Ensemble:
     """Averages the building probability of ``models`` (each with TTA) on batches of windows.
 
@@ -139,6 +167,7 @@ class Ensemble:
             self.group_of.append(self.groups.index(key))
         self.nets = [runtime.prepare_module(m.net) for m in self.models]
         self.forward_calls = 0
+        self.size_divisors = [size_divisor(m.net) for m in self.models]
 
     def input_group(self, recipe: BandRecipe, normalization: Normalization) -> int:
         """Index of the window inputs normalised for ``(recipe, normalization)``, added when new (for other
@@ -150,7 +179,7 @@ class Ensemble:
 
     def _building_probability(self, net: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
         self.forward_calls += 1
-        out = segmentation_logits(net(x)).float()
+        out = forward_padded(net, x)
         if out.shape[-2:] != x.shape[-2:] or out.ndim != 4 or out.shape[1] != len(CLASS_NAMES):
             raise UnosatError(f"{name}: the network maps {tuple(x.shape)} inputs to {tuple(out.shape)} logits; "
                               f"expected (N, {len(CLASS_NAMES)}, {x.shape[-2]}, {x.shape[-1]})")
