@@ -28,11 +28,14 @@ from _common import machine, table  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 #: the models of the demo comparison: name -> train.py overrides
-MODELS = {"lwrefinenet": [], "gscnn": ["model=gscnn", "loss=gscnn"]}
+MODELS = {"lwrefinenet": [], "gscnn": ["model=gscnn", "loss=gscnn"], "unet": ["model=unet"]}
 
 #: every model variant whose size the README states: name -> train.py overrides
 VARIANTS = {
-    "LW-RefineNet (model=lwrefinenet)": ["model=lwrefinenet"],
+    "LW-RefineNet (model=lwrefinenet, output stride 1)": ["model=lwrefinenet"],
+    "LW-RefineNet, the original layout (model.output_stride=4)": ["model=lwrefinenet", "model.output_stride=4"],
+    "U-Net (model=unet)": ["model=unet"],
+    "FPN, ResNet-50 (model=fpn)": ["model=fpn"],
     "GSCNN, MobileNetV2 (model=gscnn, default)": ["model=gscnn"],
     "GSCNN, MobileNetV2, the paper's head widths": ["model=gscnn", "model.aspp_channels=256",
                                                     "model.decoder_channels=256", "model.shape_channels=[64,32,16,8]"],

@@ -65,6 +65,26 @@ def step_seconds(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tens
     return statistics.median(times), statistics.median(cpu)
 
 
+def report(nets: dict, seconds: dict, cpu_seconds: dict, sizes: list[int], batch_size: int) -> None:
+    """Print the wall-clock and CPU-time tables of the rounds measured so far."""
+    for title, measured in (("wall clock: samples/s", seconds), ("CPU time: samples per CPU-second", cpu_seconds)):
+        rows = []
+        for name, (net, _) in nets.items():
+            row = [name, f"{sum(p.numel() for p in net.parameters()):,}"]
+            for s in sizes:
+                sps = batch_size / statistics.median(measured[(name, s)])
+                row.append(f"{sps:.2f}")
+                if BASELINE in nets:
+                    base = batch_size / statistics.median(measured[(BASELINE, s)])
+                    row.append(f"{sps / base:.2f}x")
+            rows.append(tuple(row))
+        header = ["model", "parameters"]
+        for s in sizes:
+            header += [f"{s} px"] + ([f"vs {BASELINE}"] if BASELINE in nets else [])
+        print(f"\n{title}")
+        print(table(rows, tuple(header)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 192])
@@ -94,24 +114,8 @@ def main() -> None:
                 wall, cpu = step_seconds(net, opt, *data[s], args.steps)
                 seconds[(name, s)].append(wall)
                 cpu_seconds[(name, s)].append(cpu)
-        print(f"round {r + 1}/{args.rounds} done", flush=True)
-
-    for title, measured in (("wall clock: samples/s", seconds), ("CPU time: samples per CPU-second", cpu_seconds)):
-        rows = []
-        for name, (net, _) in nets.items():
-            row = [name, f"{sum(p.numel() for p in net.parameters()):,}"]
-            for s in args.sizes:
-                sps = args.batch_size / statistics.median(measured[(name, s)])
-                row.append(f"{sps:.2f}")
-                if BASELINE in nets:
-                    base = args.batch_size / statistics.median(measured[(BASELINE, s)])
-                    row.append(f"{sps / base:.2f}x")
-            rows.append(tuple(row))
-        header = ["model", "parameters"]
-        for s in args.sizes:
-            header += [f"{s} px"] + ([f"vs {BASELINE}"] if BASELINE in nets else [])
-        print(f"\n{title}")
-        print(table(rows, tuple(header)))
+        print(f"\nafter round {r + 1}/{args.rounds} (medians over the rounds so far):", flush=True)
+        report(nets, seconds, cpu_seconds, args.sizes, args.batch_size)
 
 
 if __name__ == "__main__":

@@ -376,7 +376,7 @@ def test_one_epoch_writes_a_six_column_prediction_grid(tiny_prepared_db, tmp_pat
         assert column in metrics.columns
     # the checkpoint carries the filled-in input recipe and rebuilds the model
     ckpt = load_checkpoint(Path(summary(run_dir)["best_checkpoint"]))
-    recipe = ckpt["unosat"]["model"]["input_recipe"]
+    recipe = ckpt["unosat"]["model"]["args"]["input_recipe"]  # the network spec: {"name", "args"}
     assert recipe["bands"] == ["vh", "vv", "mean"] and recipe["units"] == "db" and len(recipe["std"]) == 3
     net = build_model(ckpt)
     assert net.image_gradient.band_index == 1 and net.image_gradient.std == pytest.approx(recipe["std"][1])

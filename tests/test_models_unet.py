@@ -78,3 +78,21 @@ def test_overfits_one_tile(tiny_spec) -> None:
     assert 0.02 < y.float().mean() < 0.5  # the tile holds buildings, and background
     torch.manual_seed(0)
     assert overfit(UNet(), x, y, steps=60, lr=1e-2) > 0.95
+
+
+def test_trains_through_train_py_and_its_checkpoint_rebuilds(tiny_prepared_db, tmp_path) -> None:
+    from pathlib import Path
+
+    from test_train import summary, train_cfg
+
+    from unosat.checkpoint import build_model, load_checkpoint
+    from unosat.training.run import run
+
+    run(train_cfg(tiny_prepared_db, tmp_path, "model=unet", "model.widths=[8,16,32]", "baseline=false"))
+    out = summary(tmp_path / "logs" / "train" / "runs" / "run")
+    ckpt = load_checkpoint(Path(out["best_checkpoint"]))
+    assert ckpt["unosat"]["model"] == {"name": "unet", "args": {"in_channels": 3, "num_classes": 2, "widths": [8, 16, 32]}}
+    net = build_model(ckpt).eval()
+    assert isinstance(net, UNet) and net.widths == (8, 16, 32)
+    with torch.inference_mode():
+        assert net(torch.zeros(1, 3, 37, 41)).shape == (1, 2, 37, 41)

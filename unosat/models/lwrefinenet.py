@@ -34,17 +34,17 @@ stride 1: every other tensor is shared, so the UNOSAT team's checkpoints load in
 stride-1 model (:func:`unosat.models.reference_checkpoint.load_reference_state_dict`; the new tensors are
 listed by :func:`new_full_resolution_keys`).
 
-========  ======================  ========================================================  ==================
-level     modules                 input                                                     512 x 512 input
-========  ======================  ========================================================  ==================
-1/32      crp_1_32, adapt_1_32    lateral_320(f320) + lateral_160(f160)                     256 @ 16
-1/16      crp_1_16, adapt_1_16    lateral_64(f64) + lateral_96(f96) + up                    256 @ 32
-1/8       crp_1_8, adapt_1_8      up + lateral_32(f32)                                      256 @ 64
-1/4       crp_1_4, classifier     lateral_24(f24) + up; stride 4: logits                     256 @ 128, 2 @ 128
-          (stride 1: adapt_1_4)
-1/2       crp_1_2, adapt_1_2      lateral_16(f16) + up (stride 1 only)                      64 @ 256
-1/1       crp_1_1, classifier_1_1 input_branch(x) + up (stride 1 only)                      32 @ 512, 2 @ 512
-========  ======================  ========================================================  ==================
+=====  ========================  =============================================  ======================
+level  modules                   input                                          512 x 512 input
+=====  ========================  =============================================  ======================
+1/32   crp_1_32, adapt_1_32      lateral_320(f320) + lateral_160(f160)          256 @ 16
+1/16   crp_1_16, adapt_1_16      lateral_64(f64) + lateral_96(f96) + up         256 @ 32
+1/8    crp_1_8, adapt_1_8        up + lateral_32(f32)                           256 @ 64
+1/4    crp_1_4, then classifier  lateral_24(f24) + up                           256 @ 128; logits 2 @ 128
+       (stride 4) or adapt_1_4
+1/2    crp_1_2, adapt_1_2        lateral_16(f16) + up (stride 1 only)           64 @ 256
+1/1    crp_1_1, classifier_1_1   input_branch(x) + up (stride 1 only)           32 @ 512; logits 2 @ 512
+=====  ========================  =============================================  ======================
 
 Parameters for 3 input bands and 2 classes: stride 4: 3,240,770 (encoder 1,812,800, decoder 1,427,970, of
 which each chained residual pooling block holds 262,144); stride 1 with the default fine channels: 3,286,882

@@ -6,15 +6,15 @@ decoder level works on the input grid and sees the first encoder level through a
 For an input ``(N, in_channels, H, W)`` and ``widths = (w_0, ..., w_{D-1})`` (D = ``len(widths)`` levels;
 the default ``(16, 32, 64, 128, 256)``), with sizes for a 512 x 512 input and the default widths:
 
-=========================  ==========================================================  ==================
-module                     what                                                        output, 512 input
-=========================  ==========================================================  ==================
-``encoder[0]``             DoubleConv in_channels -> w_0                               16 @ 512 (1/1)
-``encoder[k]``, k >= 1     2x2 max pooling stride 2 (ceil), DoubleConv w_{k-1} -> w_k          32 @ 256 ... 256 @ 32 (1/16)
-``decoder[j]``, j = 0..D-2  bilinear up to the skip's size, concat the skip              128 @ 64 ... 16 @ 512
-                           ``encoder[D-2-j]``, DoubleConv w_{D-1-j} + w_{D-2-j} -> w_{D-2-j}
-``classifier``             1x1 conv w_0 -> num_classes (with bias)                      2 @ 512 (1/1)
-=========================  ==========================================================  ==================
+===========================  ==============================================================  ==========================
+module                       what                                                            output, 512 x 512 input
+===========================  ==============================================================  ==========================
+``encoder[0]``               DoubleConv in_channels -> w_0                                   16 @ 512 (1/1)
+``encoder[k]``, k >= 1       2x2 max pooling stride 2 (ceil), DoubleConv w_{k-1} -> w_k      32 @ 256 ... 256 @ 32
+``decoder[j]``, j = 0..D-2   bilinear up to the size of the skip ``encoder[D-2-j]``, concat  128 @ 64 ... 16 @ 512
+                             it, DoubleConv w_{D-1-j} + w_{D-2-j} -> w_{D-2-j}
+``classifier``               1x1 conv w_0 -> num_classes (with bias)                         2 @ 512 (1/1)
+===========================  ==============================================================  ==========================
 
 A DoubleConv is (3x3 conv without bias, BatchNorm, ReLU) twice. Upsampling is bilinear
 (``align_corners=False``) to the exact size of the skip feature, not a transposed convolution: it has no
