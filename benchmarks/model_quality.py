@@ -87,8 +87,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--folds", type=int, nargs="+", default=None,
                         help="validation folds (cities) to hold out (default: every training fold)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of every fold (default 0 1)")
-    parser.add_argument("--epochs", type=int, default=8, help="trainer.max_epochs of every job")
-    parser.add_argument("--epoch-length", type=int, default=256, help="data.epoch_length: tiles per epoch")
+    parser.add_argument("--epochs", type=int, default=8, help="trainer.max_epochs of every job (default 8, the demo's)")
+    parser.add_argument("--epoch-length", type=int, default=256, help="data.epoch_length: tiles per epoch (default 256, the demo's)")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="time limit of every training job (trainer.max_time); default none")
     parser.add_argument("--checkpoint", choices=("last", "best"), default="last",
@@ -98,13 +98,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="extra predict.py overrides for every prediction (e.g. trainer=gpu window.batch_size=16)")
     parser.add_argument("--no-baselines", action="store_true", help="skip the baselines")
     parser.add_argument("--pixel-windows", type=int, nargs="+", default=[3, 7, 15],
-                        help="window sizes (odd px) of the pixel classifier's local statistics")
+                        help="window sizes (odd px) of the pixel classifier's local statistics (default 3 7 15)")
     parser.add_argument("--pixel-samples", type=int, default=200_000,
-                        help="training pixels sampled to fit the pixel classifier")
-    parser.add_argument("--jobs", type=int, default=1, help="jobs run in parallel processes")
+                        help="training pixels sampled to fit the pixel classifier (default 200000)")
+    parser.add_argument("--jobs", type=int, default=1, help="jobs run in parallel processes (default 1: in this process)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per job (default: CPU cores / jobs when --jobs > 1)")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/unosat-model-quality"))
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/unosat-model-quality"),
+                        help="one directory per job under it (default /tmp/unosat-model-quality)")
     parser.add_argument("--json", type=Path, default=None, help="where the runs go (default <workdir>/model_quality.json)")
     parser.add_argument("--overwrite", action="store_true", help="redo jobs made with other settings")
     args = parser.parse_args(argv)
@@ -146,7 +147,7 @@ def training_overrides(job: dict) -> list[str]:
            f"paths.output_dir={Path(job['dir']) / 'train'}", f"paths.log_dir={Path(job['dir']) / 'logs'}",
            "baseline=false", "test=false", "ckpt_path=null", "trainer.enable_progress_bar=false"]
     if s["max_minutes"] is not None:
-        own.append(f"++trainer.max_time={{minutes:{s['max_minutes']}}}")
+        own.append(f"++trainer.max_time='{max_time(s['max_minutes'])}'")
     return ["logger=csv", *job["overrides"], *s["overrides"], *own]
 
 
@@ -162,6 +163,13 @@ def compose(name: str, overrides: Sequence[str], what: str):
         return compose_config(name, overrides)
     except (HydraException, OmegaConfBaseException) as err:
         raise UnosatError(f"{what} does not compose: {' '.join(str(err).split())[:300]}") from None
+
+
+def max_time(minutes: float) -> str:
+    """Lightning's ``max_time`` string ``DD:HH:MM:SS`` of ``minutes`` (whole seconds, at least 1)."""
+    seconds = max(1, round(minutes * 60))
+    days, rest = divmod(seconds, 86400)
+    return f"{days:02d}:{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
 
 
 def check_configs(configs: dict[str, list[str]], settings: dict) -> None:

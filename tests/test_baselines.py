@@ -128,3 +128,10 @@ def test_vv_threshold_fit_on_a_prepared_fold_is_the_training_runs_baseline(tiny_
         fp += int((pred & (m == 0) & valid).sum())
         fn += int((~pred & (m == 1) & valid).sum())
     assert tp / (tp + fp + fn) == pytest.approx(base.val_iou, abs=1e-3)
+
+
+@pytest.mark.parametrize("net", [VVThresholdNet(3, -3.0, RECIPE), PixelLogisticRegression(3, [3, 7])])
+def test_baselines_give_logits_at_the_input_size_for_odd_sizes(net):
+    for size in [(45, 29), (1, 1), (64, 96)]:
+        with torch.inference_mode():
+            assert net(torch.randn(2, 3, *size)).shape == (2, 2, *size)

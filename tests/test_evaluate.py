@@ -16,7 +16,7 @@ from rasterio.transform import from_origin
 
 from unosat.errors import UnosatError
 from unosat.metrics import scores_from_confusion
-from unosat.predict.evaluate import evaluate_city, evaluation_report
+from unosat.predict.evaluate import COUNT_KEYS, evaluate_city, evaluation_report, evaluation_table
 from unosat.predict.object_matching import match_polygons, object_scores
 from unosat.predict.vectorize import VectorizeConfig, vectorize
 
@@ -263,3 +263,37 @@ def test_label_file_errors_name_the_file(tmp_path):
         evaluate_city(mask, polygons, no_crs)
     with pytest.raises(UnosatError, match="missing_polygons.gpkg"):
         evaluate_city(mask, tmp_path / "missing_polygons.gpkg", labels)
+
+
+def test_a_city_without_a_valid_pixel_warns_and_the_report_is_strict_json(tmp_path, caplog):
+    mask, polygons, labels, _ = hand_made_city(tmp_path)
+    blank = write_mask(tmp_path / "blank.tif", np.full((30, 40), 255, dtype=np.uint8))
+    blank_polygons = tmp_path / "blank.gpkg"
+    vectorize(blank, blank_polygons, VectorizeConfig(block_rows=8))
+    with caplog.at_level("WARNING", logger="unosat.predict.evaluate"):
+        nothing = evaluate_city(blank, blank_polygons, labels)
+        report = evaluation_report({"Mosul": evaluate_city(mask, polygons, labels), "Nowhere": nothing})
+    assert any("blank.tif has no valid pixel" in r.getMessage() for r in caplog.records)
+    assert any("written as null" in r.getMessage() and "cities.Nowhere.pixel.iou_building" in r.getMessage()
+               for r in caplog.records)
+    text = json.dumps(report, allow_nan=False)  # strict JSON: no NaN anywhere
+    back = json.loads(text)
+    assert back["cities"]["Nowhere"]["pixel"]["iou_building"] is None
+    assert back["cities"]["Nowhere"]["counts"]["valid_pixels"] == 0
+    assert back["overall"]["pixel"]["iou_building"] == report["cities"]["Mosul"]["pixel"]["iou_building"]
+
+
+def test_evaluation_table_prints_each_city_and_the_overall_scores():
+    def city(confusion, tp, fp, fn):
+        return {"pixel": {"confusion": confusion, **scores_from_confusion(np.array(confusion))},
+                "object": object_scores(tp, fp, fn), "counts": dict.fromkeys(COUNT_KEYS, 1),
+                "settings": {"all_touched": True, "iou_threshold": 0.5}}
+
+    report = evaluation_report({"Samawah": city([[90, 2], [3, 5]], 2, 1, 1), "Mosul": city([[50, 0], [5, 5]], 0, 2, 4)})
+    lines = evaluation_table(report).splitlines()
+    assert lines[0].split() == ["pixel", "IoU", "pixel", "P", "pixel", "R", "pixel", "F1", "object", "P", "object", "R",
+                                "object", "F1", "TP/FP/FN"]
+    # Samawah: IoU 5/(5+2+3), P 5/7, R 5/8, F1 10/15; objects P 2/3, R 2/3, F1 2/3
+    assert lines[1].split() == ["Samawah", "0.5000", "0.7143", "0.6250", "0.6667", "0.6667", "0.6667", "0.6667", "2/1/1"]
+    # overall from the summed confusion [[140, 2], [8, 10]] and summed matches 2/3/5
+    assert lines[3].split() == ["overall", "0.5000", "0.8333", "0.5556", "0.6667", "0.4000", "0.2857", "0.3333", "2/3/5"]

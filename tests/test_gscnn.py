@@ -313,13 +313,25 @@ def test_dual_term_is_zero_for_the_ground_truth_and_the_l1_of_boundaries_otherwi
     confident = 50.0 * (2.0 * F.one_hot(torch.where(target == X, 0, target), 2).permute(0, 3, 1, 2).float() - 1)
     loss = GSCNNLoss()
     assert loss((confident, torch.zeros(2, 1, 16, 16)), target)["dual"].item() == pytest.approx(0.0, abs=1e-6)
-    # one row, classes 0 1 1 against a prediction 0 0 1: per class the boundary maps are (1, 0, 0) and (0, 1, 0)
+    # one row, classes 0 1 1 against a prediction 0 0 1: per class the boundary maps are (1, 0, 0) (true) and
+    # (0, 1, 0) (predicted), so L1 is 1 at pixels 0 and 1 of both classes. The paper's normalisation: the mean
+    # over the 2 predicted-boundary elements (pixel 1 x 2 classes) is 1, over the 2 true ones (pixel 0) 1:
+    # 0.5 * 1 + 0.5 * 1 = 1 (the mean over all 6 elements would be 4 / 6)
     target = torch.tensor([[[0, 1, 1]]])
     pred = 50.0 * torch.tensor([[[[1.0, 1.0, -1.0]], [[-1.0, -1.0, 1.0]]]])
-    assert loss((pred, torch.zeros(1, 1, 1, 3)), target)["dual"].item() == pytest.approx(4 / 6, rel=1e-5)
-    # the last pixel ignored: only pixel 0's forward difference involves valid pixels only -> 2 / 2
-    target = torch.tensor([[[0, 1, X]]])
     assert loss((pred, torch.zeros(1, 1, 1, 3)), target)["dual"].item() == pytest.approx(1.0, rel=1e-5)
+    # the last pixel ignored: only pixel 0's forward difference involves valid pixels only; there the
+    # prediction has no boundary (that half is 0) and the truth has one in both classes with L1 1: 0.5
+    target = torch.tensor([[[0, 1, X]]])
+    assert loss((pred, torch.zeros(1, 1, 1, 3)), target)["dual"].item() == pytest.approx(0.5, rel=1e-5)
+    # a boundary 1 px long in a 32 x 32 image: the paper's term does not shrink with the image size
+    big = torch.zeros(1, 32, 32, dtype=torch.int64)
+    big[0, :, 16:] = 1
+    shifted = torch.zeros(1, 32, 32, dtype=torch.int64)
+    shifted[0, :, 17:] = 1
+    shifted_logits = 50.0 * (2.0 * F.one_hot(shifted, 2).permute(0, 3, 1, 2).float() - 1)
+    # predicted boundary at column 16, true at 15: L1 1 on both, over 32 rows x 2 classes each -> 1
+    assert loss((shifted_logits, torch.zeros(1, 1, 32, 32)), big)["dual"].item() == pytest.approx(1.0, rel=1e-5)
     # a real gradient: a step of 1 is 1, a diagonal corner sqrt(2), and it flows back to the probabilities
     step = torch.tensor([[[[0.0, 0.0], [0.0, 1.0]]]], requires_grad=True)
     mag = boundary_magnitude(step)

@@ -35,10 +35,13 @@ def test_smoothing_without_weights_matches_torch_and_minimum_is_0_1985():
     ours = SmoothedCrossEntropy(label_smoothing=0.1)(logits, target)
     ref = F.cross_entropy(logits, target, label_smoothing=0.1)
     assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
-    # optimum: p(true) = 1 - eps/2 = 0.95, minimum loss 0.1985 (model-facts.md)
+    # optimum: p(true) = 1 - eps/2 = 0.95 (set d/dp of (1 - eps) (-log p) + eps/2 (-log p - log(1 - p)) to 0);
+    # the minimum is 0.9 (-log 0.95) + 0.05 (-log 0.95 - log 0.05) = 0.1985
+    minimum = 0.9 * -math.log(0.95) + 0.05 * (-math.log(0.95) - math.log(0.05))
+    assert minimum == pytest.approx(0.1985, abs=5e-5)
     target = torch.ones(1, 4, 4, dtype=torch.long)
     loss = SmoothedCrossEntropy(label_smoothing=0.1)(logits_for(0.95), target)
-    assert loss.item() == pytest.approx(0.1985, abs=5e-5)
+    assert loss.item() == pytest.approx(minimum, rel=1e-5)
 
 
 def optimum_p_background(loss_fn) -> float:
@@ -111,6 +114,53 @@ def test_combined_loss_reports_terms_and_sums_them():
     # a multi-output model's tuple: the first item is the segmentation
     assert CrossEntropyJaccardLoss()((logits, None), target)["loss"].item() == pytest.approx(out["ce"].item())
 
+
+def test_pooled_jaccard_by_hand():
+    logits = logits_for(0.8, (1, 1, 3))
+    target = torch.tensor([[[0, 1, 255]]])
+    # sums over both classes: I = 0.8 + 0.2, U = (1.6 + 1 - 0.8) + (0.4 + 1 - 0.2) = 1.8 + 1.2
+    loss = SoftJaccardLoss(smooth=0.0, reduction="pooled")(logits, target)
+    assert loss.item() == pytest.approx(1 - 1.0 / 3.0, rel=1e-6)
+    assert SoftJaccardLoss(classes=[1], smooth=0.0, reduction="pooled")(logits, target).item() == pytest.approx(
+        1 - 0.8 / 1.8, rel=1e-6)
+
+
+def original_softmax_jaccard(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The UNOSAT team's SoftmaxJaccardWithLogitsLoss (reduction 'mean'), written out from its definition:
+    per image and class, I = sum p y and U = sum (p + y - p y + 1e-10); then 1 - mean(I) / mean(U)."""
+    p = torch.softmax(logits, dim=1)
+    y = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).to(p.dtype)
+    b, c = p.shape[:2]
+    inter = (p * y).reshape(b, c, -1).sum(-1)
+    union = (p + y - p * y + 1e-10).reshape(b, c, -1).sum(-1)
+    return 1.0 - inter.mean() / union.mean()
+
+
+def test_pooled_jaccard_is_the_originals_and_differs_from_per_class_with_rare_buildings():
+    torch.manual_seed(4)
+    target = (torch.rand(4, 32, 32) < 0.03).long()  # about 3 % buildings, no ignored pixel
+    logits = torch.randn(4, 2, 32, 32) + 2.0 * F.one_hot(target, 2).permute(0, 3, 1, 2)
+    pooled = SoftJaccardLoss(smooth=0.0, reduction="pooled")(logits, target)
+    assert pooled.item() == pytest.approx(original_softmax_jaccard(logits, target).item(), rel=1e-5)
+    # per class, the building IoU (small) weighs as much as the background's (large): a larger loss ...
+    per_class = SoftJaccardLoss(smooth=0.0, reduction="per_class")(logits, target)
+    assert per_class.item() > 1.5 * pooled.item()
+    # ... and larger gradients on the building pixels' logits
+    grads = {}
+    for reduction in ("pooled", "per_class"):
+        x = logits.clone().requires_grad_(True)
+        SoftJaccardLoss(smooth=0.0, reduction=reduction)(x, target).backward()
+        grads[reduction] = x.grad[:, 1][target == 1].abs().sum().item()
+    assert grads["per_class"] > 1.5 * grads["pooled"]  # 2.0x here
+
+
+def test_jaccard_reduction_reaches_the_loss_and_is_checked():
+    torch.manual_seed(5)
+    logits, target = torch.randn(2, 2, 8, 8), (torch.rand(2, 8, 8) < 0.1).long()
+    out = CrossEntropyJaccardLoss(jaccard_weight=1.0, jaccard_smooth=0.0, jaccard_reduction="pooled")(logits, target)
+    assert out["jaccard"].item() == pytest.approx(original_softmax_jaccard(logits, target).item(), rel=1e-5)
+    with pytest.raises(UnosatError, match="jaccard_reduction must be one of"):
+        CrossEntropyJaccardLoss(jaccard_weight=1.0, jaccard_reduction="mean")
 
 # ------------------------------------------------------------------------------------------ focal, Lovasz
 

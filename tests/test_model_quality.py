@@ -54,7 +54,7 @@ def direct_vv_confusion(data, fold: int, threshold_db: float) -> np.ndarray:
 def test_benchmark_end_to_end_on_the_tiny_demo(tiny_prepared_db, tmp_path, capsys):
     bench = load_benchmark()
     argv = ["--data", str(tiny_prepared_db), "--workdir", str(tmp_path / "work"), "--config", "lw",
-            "model=lwrefinenet", *FAST]
+            "model=lwrefinenet", "model.output_stride=4", *FAST]  # the cheapest network
     report = bench.main(argv)
     out = capsys.readouterr().out
     runs = report["runs"]
@@ -113,3 +113,13 @@ def test_a_configuration_that_does_not_compose_is_a_clear_error(tiny_prepared_db
     with pytest.raises(UnosatError, match="label"):
         bench.main([*base, "--config", "model=unet"])
     assert not (tmp_path / "work").exists()  # refused before any work
+    # the time limit reaches Lightning as DD:HH:MM:SS, and composes
+    assert bench.max_time(3) == "00:00:03:00" and bench.max_time(0.01) == "00:00:00:01"
+    assert bench.max_time(60 * 24 + 90.5) == "01:01:30:30"
+    job = {"overrides": [], "fold": 0, "seed": 0, "dir": str(tmp_path / "job"),
+           "settings": {"data": str(tiny_prepared_db), "train_folds": [0, 2], "epochs": 1, "epoch_length": 4,
+                        "max_minutes": 2.5, "overrides": [], "predict_overrides": []}}
+    from unosat.config import compose_config
+
+    cfg = compose_config("train", bench.training_overrides(job))
+    assert cfg.trainer.max_time == "00:00:02:30" and list(cfg.data.train_folds) == [2] and list(cfg.data.val_folds) == [0]

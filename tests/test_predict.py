@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -304,6 +305,18 @@ def test_mean_and_vote_by_hand_with_nodata():
     assert AggregateConfig(min_votes=2).votes_needed(4) == 2 and AggregateConfig(min_votes=9).votes_needed(4) == 4
 
 
+def test_the_default_vote_of_two_dates_is_their_union_as_the_readme_says():
+    from hydra.utils import instantiate
+
+    agg = instantiate(compose_config("predict").aggregate)
+    assert (agg.method, agg.min_votes, agg.votes_needed(2)) == ("vote", -1, 1)
+    dates = np.array([[[1, 0, 1, 0]], [[0, 1, 1, 0]]], dtype=np.uint8)
+    np.testing.assert_array_equal(vote(dates, agg.votes_needed(2)), [[1, 1, 1, 0]])  # union, not "both agree"
+    np.testing.assert_array_equal(vote(dates, AggregateConfig(min_votes=2).votes_needed(2)), [[0, 0, 1, 0]])
+    readme = (REPO / "README.md").read_text()
+    assert "both dates agree" not in readme and "for 2 dates that is 1 of 2, the union" in readme
+
+
 def test_acquisitions_on_different_grids_are_not_aggregated():
     from rasterio.transform import from_origin
 
@@ -429,7 +442,10 @@ def test_default_run_predicts_the_demo_test_cities_as_cogs_on_the_input_grid(dem
         prob = read(demo_run / "scenes" / f"{sid}_probability.tif")
         mask = read(demo_run / "scenes" / f"{sid}_mask.tif")
         assert nodata.any() and ((prob == 255) == nodata).all() and ((mask == 255) == nodata).all()
-        np.testing.assert_array_equal(mask[~nodata], decode_probability(prob)[~nodata] >= 0.5)
+        # the mask thresholds the float probability: where the stored value is the bin holding 0.5 (127 of 254,
+        # p in [0.498, 0.502)) either answer is right; everywhere else it agrees with the stored value
+        clear = ~nodata & (prob != 127)
+        np.testing.assert_array_equal(mask[clear], decode_probability(prob)[clear] >= 0.5)
         assert decode_probability(prob)[~nodata].std() > 0.05 and 0 < mask[~nodata].mean() < 1  # a map, not a constant
     # city products: the vote of N-1 of N = 1 of 2 dates, on the same grid, and polygons
     masks = np.stack([read(demo_run / "scenes" / f"{sid}_mask.tif") for sid in SAMAWAH])
@@ -456,6 +472,38 @@ def test_a_rerun_with_the_same_settings_skips_finished_scenes(demo_run, trained,
     assert before == {p: p.stat().st_mtime_ns for p in (demo_run / "scenes").iterdir()}
 
 
+def constant_checkpoint(best_ckpt: Path, p: float, out: Path) -> Path:
+    """train.py's checkpoint with its classifier set to give building probability ``p`` on every pixel."""
+    ckpt = torch.load(best_ckpt, weights_only=True)
+    prefix = next(k for k in ckpt["state_dict"] if k.endswith("decoder.classifier.weight"))[: -len("weight")]
+    ckpt["state_dict"][prefix + "weight"] = torch.zeros_like(ckpt["state_dict"][prefix + "weight"])
+    ckpt["state_dict"][prefix + "bias"] = torch.tensor([0.0, math.log(p / (1 - p))])
+    torch.save(ckpt, out)
+    return out
+
+
+def test_masks_threshold_the_float_probability_not_the_stored_one(best_ckpt, tiny_raw_session, tmp_path):
+    # p = 0.499 is stored as round(0.499 * 254) = 127, which decodes to 0.5: thresholding the stored value
+    # made every pixel a building at threshold 0.5
+    ckpt = constant_checkpoint(best_ckpt, 0.499, tmp_path / "p0499.ckpt")
+    out = tmp_path / "out"
+    common = [f"ckpt={ckpt}", f"input={tiny_raw_session}", "cities=[Samawah]", "vectorize=false"]
+    run(predict_cfg(out, *common))
+    prob, mask = read(out / "scenes" / f"{SAMAWAH[0]}_probability.tif"), read(out / "scenes" / f"{SAMAWAH[0]}_mask.tif")
+    valid = prob != 255
+    assert valid.any() and (prob[valid] == 127).all() and (decode_probability(prob)[valid] == 0.5).all()
+    assert (mask[valid] == 0).all() and (mask[~valid] == 255).all()
+    assert (read(out / "cities" / "Samawah_mask.tif")[valid] == 0).all()  # the vote of the dates' masks
+    # a mask remade on its own (deleted here) comes from the network's floats again, not from the stored file
+    (out / "scenes" / f"{SAMAWAH[0]}_mask.tif").unlink()
+    manifest = run(predict_cfg(out, *common))
+    assert (read(out / "scenes" / f"{SAMAWAH[0]}_mask.tif")[valid] == 0).all()
+    assert [s["skipped"] for s in manifest["scenes"]] == [False, True]
+    # and a threshold below p makes every valid pixel a building
+    run(predict_cfg(tmp_path / "low", *common, "threshold=0.498"))
+    assert (read(tmp_path / "low" / "scenes" / f"{SAMAWAH[0]}_mask.tif")[valid] == 1).all()
+
+
 def test_mean_aggregation_float16_and_prepared_input(demo_run, best_ckpt, tiny_prepared_db, tmp_path):
     out = tmp_path / "out"
     run(predict_cfg(out, f"ckpt={best_ckpt}", f"input={tiny_prepared_db}", "dataset_split=test", "aggregate.method=mean",
@@ -470,7 +518,8 @@ def test_mean_aggregation_float16_and_prepared_input(demo_run, best_ckpt, tiny_p
     np.testing.assert_allclose(probs, raw_probs, atol=0.5 / UINT8_SCALE + 1e-3, equal_nan=True)  # + float16
     city = read(out / "cities" / "Samawah_probability.tif")
     np.testing.assert_allclose(city, mean_probability(probs), atol=1e-3, equal_nan=True)
-    np.testing.assert_array_equal(read(out / "cities" / "Samawah_mask.tif"), threshold_mask(city, 0.4))
+    # the city mask thresholds the mean of the dates' stored probabilities before it is stored (float16) again
+    np.testing.assert_array_equal(read(out / "cities" / "Samawah_mask.tif"), threshold_mask(mean_probability(probs), 0.4))
 
 
 def test_ensemble_averages_the_probabilities_of_checkpoints_with_their_own_recipes(demo_run, best_ckpt, tiny_raw_session,
@@ -512,7 +561,9 @@ def test_checkpoint_missing_or_not_unosat(tiny_raw_session, tmp_path):
         run(predict_cfg(tmp_path / "o", f"ckpt={text}", f"input={tiny_raw_session}"))
     with pytest.raises(UnosatError, match=r"ckpt=null: no best-\*.ckpt .* python train.py"):
         run(predict_cfg(tmp_path / "o", f"input={tiny_raw_session}", log_dir=tmp_path / "no_logs"))
-    assert not (tmp_path / "o").exists()
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["predict.json"]  # the failure, and nothing else
+    manifest = json.loads((tmp_path / "o" / "predict.json").read_text())
+    assert manifest["status"] == "failed" and manifest["reason"].startswith("ckpt=null: no best-*.ckpt")
 
 
 def test_checkpoint_recipe_must_match_a_prepared_dataset(best_ckpt, tiny_prepared, tmp_path):
@@ -579,6 +630,41 @@ def test_an_output_made_with_other_settings_or_not_a_prediction_is_refused(demo_
     assert (foreign / "notes.txt").read_text() == "mine" and (foreign / "predict.json").is_file()
 
 
+def test_a_failed_prediction_records_why_and_the_same_command_runs_after_the_fix(best_ckpt, tiny_raw, tmp_path):
+    scene = next(s for s in discover_scenes(tiny_raw) if s.scene_id == SAMAWAH[1])
+    good = scene.vv.read_bytes()
+    scene.vv.write_bytes(good[: len(good) * 2 // 3])  # a truncated input
+    out = tmp_path / "o"
+    args = [f"ckpt={best_ckpt}", f"input={tiny_raw}", "cities=[Samawah]", "vectorize=false"]
+    with pytest.raises(UnosatError, match=rf"{scene.vv.name}"):
+        run(predict_cfg(out, *args))
+    manifest = json.loads((out / "predict.json").read_text())
+    assert manifest["status"] == "failed" and scene.vv.name in manifest["reason"] and "\n" not in manifest["reason"]
+    scene.vv.write_bytes(good)  # the fix
+    assert run(predict_cfg(out, *args))["status"] == "complete"  # the same command, no overwrite=true
+
+    bad = tmp_path / "model.ckpt"
+    bad.write_bytes(b"")  # a bad checkpoint
+    out = tmp_path / "o2"
+    args = [f"ckpt={bad}", f"input={tiny_raw}", "cities=[Samawah]", "vectorize=false"]
+    with pytest.raises(UnosatError, match="model.ckpt: not a readable PyTorch checkpoint"):
+        run(predict_cfg(out, *args))
+    manifest = json.loads((out / "predict.json").read_text())
+    assert manifest["status"] == "failed" and "model.ckpt: not a readable PyTorch checkpoint" in manifest["reason"]
+    shutil.copy(best_ckpt, bad)  # the fix: the right file under the same name
+    assert run(predict_cfg(out, *args))["status"] == "complete"
+
+
+def test_a_failure_leaves_a_finished_prediction_alone(demo_run, tmp_path):
+    before = (demo_run / "predict.json").read_bytes()
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    with pytest.raises(UnosatError, match="empty.ckpt"):
+        run(predict_cfg(demo_run, f"ckpt={empty}"))
+    assert (demo_run / "predict.json").read_bytes() == before
+    assert not (demo_run / ".unosat.lock").exists()
+
+
 def cli(args: list[str], **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "predict.py", *args], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kwargs)
@@ -643,6 +729,31 @@ def test_two_cpu_processes_predict_what_one_does(resumed_run, best_ckpt, tiny_ra
             assert (a != b).mean() < 1e-3, path.name
     for path in sorted((single / "cities").glob("*.tif")):
         assert (read(path) != read(out / "cities" / path.name)).mean() < 1e-3
+
+
+def test_two_runs_on_one_output_refuse_each_other_cleanly(best_ckpt, tiny_raw_session, tmp_path):
+    out = tmp_path / "shared"
+    args = cli_args(out, f"ckpt={best_ckpt}", f"input={tiny_raw_session}", "cities=[Samawah]")
+    first = cli(args)
+    deadline = time.monotonic() + 180
+    while not (out / ".unosat.lock").exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert (out / ".unosat.lock").exists(), "the first run did not start"
+    first.send_signal(signal.SIGSTOP)  # holds the lock for as long as the second run needs
+    try:
+        second = cli(args[:1] + [f"hydra.run.dir={tmp_path / 'hydra_second'}"] + args[2:])
+        _, stderr = second.communicate(timeout=180)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert second.returncode == 1
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert re.fullmatch(rf"error: {re.escape(str(out))} is in use by process {first.pid} since "
+                        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC .*", lines[-1]), stderr[-2000:]
+    assert "Traceback" not in stderr
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr[-2000:]
+    assert json.loads((out / "predict.json").read_text())["status"] == "complete"
+    assert not (out / ".unosat.lock").exists()
 
 
 def test_user_errors_end_with_one_line_and_status_1(tmp_path):

@@ -409,3 +409,80 @@ def test_multiband_layout_with_band_order(tiny_raw, tmp_path):
         stack, _, _ = polarisations_to_stack(src.read(2), src.read(1), BandRecipe())
     np.testing.assert_array_equal(np.nan_to_num(stack, nan=-1),
                                   np.nan_to_num(polarisations_to_stack(read(scene.vh)[0], read(scene.vv)[0], BandRecipe())[0], nan=-1))
+
+
+# ------------------------------------------------------------------- step dependencies
+
+
+def raster_content(path: Path) -> tuple:
+    with rasterio.open(path) as src:
+        return src.read().tobytes(), src.tags(), src.profile["dtype"], src.count
+
+
+def dataset_content(root: Path) -> dict:
+    """Everything a prepared dataset says, except run timings, figures' bytes and its own path."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if not p.is_file() or rel.startswith("report/") and p.suffix == ".png":
+            continue
+        if p.suffix == ".tif":
+            out[rel] = raster_content(p)
+        elif p.name == "dataset.json":
+            out[rel] = {k: v for k, v in json.loads(p.read_text()).items() if k != "last_run_seconds"}
+        else:
+            out[rel] = p.read_bytes().replace(str(root).encode(), b"<dataset>")
+    return out
+
+
+def test_redoing_the_bands_in_another_recipe_redoes_every_step_downstream(tiny_raw_session, tmp_path):
+    redone, fresh = tmp_path / "redone", tmp_path / "fresh"
+    run(prepare_config(tiny_raw_session, redone))  # 3b, every step
+    linear = json.loads((redone / "normalization.json").read_text())
+    run(prepare_config(tiny_raw_session, redone, "bands=db", "overwrite=true", "steps=[bands]"))
+    run(prepare_config(tiny_raw_session, fresh, "bands=db"))
+    got, want = dataset_content(redone), dataset_content(fresh)
+    assert sorted(got) == sorted(want)
+    differ = [k for k in want if got[k] != want[k]]
+    assert differ == []
+    assert json.loads((redone / "normalization.json").read_text())["mean"] != linear["mean"]
+    manifest = PreparedDataset(redone).manifest
+    assert manifest["steps_done"] == ["bands", "labels", "quality", "tiles", "stats", "report"]
+    # the dataset is consistent: a later full run without overwrite accepts it and redoes nothing
+    stamps = {p: p.stat().st_mtime_ns for p in redone.rglob("*.tif")}
+    run(prepare_config(tiny_raw_session, redone, "bands=db", "steps=[bands,labels,quality,tiles,stats]"))
+    assert {p: p.stat().st_mtime_ns for p in redone.rglob("*.tif")} == stamps
+
+
+def test_a_redone_step_leaves_the_steps_it_does_not_feed_alone(tiny_raw_session, tmp_path):
+    out = tmp_path / "out"
+    run(prepare_config(tiny_raw_session, out, "steps=[bands,labels,tiles,stats]"))
+    tiles_stamp = (out / "tiles.csv").stat().st_mtime_ns
+    bands_stamps = {p: p.stat().st_mtime_ns for p in (out / "bands").glob("*.tif")}
+    norm_stamp = (out / "normalization.json").stat().st_mtime_ns
+    run(prepare_config(tiny_raw_session, out, "overwrite=true", "steps=[labels]"))
+    assert (out / "tiles.csv").stat().st_mtime_ns == tiles_stamp  # tiles do not read the masks
+    assert {p: p.stat().st_mtime_ns for p in (out / "bands").glob("*.tif")} == bands_stamps
+    assert (out / "normalization.json").stat().st_mtime_ns != norm_stamp  # stats read the masks: redone
+    assert PreparedDataset(out).manifest["steps_done"] == ["bands", "labels", "tiles", "stats"]
+
+
+def test_an_out_of_date_step_that_is_not_redone_is_refused_by_name(tiny_raw_session, tmp_path):
+    out = tmp_path / "out"
+    run(prepare_config(tiny_raw_session, out, "steps=[bands,labels,tiles,stats,report]"))
+    before = json.loads((out / "dataset.json").read_text())
+    with pytest.raises(UnosatError, match=r"step\(s\) \['stats'\] were done with other settings.*steps=\[stats,report\]"):
+        run(prepare_config(tiny_raw_session, out, "overwrite=true", "stats.min_valid_fraction=0.5", "steps=[report]"))
+    assert json.loads((out / "dataset.json").read_text()) == before  # refused before touching anything
+
+
+def test_a_second_preparation_of_one_out_dir_is_refused_while_the_first_runs(tiny_raw_session, tmp_path):
+    from unosat.io.lock import output_lock
+
+    out = tmp_path / "out"
+    with output_lock(out, "another prepare.py"):
+        with pytest.raises(UnosatError, match=r"out is in use by process \d+ since .*\(another prepare.py\)"):
+            run(prepare_config(tiny_raw_session, out, "steps=[bands]"))
+    assert not (out / "dataset.json").exists()
+    run(prepare_config(tiny_raw_session, out, "steps=[bands]"))  # free again
+    assert not (out / ".unosat.lock").exists()

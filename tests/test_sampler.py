@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from unosat.data.sampler import DistributedWeightedSampler, tile_weights
+from unosat.data.sampler import DistributedWeightedSampler, epoch_seed, tile_weights
 from unosat.errors import UnosatError
 
 
@@ -51,3 +51,16 @@ def test_epochs_differ_and_are_reproducible():
     b = list(s)
     s.set_epoch(0)
     assert a != b and list(s) == a
+
+
+def test_seed_and_epoch_do_not_collide():
+    # with a generator seeded by seed + epoch, seed 5 at epoch 1 drew exactly what seed 6 draws at epoch 0
+    weights = np.ones(1000)
+    a = DistributedWeightedSampler(_Sized(1000), weights, 200, seed=5)
+    a.set_epoch(1)
+    b = DistributedWeightedSampler(_Sized(1000), weights, 200, seed=6)
+    b.set_epoch(0)
+    drawn_a, drawn_b = list(a), list(b)
+    # two independent uniform draws of 200 out of 1000 agree at about 200 / 1000 positions, not all 200
+    assert sum(x == y for x, y in zip(drawn_a, drawn_b)) < 20
+    assert epoch_seed(5, 1) != epoch_seed(6, 0) and epoch_seed(5, 1) == epoch_seed(5, 1)

@@ -39,6 +39,17 @@ def test_test_tiles_have_constant_stride_and_pad_the_end():
     assert all(w.width == 2048 and w.height == 2048 for w in windows)
 
 
+def test_test_tiles_are_clipped_to_a_scene_smaller_than_the_test_size():
+    # the demo: 1024 px scenes, 2048 px test tiles -> one tile of the whole scene (was one tile 3/4 nodata,
+    # flagged skip, so test=true found no test tile)
+    windows = tile_windows(1024, 1024, "test", TilingConfig(test_size=2048))
+    assert [(w.col_off, w.row_off, w.width, w.height) for w in windows] == [(0, 0, 1024, 1024)]
+    # clipped to the shorter side: square tiles with a constant stride along the longer one
+    windows = tile_windows(1000, 2500, "test", TilingConfig(test_size=2048))
+    assert [(w.col_off, w.row_off, w.width, w.height) for w in windows] == [(0, 0, 1000, 1000), (1000, 0, 1000, 1000),
+                                                                            (2000, 0, 1000, 1000)]
+
+
 def test_every_pixel_is_in_a_train_tile_2d():
     h, w = 300, 257
     covered = np.zeros((h, w), bool)

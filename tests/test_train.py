@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import REPO, TINY_PREPARE
+from omegaconf import OmegaConf
 
 from unosat.checkpoint import load_checkpoint
 from unosat.config import compose_config
@@ -59,10 +61,14 @@ def summary(run_dir: Path) -> dict:
 
 def test_fast_dev_run(tiny_prepared_db, tmp_path):
     cfg = train_cfg(tiny_prepared_db, tmp_path, "debug=fdr")
-    assert run(cfg) is None or True  # fast_dev_run logs no checkpoint metric
+    value = run(cfg)
     out = summary(tmp_path / "logs" / "train" / "runs" / "run")
+    # fast_dev_run keeps no checkpoint: the value returned is the optimized metric as last logged
+    assert "best_score" not in out and value == out["fit_metrics"]["val/iou_building"]
     assert "train/loss_step" in out["fit_metrics"] or "train/loss" in out["fit_metrics"]
     assert np.isfinite(out["fit_metrics"]["val/loss"])
+    # debug=fdr writes no checkpoint (Lightning's own ModelCheckpoint wrote last.ckpt at train end)
+    assert not list((tmp_path / "logs").rglob("*.ckpt"))
 
 
 def test_training_run_writes_checkpoints_grid_baseline_and_returns_the_metric(tiny_prepared_db, tmp_path):
@@ -70,8 +76,27 @@ def test_training_run_writes_checkpoints_grid_baseline_and_returns_the_metric(ti
     value = run(cfg)
     run_dir = tmp_path / "logs" / "train" / "runs" / "run"
     out = summary(run_dir)
-    assert value == pytest.approx(out["best_score"]) and 0.0 <= value <= 1.0
-    assert 0.0 <= out["baseline"]["val_iou_building"] <= 1.0
+    metrics = pd.read_csv(run_dir / "csv" / "metrics.csv")
+    # the value returned is the best epoch's validation building IoU, as logged
+    assert value == pytest.approx(out["best_score"]) and value == pytest.approx(metrics["val/iou_building"].max())
+    # the baseline is what it says: building IoU on the validation pixels (each counted once) of "VV (dB) >=
+    # its threshold", recomputed here pixel by pixel
+    from unosat.bands import to_db
+    from unosat.data import UnosatDataModule
+
+    dm = UnosatDataModule(tiny_prepared_db, seed=0)
+    dm.setup("fit")
+    band = dm.recipe.bands.index("vv")
+    tp = fp = fn = 0
+    for i in range(len(dm.val_dataset)):
+        image, mask = dm.val_dataset.read_raw(i)
+        vv = image[..., band] if dm.recipe.units == "db" else to_db(image[..., band])
+        valid = (mask != 255) & np.isfinite(vv)
+        said = vv >= out["baseline"]["vv_threshold_db"]
+        tp += int((said & (mask == 1) & valid).sum())
+        fp += int((said & (mask == 0) & valid).sum())
+        fn += int((~said & (mask == 1) & valid).sum())
+    assert tp > 0 and out["baseline"]["val_iou_building"] == pytest.approx(tp / (tp + fp + fn), rel=1e-9)
     assert "test/iou_building" in out["test_metrics"]
     best = Path(out["best_checkpoint"])
     assert best.name.startswith("best-epoch") and (run_dir / "checkpoints" / "last.ckpt").is_file()
@@ -84,7 +109,6 @@ def test_training_run_writes_checkpoints_grid_baseline_and_returns_the_metric(ti
     assert list((run_dir / "figures").glob("prediction_grid_epoch*.png"))
     assert list((run_dir / "figures").glob("val_confusion_epoch*.png"))
     assert (run_dir / "config_resolved.yaml").is_file()
-    metrics = pd.read_csv(run_dir / "csv" / "metrics.csv")
     for column in ("val/iou_building", "val/iou_background", "val/miou", "val/precision_building",
                    "val/recall_building", "val/f1_building", "train/ce_epoch", "train/iou_building", "lr-AdamW"):
         assert column in metrics.columns
@@ -123,6 +147,90 @@ def test_resume_continues_epoch_optimizer_schedule_and_wandb_run(tiny_prepared_d
     assert c2["optimizer_states"][0]["state"] and c1["optimizer_states"][0]["state"]
     wandb_dirs = list((tmp_path / "logs" / "train" / "runs" / "second" / "wandb").glob("offline-run-*"))
     assert wandb_dirs and wandb_dirs[0].name.endswith(c1["unosat"]["wandb_run_id"])
+
+
+def test_resume_skips_a_truncated_last_ckpt_and_refuses_a_finished_run(tiny_prepared_db, tmp_path, caplog):
+    import logging
+
+    run(train_cfg(tiny_prepared_db, tmp_path, "baseline=false", run_name="first"))
+    folder = tmp_path / "logs" / "train" / "runs" / "first" / "checkpoints"
+    # the 1-epoch run is finished: resuming it trains nothing, and says so in one line
+    with pytest.raises(UnosatError, match=r"last.ckpt: this run already finished \(1 of its 1 epochs\); to train longer "
+                                          r"set trainer.max_epochs above 1"):
+        run(train_cfg(tiny_prepared_db, tmp_path, "ckpt_path=last", run_name="again"))
+    best = next(folder.glob("best-*.ckpt"))
+    with pytest.raises(UnosatError, match=r"completed 1 epoch\(s\), not fewer than trainer.max_epochs=1"):
+        ckpt = torch.load(best, weights_only=True)
+        ckpt["unosat"]["config"]["trainer"]["max_epochs"] = 5  # a run of 5 epochs stopped after 1
+        torch.save(ckpt, tmp_path / "five.ckpt")
+        run(train_cfg(tiny_prepared_db, tmp_path, f"ckpt_path={tmp_path / 'five.ckpt'}", run_name="lower"))
+    # a kill during a non-atomic write truncated last.ckpt: resume from the whole best-* beside it
+    last = folder / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:5000])
+    with caplog.at_level(logging.WARNING):
+        run(train_cfg(tiny_prepared_db, tmp_path, "ckpt_path=last", "trainer.max_epochs=2", "baseline=false",
+                      run_name="second"))
+    assert f"skipping {last}: not a readable PyTorch checkpoint" in caplog.text
+    assert f"using {best}, the newest checkpoint that loads (1 newer one(s) skipped)" in caplog.text
+    resumed = load_checkpoint(tmp_path / "logs" / "train" / "runs" / "second" / "checkpoints" / "last.ckpt")
+    assert resumed["epoch"] == 1 and resumed["global_step"] == 4
+
+
+def test_test_only_scores_the_checkpoint_weights_as_a_direct_evaluation(tiny_prepared_db, tmp_path, capsys):
+    from hydra.utils import instantiate
+
+    from unosat.checkpoint import build_model
+    from unosat.metrics import scores_from_confusion
+
+    run(train_cfg(tiny_prepared_db, tmp_path, "baseline=false", run_name="fit"))
+    best = Path(summary(tmp_path / "logs" / "train" / "runs" / "fit")["best_checkpoint"])
+    cfg = train_cfg(tiny_prepared_db, tmp_path)
+    assert cfg.channels_last
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+
+    def direct_evaluation(path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """Confusion matrix (numpy, valid pixels) of the checkpoint's network on the test tiles, and the
+        building-minus-background logit of every valid pixel. Channels-last as in training (cfg.channels_last):
+        another memory format sums convolutions in another order, and pixels whose two logits differ by ~1e-6
+        would flip."""
+        net = build_model(load_checkpoint(path)).to(memory_format=torch.channels_last)
+        confusion, margins = np.zeros((2, 2), np.int64), []
+        with torch.inference_mode():
+            for batch in datamodule.test_dataloader():
+                logits = net(batch["image"].contiguous(memory_format=torch.channels_last))
+                pred, truth = logits.argmax(1).numpy().ravel(), batch["mask"].numpy().ravel()
+                valid = truth != 255
+                np.add.at(confusion, (truth[valid], pred[valid]), 1)
+                margins.append((logits[:, 1] - logits[:, 0]).numpy().ravel()[valid])
+        return confusion, np.concatenate(margins)
+
+    # one epoch on the tiny scenes calls every pixel background, which any weights can do: shift the final
+    # layer's building bias so that about half the test pixels are called building, then score those weights
+    ckpt = torch.load(best, weights_only=True)
+    key = [k for k, v in ckpt["state_dict"].items() if k.startswith("net.") and k.endswith("bias") and v.shape == (2,)][-1]
+    ckpt["state_dict"][key][1] -= float(np.median(direct_evaluation(best)[1]))
+    shifted = tmp_path / "shifted.ckpt"
+    torch.save(ckpt, shifted)
+    confusion, _ = direct_evaluation(shifted)
+    assert confusion[1].sum() > 0 and confusion[:, 1].sum() > 0.3 * confusion.sum()  # buildings, predicted too
+    direct = scores_from_confusion(confusion)
+    assert 0.0 < direct["iou_building"] < 1.0
+
+    capsys.readouterr()
+    value = run(train_cfg(tiny_prepared_db, tmp_path, "train=false", "test=true", f"ckpt_path={shifted}", run_name="test"))
+    out = summary(tmp_path / "logs" / "train" / "runs" / "test")
+    assert out["test_checkpoint"] == str(shifted) and value == out["test_metrics"]["test/iou_building"]
+    for key in ("iou_building", "iou_background", "precision_building", "recall_building"):
+        assert out["test_metrics"][f"test/{key}"] == pytest.approx(direct[key], abs=1e-6), key
+    printed = capsys.readouterr().out
+    assert "test scores (test split, 5 tiles, weights: " in printed
+    assert re.search(rf"^  iou_building +{value:.4f}$", printed, re.M)
+    # another seed (other initial weights) scores the same: the weights come from the checkpoint
+    reseeded = run(train_cfg(tiny_prepared_db, tmp_path, "train=false", "test=true", f"ckpt_path={shifted}",
+                             "seed=5", run_name="test2"))
+    assert reseeded == pytest.approx(value, abs=1e-9)
 
 
 def test_five_band_dataset_trains(tiny_raw_session, tmp_path):
@@ -196,6 +304,47 @@ def test_checkpoint_from_another_model(tiny_prepared_db, tmp_path):
         run(train_cfg(tiny_prepared_db, tmp_path, f"ckpt_path={not_ours}", run_name="c"))
 
 
+def test_crafted_checkpoints_given_to_ckpt_path_end_with_one_line(tiny_prepared_db, tmp_path, capsys):
+    from unosat.errors import exit_on_user_error
+    from unosat.models import LWRefineNet
+
+    victim = tmp_path / "victim.txt"
+    weights = {f"net.{k}": v for k, v in LWRefineNet(3, 2).state_dict().items()}
+    meta = {"model": {"name": "lwrefinenet", "args": {"in_channels": 3, "num_classes": 2}}, "data": {},
+            "task": "segmentation"}
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    nested = tmp_path / "nested.ckpt"
+    torch.save({"state_dict": weights, "unosat": {**meta, "model": {
+        "_target_": "unosat.models.LWRefineNet", "in_channels": {"_target_": "builtins.open", "file": str(victim),
+                                                                 "mode": "w"}}}}, nested)
+    missing = tmp_path / "missing.ckpt"
+    torch.save({"state_dict": dict(list(weights.items())[::2]), "unosat": meta}, missing)
+    cases = {empty: "not a readable PyTorch checkpoint", nested: "keys starting with '_'",
+             missing: "its weights do not fit the model of this run"}
+    for path, message in cases.items():
+        with pytest.raises(SystemExit) as exit_info:
+            exit_on_user_error(run)(train_cfg(tiny_prepared_db, tmp_path, f"ckpt_path={path}", run_name=path.stem))
+        assert exit_info.value.code == 1
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert lines[-1].startswith(f"error: {path}: ") and message in lines[-1], lines[-3:]
+        assert not (path.parent / ".unosat.lock").exists()  # the resumed run's lock is released
+    assert not victim.exists()
+
+
+def test_two_runs_cannot_resume_one_run_at_once(tmp_path):
+    from unosat.io.lock import output_lock
+    from unosat.training.run import resumed_run_dir
+
+    ckpt = tmp_path / "runs" / "a" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"")
+    assert resumed_run_dir(ckpt) == tmp_path / "runs" / "a"
+    with output_lock(tmp_path / "runs" / "a", "a first resume"):
+        with pytest.raises(UnosatError, match=r"runs/a is in use by process \d+ since .*\(a first resume\)"):
+            run(train_cfg(tmp_path / "unused", tmp_path, f"ckpt_path={ckpt}", run_name="b"))
+
+
 # ------------------------------------------------------------------ sweeps and DDP
 
 
@@ -207,10 +356,16 @@ def test_multirun_runs_each_job_in_its_own_directory(tiny_prepared_db, tmp_path)
     assert proc.returncode == 0
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
     assert [p.name for p in jobs] == ["0", "1", "2", "3"]
-    lrs = sorted(json.loads((j / "summary.json").read_text())["fit_metrics"].get("lr-AdamW", 0) for j in jobs)
-    assert len(lrs) == 4
-    cfgs = [(j / ".hydra" / "overrides.yaml").read_text() for j in jobs]
-    assert len(set(cfgs)) == 4
+    # each combination ran once, and each job's optimiser started at its swept learning rate (the poly
+    # schedule's first step is lr0) with its swept label smoothing in the loss it ran with
+    seen = set()
+    for job in jobs:
+        resolved = OmegaConf.load(job / "config_resolved.yaml")
+        lrs = pd.read_csv(job / "csv" / "metrics.csv")[["step", "lr-AdamW"]].dropna()
+        first_lr = lrs.loc[lrs["step"] == 0, "lr-AdamW"].iloc[0]  # logged every step (FAST): step 0 is there
+        assert first_lr == pytest.approx(resolved.optimizer.lr, rel=1e-9)
+        seen.add((float(first_lr), float(resolved.loss.label_smoothing)))
+    assert seen == {(0.001, 0.0), (0.001, 0.05), (0.004, 0.0), (0.004, 0.05)}
 
 
 def test_optuna_sweep_records_trials_and_survives_a_failed_one(tiny_prepared_db, tmp_path):
@@ -232,31 +387,80 @@ def test_optuna_sweep_records_trials_and_survives_a_failed_one(tiny_prepared_db,
     assert "label_smoothing must be in [0, 1)" in proc.stderr + proc.stdout
 
 
+def test_an_interrupted_optuna_study_finishes_its_n_trials_on_rerun(tiny_prepared_db, tmp_path):
+    optuna = pytest.importorskip("optuna")
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "optuna"
+    sweep.mkdir()
+    # what a sweep killed during its second trial leaves: trial 0 complete (job directory 0), trial 1 RUNNING
+    study = optuna.create_study(study_name="unosat", storage=f"sqlite:///{sweep}/optuna.db", direction="maximize")
+    done = study.ask()
+    done.suggest_categorical("loss.label_smoothing", [0.0, 0.05])
+    study.tell(done, 0.25)
+    study.ask().suggest_categorical("loss.label_smoothing", [0.0, 0.05])  # never told: RUNNING
+    for job in ("0", "1"):
+        (sweep / job).mkdir()
+        (sweep / job / "earlier.txt").write_text(f"job {job} of the killed sweep")
+    args = ["-m", "hparams_search=optuna", f"data.dir={tiny_prepared_db}", f"hydra.sweep.dir={sweep}",
+            "hydra.sweeper.n_trials=3", "~search_space", "+search_space={loss.label_smoothing:'choice(0.0,0.05)'}",
+            *[o for o in FAST if not o.startswith("trainer.max")], "debug=limit", "trainer.max_epochs=1"]
+    proc = cli(args, tmp_path, timeout=1200)  # two trials; 5 min on 2 heavily shared cores
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = sqlite3.connect(sweep / "optuna.db").execute("select number, state from trials order by number").fetchall()
+    # the killed trial is FAIL, and only the 2 missing trials ran: 3 results in all
+    assert rows == [(0, "COMPLETE"), (1, "FAIL"), (2, "COMPLETE"), (3, "COMPLETE")]
+    # the new jobs were numbered after the earlier ones: nothing written into directories 0 and 1
+    for job in ("0", "1"):
+        assert [p.name for p in (sweep / job).iterdir()] == ["earlier.txt"]
+    assert (sweep / "2" / "summary.json").is_file() and (sweep / "3" / "summary.json").is_file()
+    assert "trial 1 was left RUNNING by an interrupted sweep; marked FAIL" in proc.stdout + proc.stderr
+
+
 def _ddp_args(data_dir: Path, run_dir: Path) -> list[str]:
+    # default callbacks (checkpoints, prediction grid, learning-rate monitor) and the progress bar stay on: the
+    # DDP hang came from a reduction that only rank 0's progress bar started
     return [f"data.dir={data_dir}", f"hydra.run.dir={run_dir}", "seed=3", "data.augment=[]", "data.epoch_length=16",
-            "data.val_batch_size=2", "trainer.max_epochs=1", "trainer.num_sanity_val_steps=0",
-            "trainer.enable_progress_bar=false", "logger=csv", "callbacks=none", "baseline=false",
-            "trainer.precision=32-true", "optimizer.lr=0.002", "trainer.deterministic=true"]
+            "data.batch_size=1", "data.val_batch_size=2", "trainer.max_epochs=2", "logger=csv", "baseline=false",
+            "trainer.precision=32-true", "optimizer=sgd", "optimizer.lr=0.01", "loss.class_weights=[0.1,2.0]",
+            "trainer.deterministic=true"]
 
 
-def test_ddp_with_two_cpu_processes_matches_one_process(tiny_prepared_db, tmp_path):
-    # the reference sees what DDP does per optimizer step: the same 4 samples, gradients averaged over 2
-    # batches of 2, batch norm over batches of 2 (it is not synchronised on CPU)
-    single = cli([*_ddp_args(tiny_prepared_db, tmp_path / "single"), "data.batch_size=2",
-                  "trainer.accumulate_grad_batches=2", "+trainer.sync_batchnorm=false"], tmp_path)
+def epoch_metrics(run_dir: Path, keys: tuple[str, ...]) -> pd.DataFrame:
+    """Per-epoch values of ``keys`` from the run's CSV log, one row per epoch."""
+    m = pd.read_csv(run_dir / "csv" / "metrics.csv")
+    return m.groupby("epoch")[list(keys)].first()
+
+
+def test_ddp_with_two_cpu_processes_and_the_progress_bar_matches_one_process(tiny_prepared_db, tmp_path):
+    # The reference sees what DDP does per optimizer step: samples 2k and 2k+1 of the same weighted draw, one
+    # per forward pass (batch norm normalises each sample on its own in both), gradients averaged (gradient
+    # accumulation over 2 batches of 1 here, the all-reduce over 2 ranks there).
+    single = cli([*_ddp_args(tiny_prepared_db, tmp_path / "single"), "trainer.accumulate_grad_batches=2"], tmp_path)
     assert single.returncode == 0
     ddp = cli([*_ddp_args(tiny_prepared_db, tmp_path / "ddp"), "trainer=ddp", "trainer.accelerator=cpu",
-               "trainer.devices=2", "data.batch_size=2", "trainer.sync_batchnorm=false"], tmp_path)
+               "trainer.devices=2"], tmp_path, timeout=900)
     assert ddp.returncode == 0
-    # one output directory for both ranks
+    assert "batch norm is not synchronised across ranks" in ddp.stdout + ddp.stderr  # sync_batchnorm: auto, CPU
+    # one output directory for both ranks, 2 epochs, checkpoints of both
     assert not (tmp_path / "ddp" / "logs").exists() and (tmp_path / "ddp" / "summary.json").is_file()
-    one, two = summary(tmp_path / "single")["fit_metrics"], summary(tmp_path / "ddp")["fit_metrics"]
-    # Not equal to the last bit: the single process normalises samples (0, 1) and (2, 3) of each step together,
-    # the ranks (0, 2) and (1, 3), and batch-norm statistics of 2 tiny tiles differ (about 5 % in the losses
-    # after 4 steps here); accuracy over the whole validation city, synchronised over ranks, agrees closely.
-    assert two["val/accuracy"] == pytest.approx(one["val/accuracy"], rel=0.01)
-    for key in ("train/loss_epoch", "val/loss"):
-        assert two[key] == pytest.approx(one[key], rel=0.1), key
+    assert load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.ckpt")["epoch"] == 1
+    train_keys, val_keys = ("train/loss_epoch", "train/iou_building"), ("val/loss", "val/iou_building")
+    one = epoch_metrics(tmp_path / "single", train_keys + val_keys)
+    two = epoch_metrics(tmp_path / "ddp", train_keys + val_keys)
+    print(one.to_string(), two.to_string(), sep="\n")
+    assert list(one.index) == list(two.index) == [0, 1]
+    assert (one["train/iou_building"] > 0).all()  # buildings are predicted: IoU is not trivially 0 on both sides
+    # Training: the same samples, steps and (up to float summation order) gradients: losses and building IoU
+    # agree to 1e-3 relative. SGD keeps rounding differences at rounding size; AdamW would not: its first
+    # steps are about lr * sign(gradient), so components whose two per-sample gradients nearly cancel flip
+    # with the last bit (0.9 % of the weights after one step here) and the runs drift apart.
+    for key in train_keys:
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-3, err_msg=key)
+    # Validation (eval mode) differs for two known reasons: batch-norm running statistics (DDP keeps rank 0's,
+    # updated from its own samples and broadcast; the reference updates them from every sample), and the
+    # DistributedSampler pads the 23 validation tiles to 24 (one tile counted twice). Hence 5 %.
+    for key in val_keys:
+        np.testing.assert_allclose(two[key], one[key], rtol=0.05, atol=1e-3, err_msg=key)
 
 
 def test_wandb_mode_from_the_environment(monkeypatch):
@@ -272,3 +476,30 @@ def test_wandb_mode_from_the_environment(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "")  # set but empty: unset, and removed so that wandb does not reject it
     monkeypatch.setattr("unosat.training.loggers.wandb_logged_in", lambda: False)
     assert resolve_wandb_mode() == "offline" and "WANDB_MODE" not in os.environ
+
+
+def test_original_experiments_use_the_originals_values():
+    """experiment=unosat_ce / unosat_ce_jaccard against the UNOSAT team's configs (baseline_lwrefinenet.py,
+    baseline_lwrefinenet_xentropy_jaccard.py): the values below are theirs, read from those files."""
+    from hydra.utils import instantiate
+
+    from unosat.data.transforms import compose
+    from unosat.losses import CrossEntropyJaccardLoss
+
+    ce = compose_config("train", ["experiment=unosat_ce"])
+    assert (ce.optimizer.lr, ce.optimizer.weight_decay, ce.optimizer.momentum, ce.optimizer.nesterov) == (0.05, 5e-4, 0.9, True)
+    assert (ce.data.batch_size, ce.trainer.accumulate_grad_batches, ce.trainer.max_epochs) == (22, 1, 100)
+    assert list(ce.data.val_folds) == [2] and list(ce.data.train_folds) == [0, 1, 3]
+    assert list(ce.loss.class_weights) == [0.1, 2.0] and ce.scheduler.schedule.power == 0.9
+    jac = compose_config("train", ["experiment=unosat_ce_jaccard"])
+    assert (jac.optimizer.lr, jac.trainer.accumulate_grad_batches) == (0.045, 2)
+    loss = instantiate(jac.loss)
+    assert isinstance(loss, CrossEntropyJaccardLoss) and loss.jaccard_weight == 2.0
+    assert loss.jaccard.reduction == "pooled" and loss.jaccard.classes is None
+    for cfg, scale in ((ce, [0.7, 1.0]), (jac, [0.8, 1.0])):
+        assert list(cfg.data.augment[0].scale) == scale
+        pipeline = compose(instantiate(cfg.data.augment), seed=0)
+        mask = np.full((512, 512), 255, dtype=np.uint8)
+        mask[:256] = 1
+        out = pipeline(image=np.zeros((512, 512, 3), np.float32), mask=mask)
+        assert out["image"].shape == (480, 480, 3) and set(np.unique(out["mask"])) <= {1, 255}

@@ -284,3 +284,31 @@ def test_user_errors_name_the_problem_and_leave_no_file(tmp_path):
     with pytest.raises(UnosatError, match="no CRS"):
         vectorize(no_crs, tmp_path / "out.gpkg", VectorizeConfig())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.tif", "no_crs.tif", "prob_other_grid.tif"]
+
+
+def test_simplify_tolerance_and_min_area_are_metres_in_a_geographic_crs(tmp_path):
+    """On an EPSG:4326 grid (9e-5 degree pixels, about 8.4 x 10 m at 33 N) the tolerance is metres: the outlines
+    move by metres (measured in UTM: Douglas-Peucker keeps dropped vertices within the tolerance of the new
+    outline; the Hausdorff distance between outlines can exceed it a little), and get fewer vertices. Read as
+    degrees, 7.5 would have collapsed every polygon."""
+    import geopandas as gpd
+
+    mask = random_mask(3)
+    mask[mask == 255] = 0
+    wgs84 = from_origin(44.0, 33.5, 9e-5, 9e-5)
+    mask_path = write_raster(tmp_path / "mask.tif", mask, transform=wgs84, crs="EPSG:4326")
+    vectorize(mask_path, tmp_path / "exact.gpkg", VectorizeConfig(block_rows=7))
+    vectorize(mask_path, tmp_path / "simple.gpkg", VectorizeConfig(block_rows=7, simplify_tolerance=7.5))
+    exact, simple = (gpd.read_file(tmp_path / n).to_crs(CRS) for n in ("exact.gpkg", "simple.gpkg"))
+    assert len(exact) == len(simple) and shapely.is_valid(simple.geometry.values).all()
+    assert shapely.get_num_coordinates(simple.geometry.values).sum() < 0.8 * shapely.get_num_coordinates(
+        exact.geometry.values).sum()
+    moved = shapely.hausdorff_distance(exact.geometry.values, simple.geometry.values)
+    assert 2.0 < moved.max() <= 7.5 * 1.25
+    np.testing.assert_array_equal(exact["area_m2"], simple["area_m2"])
+    # min_area_m2 in m^2 on the geodesic pixel area: a threshold of 2.5 pixels keeps regions of 3 pixels or more
+    pixel_m2 = float(exact["area_m2"].min())  # the smallest region: one pixel (the random mask has many)
+    assert 8.3 * 10.0 < pixel_m2 < 8.5 * 10.0
+    n = vectorize(mask_path, tmp_path / "big.gpkg", VectorizeConfig(block_rows=7, min_area_m2=2.5 * pixel_m2))
+    sizes = np.bincount(ndi.label(mask == 1, structure=FOUR)[0].ravel())[1:]
+    assert n == int((sizes >= 3).sum())

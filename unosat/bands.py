@@ -14,6 +14,9 @@ band       formula (linear power)   note
 ``ratio``  VV / VH                  NaN where VH == 0
 =========  =======================  ==========================================
 
+A recipe of ``vv`` (or ``vh``) bands only needs that polarisation: ``bands=vv_db`` / ``vh_db`` / ``vv`` /
+``vh`` read single-polarisation archives (with ``discovery.polarisations=[vv]``).
+
 With ``units: db`` every band is ``10 * log10(max(band, db_floor))`` of its linear value (values below
 ``db_floor`` = 1e-8 are clamped, as the original did). Nodata pixels are NaN in every band of a stack.
 """
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from unosat.errors import UnosatError
+from unosat.raw_input import file_valid
 
 BAND_FORMULAS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "vh": lambda vh, vv: vh,
@@ -38,6 +42,9 @@ BAND_FORMULAS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 }
 
 UNITS = ("linear", "db")
+
+#: the polarisations each band needs (bands not listed need both)
+BAND_NEEDS: dict[str, tuple[str, ...]] = {"vh": ("vh",), "vv": ("vv",)}
 
 
 def to_db(x: np.ndarray, floor: float = 1e-8) -> np.ndarray:
@@ -84,11 +91,22 @@ class BandRecipe:
         """Number of bands in the stack."""
         return len(self.bands)
 
-    def compute(self, vh: np.ndarray, vv: np.ndarray) -> np.ndarray:
-        """Band stack ``(count, *shape)`` float32 from VH and VV in linear power (NaN propagates)."""
-        vh = np.asarray(vh, dtype=np.float32)
-        vv = np.asarray(vv, dtype=np.float32)
-        out = np.empty((self.count, *vh.shape), dtype=np.float32)
+    def needs(self) -> tuple[str, ...]:
+        """The polarisations the recipe's bands are computed from (``("vv",)`` for a VV-only recipe)."""
+        needed = {p for band in self.bands for p in BAND_NEEDS.get(band, ("vh", "vv"))}
+        return tuple(p for p in ("vh", "vv") if p in needed)
+
+    def compute(self, vh: np.ndarray | None, vv: np.ndarray | None) -> np.ndarray:
+        """Band stack ``(count, *shape)`` float32 from VH and VV in linear power (NaN propagates); a
+        polarisation the recipe does not need may be None."""
+        missing = [p for p, a in (("vh", vh), ("vv", vv)) if a is None and p in self.needs()]
+        if missing:
+            raise UnosatError(f"band recipe '{self.name}' {list(self.bands)} needs {missing[0].upper()}, which this "
+                              "scene does not have")
+        vh = np.asarray(vh, dtype=np.float32) if vh is not None else None
+        vv = np.asarray(vv, dtype=np.float32) if vv is not None else None
+        shape = (vv if vv is not None else vh).shape
+        out = np.empty((self.count, *shape), dtype=np.float32)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             for i, band in enumerate(self.bands):
                 value = BAND_FORMULAS[band](vh, vv)
@@ -128,16 +146,22 @@ class BandRecipe:
         return out
 
 
-def valid_pixels(vh: np.ndarray, vv: np.ndarray, nodata_values: Sequence[float]) -> np.ndarray:
+def valid_pixels(vh: np.ndarray | None, vv: np.ndarray | None, nodata_values: Sequence[float],
+                 vv_nodata_values: Sequence[float] | None = None) -> np.ndarray:
     """Boolean mask of pixels that hold data in both polarisations.
 
-    A pixel is nodata when either polarisation is NaN, infinite, or equal to one of ``nodata_values``
-    (0 and -99999 in the UNOSAT data).
+    A pixel is nodata when either polarisation is NaN, infinite, or equal to one of its nodata values:
+    ``nodata_values`` for both (0 and -99999 in the UNOSAT data), or, when ``vv_nodata_values`` is given,
+    ``nodata_values`` for VH and ``vv_nodata_values`` for VV (files with their own nodata tags, see
+    :meth:`unosat.raw_input.RawInput.nodata_of`). A polarisation given as None (a single-polarisation scene)
+    is left out.
     """
-    valid = np.isfinite(vh) & np.isfinite(vv)
-    for value in nodata_values:
-        valid &= (vh != value) & (vv != value)
-    return valid
+    vv_nodata = nodata_values if vv_nodata_values is None else vv_nodata_values
+    if vh is None:
+        return file_valid(vv, vv_nodata)
+    if vv is None:
+        return file_valid(vh, nodata_values)
+    return file_valid(vh, nodata_values) & file_valid(vv, vv_nodata)
 
 
 def polarisations_to_stack(
@@ -146,23 +170,27 @@ def polarisations_to_stack(
     recipe: BandRecipe,
     nodata_values: Sequence[float] = (0.0, -99999.0),
     input_units: str = "linear",
+    vv_nodata_values: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """VH/VV arrays as read from the scene -> ``(stack, valid, n_nonfinite)``.
+    """VH/VV arrays as read from the scene -> ``(stack, valid, n_nonfinite)``; one of them may be None for a
+    single-polarisation scene when the recipe does not need it (``bands=vv_db``...).
 
     ``stack`` is ``(recipe.count, *shape)`` float32 with NaN where ``valid`` is False; ``n_nonfinite``
     counts pixels that were NaN or infinite in either input (they are nodata too). ``input_units`` is
     ``linear`` or ``db`` (dB inputs are converted to linear power first; nodata values are compared in the
-    input's own units).
+    input's own units; ``vv_nodata_values``: see :func:`valid_pixels`).
     """
     if input_units not in UNITS:
         raise UnosatError(f"input units must be one of {UNITS}, got '{input_units}'")
-    vh = np.asarray(vh, dtype=np.float32)
-    vv = np.asarray(vv, dtype=np.float32)
-    n_nonfinite = int(np.count_nonzero(~(np.isfinite(vh) & np.isfinite(vv))))
-    valid = valid_pixels(vh, vv, nodata_values)
+    vh = np.asarray(vh, dtype=np.float32) if vh is not None else None
+    vv = np.asarray(vv, dtype=np.float32) if vv is not None else None
+    present = [a for a in (vh, vv) if a is not None]
+    n_nonfinite = int(np.count_nonzero(~np.logical_and.reduce([np.isfinite(a) for a in present])))
+    valid = valid_pixels(vh, vv, nodata_values, vv_nodata_values)
     if input_units == "db":
         with np.errstate(over="ignore", invalid="ignore"):
-            vh, vv = from_db(vh), from_db(vv)
+            vh = from_db(vh) if vh is not None else None
+            vv = from_db(vv) if vv is not None else None
     stack = recipe.compute(vh, vv)
     stack[:, ~valid] = np.nan
     return stack, valid, n_nonfinite

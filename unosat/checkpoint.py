@@ -9,13 +9,17 @@ network is only built from the registry of the project's classes; nothing read f
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from unosat.errors import UnosatError
+from unosat.io.atomic import is_temporary
 from unosat.models.registry import build_network, spec_from_checkpoint
+
+log = logging.getLogger(__name__)
 
 NET_PREFIX = "net."
 
@@ -72,6 +76,20 @@ def build_model(checkpoint: dict, path: Path | str = "checkpoint") -> nn.Module:
     return net.eval()
 
 
+def check_weights(checkpoint: dict, expected: dict, path: Path | str) -> None:
+    """Raise :class:`UnosatError` naming ``path`` unless the checkpoint's ``state_dict`` has exactly the keys
+    of ``expected`` (a module's ``state_dict()``), each a tensor of the same shape (what resuming needs)."""
+    state = checkpoint["state_dict"]
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and (not torch.is_tensor(state[k]) or state[k].shape != expected[k].shape)]
+    if missing or unexpected or wrong:
+        parts = [f"{len(keys)} {what} (such as {', '.join(map(str, keys[:3]))})"
+                 for keys, what in ((missing, "missing"), (unexpected, "unexpected"), (wrong, "of another shape")) if keys]
+        raise UnosatError(f"{path}: its weights do not fit the model of this run: {'; '.join(parts)} "
+                          f"of {len(expected)} entries")
+
+
 def describe_model(spec: dict) -> str:
     """``name(in_channels=.., num_classes=.., backbone=..)`` of a network spec."""
     args = spec.get("args") or {}
@@ -96,3 +114,57 @@ def find_latest(log_dir: Path | str, pattern: str) -> Path | None:
     """The most recently modified file matching ``pattern`` (a glob) under ``log_dir``, or None."""
     found = sorted(Path(log_dir).glob(pattern), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
+
+
+def checkpoint_files(directories: list[Path], pattern: str) -> tuple[list[Path], list[Path]]:
+    """Files matching ``pattern`` in ``directories``: (checkpoints newest first, leftover temporaries).
+
+    Newest means the latest modification time; at equal times ``last.ckpt`` comes first (it is written after
+    the ``best-*`` checkpoint of the same epoch). Temporaries are what a killed atomic write left behind
+    (``.<name>.tmp-*``, see :mod:`unosat.io.atomic`); they are never candidates.
+    """
+    found: list[Path] = []
+    temporaries: list[Path] = []
+    for directory in directories:
+        for p in Path(directory).glob(pattern):
+            if p.is_file():
+                (temporaries if is_temporary(p) else found).append(p)
+    found.sort(key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"), reverse=True)
+    return found, sorted(temporaries)
+
+
+def newest_loadable(candidates: list[Path], what: str, temporaries: list[Path] = ()) -> tuple[Path, dict]:
+    """The first of ``candidates`` (newest first) that :func:`load_checkpoint` reads, and its content.
+
+    Each candidate skipped on the way (truncated, empty, not unosat's) and each leftover temporary is named in
+    a warning with the reason; :class:`UnosatError` only when none loads. ``what`` describes the request in
+    messages (e.g. ``ckpt_path=last under logs/train``).
+    """
+    for tmp in temporaries:
+        log.warning("%s: ignoring %s, a temporary file left by a checkpoint write that was interrupted", what, tmp)
+    skipped: list[str] = []
+    for path in candidates:
+        try:
+            checkpoint = load_checkpoint(path)
+        except UnosatError as err:
+            skipped.append(str(err))
+            log.warning("%s: skipping %s", what, err)
+            continue
+        if skipped:
+            log.warning("%s: using %s, the newest checkpoint that loads (%d newer one(s) skipped)", what, path,
+                        len(skipped))
+        else:
+            log.info("%s: using %s, the newest checkpoint", what, path)
+        return path, checkpoint
+    if not candidates:
+        raise UnosatError(f"{what}: no checkpoint found")
+    raise UnosatError(f"{what}: none of the {len(candidates)} checkpoint(s) loads ({'; '.join(skipped)})")
+
+
+def epochs_completed(checkpoint: dict) -> int:
+    """How many training epochs a Lightning checkpoint has finished (its fit loop's processed epochs: a checkpoint written at an epoch's end
+    counts that epoch; one written during an epoch does not)."""
+    try:
+        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError, ValueError):
+        return int(checkpoint.get("epoch", -1)) + 1

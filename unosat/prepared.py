@@ -24,6 +24,7 @@ import pandas as pd
 
 from unosat.bands import BandRecipe, Normalization
 from unosat.errors import UnosatError
+from unosat.raw_input import RawInput
 
 FORMAT = "unosat-prepared-dataset"
 FORMAT_VERSION = 1
@@ -103,13 +104,19 @@ class PreparedDataset:
     def recipe(self) -> BandRecipe:
         return BandRecipe.from_dict(self.manifest["recipe"])
 
+    def raw_input(self) -> RawInput:
+        """The raw-input settings (units, nodata) the band stacks were made with (``settings.discovery``)."""
+        return RawInput.from_dict(self.manifest.get("settings", {}).get("discovery", {}))
+
     def scenes(self) -> pd.DataFrame:
         self.require("scenes.csv")
-        return pd.read_csv(self.scenes_csv, dtype={"date": str, "time": str, "pass": str, "mgrs": str}, keep_default_na=False)
+        return pd.read_csv(self.scenes_csv, dtype={"scene_id": str, "city": str, "date": str, "time": str, "pass": str,
+                                                   "mgrs": str}, keep_default_na=False)
 
     def statistics(self) -> pd.DataFrame:
+        """``statistics.csv``, every value checked (see :func:`read_statistics`)."""
         self.require("statistics.csv")
-        return read_table(self.statistics_csv)
+        return read_statistics(self.statistics_csv)
 
     def normalization(self) -> Normalization:
         self.require("normalization.json")
@@ -147,3 +154,80 @@ def read_table(path: Path | str) -> pd.DataFrame:
         dtype={"scene_id": str, "city": str, "mgrs": str, "date": str, "time": str, "pass": str, "scheme": str, "split": str},
         keep_default_na=False,
     )
+
+
+#: columns of ``statistics.csv`` that hold text; ``BOOLEAN_COLUMNS`` hold True/False; every other is a number
+TEXT_COLUMNS = ("tile_id", "scene_id", "city", "mgrs", "date", "time", "pass", "scheme", "split")
+BOOLEAN_COLUMNS = ("constant", "skip", "quality_flag")
+#: per-band statistics are empty for a tile without a valid pixel
+BAND_STATISTIC_SUFFIXES = ("_min", "_max", "_mean", "_std")
+REQUIRED_STATISTICS = ("tile_id", "scene_id", "city", "scheme", "row_off", "col_off", "height", "width", "n_valid",
+                       "target_ratio", "fold", "split", "skip")
+BOOLEAN_TEXT = {"true": True, "false": False, "1": True, "0": False}
+
+
+def read_statistics(path: Path | str) -> pd.DataFrame:
+    """``statistics.csv`` with numbers as numbers and flags as booleans.
+
+    Raises :class:`UnosatError` naming the file and the first bad line (line 1 is the header) for bytes that
+    are not text, a row with too many or too few fields, a cell that is not a number where one is expected,
+    or a flag (``skip``, ``constant``, ``quality_flag``) other than True/False.
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+        bad_at = raw.index(b"\x00") if b"\x00" in raw else None
+    except UnicodeDecodeError as err:
+        bad_at = err.start
+    if bad_at is not None:
+        line = raw[:bad_at].count(b"\n") + 1
+        raise UnosatError(f"{path}: line {line} is not text (binary or corrupted bytes); "
+                          "run python prepare.py steps=[stats] overwrite=true to remake it")
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UnosatError(f"{path}: not a readable table ({reason})") from None
+    missing = [c for c in REQUIRED_STATISTICS if c not in table.columns]
+    if missing:
+        raise UnosatError(f"{path}: no column {missing}; run python prepare.py steps=[stats] to remake it")
+    width = len(table.columns)
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            fields = line.rstrip("\r\n").count(",") + 1
+            if line.strip() and fields != width and '"' not in line:
+                raise UnosatError(f"{path}: line {number} has {fields} fields, the header {width} (a truncated or "
+                                  "damaged row)")
+
+    def fail(index, column: str, problem: str):
+        tile = table.at[index, "tile_id"]
+        raise UnosatError(f"{path}: line {index + 2} (tile {tile}): column '{column}' {problem}")
+
+    out = table.copy()
+    for column in table.columns:
+        values = table[column].str.strip()
+        if column in TEXT_COLUMNS:
+            continue
+        if column in BOOLEAN_COLUMNS:
+            parsed = values.str.lower().map(BOOLEAN_TEXT)
+            bad = parsed.isna()
+            if bad.any():
+                index = bad.idxmax()
+                fail(index, column, f"is {table.at[index, column]!r}, not True or False")
+            out[column] = parsed.astype(bool)
+            continue
+        numbers = pd.to_numeric(values, errors="coerce")
+        may_be_empty = column.endswith(BAND_STATISTIC_SUFFIXES)
+        bad = numbers.isna() & ~(values.eq("") & may_be_empty) | numbers.isin([float("inf"), float("-inf")])
+        if bad.any():
+            index = bad.idxmax()
+            fail(index, column, f"is {table.at[index, column]!r}, not a finite number")
+        out[column] = numbers
+    for column in ("row_off", "col_off", "height", "width", "n_valid", "fold"):
+        if column in out.columns:
+            whole = out[column] == out[column].round()
+            if not whole.all():
+                fail((~whole).idxmax(), column, f"is {table.at[(~whole).idxmax(), column]!r}, not a whole number")
+            out[column] = out[column].astype(int)
+    return out

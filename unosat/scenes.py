@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from unosat.errors import UnosatError
+from unosat.raw_input import RawInput, UnitsCheck, check_units_name, default_nodata
 
 POLARISATIONS = ("vh", "vv")
+#: orbit pass spellings -> ASC / DES
+PASS_NAMES = {"A": "ASC", "ASCENDING": "ASC", "D": "DES", "DESCENDING": "DES", "DSC": "DES"}
+#: how scenes lie on disk: a file per polarisation, a file per scene, or STAC items
+LAYOUTS = ("pairs", "multiband", "stac")
 RASTER_SUFFIXES = (".tif", ".tiff", ".TIF", ".TIFF")
 #: Files that belong to a vector dataset but are not one (shapefile sidecars and the like).
 VECTOR_SIDECARS = {".dbf", ".shx", ".prj", ".cpg", ".qix", ".sbn", ".sbx", ".xml", ".qmd", ".aux", ".lock"}
@@ -43,8 +48,9 @@ class Scene:
 
     @property
     def scene_id(self) -> str:
-        """The identity that names every derived file: ``<MGRS>_<YYYYMMDD>[t<HHMMSS>][_<pass>]``."""
-        sid = f"{self.mgrs}_{self.date}"
+        """The identity that names every derived file: ``<MGRS or id>_<YYYYMMDD>[t<HHMMSS>][_<pass>]``
+        (``<id>`` alone for a scene without a date)."""
+        sid = f"{self.mgrs}_{self.date}" if self.date else self.mgrs
         if self.time:
             sid += f"t{self.time}"
         if self.orbit_pass:
@@ -69,6 +75,7 @@ class Scene:
         return {
             "city": self.city,
             "mgrs": self.mgrs,
+            "id": self.mgrs,
             "date": self.date,
             "time": self.time or "",
             "pass": self.orbit_pass or "",
@@ -83,10 +90,10 @@ class Scene:
             "date": self.date,
             "time": self.time or "",
             "pass": self.orbit_pass or "",
-            "vh_path": str(self.sources["vh"][0]),
-            "vh_band": self.sources["vh"][1],
-            "vv_path": str(self.sources["vv"][0]),
-            "vv_band": self.sources["vv"][1],
+            "vh_path": str(self.sources["vh"][0]) if "vh" in self.sources else "",
+            "vh_band": self.sources["vh"][1] if "vh" in self.sources else 0,
+            "vv_path": str(self.sources["vv"][0]) if "vv" in self.sources else "",
+            "vv_band": self.sources["vv"][1] if "vv" in self.sources else 0,
         }
 
 
@@ -95,16 +102,32 @@ class DiscoveryConfig:
     """How scenes are found under ``raw_dir``.
 
     Args:
-        layout: ``pairs`` (one file per polarisation, the UNOSAT layout) or ``multiband`` (one file per
-            scene holding both polarisations).
-        pattern: regular expression matched against each file name. Named groups: ``mgrs`` and ``date``
-            (required), ``pol`` (required for ``pairs``), ``pass``, ``time``, ``city`` (optional).
+        layout: ``pairs`` (one file per polarisation, the UNOSAT layout), ``multiband`` (one file per
+            scene holding both polarisations) or ``stac`` (STAC item JSON files with VV and VH assets, see
+            :mod:`unosat.stac_items`; ``pattern`` then selects item files).
+        pattern: regular expression matched against each file name (``match: name``) or its path relative
+            to ``raw_dir`` (``match: path``, POSIX separators). Named groups: a scene identity ``mgrs`` or
+            ``id`` (a grid or product id; required but for ``stac``), ``pol`` (required for ``pairs``),
+            ``date`` (YYYYMMDD), ``time``, ``pass``, ``city`` (optional; a scene without a date is named by
+            its identity alone).
+        match: ``name`` or ``path``: what ``pattern`` is matched against.
         city_pattern: regular expression with a ``city`` group, matched against the file's path relative to
             ``raw_dir`` (POSIX separators) when ``pattern`` has no ``city`` group.
+        area: ``folder`` (the city from ``pattern`` or ``city_pattern``) or ``scene`` (each scene is its own
+            area, named by its identity: no city products across acquisitions).
+        stac_assets: for ``stac``: the asset keys that may hold each polarisation (case-insensitive).
+        polarisations: the polarisations every scene must have (``[vv]`` for a VV-only archive, read with
+            a VV-only band recipe such as ``bands=vv_db``).
         band_order: for ``multiband``: the polarisation of each band, e.g. ``[vv, vh]``.
         exclude: substrings; files whose name contains one are skipped (e.g. ``_BorderMask``).
-        units: units of the input rasters, ``linear`` (power; the UNOSAT data) or ``db``.
-        nodata_values: values meaning "no data" in either polarisation (NaN and infinity always do).
+        units: units of the input rasters, ``linear`` (power; the UNOSAT data) or ``db``; None (predict.py
+            only): the units the checkpoint was trained on.
+        nodata_values: values meaning "no data" in either polarisation (NaN and infinity always do); None: 0
+            and -99999 for linear inputs, -99999 for dB (0 dB is valid backscatter), see
+            :mod:`unosat.raw_input`.
+        file_nodata: each file's own nodata tag also means "no data"; None (predict.py only): as the
+            checkpoint was trained.
+        units_check: refuse files whose values contradict ``units`` (:class:`~unosat.raw_input.UnitsCheck`).
     """
 
     layout: str = "pairs"
@@ -112,35 +135,83 @@ class DiscoveryConfig:
         r"(?i)^s1[ab]_(?P<mgrs>\d{2}[a-z]{3})_(?P<pol>vv|vh)(?:_(?P<pass>asc|des))?_(?P<date>\d{8})"
         r"(?:t(?P<time>\d{6}))?\.tiff?$"
     )
+    match: str = "name"
     city_pattern: str = r"^(?P<city>[^/_]+)"
+    area: str = "folder"
+    stac_assets: dict = field(default_factory=lambda: {"vv": ["vv", "iw-vv"], "vh": ["vh", "iw-vh"]})
     band_order: tuple[str, ...] = ("vv", "vh")
     exclude: tuple[str, ...] = ("_BorderMask",)
-    units: str = "linear"
-    nodata_values: tuple[float, ...] = (0.0, -99999.0)
+    polarisations: tuple[str, ...] = POLARISATIONS
+    units: str | None = "linear"
+    nodata_values: tuple[float, ...] | None = None
+    file_nodata: bool | None = True
+    units_check: UnitsCheck = field(default_factory=UnitsCheck)
 
     def __post_init__(self):
         object.__setattr__(self, "band_order", tuple(self.band_order))
+        object.__setattr__(self, "polarisations", tuple(str(p).lower() for p in self.polarisations))
+        if not self.polarisations or not set(self.polarisations) <= set(POLARISATIONS):
+            raise UnosatError(f"discovery.polarisations must list vh and/or vv, got {list(self.polarisations)}")
         object.__setattr__(self, "exclude", tuple(self.exclude))
-        object.__setattr__(self, "nodata_values", tuple(float(v) for v in self.nodata_values))
-        if self.units not in ("linear", "db"):
-            raise UnosatError(f"discovery.units must be 'linear' or 'db', got '{self.units}'")
-        if self.layout not in ("pairs", "multiband"):
-            raise UnosatError(f"discovery.layout must be 'pairs' or 'multiband', got '{self.layout}'")
+        if self.nodata_values is not None:
+            object.__setattr__(self, "nodata_values", tuple(float(v) for v in self.nodata_values))
+        if isinstance(self.units_check, Mapping):
+            object.__setattr__(self, "units_check", UnitsCheck(**{k: v for k, v in self.units_check.items()
+                                                                  if not str(k).startswith("_")}))
+        if self.units is not None:
+            check_units_name(self.units, "discovery.units")
+        object.__setattr__(self, "stac_assets", {str(k).lower(): [str(v).lower() for v in
+                                                                   ([vs] if isinstance(vs, str) else vs)]
+                                                 for k, vs in dict(self.stac_assets).items()})
+        if self.layout not in LAYOUTS:
+            raise UnosatError(f"discovery.layout must be one of {list(LAYOUTS)}, got '{self.layout}'")
+        if self.match not in ("name", "path"):
+            raise UnosatError(f"discovery.match must be 'name' or 'path', got '{self.match}'")
+        if self.area not in ("folder", "scene"):
+            raise UnosatError(f"discovery.area must be 'folder' or 'scene', got '{self.area}'")
         try:
             rx = re.compile(self.pattern)
             crx = re.compile(self.city_pattern)
         except re.error as err:
             raise UnosatError(f"discovery pattern is not a valid regular expression: {err}") from None
-        required = {"mgrs", "date"} | ({"pol"} if self.layout == "pairs" else set())
-        missing = required - set(rx.groupindex)
-        if missing:
-            raise UnosatError(f"discovery.pattern lacks the named group(s) {sorted(missing)}: {self.pattern}")
-        if "city" not in rx.groupindex and "city" not in crx.groupindex:
-            raise UnosatError("discovery: neither pattern nor city_pattern has a named group 'city'")
+        if self.layout != "stac":
+            required = {"pol"} if self.layout == "pairs" else set()
+            missing = required - set(rx.groupindex)
+            if not {"mgrs", "id"} & set(rx.groupindex):
+                missing.add("mgrs or id")
+            if missing:
+                raise UnosatError(f"discovery.pattern lacks the named group(s) {sorted(missing)}: {self.pattern}")
+        else:
+            lacking = [p for p in POLARISATIONS if not self.stac_assets.get(p)]
+            if lacking:
+                raise UnosatError(f"discovery.stac_assets names no asset key for {lacking}")
+        if self.area == "folder" and "city" not in rx.groupindex and "city" not in crx.groupindex:
+            raise UnosatError("discovery: neither pattern nor city_pattern has a named group 'city' (or set "
+                              "discovery.area=scene)")
         if self.layout == "multiband":
             order = [b.lower() for b in self.band_order]
-            if sorted(order) != sorted(set(order)) or not set(POLARISATIONS) <= set(order):
-                raise UnosatError(f"discovery.band_order must name 'vh' and 'vv' once each, got {list(self.band_order)}")
+            if len(order) != len(set(order)) or not set(self.polarisations) <= set(order) or not set(order) <= set(POLARISATIONS):
+                raise UnosatError(f"discovery.band_order must name each of {list(self.polarisations)} once (and only vh/vv), "
+                                  f"got {list(self.band_order)}")
+
+
+    def raw_input(self, fallback: RawInput | None = None) -> RawInput:
+        """The raw-input settings; unset ``units`` / ``nodata_values`` come from ``fallback`` (e.g. a
+        checkpoint's), else the defaults."""
+        units = self.units or (fallback.units if fallback else "linear")
+        if self.nodata_values is not None:
+            nodata = self.nodata_values
+        elif fallback is not None and self.units in (None, fallback.units):
+            nodata = fallback.nodata_values
+        else:
+            nodata = default_nodata(units)
+        file_nodata = self.file_nodata if self.file_nodata is not None else (fallback.file_nodata if fallback else True)
+        return RawInput(units, nodata, file_nodata)
+
+    def settings(self) -> dict:
+        """What a prepared dataset records of its discovery (the raw-input settings resolved)."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("exclude", "units_check", "stac_assets")}
+        return out | self.raw_input().to_dict()
 
 
 def discover_scenes(raw_dir: Path | str, config: DiscoveryConfig | None = None) -> list[Scene]:
@@ -154,39 +225,42 @@ def discover_scenes(raw_dir: Path | str, config: DiscoveryConfig | None = None) 
     if not raw_dir.is_dir():
         raise UnosatError(f"raw_dir {raw_dir} does not exist or is not a directory")
     rx = re.compile(config.pattern)
-    crx = re.compile(config.city_pattern)
 
     groups: dict[tuple, dict[str, tuple[Path, int]]] = defaultdict(dict)
-    n_rasters = 0
+    n_files = 0
+    suffixes = (".json",) if config.layout == "stac" else RASTER_SUFFIXES
     for path in sorted(raw_dir.rglob("*")):
-        if path.suffix not in RASTER_SUFFIXES or not path.is_file() or path.name.startswith("."):
+        if path.suffix not in suffixes or not path.is_file() or path.name.startswith("."):
             continue
-        n_rasters += 1
+        n_files += 1
         if any(x in path.name for x in config.exclude):
             continue
-        m = rx.search(path.name)
+        rel = path.relative_to(raw_dir).as_posix()
+        m = rx.search(rel if config.match == "path" else path.name)
         if not m:
             continue
         gd = m.groupdict()
-        rel = path.relative_to(raw_dir).as_posix()
-        city = gd.get("city")
-        if not city:
-            cm = crx.search(rel)
-            if not cm or not cm.group("city"):
-                raise UnosatError(f"{path}: cannot tell the city from its path with city_pattern '{config.city_pattern}'")
-            city = cm.group("city")
-        key = (
-            city,
-            gd["mgrs"].upper(),
-            gd["date"],
-            gd.get("time") or None,
-            gd["pass"].upper() if gd.get("pass") else None,
-        )
-        if config.layout == "pairs":
+        if config.layout == "stac":
+            from unosat.stac_items import read_item
+
+            item = read_item(path, config.stac_assets)
+            if item is None:  # a catalogue, a collection, or another JSON file
+                continue
+            gd = {**{k: v for k, v in gd.items() if v}, **item.fields()}
+            pols = item.sources
+        elif config.layout == "pairs":
             pols = {gd["pol"].lower(): (path, 1)}
         else:
             order = [b.lower() for b in config.band_order]
-            pols = {p: (path, order.index(p) + 1) for p in POLARISATIONS}
+            pols = {p: (path, order.index(p) + 1) for p in order}
+        identity = (gd.get("mgrs") or gd.get("id") or "").upper()
+        key = (
+            scene_area(config, gd, rel, path),
+            identity,
+            gd.get("date") or "",
+            gd.get("time") or None,
+            PASS_NAMES.get(gd["pass"].upper(), gd["pass"].upper()) if gd.get("pass") else None,
+        )
         for pol, src in pols.items():
             if pol in groups[key]:
                 other = groups[key][pol][0]
@@ -196,20 +270,30 @@ def discover_scenes(raw_dir: Path | str, config: DiscoveryConfig | None = None) 
             groups[key][pol] = src
 
     if not groups:
-        if n_rasters == 0:
-            raise UnosatError(f"raw_dir {raw_dir} holds no GeoTIFF (*.tif) files")
+        what = "STAC item (*.json)" if config.layout == "stac" else "GeoTIFF (*.tif)"
+        if n_files == 0:
+            raise UnosatError(f"raw_dir {raw_dir} holds no {what} files")
         raise UnosatError(
-            f"raw_dir {raw_dir}: none of its {n_rasters} GeoTIFF files matches discovery.pattern {config.pattern}"
+            f"raw_dir {raw_dir}: none of its {n_files} {what} files matches discovery.pattern {config.pattern}"
+            + (" (matched against the file name; discovery.match=path matches the relative path)"
+               if config.match == "name" else "")
         )
+    if config.area == "scene":  # each scene is its own area, named by its identity
+        groups = {(Scene("", mgrs, date, time, pss, {}).scene_id, mgrs, date, time, pss): src
+                  for (_, mgrs, date, time, pss), src in groups.items()}
 
     scenes = []
     for (city, mgrs, date, time, orbit_pass), sources in groups.items():
-        for pol in POLARISATIONS:
+        for pol in config.polarisations:
             if pol not in sources:
                 other_pol = "vv" if pol == "vh" else "vh"
+                if other_pol not in sources:  # a single-polarisation scene of the other polarisation
+                    raise UnosatError(f"{next(iter(sources.values()))[0]}: no {pol.upper()} for this scene; "
+                                      f"discovery.polarisations={list(config.polarisations)} requires it")
                 raise UnosatError(
                     f"{sources[other_pol][0]}: no matching {pol.upper()} file for this {other_pol.upper()} file "
-                    f"(expected the same name with '{pol}' in place of '{other_pol}')"
+                    f"(expected the same name with '{pol}' in place of '{other_pol}'; for {other_pol.upper()}-only data "
+                    f"set discovery.polarisations=[{other_pol}] and bands={other_pol}_db or bands={other_pol})"
                 )
         scenes.append(Scene(city, mgrs, date, time, orbit_pass, dict(sources)))
     scenes.sort(key=lambda s: (s.city, s.scene_id))
@@ -218,6 +302,20 @@ def discover_scenes(raw_dir: Path | str, config: DiscoveryConfig | None = None) 
     if dupes:
         raise UnosatError(f"scene id(s) {dupes} appear in more than one city folder under {raw_dir}")
     return scenes
+
+
+def scene_area(config: DiscoveryConfig, groups: dict, rel: str, path: Path) -> str:
+    """The area (city) of a file: the pattern's ``city`` group, else ``city_pattern`` on the relative path
+    (``area: scene`` names it later, by the scene identity)."""
+    if config.area == "scene":
+        return ""
+    if groups.get("city"):
+        return groups["city"]
+    cm = re.search(config.city_pattern, rel)
+    if not cm or not cm.group("city"):
+        raise UnosatError(f"{path}: cannot tell the city from its path with city_pattern '{config.city_pattern}' "
+                          "(or set discovery.area=scene: one area per scene)")
+    return cm.group("city")
 
 
 def find_label_file(search_dirs: Sequence[Path | str], template: str, scene: Scene) -> Path | None:

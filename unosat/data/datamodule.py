@@ -17,14 +17,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from unosat.bands import BandRecipe, Normalization
 from unosat.classes import CLASS_NAMES, IGNORE_INDEX
-from unosat.data.sampler import DistributedWeightedSampler, tile_weights
-from unosat.data.tile_dataset import TileDataset
+from unosat.data.sampler import DistributedWeightedSampler, UnpaddedDistributedSampler, tile_weights
+from unosat.data.tile_dataset import TileDataset, seed_worker
 from unosat.data.transforms import SpeckleNoise, compose
 from unosat.errors import UnosatError
+from unosat.prepare.consistency import check_consistency
 from unosat.prepare.statistics import pooled_normalization
 from unosat.prepared import PreparedDataset
 
@@ -54,6 +55,11 @@ class UnosatDataModule(pl.LightningDataModule):
             the demo's raw scenes (generated if needed).
         prepare_overrides: extra ``prepare.py`` overrides used for that (e.g. ``bands=db``).
         seed: seed of the sampler and the augmentations.
+        count_once: validation and test tiles overlap (train-scheme tiles by at least ``train_min_overlap``):
+            each tile scores only the pixels it owns (nearest tile centre, see
+            :func:`~unosat.data.tile_dataset.owned_pixels`), so every valid pixel counts once. Under DDP the
+            evaluation tiles are shared out without padding (:class:`~unosat.data.sampler.UnpaddedDistributedSampler`).
+            False for a whole-tile target (the tile classifier's centre crops).
     """
 
     def __init__(
@@ -78,6 +84,7 @@ class UnosatDataModule(pl.LightningDataModule):
         demo_dir: str | Path | None = None,
         prepare_overrides: Sequence[str] = (),
         seed: int = 0,
+        count_once: bool = True,
     ):
         super().__init__()
         self.dir = Path(dir).expanduser()
@@ -101,6 +108,7 @@ class UnosatDataModule(pl.LightningDataModule):
         self.demo_dir = Path(demo_dir).expanduser() if demo_dir else None
         self.prepare_overrides = list(prepare_overrides)
         self.seed = int(seed)
+        self.count_once = bool(count_once)
         self._ready = False
 
     # ------------------------------------------------------------ preparation
@@ -120,6 +128,11 @@ class UnosatDataModule(pl.LightningDataModule):
         if self._ready:
             return
         self.layout.require("statistics.csv", "bands", "masks")
+        if self.layout.manifest.get("settings", {}).get("labels", {}).get("source") == "none":
+            raise UnosatError(f"{self.dir} was prepared without labels (labels=none): its scenes serve prediction "
+                              "(python predict.py input=<raw scenes>), not training; prepare them with labels=vector "
+                              "or labels=raster to train")
+        check_consistency(self.layout)  # every file describes the recorded recipe
         stats = self.layout.statistics()
         self.recipe: BandRecipe = self.layout.recipe
         self.tile_size = int(self.layout.manifest["settings"]["tiling"]["train_size"])
@@ -160,9 +173,12 @@ class UnosatDataModule(pl.LightningDataModule):
             self.recipe.polarisation_indices()  # the noise needs VH and VV in the stack
         train_tf = compose(self.augment, seed=self.seed)
         val_tf = compose(self.val_augment, seed=self.seed)
-        self.train_dataset = TileDataset(self.dir, self.train_tiles, self.recipe, self.normalization, train_tf, self.speckle)
-        self.val_dataset = TileDataset(self.dir, self.val_tiles, self.recipe, self.normalization, val_tf)
-        self.test_dataset = TileDataset(self.dir, self.test_tiles, self.recipe, self.normalization, val_tf)
+        self.train_dataset = TileDataset(self.dir, self.train_tiles, self.recipe, self.normalization, train_tf,
+                                         self.speckle, seed=self.seed)
+        self.val_dataset = TileDataset(self.dir, self.val_tiles, self.recipe, self.normalization, val_tf, seed=self.seed,
+                                       count_once=self.count_once)
+        self.test_dataset = TileDataset(self.dir, self.test_tiles, self.recipe, self.normalization, val_tf, seed=self.seed,
+                                        count_once=self.count_once)
         self.weights = tile_weights(self.train_tiles["target_ratio"], **self.sampling)
         log.info("tiles: train %d (folds %s), val %d (folds %s), test %d; normalisation %s",
                  len(self.train_tiles), train, len(self.val_tiles), list(val), len(self.test_tiles), self.normalization)
@@ -188,9 +204,11 @@ class UnosatDataModule(pl.LightningDataModule):
         return self.layout.recipe.count
 
     def data_recipe(self) -> dict:
-        """What prediction needs to rebuild the model's input: bands, normalisation, tile size, classes."""
+        """What prediction needs to rebuild the model's input: bands, normalisation, tile size, classes, and
+        the raw-input settings the dataset was prepared with (units, nodata; :mod:`unosat.raw_input`)."""
         return {
             "recipe": self.recipe.to_dict(),
+            "raw_input": self.layout.raw_input().to_dict(),
             "normalization": self.normalization.to_dict(),
             "tile_size": self.tile_size,
             "crop_px": self.crop_px,
@@ -210,10 +228,12 @@ class UnosatDataModule(pl.LightningDataModule):
     def _loader(self, dataset, batch_size: int, sampler, shuffle: bool = False) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=shuffle,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.persistent_workers, drop_last=False)
+                          persistent_workers=self.persistent_workers, drop_last=False,
+                          worker_init_fn=seed_worker if self.num_workers > 0 else None)
 
     def train_dataloader(self) -> DataLoader:
         world, rank = self._world()
+        self.train_dataset.rank = rank
         sampler = DistributedWeightedSampler(self.train_dataset, self.weights, self.epoch_length or len(self.train_dataset),
                                              num_replicas=world, rank=rank, seed=self.seed)
         return self._loader(self.train_dataset, self.batch_size, sampler)
@@ -228,5 +248,5 @@ class UnosatDataModule(pl.LightningDataModule):
 
     def _eval_loader(self, dataset) -> DataLoader:
         world, rank = self._world()
-        sampler = DistributedSampler(dataset, world, rank, shuffle=False) if world > 1 else None
+        sampler = UnpaddedDistributedSampler(dataset, world, rank) if world > 1 else None
         return self._loader(dataset, self.val_batch_size, sampler)

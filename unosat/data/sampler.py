@@ -48,6 +48,16 @@ def tile_weights(
     return weights
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 63-bit generator seed for ``(seed, epoch)``: distinct pairs give unrelated seeds.
+
+    ``seed + epoch`` would make seed 5 at epoch 1 replay seed 6 at epoch 0; numpy's ``SeedSequence`` hashes
+    the pair instead (the same pair always gives the same seed, on every rank and every run).
+    """
+    state = np.random.SeedSequence([int(seed) % 2**63, int(epoch)]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))
+
+
 class DistributedWeightedSampler(DistributedSampler):
     """Draws ``num_samples`` tile indices per epoch with replacement, proportionally to ``weights``,
     and yields this rank's share (``ceil(num_samples / num_replicas)`` indices).
@@ -68,9 +78,35 @@ class DistributedWeightedSampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator()
-        generator.manual_seed(self.seed + self.epoch)
+        generator.manual_seed(epoch_seed(self.seed, self.epoch))
         drawn = torch.multinomial(self.weights, self.total_size, replacement=True, generator=generator)
         return iter(drawn[self.rank : self.total_size : self.num_replicas].tolist())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Lightning calls this before every epoch; the dataset's augmentation streams follow the epoch too."""
+        super().set_epoch(epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Evaluation shares without padding: rank ``r`` of ``R`` gets tiles ``r, r + R, r + 2R...``, in order.
+
+    torch's :class:`~torch.utils.data.DistributedSampler` repeats tiles so that every rank gets as many; in
+    validation those repeats count twice in the scores. Shares here differ by at most one tile, and every tile
+    is seen exactly once over all ranks. A ``DistributedSampler`` subclass, so Lightning keeps it.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.indices = list(range(rank, len(dataset), num_replicas))
+        self.num_samples = len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
 
     def __len__(self) -> int:
         return self.num_samples

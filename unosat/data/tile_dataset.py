@@ -44,9 +44,14 @@ class TileReader:
         return self._open[scene_id]
 
     def read(self, scene_id: str, row_off: int, col_off: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image and mask of a window; the mask is 255 wherever a band is not finite (NaN or +-inf is nodata)."""
         bands, mask = self._sources(scene_id)
         image = bands.read(row_off, col_off, height, width)
         labels = mask.read(row_off, col_off, height, width)[..., 0]
+        nodata = ~np.isfinite(image).all(axis=-1)
+        if nodata.any():
+            labels[nodata] = IGNORE_INDEX
+            image[nodata] = np.nan
         return image, labels
 
     def read_image(self, scene_id: str, row_off: int, col_off: int, height: int, width: int) -> np.ndarray:
@@ -82,6 +87,63 @@ class _Source:
         return out
 
 
+def overlapping_tiles(tiles: pd.DataFrame) -> list[np.ndarray]:
+    """For each tile (row of ``tiles``), the positions of the other tiles of the same scene whose windows
+    overlap it."""
+    out: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(tiles)
+    for _, group in tiles.groupby("scene_id", sort=False):
+        idx = group.index.to_numpy()
+        r0, c0 = group["row_off"].to_numpy(), group["col_off"].to_numpy()
+        r1, c1 = r0 + group["height"].to_numpy(), c0 + group["width"].to_numpy()
+        overlap = ((r0[:, None] < r1[None]) & (r0[None] < r1[:, None]) & (c0[:, None] < c1[None]) & (c0[None] < c1[:, None]))
+        np.fill_diagonal(overlap, False)
+        for k, i in enumerate(idx):
+            out[i] = idx[overlap[k]]
+    return out
+
+
+def owned_pixels(window: tuple[int, int, int, int], others: list[tuple[int, int, int, int]], index: int,
+                 other_indices: np.ndarray) -> np.ndarray:
+    """``(h, w)`` bool: the pixels of ``window`` (row_off, col_off, height, width) that this tile *owns*.
+
+    A pixel covered by several tiles of one scene belongs to the one whose centre is nearest (Euclidean, from
+    the pixel's centre; ties go to the lower index). On a regular grid of overlapping tiles that splits each
+    overlap at its middle, so every pixel of the scene that some tile covers is owned by exactly one tile,
+    away from the tiles' edges when it can be.
+    """
+    r, c, h, w = window
+    yy = 2 * (r + np.arange(h)) + 1  # doubled coordinates of pixel centres: integers
+    xx = 2 * (c + np.arange(w)) + 1
+    mine = (yy - (2 * r + h))[:, None] ** 2 + (xx - (2 * c + w))[None] ** 2
+    owned = np.ones((h, w), dtype=bool)
+    for (orow, ocol, oh, ow), j in zip(others, other_indices):
+        rows = (yy >= 2 * orow) & (yy < 2 * (orow + oh))
+        cols = (xx >= 2 * ocol) & (xx < 2 * (ocol + ow))
+        theirs = (yy - (2 * orow + oh))[:, None] ** 2 + (xx - (2 * ocol + ow))[None] ** 2
+        beaten = (theirs < mine) | ((theirs == mine) & (j < index))
+        owned &= ~(beaten & rows[:, None] & cols[None])
+    return owned
+
+
+def derived_seed(*entropy: int) -> int:
+    """A 32-bit seed mixed from integers (numpy ``SeedSequence``): distinct inputs give unrelated seeds."""
+    return int(np.random.SeedSequence([int(e) % 2**63 for e in entropy]).generate_state(1, dtype=np.uint32)[0])
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: gives each worker its own augmentation stream.
+
+    A forked worker starts with a copy of the main process's random state, so without this every worker of
+    an epoch, and every epoch (workers are forked again), would replay the same crops and flips. The
+    worker's stream is seeded from torch's worker seed (``base_seed + worker_id``; the base seed is drawn
+    afresh from the main process's torch generator for each epoch's iterator) and the dataset's epoch.
+    """
+    info = torch.utils.data.get_worker_info()
+    dataset = info.dataset
+    if isinstance(dataset, TileDataset):
+        dataset.reseed(info.seed, dataset.epoch)
+
+
 class TileDataset(Dataset):
     """Tiles listed in ``tiles`` (rows of ``statistics.csv``) of the prepared dataset at ``root``.
 
@@ -90,6 +152,14 @@ class TileDataset(Dataset):
 
     Order of operations: optional speckle noise (physical units), normalisation, then the geometric
     ``transform`` (an albumentations pipeline taking ``image`` (H, W, C) and ``mask`` (H, W)).
+
+    ``count_once``: pixels that another tile of the same scene owns (see :func:`owned_pixels`) are set to
+    ignore in the mask, so that overlapping tiles count each pixel once in validation scores and losses.
+
+    Random streams: :meth:`set_epoch` (called by the sampler every epoch) reseeds the transform and numpy's
+    global generator (speckle) from ``(seed, rank, epoch)`` in the main process; DataLoader workers reseed
+    themselves with :func:`seed_worker`. ``rank`` (the DDP rank) keeps ranks from drawing the same
+    augmentations.
     """
 
     def __init__(
@@ -101,6 +171,7 @@ class TileDataset(Dataset):
         transform: Callable | None = None,
         speckle: Callable | None = None,
         seed: int = 0,
+        count_once: bool = False,
     ):
         self.reader = TileReader(root)
         self.tiles = tiles.reset_index(drop=True)
@@ -109,15 +180,37 @@ class TileDataset(Dataset):
         self.normalization = normalization
         self.transform = transform
         self.speckle = speckle
-        self.seed = seed
+        self.count_once = bool(count_once)
+        self._overlapping = overlapping_tiles(self.tiles) if self.count_once else None
+        self.seed = int(seed)
+        self.rank = 0
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch``: the main process's augmentation stream restarts from ``(seed, rank, epoch)``."""
+        self.epoch = int(epoch)
+        self.reseed(self.epoch)
+
+    def reseed(self, *entropy: int) -> None:
+        """Seed the transform and numpy's global generator from ``(seed, rank, *entropy)``."""
+        seed = derived_seed(self.seed, self.rank, *entropy)
+        if self.transform is not None and hasattr(self.transform, "set_random_seed"):
+            self.transform.set_random_seed(seed)
+        np.random.seed(seed)
 
     def __len__(self) -> int:
         return len(self.tiles)
 
     def read_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The tile as stored: image ``(h, w, C)`` float32 (NaN nodata), mask ``(h, w)`` uint8."""
+        """The tile as stored: image ``(h, w, C)`` float32 (NaN nodata), mask ``(h, w)`` uint8 (with
+        ``count_once``, 255 where another tile owns the pixel)."""
         sid, r, c, h, w = self._windows[index]
-        return self.reader.read(str(sid), int(r), int(c), int(h), int(w))
+        image, mask = self.reader.read(str(sid), int(r), int(c), int(h), int(w))
+        if self.count_once and len(self._overlapping[index]):
+            others = [tuple(int(v) for v in list(self._windows[j])[1:]) for j in self._overlapping[index]]
+            owned = owned_pixels((int(r), int(c), int(h), int(w)), others, index, self._overlapping[index])
+            mask = np.where(owned, mask, np.uint8(IGNORE_INDEX)).astype(mask.dtype)
+        return image, mask
 
     def __getitem__(self, index: int) -> dict:
         image, mask = self.read_raw(index)

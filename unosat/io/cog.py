@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio.shutil
+from rasterio.windows import Window
 
 from unosat.errors import UnosatError
 from unosat.io.atomic import atomic_path, temporary_sibling
@@ -66,6 +67,22 @@ def tiled_profile(grid: Grid, count: int, dtype: str, nodata: float | int | None
     return profile
 
 
+def cog_creation_options(options: CogOptions, categorical: bool, nbits: int | None) -> dict:
+    """GDAL COG driver creation options for ``options`` (class rasters get the mask overview resampling)."""
+    creation = {
+        "BLOCKSIZE": options.blocksize,
+        "COMPRESS": options.compress.upper(),
+        "OVERVIEWS": "AUTO",
+        "RESAMPLING": (options.mask_overview_resampling if categorical else options.overview_resampling).upper(),
+        "BIGTIFF": "IF_SAFER",
+    }
+    if options.predictor and options.compress.lower() != "none":
+        creation["PREDICTOR"] = "YES"
+    if nbits is not None:
+        creation["NBITS"] = nbits
+    return creation
+
+
 def write_cog(
     path: Path | str,
     grid: Grid,
@@ -88,17 +105,7 @@ def write_cog(
     """
     path = Path(path)
     profile = tiled_profile(grid, count, dtype, nodata, options.blocksize, nbits)
-    creation = {
-        "BLOCKSIZE": options.blocksize,
-        "COMPRESS": options.compress.upper(),
-        "OVERVIEWS": "AUTO",
-        "RESAMPLING": (options.mask_overview_resampling if categorical else options.overview_resampling).upper(),
-        "BIGTIFF": "IF_SAFER",
-    }
-    if options.predictor and options.compress.lower() != "none":
-        creation["PREDICTOR"] = "YES"
-    if nbits is not None:
-        creation["NBITS"] = nbits
+    creation = cog_creation_options(options, categorical, nbits)
     staging = temporary_sibling(path.with_name(path.stem + ".tiled" + path.suffix))
     try:
         write_rows(staging, profile, blocks, tags, band_descriptions, late_tags)
@@ -112,3 +119,55 @@ def is_cog(path: Path | str) -> bool:
     """Whether GDAL reports the file's layout as COG (``IMAGE_STRUCTURE`` metadata ``LAYOUT=COG``)."""
     with rasterio.open(path) as src:
         return src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+
+
+class CogRowWriter:
+    """A single-band COG written from rows *pushed* top to bottom (``write(row_off, (rows, width) array)``):
+    the counterpart of :func:`write_cog` for a second raster made in the same pass as another (a mask
+    thresholded from the float probabilities that the probability COG stores quantised).
+
+    Use as a context manager: rows go to an uncompressed tiled staging GeoTIFF; on a clean exit, with every
+    row written, the COG is copied to ``path`` atomically; on an error nothing appears at ``path``.
+    """
+
+    def __init__(self, path: Path | str, grid: Grid, dtype: str, nodata: float | int | None, options: CogOptions,
+                 categorical: bool = False, tags: dict[str, str] | None = None,
+                 band_descriptions: list[str] | None = None):
+        self.path = Path(path)
+        self.height, self.width = grid.height, grid.width
+        self.profile = tiled_profile(grid, 1, dtype, nodata, options.blocksize)
+        self.creation = cog_creation_options(options, categorical, None)
+        self.tags = tags
+        self.band_descriptions = band_descriptions
+        self.staging = temporary_sibling(self.path.with_name(self.path.stem + ".tiled" + self.path.suffix))
+        self.next_row = 0
+
+    def __enter__(self) -> CogRowWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._env = gdal_env()
+        self._env.__enter__()
+        self._dst = rasterio.open(self.staging, "w", **self.profile)
+        if self.tags:
+            self._dst.update_tags(**self.tags)
+        for i, d in enumerate(self.band_descriptions or [], start=1):
+            self._dst.set_band_description(i, d)
+        return self
+
+    def write(self, row_off: int, block: np.ndarray) -> None:
+        """Rows ``row_off`` .. ``row_off + block.shape[0]`` (full width), in order."""
+        if row_off != self.next_row:
+            raise ValueError(f"rows must come top to bottom: expected row {self.next_row}, got {row_off}")
+        self._dst.write(block[None], window=Window(0, row_off, self.width, block.shape[0]))
+        self.next_row = row_off + block.shape[0]
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self._dst.close()
+            if exc_type is None:
+                if self.next_row != self.height:
+                    raise ValueError(f"{self.path}: rows covered {self.next_row} of {self.height}")
+                with atomic_path(self.path) as tmp:
+                    rasterio.shutil.copy(self.staging, tmp, driver="COG", **self.creation)
+        finally:
+            self.staging.unlink(missing_ok=True)
+            self._env.__exit__(None, None, None)

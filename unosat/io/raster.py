@@ -8,6 +8,7 @@ in pixel units of the raster they refer to.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,9 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from unosat.errors import UnosatError
+
+#: Two grids whose transforms place every corner within this many pixels of each other are the same grid.
+GRID_TOLERANCE_PX = 0.01
 
 #: GDAL block cache for streamed writes (bytes). GDAL's default (5 % of RAM) would let dirty blocks of a
 #: large scene pile up in memory; streaming needs only a few rows of blocks.
@@ -54,15 +58,37 @@ class Grid:
         """``(left, bottom, right, top)`` in CRS units."""
         return tuple(rasterio.transform.array_bounds(self.height, self.width, self.transform))
 
-    def differences(self, other: Grid, atol: float = 1e-6) -> list[str]:
-        """What differs between two grids, in words (empty when they are the same grid)."""
+    @property
+    def pixel_size(self) -> float:
+        """The smaller side of a pixel, in CRS units (degrees for a geographic CRS)."""
+        t = self.transform
+        return float(min(math.hypot(t.a, t.d), math.hypot(t.b, t.e)))
+
+    def offset_px(self, other: Grid) -> float:
+        """How far apart, in pixels of this grid, the two transforms put the corners of this grid (the
+        largest of the four corners' distances, so a pixel size that differs slightly counts at the far edge)."""
+        corners = [(0, 0), (self.width, 0), (0, self.height), (self.width, self.height)]
+        pixel = self.pixel_size
+        if pixel <= 0:
+            return math.inf
+        return max(math.hypot(*(np.subtract(self.transform * c, other.transform * c))) for c in corners) / pixel
+
+    def differences(self, other: Grid, tolerance_px: float = GRID_TOLERANCE_PX) -> list[str]:
+        """What differs between two grids, in words (empty when they are the same grid).
+
+        Transforms are compared in pixels, not CRS units: they differ when they place any corner of this
+        grid more than ``tolerance_px`` pixels apart (1e-6 degrees in EPSG:4326 would be about 1 % of a
+        10 m pixel, 1e-6 m in UTM nothing at all).
+        """
         out = []
         if (self.crs is None) != (other.crs is None) or (self.crs is not None and self.crs != other.crs):
             out.append(f"CRS {_crs_name(self.crs)} vs {_crs_name(other.crs)}")
         if (self.width, self.height) != (other.width, other.height):
             out.append(f"size {self.width}x{self.height} vs {other.width}x{other.height} px")
-        if not self.transform.almost_equals(other.transform, precision=atol):
-            out.append(f"transform {tuple(self.transform)[:6]} vs {tuple(other.transform)[:6]}")
+        offset = self.offset_px(other)
+        if offset > tolerance_px:
+            out.append(f"transform {tuple(self.transform)[:6]} vs {tuple(other.transform)[:6]} (corners up to "
+                       f"{offset:.3g} px apart)")
         return out
 
     def to_json(self) -> dict:

@@ -34,6 +34,8 @@ from unosat.classes import BUILDING, CLASS_NAMES
 from unosat.errors import UnosatError
 from unosat.predict.distributed import Runtime
 from unosat.predict.tta import D4Transform, tta_average, tta_transforms
+from unosat.raw_input import RawInput
+from unosat.scenes import DiscoveryConfig
 from unosat.training.module import segmentation_logits
 
 HASH_CHUNK_BYTES = 1 << 20
@@ -51,6 +53,7 @@ class LoadedModel:
     sha256: str = ""
     model: dict | None = None
     metadata: dict | None = None
+    raw_input: RawInput | None = None
 
     @property
     def task(self) -> str:
@@ -102,9 +105,56 @@ def load_model(path: Path | str, onnx_options=None) -> LoadedModel:
     if in_channels is not None and int(in_channels) != recipe.count:
         raise UnosatError(f"{path}: the network takes {in_channels} bands but its recipe '{recipe.name}' has "
                           f"{recipe.count}")
+    raw_input = data.get("raw_input")
+    if raw_input is not None and not isinstance(raw_input, dict):
+        raise UnosatError(f"{path}: malformed raw-input settings in the checkpoint's data recipe")
+    raw_input = RawInput.from_dict(raw_input) if raw_input is not None else None
     net = build_model(checkpoint, path)
     return LoadedModel(path.name, net, recipe, normalization, path.resolve(), file_sha256(path), cfg,
-                       {k: v for k, v in checkpoint["unosat"].items() if k != "config"})
+                       {k: v for k, v in checkpoint["unosat"].items() if k != "config"}, raw_input)
+
+
+#: ``input_mismatch`` values: what to do when predict-time raw-input settings differ from a checkpoint's
+INPUT_MISMATCH = ("refuse", "allow")
+
+
+def resolve_raw_input(models: Sequence[LoadedModel], discovery: DiscoveryConfig, mismatch: str = "refuse") -> RawInput:
+    """The raw-input settings (units, nodata) to read raw scenes with.
+
+    ``discovery.units`` / ``nodata_values`` / ``file_nodata`` left unset (null) come from the checkpoints'
+    data recipes (checkpoints made before these were recorded count as linear with the default nodata).
+    Settings that differ from a checkpoint's are refused unless ``mismatch == "allow"``: the checkpoint's
+    network was trained on inputs read with its own settings. Checkpoints that disagree among themselves
+    need explicit settings (and ``allow``).
+    """
+    if mismatch not in INPUT_MISMATCH:
+        raise UnosatError(f"input_mismatch must be one of {list(INPUT_MISMATCH)}, got '{mismatch}'")
+    recorded = [(m, m.raw_input) for m in models if m.raw_input is not None]
+    distinct = list(dict.fromkeys(r for _, r in recorded))
+    explicit = discovery.units is not None and discovery.nodata_values is not None and discovery.file_nodata is not None
+    if len(distinct) > 1 and not explicit:
+        listing = "; ".join(f"{m.path or m.name}: {r.to_dict()}" for m, r in recorded)
+        raise UnosatError(f"the checkpoints were trained on raw inputs read with different settings ({listing}); set "
+                          "discovery.units, discovery.nodata_values and discovery.file_nodata for these scenes, and "
+                          "input_mismatch=allow")
+    raw = discovery.raw_input(distinct[0] if distinct else None)
+    if mismatch == "refuse":
+        check_raw_input(models, raw, "predict.py's discovery settings")
+    return raw
+
+
+def check_raw_input(models: Sequence[LoadedModel], raw: RawInput, what: str) -> None:
+    """Refuse models whose recorded raw-input settings differ from ``raw`` (``what`` says where it comes from)."""
+    for m in models:
+        if m.raw_input is None:
+            continue
+        differ = m.raw_input.differences(raw)
+        if differ:
+            raise UnosatError(
+                f"checkpoint {m.path or m.name} was trained on raw inputs read with other settings than {what} "
+                f"({'; '.join(f'{d} (checkpoint vs here)' for d in differ)}); leave those discovery keys unset "
+                "(null) to use the checkpoint's, or set input_mismatch=allow if these scenes really need other settings"
+            )
 
 
 def check_prepared_recipe(models: Sequence[LoadedModel], recipe: BandRecipe, dataset: Path) -> None:

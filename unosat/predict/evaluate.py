@@ -19,6 +19,8 @@ prediction's CRS (projected, metres).
 
 from __future__ import annotations
 
+import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +33,9 @@ from unosat.io.raster import Grid, gdal_env, open_raster, read_window, row_block
 from unosat.metrics import confusion_matrix, scores_from_confusion
 from unosat.predict.object_matching import match_polygons, object_scores
 from unosat.predict.vectorize import polygonize_strips, read_vectorized
-from unosat.prepare.labels import VectorBurner
+from unosat.prepare.labels import LabelsConfig, RasterAligner, VectorBurner
+
+log = logging.getLogger(__name__)
 
 #: rows of the prediction read at a time
 EVAL_BLOCK_ROWS = 1024
@@ -41,16 +45,21 @@ COUNT_KEYS = ("valid_pixels", "nodata_pixels", "true_building_pixels", "predicte
 
 
 def evaluate_city(pred_mask_path, pred_polygons_path, label_path, all_touched: bool = True,
-                  iou_threshold: float = 0.5, *, block_rows: int = EVAL_BLOCK_ROWS) -> dict:
+                  iou_threshold: float = 0.5, *, block_rows: int = EVAL_BLOCK_ROWS,
+                  labels: LabelsConfig | None = None) -> dict:
     """Pixel and object scores of one city (or scene) prediction; a JSON-ready dict.
 
     Args:
         pred_mask_path: predicted mask GeoTIFF (0 background, 1 building, 255 nodata); its grid is the
             reference grid.
         pred_polygons_path: the polygons vectorised from it (any OGR format, any CRS).
-        label_path: the city's label polygons (any OGR format with a CRS).
+        label_path: the city's label polygons (any OGR format with a CRS), or with ``labels.source`` ``raster``
+            / ``prepared`` a label raster (read as :class:`~unosat.prepare.labels.RasterAligner` reads it: on
+            another grid it is warped; its unknown pixels, and a prepared mask's 255, are left out of the
+            pixel scores; its true polygons are its target regions, 4-connected).
         all_touched: how labels are burnt for pixel scores (as in preparation).
         iou_threshold: IoU for an object match.
+        labels: where ``source``, ``raster_nodata`` and ``positive_values`` come from (None: vector labels).
 
     Returns ``{"pixel": {"confusion": [[tn, fp], [fn, tp]], "iou_building": ..., "precision_building": ...,
     "recall_building": ..., "f1_building": ..., ...}, "object": {"tp", "fp", "fn", "precision", "recall",
@@ -62,14 +71,21 @@ def evaluate_city(pred_mask_path, pred_polygons_path, label_path, all_touched: b
         grid = Grid.of(src)
         if grid.crs is None:
             raise UnosatError(f"{pred_mask_path}: the prediction has no CRS, it cannot be compared with labels")
-        burner = VectorBurner(label_path, grid, all_touched, pred_mask_path.stem)
-        confusion = pixel_confusion(src, burner, block_rows)
-        nodata = np.concatenate([geoms for geoms, _ in polygonize_strips(src, IGNORE_INDEX, block_rows)])
+        with label_reader(label_path, grid, labels, all_touched, pred_mask_path.stem) as burner:
+            confusion = pixel_confusion(src, burner, block_rows)
+            if isinstance(burner, VectorBurner):
+                true_geoms = burner.geoms
+            else:
+                true_geoms = _polygons(polygonize_strips(_BurntLabels(burner, label_path), BUILDING, block_rows))
+        nodata = _polygons(polygonize_strips(src, IGNORE_INDEX, block_rows))
 
-    truth, in_scene, in_nodata = clip_to_valid_area(burner.geoms, grid, nodata)
+    truth, in_scene, in_nodata = clip_to_valid_area(true_geoms, grid, nodata)
     pred = np.asarray(read_vectorized(pred_polygons_path, grid.crs).values, dtype=object)
     match = match_polygons(pred, truth, iou_threshold)
     valid = int(confusion.sum())
+    if valid == 0:
+        log.warning("evaluation: %s has no valid pixel (nodata everywhere): its pixel scores are undefined (null)",
+                    pred_mask_path)
     return {
         "pixel": {"confusion": confusion.tolist(), **scores_from_confusion(confusion)},
         "object": object_scores(match.tp, match.fp, match.fn),
@@ -84,11 +100,39 @@ def evaluate_city(pred_mask_path, pred_polygons_path, label_path, all_touched: b
             "predicted_polygons": len(pred),
         },
         "settings": {"all_touched": bool(all_touched), "iou_threshold": float(iou_threshold)},
-        "files": {"mask": str(pred_mask_path), "polygons": str(pred_polygons_path), "labels": str(label_path)},
+        "files": {"mask": str(pred_mask_path), "polygons": str(pred_polygons_path), "labels": str(label_path),
+                  "labels_source": labels.source if labels is not None else "vector"},
     }
 
 
-def pixel_confusion(src, burner: VectorBurner, block_rows: int) -> np.ndarray:
+def label_reader(label_path: Path, grid: Grid, labels: LabelsConfig | None, all_touched: bool,
+                 name: str) -> VectorBurner | RasterAligner:
+    """What burns the truth on ``grid``: polygons (vector labels) or a label raster aligned to the grid."""
+    source = labels.source if labels is not None else "vector"
+    if source == "vector":
+        return VectorBurner(label_path, grid, all_touched, name)
+    if source == "prepared":  # a prepared dataset's mask: 0, 1 and 255 (ignore)
+        return RasterAligner(label_path, grid, IGNORE_INDEX, None)
+    return RasterAligner(label_path, grid, labels.raster_nodata, labels.positive_values)
+
+
+class _BurntLabels:
+    """A label raster aligned to a grid, read like a one-band raster (for :func:`polygonize_strips`)."""
+
+    def __init__(self, burner: RasterAligner, path: Path):
+        self.burner, self.name = burner, str(path)
+        self.height, self.width, self.transform = burner.grid.height, burner.grid.width, burner.grid.transform
+
+    def read(self, indexes=None, window: Window | None = None, **kwargs) -> np.ndarray:
+        return self.burner.burn(window)
+
+
+def _polygons(strips) -> np.ndarray:
+    parts = [geoms for geoms, _ in strips]
+    return np.concatenate(parts) if parts else np.empty(0, dtype=object)
+
+
+def pixel_confusion(src, burner: VectorBurner | RasterAligner, block_rows: int) -> np.ndarray:
     """``(2, 2)`` confusion matrix (rows: truth, columns: prediction) over the valid pixels of ``src``."""
     total = np.zeros((len(CLASS_NAMES), len(CLASS_NAMES)), dtype=np.int64)
     for row_off, rows in row_blocks(src.height, block_rows):
@@ -156,4 +200,38 @@ def evaluation_report(per_city: dict[str, dict]) -> dict:
         "settings": next(iter(settings.values())),
         "n_cities": len(per_city),
     }
-    return {"overall": overall, "cities": dict(per_city)}
+    undefined: list[str] = []
+    report = json_safe({"overall": overall, "cities": dict(per_city)}, "", undefined)
+    if undefined:
+        log.warning("evaluation: %d score(s) are undefined (a ratio of zero counts) and written as null: %s",
+                    len(undefined), ", ".join(undefined[:8]) + (" ..." if len(undefined) > 8 else ""))
+    return report
+
+
+def json_safe(value, where: str, undefined: list[str]):
+    """``value`` with every non-finite float replaced by None (strict JSON has no NaN); the dotted paths of
+    the replaced values are appended to ``undefined``."""
+    if isinstance(value, dict):
+        return {k: json_safe(v, f"{where}.{k}" if where else str(k), undefined) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v, f"{where}[{i}]", undefined) for i, v in enumerate(value)]
+    if isinstance(value, float | np.floating) and not math.isfinite(value):
+        undefined.append(where)
+        return None
+    return value
+
+
+def evaluation_table(report: dict) -> str:
+    """The console summary of an :func:`evaluation_report`: a row per city and one overall, with pixel IoU,
+    precision, recall, F1 of the building class and object-level precision, recall, F1 (counts of matches)."""
+    header = ("", "pixel IoU", "pixel P", "pixel R", "pixel F1", "object P", "object R", "object F1", "TP/FP/FN")
+    rows = [(name, score) for name, score in report["cities"].items()] + [("overall", report["overall"])]
+    width = max(len(header[1]), *(len(name) for name, _ in rows))
+    lines = [f"{'':<{width}}  " + "  ".join(f"{h:>9}" for h in header[1:-1]) + f"  {header[-1]}"]
+    for name, score in rows:
+        px, ob = score["pixel"], score["object"]
+        values = (px["iou_building"], px["precision_building"], px["recall_building"], px["f1_building"],
+                  ob["precision"], ob["recall"], ob["f1"])
+        cells = (f"{v:>9.4f}" if v is not None else f"{'n/a':>9}" for v in values)  # None: undefined (0/0)
+        lines.append(f"{name:<{width}}  " + "  ".join(cells) + f"  {ob['tp']}/{ob['fp']}/{ob['fn']}")
+    return "\n".join(lines)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +22,10 @@ from rasterio.windows import Window
 from unosat.bands import BandRecipe, polarisations_to_stack, valid_pixels
 from unosat.errors import UnosatError
 from unosat.io.raster import Grid, gdal_env, open_raster, read_window
-from unosat.prepare.band_stack import scene_grid
+from unosat.prepare.band_stack import check_scene_units, scene_grid, scene_nodata
 from unosat.prepare.outputs import file_identity
-from unosat.prepared import PreparedDataset, read_table
+from unosat.prepared import PreparedDataset
+from unosat.raw_input import RawInput
 from unosat.scenes import DiscoveryConfig, Scene, discover_scenes
 
 
@@ -32,8 +33,8 @@ from unosat.scenes import DiscoveryConfig, Scene, discover_scenes
 class InputScene:
     """One acquisition to predict.
 
-    ``kind`` is ``raw`` (``scene.sources`` give the VH and VV files, read with ``nodata_values`` and
-    ``input_units`` as discovery configures them) or ``prepared`` (``bands_path`` is the band stack, whose
+    ``kind`` is ``raw`` (``scene.sources`` give the VH and VV files, read in ``raw.units`` with the nodata
+    values ``vh_nodata`` / ``vv_nodata``: the raw-input settings plus each file's own tag) or ``prepared`` (``bands_path`` is the band stack, whose
     recipe is ``recipe``). ``label_dirs`` are where the city's label vectors are looked for (the raw
     directory).
     """
@@ -43,8 +44,9 @@ class InputScene:
     grid: Grid
     bands_path: Path | None = None
     recipe: BandRecipe | None = None
-    nodata_values: tuple[float, ...] = ()
-    input_units: str = "linear"
+    raw: RawInput = RawInput()
+    vh_nodata: tuple[float, ...] = ()
+    vv_nodata: tuple[float, ...] = ()
     label_dirs: tuple[Path, ...] = field(default=())
 
     @property
@@ -59,7 +61,7 @@ class InputScene:
         """What identifies the pixels read (file names and sizes, band recipe or nodata rules)."""
         if self.kind == "prepared":
             return {"kind": "prepared", "bands": file_identity(self.bands_path), "recipe": self.recipe.to_dict()}
-        return {"kind": "raw", "nodata_values": list(self.nodata_values), "units": self.input_units,
+        return {"kind": "raw", "units": self.raw.units, "nodata": {"vh": list(self.vh_nodata), "vv": list(self.vv_nodata)},
                 "sources": {pol: {**file_identity(p), "band": b} for pol, (p, b) in sorted(self.scene.sources.items())}}
 
     def quicklook_source(self) -> tuple[Path, int, str]:
@@ -68,8 +70,8 @@ class InputScene:
             if "vv" in self.recipe.bands:
                 return self.bands_path, self.recipe.bands.index("vv") + 1, self.recipe.units
             return self.bands_path, 1, self.recipe.units
-        path, band = self.scene.sources["vv"]
-        return path, band, self.input_units
+        path, band = self.scene.sources.get("vv") or self.scene.sources["vh"]
+        return path, band, self.raw.units
 
     @contextlib.contextmanager
     def open(self) -> Iterator[SceneReader]:
@@ -111,15 +113,18 @@ class SceneReader:
 class _RawBlock(PixelBlock):
     def __init__(self, vh: np.ndarray, vv: np.ndarray, scene: InputScene):
         self.vh, self.vv, self.scene = vh, vv, scene
-        self.valid = valid_pixels(vh, vv, scene.nodata_values)
+        self.valid = valid_pixels(vh, vv, scene.vh_nodata, scene.vv_nodata)
 
     def bands(self, recipe: BandRecipe) -> np.ndarray:
-        stack, _, _ = polarisations_to_stack(self.vh, self.vv, recipe, self.scene.nodata_values, self.scene.input_units)
+        # only the polarisations the recipe needs: the same stack (and nodata) as prepare.py makes
+        vh, vv = (a if p in recipe.needs() else None for p, a in (("vh", self.vh), ("vv", self.vv)))
+        stack, _, _ = polarisations_to_stack(vh, vv, recipe, self.scene.vh_nodata, self.scene.raw.units,
+                                             self.scene.vv_nodata)
         return stack
 
     def take(self, rows: np.ndarray, cols: np.ndarray) -> PixelBlock:
         index = np.ix_(rows, cols)
-        return _RawBlock(self.vh[index], self.vv[index], self.scene)
+        return _RawBlock(*(a[index] if a is not None else None for a in (self.vh, self.vv)), self.scene)
 
 
 class RawReader(SceneReader):
@@ -131,17 +136,18 @@ class RawReader(SceneReader):
 
     def read(self, window: Window) -> PixelBlock:
         pols = {}
-        for pol in ("vh", "vv"):
-            band = self.scene.scene.sources[pol][1]
+        for pol, (_, band) in self.scene.scene.sources.items():
             pols[pol] = read_window(self.srcs[pol], window, band).astype(np.float32, copy=False)
-        return _RawBlock(pols["vh"], pols["vv"], self.scene)
+        return _RawBlock(pols.get("vh"), pols.get("vv"), self.scene)
 
 
 class _PreparedBlock(PixelBlock):
     def __init__(self, stack: np.ndarray, scene: InputScene):
         self.stack, self.scene = stack, scene
-        # prepared stacks are NaN in every band at nodata
-        self.valid = np.isfinite(stack).any(axis=0)
+        # prepared stacks are NaN in every band at nodata; a non-finite value in any band (NaN, +-inf) is nodata
+        self.valid = np.isfinite(stack).all(axis=0)
+        if not self.valid.all():
+            self.stack = np.where(self.valid, stack, np.float32(np.nan))
 
     def bands(self, recipe: BandRecipe) -> np.ndarray:
         differ = recipe.differences(self.scene.recipe)
@@ -211,11 +217,14 @@ def input_kind(path: Path) -> str:
     return "prepared" if PreparedDataset(path).exists() else "raw"
 
 
-def find_inputs(input_dir: Path | str, selection: Selection, discovery: DiscoveryConfig) -> tuple[str, list[InputScene]]:
+def find_inputs(input_dir: Path | str, selection: Selection, discovery: DiscoveryConfig,
+                raw: RawInput | None = None) -> tuple[str, list[InputScene]]:
     """``(kind, scenes)`` to predict under ``input_dir``, sorted by city then scene id.
 
-    Raises :class:`UnosatError` when ``input_dir`` is missing or empty, when the selection matches nothing
-    (naming what there is), or when a scene's VV and VH files are not on one grid.
+    Raw scenes are read with the raw-input settings ``raw`` (default: ``discovery``'s), their files' values
+    checked against its units (``discovery.units_check``). Raises :class:`UnosatError` when ``input_dir`` is
+    missing or empty, when the selection matches nothing (naming what there is), when a scene's VV and VH
+    files are not on one grid, or when a file's values contradict the units.
     """
     input_dir = Path(input_dir).expanduser()
     if not input_dir.is_dir():
@@ -229,8 +238,14 @@ def find_inputs(input_dir: Path | str, selection: Selection, discovery: Discover
                               "(no dataset.json): use cities=[...] instead")
         found = discover_scenes(input_dir, discovery)
         chosen = _select_cities(found, selection.cities, input_dir)
-        scenes = [InputScene(s, "raw", scene_grid(s), nodata_values=tuple(discovery.nodata_values),
-                             input_units=discovery.units, label_dirs=(input_dir.resolve(),)) for s in chosen]
+        raw = raw or discovery.raw_input()
+        scenes = []
+        for s in chosen:
+            grid = scene_grid(s)
+            check_scene_units(s, raw, discovery.units_check)
+            vh_nodata, vv_nodata = scene_nodata(s, raw)
+            scenes.append(InputScene(s, "raw", grid, raw=raw, vh_nodata=vh_nodata, vv_nodata=vv_nodata,
+                                     label_dirs=(input_dir.resolve(),)))
     return kind, scenes
 
 
@@ -252,10 +267,10 @@ def _prepared_scenes(dataset: PreparedDataset, selection: Selection) -> list[Inp
         raise UnosatError(f"{dataset.root} lists no scene in scenes.csv")
     recipe = dataset.recipe
     raw_dir = Path(dataset.manifest.get("raw_dir", ""))
-    discovery = {**asdict(DiscoveryConfig()), **dataset.manifest.get("settings", {}).get("discovery", {})}
+    raw = dataset.raw_input()
     if selection.split is not None or selection.fold is not None:
         dataset.require("statistics.csv")
-        stats = read_table(dataset.statistics_csv)
+        stats = dataset.statistics()
         keep = stats
         if selection.split is not None:
             keep = keep[keep["split"] == selection.split]
@@ -269,7 +284,7 @@ def _prepared_scenes(dataset: PreparedDataset, selection: Selection) -> list[Inp
     scenes = []
     for rec in table.to_dict("records"):
         scene = Scene(rec["city"], rec["mgrs"], rec["date"], rec["time"] or None, rec["pass"] or None,
-                      {"vh": (Path(rec["vh_path"]), int(rec["vh_band"])), "vv": (Path(rec["vv_path"]), int(rec["vv_band"]))})
+                      {p: (Path(rec[f"{p}_path"]), int(rec[f"{p}_band"])) for p in ("vh", "vv") if rec[f"{p}_path"]})
         path = dataset.bands_path(rec["scene_id"])
         with open_raster(path) as src:
             grid = Grid.of(src)
@@ -277,7 +292,7 @@ def _prepared_scenes(dataset: PreparedDataset, selection: Selection) -> list[Inp
                 raise UnosatError(f"{path}: {src.count} bands, but {dataset.manifest_path} says recipe "
                                   f"'{recipe.name}' has {recipe.count}")
         scenes.append(InputScene(scene, "prepared", grid, bands_path=path, recipe=recipe,
-                                 nodata_values=tuple(discovery["nodata_values"]), input_units=discovery["units"],
+                                 raw=raw,
                                  label_dirs=(raw_dir,) if str(raw_dir) else ()))
     scenes = [s for s in scenes if s.scene.city in selection.cities] if selection.cities is not None else scenes
     if not scenes:

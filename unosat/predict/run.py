@@ -3,7 +3,8 @@
 Output directory::
 
     <output>/
-      predict.json                         settings, checkpoints, scenes, cities, timings (status: running/complete)
+      predict.json                         settings, checkpoints, scenes, cities, timings (status: running/complete,
+                                           or failed with the reason)
       scenes/<scene_id>_probability.tif    building probability COG (uint8 p*254 or float16; nodata where no data)
       scenes/<scene_id>_mask.tif           COG, 0 background, 1 building, 255 nodata (probability >= threshold)
       cities/<City>_probability.tif        mean probability over the city's acquisitions (aggregate.method != none)
@@ -36,9 +37,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from rasterio.windows import Window
 
 from unosat.checkpoint import load_checkpoint
-from unosat.errors import UnosatError
-from unosat.io.atomic import remove_stale_temporaries, write_json_atomic
-from unosat.io.cog import CogOptions, write_cog
+from unosat.errors import UnosatError, find_user_error
+from unosat.io.atomic import is_temporary, remove_stale_temporaries, write_json_atomic
+from unosat.io.cog import CogOptions, CogRowWriter, write_cog
+from unosat.io.lock import LOCK_NAME, launched_as_rank_zero, output_lock
 from unosat.io.raster import PARAMS_TAG, Grid, gdal_env, open_raster, read_window, row_blocks
 from unosat.predict.aggregate import (
     MASK_NODATA,
@@ -50,23 +52,33 @@ from unosat.predict.aggregate import (
     vote,
 )
 from unosat.predict.distributed import Runtime, make_runtime
-from unosat.predict.ensemble import Ensemble, LoadedModel, check_prepared_recipe, load_model
+from unosat.predict.ensemble import (
+    Ensemble,
+    LoadedModel,
+    check_prepared_recipe,
+    check_raw_input,
+    load_model,
+    resolve_raw_input,
+)
 from unosat.predict.gate import TileGate
 from unosat.predict.inputs import InputScene, Selection, find_inputs
 from unosat.predict.onnx_network import OnnxOptions
-from unosat.predict.probability import check_dtype, decode_probability, encode_probability, probability_nodata
+from unosat.predict.probability import check_dtype, encode_probability, probability_nodata
 from unosat.predict.sliding_window import NodataSkip, SceneStats, WindowConfig, predict_scene
 from unosat.predict.tracking import TrackingConfig, log_evaluation
 from unosat.predict.vectorize import VectorizeConfig, vectorize
+from unosat.prepare.band_stack import check_scene_polarisations
+from unosat.prepare.labels import LabelsConfig
 from unosat.prepare.outputs import canonical, digest, needs_work
 from unosat.prepared import PreparedDataset
-from unosat.scenes import find_label_file
+from unosat.scenes import find_label_file, find_raster_label
 
 log = logging.getLogger(__name__)
 
 FORMAT = "unosat-prediction"
 FORMAT_VERSION = 1
 MANIFEST = "predict.json"
+STATUS_FAILED = "failed"
 SCENES_DIR, CITIES_DIR, QUICKLOOK_DIR = "scenes", "cities", "quicklooks"
 EVALUATION = "evaluation.json"
 BEST_CHECKPOINTS = "train/runs/*/checkpoints/best-*.ckpt"
@@ -140,8 +152,9 @@ class Settings:
         self.evaluation = OmegaConf.to_container(cfg.evaluation, resolve=True)
         self.quicklooks = bool(cfg.quicklooks)
         self.quicklook = OmegaConf.to_container(cfg.quicklook, resolve=True)
-        self.labels_template = str(cfg.labels.template)
-        self.labels_dirs = [Path(str(d)).expanduser() for d in (cfg.labels.dirs or [])]
+        self.labels: LabelsConfig = instantiate(cfg.labels)
+        self.labels_template = self.labels.template
+        self.labels_dirs = [Path(str(d)).expanduser() for d in self.labels.dirs]
         self.precision = str(cfg.trainer.get("precision", "32-true"))
         gate = cfg.get("gate") or {}
         self.gate_ckpt = Path(str(gate.ckpt)).expanduser() if gate.get("ckpt") else None
@@ -186,39 +199,50 @@ class Settings:
         return json.loads(canonical(out))
 
 
-def check_output_dir(out_dir: Path, settings: dict, overwrite: bool) -> dict | None:
-    """The manifest of the prediction already in ``out_dir`` when it was made with these settings (to resume
-    or extend it), else None. Raises :class:`UnosatError` for a prediction made with other settings, or a
-    non-empty directory that is not a prediction, unless ``overwrite``."""
+def foreign_entries(out_dir: Path) -> list[str]:
+    """Names in ``out_dir`` other than this run's lock file and temporaries of interrupted writes."""
+    return sorted(p.name for p in out_dir.iterdir() if p.name != LOCK_NAME and not is_temporary(p))
+
+
+def check_output_dir(out_dir: Path, settings: dict, overwrite: bool) -> tuple[dict | None, bool]:
+    """``(previous, replace_failed)``: the manifest of the prediction already in ``out_dir`` when it was made
+    with these settings (to resume or extend it), else None; and whether ``out_dir`` holds a prediction that
+    *failed* with other settings, whose outputs this run replaces without ``overwrite``. Raises
+    :class:`UnosatError` for a prediction made with other settings that did not fail, or a non-empty
+    directory that is not a prediction, unless ``overwrite``."""
     if not out_dir.exists():
-        return None
+        return None, False
     if not out_dir.is_dir():
         raise UnosatError(f"output {out_dir} exists and is not a directory")
     manifest_path = out_dir / MANIFEST
     if not manifest_path.is_file():
-        entries = [p.name for p in out_dir.iterdir()]
+        entries = foreign_entries(out_dir)
         if entries and not overwrite:
             raise UnosatError(f"output {out_dir} is not empty and holds no {MANIFEST}: it is not a unosat prediction "
                               f"(it holds {sorted(entries)[:5]}); choose another output, or overwrite=true to write "
                               "into it anyway")
-        return None
+        return None, False
     try:
         previous = json.loads(manifest_path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         if overwrite:
-            return None
+            return None, False
         raise UnosatError(f"{manifest_path}: unreadable ({err}); overwrite=true replaces the prediction") from None
     if not isinstance(previous, dict) or previous.get("format") != FORMAT:
         if overwrite:
-            return None
+            return None, False
         raise UnosatError(f"{manifest_path} is not a unosat prediction manifest; overwrite=true to write into it anyway")
-    old = previous.get("settings", {})
+    old = previous.get("settings") or {}
     differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+    if differ and previous.get("status") == STATUS_FAILED:
+        log.warning("output %s holds a prediction that failed (%s) with other settings: this run replaces it", out_dir,
+                    previous.get("reason", "no reason recorded"))
+        return None, True
     if differ and not overwrite:
         details = "; ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in differ)
         raise UnosatError(f"output {out_dir} holds a prediction made with other settings ({details}); choose another "
                           "output, or overwrite=true to redo it")
-    return None if differ else previous
+    return (None if differ else previous), False
 
 
 def merge_records(previous: list[dict], current: list[dict], key: str) -> list[dict]:
@@ -263,17 +287,75 @@ def read_rows(paths: Sequence[Path], grid: Grid, block_rows: int) -> Iterator[tu
             yield row_off, [read_window(src, window, 1) for src in srcs]
 
 
-def mask_blocks(prob_path: Path, grid: Grid, threshold: float, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
-    """Mask rows of a stored probability raster: ``decoded >= threshold``."""
-    for row_off, (values,) in read_rows([prob_path], grid, block_rows):
-        yield row_off, threshold_mask(decode_probability(values), threshold)
+def masked_as_they_pass(blocks: Iterator[tuple[int, np.ndarray]], threshold: float,
+                        mask_out: CogRowWriter) -> Iterator[tuple[int, np.ndarray]]:
+    """Passes float probability blocks ``(row_off, (rows, width))`` on unchanged, writing their mask
+    (``p >= threshold``, 255 where NaN) to ``mask_out`` on the way: the mask sees the float values."""
+    for row_off, prob in blocks:
+        mask_out.write(row_off, threshold_mask(prob, threshold))
+        yield row_off, prob
 
 
 # ------------------------------------------------------------------------------ the run
 
 
 def run(cfg: DictConfig) -> dict | None:
-    """Predict as configured; return the manifest written to ``predict.json`` (None on ranks > 0)."""
+    """Predict as configured; return the manifest written to ``predict.json`` (None on ranks > 0).
+
+    The output directory is locked for the run (:mod:`unosat.io.lock`; by rank 0 under DDP). A run that
+    fails records ``"status": "failed"`` and the reason in ``predict.json`` (unless the directory holds a
+    finished prediction or something else, which stay untouched); the same command, once the cause is
+    fixed, then runs without ``overwrite=true``.
+    """
+    out_dir = Path(str(cfg.output)).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UnosatError(f"output {out_dir} exists and is not a directory")
+    if not launched_as_rank_zero():
+        return predict(cfg, out_dir, {})
+    with output_lock(out_dir, "predict.py"):
+        state: dict = {"manifest": None, "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        try:
+            return predict(cfg, out_dir, state)
+        except Exception as err:
+            record_failure(out_dir, err, state)
+            raise
+
+
+def failure_reason(err: BaseException) -> str:
+    """One line saying why a run failed."""
+    user_error = find_user_error(err)
+    if user_error is not None:
+        return str(user_error)
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".strip().rstrip(":")
+
+
+def record_failure(out_dir: Path, err: BaseException, state: dict) -> None:
+    """Write ``"status": "failed"`` and the reason into ``predict.json``: into this run's manifest when it
+    wrote one, else when the directory holds nothing but a failed prediction (or nothing at all)."""
+    manifest_path = out_dir / MANIFEST
+    manifest = state.get("manifest")
+    if manifest is None:
+        if manifest_path.exists():
+            try:
+                previous = json.loads(manifest_path.read_text())
+            except (OSError, json.JSONDecodeError):
+                return
+            if not isinstance(previous, dict) or previous.get("format") != FORMAT or previous.get("status") != STATUS_FAILED:
+                return  # a finished or interrupted prediction, or not ours: left as it is
+        elif foreign_entries(out_dir):
+            return
+        manifest = {"format": FORMAT, "version": FORMAT_VERSION, "started": state.get("started"), "settings": None}
+    manifest = {**manifest, "status": STATUS_FAILED, "reason": failure_reason(err),
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    try:
+        write_json_atomic(manifest_path, manifest)
+    except OSError as write_error:
+        log.warning("could not record the failure in %s: %s", manifest_path, write_error)
+
+
+def predict(cfg: DictConfig, out_dir: Path, state: dict) -> dict | None:
+    """The body of :func:`run`; puts the manifest it writes in ``state["manifest"]``."""
     started = time.perf_counter()
     settings = Settings(cfg)
     checkpoints = resolve_checkpoints(cfg.get("ckpt"), Path(cfg.paths.log_dir).expanduser())
@@ -283,23 +365,35 @@ def run(cfg: DictConfig) -> dict | None:
     if gate_model is not None:
         settings.gate_sha256 = gate_model.sha256
     input_dir, selection = resolve_input(cfg)
-    kind, scenes = find_inputs(input_dir, selection, instantiate(cfg.discovery))
+    all_models = models + ([gate_model] if gate_model else [])
+    discovery = instantiate(cfg.discovery)
+    mismatch = str(cfg.get("input_mismatch", "refuse"))
+    raw_input = resolve_raw_input(all_models, discovery, mismatch)
+    kind, scenes = find_inputs(input_dir, selection, discovery, raw_input)
+    if kind == "raw":
+        for scene in scenes:
+            for m in all_models:
+                check_scene_polarisations(scene.scene, m.recipe, f"checkpoint {m.path or m.name}'s band recipe")
     if kind == "prepared":
-        check_prepared_recipe(models + ([gate_model] if gate_model else []), PreparedDataset(input_dir).recipe, input_dir)
+        check_prepared_recipe(all_models, PreparedDataset(input_dir).recipe, input_dir)
+        if mismatch == "refuse":
+            check_raw_input(all_models, PreparedDataset(input_dir).raw_input(), f"the prepared dataset {input_dir}")
     cities = group_by_city(scenes)
     if settings.aggregate.method != "none":
         for city, members in cities.items():
             check_same_grid(city, {s.scene_id: s.grid for s in members})
     if settings.vectorize:
         settings.vector_config()
-    out_dir = Path(str(cfg.output)).expanduser()
+    truth = find_truth(cities, kind, input_dir, settings) if settings.evaluate else {}
     settings_dict = settings.to_dict(input_dir, kind, models)
-    previous = check_output_dir(out_dir, settings_dict, settings.overwrite)
+    previous, replace_failed = check_output_dir(out_dir, settings_dict, settings.overwrite)
+    if replace_failed:
+        settings.overwrite = True  # the failed prediction's outputs are redone with these settings
 
     runtime = make_runtime(cfg.trainer, bool(cfg.channels_last))
     manifest = {
         "format": FORMAT, "version": FORMAT_VERSION, "status": "running",
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started": state.get("started") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "settings": settings_dict, "checkpoints": [m.identity() for m in models],
         "gate": gate_model.identity() | {"threshold": settings.gate_threshold} if gate_model else None,
         "input": {"dir": str(input_dir.resolve()), "kind": kind, "selection": selection.to_dict(),
@@ -312,6 +406,7 @@ def run(cfg: DictConfig) -> dict | None:
         if removed:
             log.info("removed %d temporary files left by an interrupted run", removed)
         write_json_atomic(out_dir / MANIFEST, manifest)
+        state["manifest"] = manifest
     runtime.barrier()
 
     ensemble = Ensemble(models, runtime, settings.tta)
@@ -337,11 +432,11 @@ def run(cfg: DictConfig) -> dict | None:
     products = make_products(cities, paths, params, settings)
     timings = {"scenes_s": seconds_scenes, "products_s": time.perf_counter() - t_products}
     if settings.evaluate:
-        manifest["evaluation"] = evaluate_products(products, cities, paths, settings)
+        manifest["evaluation"] = evaluate_products(products, truth, paths, settings)
         manifest["tracking"] = log_evaluation(manifest["evaluation"], out_dir / EVALUATION, models, settings.tracking,
                                               out_dir)
     if settings.quicklooks:
-        write_quicklooks(products, cities, paths, settings)
+        write_quicklooks(products, cities, paths, settings, truth)
     manifest["products"] = products
     if previous is not None:  # the directory also holds what earlier runs predicted (e.g. other cities)
         manifest["scenes"] = merge_records(previous.get("scenes", []), manifest["scenes"], "scene_id")
@@ -403,16 +498,29 @@ def predict_one(scene: InputScene, ensemble: Ensemble, paths: OutputPaths, param
     stats = SceneStats()
     prob_path, mask_path = paths.scene_probability(scene.scene_id), paths.scene_mask(scene.scene_id)
     calls_before = ensemble.forward_calls
-    if needs_work(prob_path, params, settings.overwrite):
+    mparams = mask_params(params, settings.threshold)
+    need_prob = needs_work(prob_path, params, settings.overwrite)
+    need_mask = needs_work(mask_path, mparams, settings.overwrite)
+    if need_prob or need_mask:
+        # the mask thresholds the network's float probabilities as they stream out: the stored probability is
+        # quantised (uint8: steps of 1/254), and p in [0.498, 0.5) would round up to 0.5 there. A mask remade
+        # on its own (another threshold) therefore runs the network again rather than reading the stored values.
         with scene.open() as reader:
             blocks = predict_scene(reader, ensemble, settings.window, tuple(skips), stats)
-            write_probability(prob_path, scene.grid, blocks, settings.dtype, settings.cog, params,
-                              {"UNOSAT_SCENE": json.dumps(scene.scene.to_record())})
+            if need_mask:
+                with CogRowWriter(mask_path, scene.grid, "uint8", MASK_NODATA, settings.cog, categorical=True,
+                                  tags={PARAMS_TAG: canonical(mparams)}, band_descriptions=["building"]) as mask_out:
+                    blocks = masked_as_they_pass(blocks, settings.threshold, mask_out)
+                    if need_prob:
+                        write_probability(prob_path, scene.grid, blocks, settings.dtype, settings.cog, params,
+                                          {"UNOSAT_SCENE": json.dumps(scene.scene.to_record())})
+                    else:
+                        for _ in blocks:
+                            pass
+            else:
+                write_probability(prob_path, scene.grid, blocks, settings.dtype, settings.cog, params,
+                                  {"UNOSAT_SCENE": json.dumps(scene.scene.to_record())})
     t_prob = time.perf_counter() - t0
-    mparams = mask_params(params, settings.threshold)
-    if needs_work(mask_path, mparams, settings.overwrite):
-        write_mask(mask_path, scene.grid, mask_blocks(prob_path, scene.grid, settings.threshold, settings.block_rows),
-                   settings.cog, mparams)
     seconds = time.perf_counter() - t0
     log.info("rank %d: %s (%s) %dx%d px: %d windows, %d predicted, skipped %s, %.1f s", runtime.rank,
              scene.scene_id, scene.city, scene.grid.width, scene.grid.height, stats.windows, stats.predicted,
@@ -466,54 +574,104 @@ def city_product(city: str, members: list[InputScene], paths: OutputPaths, param
     city_mask_params = {"product": "city_mask", **base, "aggregate": agg.to_dict()}
     prob_out, mask_out = paths.product(city, "probability", True), paths.product(city, "mask", True)
     remade = False
-    if needs_work(prob_out, prob_params, settings.overwrite):
+    need_prob = needs_work(prob_out, prob_params, settings.overwrite)
+    need_mask = needs_work(mask_out, city_mask_params, settings.overwrite)
+    if need_prob or (need_mask and agg.method == "mean"):
+        # the mean of the dates' decoded probabilities, thresholded before it is quantised again for storage
         blocks = ((r, mean_probability(decode_stack(values))) for r, values in read_rows(prob_paths, grid, agg.block_rows))
-        write_probability(prob_out, grid, blocks, settings.dtype, settings.cog, prob_params)
-        remade = True
-    if needs_work(mask_out, city_mask_params, settings.overwrite):
-        if agg.method == "mean":
-            blocks = mask_blocks(prob_out, grid, agg.threshold, agg.block_rows)
+        if need_mask and agg.method == "mean":
+            with CogRowWriter(mask_out, grid, "uint8", MASK_NODATA, settings.cog, categorical=True,
+                              tags={PARAMS_TAG: canonical(city_mask_params)}, band_descriptions=["building"]) as sink:
+                blocks = masked_as_they_pass(blocks, agg.threshold, sink)
+                if need_prob:
+                    write_probability(prob_out, grid, blocks, settings.dtype, settings.cog, prob_params)
+                else:
+                    for _ in blocks:
+                        pass
         else:
-            k = agg.votes_needed(len(members))
-            blocks = ((r, vote(np.stack(values), k)) for r, values in read_rows(mask_paths, grid, agg.block_rows))
-        write_mask(mask_out, grid, blocks, settings.cog, city_mask_params)
+            write_probability(prob_out, grid, blocks, settings.dtype, settings.cog, prob_params)
         remade = True
+    if need_mask and agg.method != "mean":
+        k = agg.votes_needed(len(members))
+        blocks = ((r, vote(np.stack(values), k)) for r, values in read_rows(mask_paths, grid, agg.block_rows))
+        write_mask(mask_out, grid, blocks, settings.cog, city_mask_params)
+    remade = remade or need_mask
     return {"name": city, "city": city, "scenes": [s.scene_id for s in members], "per_city": True,
             "probability": str(prob_out), "mask": str(mask_out), "method": agg.method,
             "votes_needed": agg.votes_needed(len(members)) if agg.method == "vote" else None,
             "remade": remade, "seconds": time.perf_counter() - t0}
 
 
-def label_file(scene: InputScene, settings: Settings) -> Path:
+def label_file(scene: InputScene, settings: Settings, kind: str = "raw", input_dir: Path | None = None) -> Path:
+    """The truth of ``scene`` for evaluation: its city's label vectors, its label raster, or (``labels=prepared``)
+    the prepared dataset's mask. Raises :class:`UnosatError` saying what was looked for where."""
+    source = settings.labels.source
+    if source == "prepared":
+        if kind != "prepared":
+            raise UnosatError(f"labels=prepared scores against a prepared dataset's masks, but input {input_dir} holds "
+                              "raw scenes: use labels=vector or labels=raster")
+        dataset = PreparedDataset(input_dir)
+        if dataset.manifest.get("settings", {}).get("labels", {}).get("source") == "none":
+            raise UnosatError(f"evaluate=true, labels=prepared: {input_dir} was prepared without labels (labels=none)")
+        path = dataset.mask_path(scene.scene_id)
+        if not path.is_file():
+            raise UnosatError(f"evaluate=true, labels=prepared: {path} is missing; run prepare.py's labels step on "
+                              f"{input_dir}")
+        return path
     dirs = settings.labels_dirs or list(scene.label_dirs)
+    where = ", ".join(map(str, dirs)) or "(no directory: set labels.dirs)"
+    if source == "raster":
+        found = find_raster_label(dirs, settings.labels_template, scene.scene)
+        if found is None:
+            raise UnosatError(f"evaluate=true: no label raster {settings.labels_template.format(**scene.scene.fields())} "
+                              f"for scene {scene.scene_id} of {scene.city} under {where}")
+        return found
     found = find_label_file(dirs, settings.labels_template, scene.scene)
     if found is None:
         stem = settings.labels_template.format(**scene.scene.fields())
-        raise UnosatError(f"evaluate=true: no label file {stem}.<shp|gpkg|geojson|...> for {scene.city} under "
-                          f"{', '.join(map(str, dirs)) or '(no directory: set labels.dirs)'}")
+        raise UnosatError(f"evaluate=true: no label file {stem}.<shp|gpkg|geojson|...> for {scene.city} under {where}")
     return found
 
 
-def evaluate_products(products: list[dict], cities: dict[str, list[InputScene]], paths: OutputPaths,
-                      settings: Settings) -> dict:
-    """Scores of every product against its city's label vectors; written to ``evaluation.json``."""
-    from unosat.predict.evaluate import evaluate_city, evaluation_report
+def find_truth(cities: dict[str, list[InputScene]], kind: str, input_dir: Path, settings: Settings) -> dict[str, Path]:
+    """Every product's truth, found and opened before anything is predicted: product name -> label file.
 
-    scenes = {s.scene_id: s for members in cities.values() for s in members}
+    A city product is scored against its first acquisition's labels (the city's label vectors; with label
+    rasters, the first acquisition's raster); with ``aggregate.method=none`` each scene against its own.
+    """
+    from unosat.predict.evaluate import label_reader
+
+    truth = {}
+    for city, members in cities.items():
+        per_scene = settings.aggregate.method == "none"
+        for scene in members if per_scene else members[:1]:
+            path = label_file(scene, settings, kind, input_dir)
+            with label_reader(path, scene.grid, settings.labels, bool(settings.evaluation["all_touched"]), scene.scene_id):
+                pass  # opens it: a missing CRS, an unreadable file or no feature fails here, before predicting
+            truth[scene.scene_id if per_scene else city] = path
+    return truth
+
+
+def evaluate_products(products: list[dict], truth: dict[str, Path], paths: OutputPaths, settings: Settings) -> dict:
+    """Scores of every product against its truth (:func:`find_truth`); written to ``evaluation.json``."""
+    from unosat.predict.evaluate import evaluate_city, evaluation_report, evaluation_table
+
     per_product = {}
     for p in products:
-        labels = label_file(scenes[p["scenes"][0]], settings)
+        labels = truth[p["name"]]
         per_product[p["name"]] = evaluate_city(Path(p["mask"]), Path(p["polygons"]), labels,
                                                all_touched=bool(settings.evaluation["all_touched"]),
-                                               iou_threshold=float(settings.evaluation["iou_threshold"]))
+                                               iou_threshold=float(settings.evaluation["iou_threshold"]),
+                                               labels=settings.labels)
         p["labels"] = str(labels)
     report = evaluation_report(per_product)
     write_json_atomic(paths.root / EVALUATION, report)
+    print(f"evaluation (building class; written to {paths.root / EVALUATION}):\n{evaluation_table(report)}", flush=True)
     return report
 
 
 def write_quicklooks(products: list[dict], cities: dict[str, list[InputScene]], paths: OutputPaths,
-                     settings: Settings) -> None:
+                     settings: Settings, truth: dict[str, Path] | None = None) -> None:
     """A PNG per product: the first acquisition's VV backscatter with predicted (and true) buildings."""
     from unosat.predict.quicklook import quicklook
 
@@ -521,10 +679,10 @@ def write_quicklooks(products: list[dict], cities: dict[str, list[InputScene]], 
     for p in products:
         scene = scenes[p["scenes"][0]]
         image, band, units = scene.quicklook_source()
-        truth = p.get("labels")
-        if truth is None and settings.evaluate:
-            truth = str(label_file(scene, settings))
+        labels = p.get("labels") or (truth or {}).get(p["name"])
+        if labels is not None and settings.labels.source != "vector":
+            labels = None  # quicklooks outline label polygons only
         out = paths.root / QUICKLOOK_DIR / f"{p['name']}.png"
-        quicklook(image, band, units, out, predicted=Path(p["mask"]), truth=Path(truth) if truth else None,
+        quicklook(image, band, units, out, predicted=Path(p["mask"]), truth=Path(labels) if labels else None,
                   max_px=int(settings.quicklook["max_px"]), title=f"{p['name']}: predicted buildings")
         p["quicklook"] = str(out)

@@ -39,10 +39,10 @@ def evaluation_metrics(report: dict, prefix: str = "predict") -> dict[str, float
 
     def add(scope: str, part: dict) -> None:
         for k in PIXEL_KEYS:
-            if k in part["pixel"]:
+            if part["pixel"].get(k) is not None:  # null: undefined
                 out[f"{prefix}/{scope}/pixel_{k}"] = float(part["pixel"][k])
         for k in OBJECT_KEYS:
-            if k in part["object"]:
+            if part["object"].get(k) is not None:
                 out[f"{prefix}/{scope}/object_{k}"] = float(part["object"][k])
 
     add("overall", report["overall"])

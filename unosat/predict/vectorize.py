@@ -77,9 +77,11 @@ class VectorizeConfig:
     Args:
         driver: ``GPKG``, ``ESRI Shapefile`` or ``GeoJSON`` (case-insensitive).
         crs: CRS of the output (anything rasterio understands, e.g. ``EPSG:4326``); None keeps the raster's.
-        simplify_tolerance: topology-preserving simplification, in map units of the raster CRS (metres in
-            UTM); 0 keeps the exact pixel outlines. Applied per polygon, before any reprojection.
-        min_area_m2: polygons with a smaller ``area_m2`` are dropped (0 keeps all).
+        simplify_tolerance: topology-preserving simplification, in metres whatever the raster CRS (in a
+            geographic CRS the polygons are simplified in a local azimuthal equidistant projection centred on
+            the raster); 0 keeps the exact pixel outlines. Applied per polygon, before any reprojection.
+        min_area_m2: polygons with a smaller ``area_m2`` are dropped (0 keeps all); areas are m^2 whatever
+            the CRS (geodesic in a geographic CRS).
         block_rows: rows per strip read from the mask.
     """
 
@@ -97,7 +99,7 @@ class VectorizeConfig:
         if self.crs is not None:
             _parse_crs(self.crs)
         if not self.simplify_tolerance >= 0:
-            raise UnosatError(f"vectorize simplify_tolerance must be >= 0 (map units), got {self.simplify_tolerance}")
+            raise UnosatError(f"vectorize simplify_tolerance must be >= 0 (metres), got {self.simplify_tolerance}")
         if not self.min_area_m2 >= 0:
             raise UnosatError(f"vectorize min_area_m2 must be >= 0, got {self.min_area_m2}")
         if int(self.block_rows) <= 0:
@@ -346,6 +348,29 @@ def _pixel_area_m2(grid: Grid) -> float | None:
     return abs(t.a * t.e - t.b * t.d) * factor * factor
 
 
+def simplify_metres(geoms: np.ndarray, tolerance_m: float, grid: Grid) -> np.ndarray:
+    """Topology-preserving simplification of polygons in ``grid``'s CRS with a tolerance in metres.
+
+    A projected CRS: the tolerance is converted to its linear unit. A geographic CRS: the polygons are
+    simplified in a local azimuthal equidistant projection centred on the grid (distances true in metres
+    from its centre; within a Sentinel-1 scene the scale error stays far below the tolerance's meaning) and
+    projected back.
+    """
+    if not len(geoms):
+        return geoms
+    if not grid.crs.is_geographic:
+        try:
+            _, factor = grid.crs.linear_units_factor
+        except CRSError:
+            factor = 1.0
+        return shapely.simplify(geoms, tolerance_m / factor, preserve_topology=True)
+    left, bottom, right, top = grid.bounds
+    local = CRS.from_proj4(f"+proj=aeqd +lat_0={(bottom + top) / 2} +lon_0={(left + right) / 2} +datum=WGS84 +units=m")
+    projected = gpd.GeoSeries(geoms, crs=grid.crs).to_crs(local)
+    simplified = gpd.GeoSeries(shapely.simplify(projected.values, tolerance_m, preserve_topology=True), crs=local)
+    return simplified.to_crs(grid.crs).values
+
+
 def _geodesic_area_m2(geoms: np.ndarray, crs: CRS) -> np.ndarray:
     import pyproj
 
@@ -361,7 +386,7 @@ def _features(geoms: np.ndarray, sums: np.ndarray, grid: Grid, pixel_area: float
         keep = area >= config.min_area_m2
         geoms, sums, area = geoms[keep], sums[keep], area[keep]
     if config.simplify_tolerance > 0:
-        geoms = shapely.simplify(geoms, config.simplify_tolerance, preserve_topology=True)
+        geoms = simplify_metres(geoms, config.simplify_tolerance, grid)
     if out_crs != grid.crs:
         geoms = gpd.GeoSeries(geoms, crs=grid.crs).to_crs(out_crs).values
     mean_prob = np.full(len(sums), np.nan)

@@ -1,11 +1,13 @@
 """Step ``bands``: VV/VH GeoTIFFs of a scene -> one band stack GeoTIFF, streamed by row blocks.
 
-The stack keeps the scene's CRS and transform; nodata (any configured nodata value, NaN or infinity in
-either polarisation) becomes NaN in every band, the one nodata mask carried with the scene.
+The stack keeps the scene's CRS and transform; nodata (any configured nodata value, the file's own nodata
+tag, NaN or infinity in either polarisation, see :mod:`unosat.raw_input`) becomes NaN in every band, the one
+nodata mask carried with the scene. The files' values are checked against the configured units first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from unosat.bands import BandRecipe, polarisations_to_stack
 from unosat.errors import UnosatError
 from unosat.io.raster import PARAMS_TAG, Grid, open_raster, read_window, row_blocks, stack_profile, write_rows
 from unosat.prepare.outputs import file_identity, needs_work
+from unosat.raw_input import RawInput, UnitsCheck, check_file_units
 from unosat.scenes import Scene
 
 
@@ -28,16 +31,16 @@ class BandStackTask:
     scene: Scene
     out_path: Path
     recipe: BandRecipe
-    nodata_values: tuple[float, ...]
-    input_units: str
+    raw: RawInput
     block_rows: int
     overwrite: bool
+    units_check: UnitsCheck = UnitsCheck()
 
 
 def scene_grid(scene: Scene) -> Grid:
     """The grid shared by a scene's VV and VH files; error naming both files if they differ."""
     grids = {}
-    for pol in ("vh", "vv"):
+    for pol in sorted(scene.sources):
         path, band = scene.sources[pol]
         with open_raster(path) as src:
             if band > src.count:
@@ -46,6 +49,8 @@ def scene_grid(scene: Scene) -> Grid:
     for pol, grid in grids.items():
         if grid.crs is None:
             raise UnosatError(f"{scene.sources[pol][0]}: the raster has no CRS")
+    if len(grids) == 1:
+        return next(iter(grids.values()))
     diff = grids["vh"].differences(grids["vv"])
     if diff:
         raise UnosatError(
@@ -55,13 +60,44 @@ def scene_grid(scene: Scene) -> Grid:
     return grids["vv"]
 
 
+def check_scene_polarisations(scene: Scene, recipe: BandRecipe, what: str = "band recipe") -> None:
+    """Refuse a recipe that needs a polarisation the scene does not have, naming both."""
+    missing = [p for p in recipe.needs() if p not in scene.sources]
+    if missing:
+        has = "/".join(p.upper() for p in sorted(scene.sources))
+        raise UnosatError(f"scene {scene.scene_id} ({next(iter(scene.sources.values()))[0]}) has only {has}, but {what} "
+                          f"'{recipe.name}' {list(recipe.bands)} needs {missing[0].upper()}: use bands={has.lower()}_db "
+                          f"or bands={has.lower()} for single-polarisation data")
+
+
+def scene_nodata(scene: Scene, raw: RawInput) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Nodata values of the scene's VH and VV bands: the configured ones plus each file's own tag."""
+    out = []
+    for pol in ("vh", "vv"):
+        if pol not in scene.sources:
+            out.append(())
+            continue
+        path, band = scene.sources[pol]
+        with open_raster(path) as src:
+            tag = src.nodatavals[band - 1] if band - 1 < len(src.nodatavals) else None
+        out.append(raw.nodata_of(tag))
+    return out[0], out[1]
+
+
+def check_scene_units(scene: Scene, raw: RawInput, check: UnitsCheck, setting: str = "discovery.units") -> None:
+    """Refuse a scene whose files' values contradict ``raw.units`` (see :func:`unosat.raw_input.check_file_units`)."""
+    for path, band in sorted(set(scene.sources.values())):
+        check_file_units(path, band, raw, check, setting)
+
+
 def stack_params(task: BandStackTask) -> dict:
     return {
         "step": "bands",
         "scene_id": task.scene.scene_id,
         "recipe": task.recipe.to_dict(),
-        "nodata_values": [float(v) for v in task.nodata_values],
-        "input_units": task.input_units,
+        "nodata_values": [float(v) for v in task.raw.nodata_values],
+        "input_units": task.raw.units,
+        "file_nodata": task.raw.file_nodata,
         "sources": {pol: {**file_identity(p), "band": b} for pol, (p, b) in sorted(task.scene.sources.items())},
     }
 
@@ -81,18 +117,23 @@ def make_band_stack(task: BandStackTask) -> dict:
             counts = json.loads(src.tags()["UNOSAT_COUNTS"])
         return {**record, **counts, "skipped": True}
 
+    check_scene_units(scene, task.raw, task.units_check)
+    vh_nodata, vv_nodata = scene_nodata(scene, task.raw)
     counts = {"n_valid": 0, "n_nodata": 0, "n_nonfinite": 0}
     profile = stack_profile(grid, task.recipe.count, "float32", float("nan"))
 
-    with open_raster(scene.sources["vh"][0]) as src_vh, open_raster(scene.sources["vv"][0]) as src_vv:
+    check_scene_polarisations(scene, task.recipe)
+    needed = task.recipe.needs()
+    with contextlib.ExitStack() as files:
+        srcs = {pol: files.enter_context(open_raster(scene.sources[pol][0])) for pol in needed}
 
         def blocks() -> Iterator[tuple[int, np.ndarray]]:
             for row_off, rows in row_blocks(grid.height, task.block_rows):
                 window = Window(0, row_off, grid.width, rows)
-                vh = read_window(src_vh, window, scene.sources["vh"][1])
-                vv = read_window(src_vv, window, scene.sources["vv"][1])
+                vh, vv = (read_window(srcs[p], window, scene.sources[p][1]) if p in srcs else None
+                          for p in ("vh", "vv"))
                 stack, valid, n_nonfinite = polarisations_to_stack(
-                    vh, vv, task.recipe, task.nodata_values, task.input_units
+                    vh, vv, task.recipe, vh_nodata, task.raw.units, vv_nodata
                 )
                 n_valid = int(valid.sum())
                 counts["n_valid"] += n_valid

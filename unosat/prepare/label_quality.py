@@ -180,7 +180,11 @@ def best_shift(task: QualityTask) -> dict:
 
 
 def flag_acquisitions(records: list[dict], config: QualityConfig) -> pd.DataFrame:
-    """The quality table with flags: shift away from the reference, or contrast too low for the city."""
+    """The quality table with flags: shift away from the reference, or contrast too low for the city.
+
+    Contrast is measured with the sign of the targets: ``target_sign`` is +1 when the median contrast of all
+    acquisitions is positive (bright targets, buildings), -1 otherwise (dark targets, e.g. water), and
+    ``min_contrast_db`` / ``contrast_drop_db`` apply to ``target_sign * contrast``."""
     table = pd.DataFrame(records)
     col = f"contrast_{config.likelihood_band}_db"
     if col not in table:
@@ -192,6 +196,10 @@ def flag_acquisitions(records: list[dict], config: QualityConfig) -> pd.DataFram
             reference[orbit_pass] = (int(np.round(ok["shift_rows"].median())), int(np.round(ok["shift_cols"].median())))
         else:
             reference[orbit_pass] = (0, 0)
+    # bright targets (buildings) stand above their surroundings, dark ones (water) below: the sign comes from
+    # the data, the median contrast over every acquisition, so a dark target is not flagged everywhere
+    sign = -1.0 if col and table[col].notna().any() and float(table[col].median()) < 0 else 1.0
+    table["target_sign"] = sign
     table["reference_rows"] = [reference[p or ""][0] for p in table["pass"].fillna("")]
     table["reference_cols"] = [reference[p or ""][1] for p in table["pass"].fillna("")]
     reasons = []
@@ -204,10 +212,12 @@ def flag_acquisitions(records: list[dict], config: QualityConfig) -> pd.DataFram
         value = row[col] if col else float("nan")
         others = table[(table["city"] == row["city"]) & (table["scene_id"] != row["scene_id"])][col] if col else pd.Series()
         if np.isfinite(value):
-            if value < config.min_contrast_db:
-                why.append(f"contrast {value:.1f} dB < {config.min_contrast_db} dB")
-            elif len(others.dropna()) and value < others.median() - config.contrast_drop_db:
-                why.append(f"contrast {value:.1f} dB, {others.median() - value:.1f} dB below the city's other acquisitions")
+            kind = "" if sign > 0 else " (dark target: contrast counted below the surroundings)"
+            if sign * value < config.min_contrast_db:
+                why.append(f"contrast {value:.1f} dB, weaker than {sign * config.min_contrast_db:+.1f} dB{kind}")
+            elif len(others.dropna()) and sign * value < sign * others.median() - config.contrast_drop_db:
+                why.append(f"contrast {value:.1f} dB, {abs(others.median() - value):.1f} dB weaker than the city's other "
+                           f"acquisitions{kind}")
         reasons.append("; ".join(why))
     table["quality_reason"] = reasons
     table["quality_flag"] = table["quality_reason"] != ""

@@ -225,7 +225,7 @@ def write_report(dataset: PreparedDataset, config: ReportConfig) -> Path:
     ).reset_index()
     norm_table = pd.DataFrame({"band": list(recipe.bands), "mean": norm.mean, "std": norm.std})
     quality_text = "Not measured (run the `quality` step)."
-    if dataset.quality_csv.exists():
+    if "quality" in dataset.manifest.get("steps_done", []) and dataset.quality_csv.exists():
         quality = pd.read_csv(dataset.quality_csv, dtype={"scene_id": str, "city": str})
         band = dataset.manifest["settings"].get("quality", {}).get("likelihood_band", "vv")
         quality_figure(quality, band, config, out / "label_quality.png")

@@ -6,10 +6,16 @@ normalisation), ``report`` (EDA report).
 Every output is written atomically and records the settings it was made with, so a re-run skips finished
 work, redoes unfinished work, and refuses to replace work made with other settings unless
 ``overwrite=true``. Raw inputs are only read.
+
+Steps read each other's outputs (:mod:`unosat.prepare.lineage`): redoing one (``overwrite=true``, or new
+scenes) redoes, in the same run, every step downstream of it that was done, so ``dataset.json``,
+``normalization.json``, ``statistics.csv``, tiles and masks always describe one recipe. One run at a time
+per ``out_dir`` (:mod:`unosat.io.lock`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -24,10 +30,12 @@ from rasterio.transform import Affine
 from unosat.classes import CLASS_NAMES, IGNORE_INDEX
 from unosat.errors import UnosatError
 from unosat.io.atomic import atomic_path, remove_stale_temporaries, write_json_atomic
+from unosat.io.lock import output_lock
 from unosat.io.raster import Grid
 from unosat.prepare.band_stack import BandStackTask, make_band_stack
 from unosat.prepare.label_quality import QualityTask, flag_acquisitions, scene_label_quality
 from unosat.prepare.labels import LabelTask, make_label_mask
+from unosat.prepare.lineage import STEPS, downstream, plan_steps, step_tokens
 from unosat.prepare.parallel import map_scenes
 from unosat.prepare.report import write_report
 from unosat.prepare.statistics import (
@@ -43,16 +51,21 @@ from unosat.scenes import discover_scenes, find_label_file, find_raster_label
 
 log = logging.getLogger(__name__)
 
-STEPS = ("bands", "labels", "quality", "tiles", "stats", "report")
-
 
 def run(cfg: DictConfig) -> PreparedDataset:
-    """Run the configured preparation steps; return the prepared dataset."""
+    """Run the configured preparation steps, holding ``out_dir``'s lock; return the prepared dataset."""
     raw_dir = Path(cfg.raw_dir).expanduser().resolve()
     out_dir = Path(cfg.out_dir).expanduser().resolve()
-    steps = validate_steps(cfg.steps)
+    requested = validate_steps(cfg.steps)
     if out_dir == raw_dir or raw_dir in out_dir.parents:
         raise UnosatError(f"out_dir {out_dir} must not be inside raw_dir {raw_dir}: raw inputs are never modified")
+    with contextlib.ExitStack() as hold:  # out_dir's lock, taken once the inputs are known to be usable
+        return prepare_steps(cfg, raw_dir, out_dir, requested, hold)
+
+
+def prepare_steps(cfg: DictConfig, raw_dir: Path, out_dir: Path, requested: list[str],
+                  hold: contextlib.ExitStack) -> PreparedDataset:
+    """The body of :func:`run`; locks ``out_dir`` (in ``hold``) after checking the configuration and inputs."""
     ensure_demo_raw(cfg, raw_dir)
 
     discovery = instantiate(cfg.discovery)
@@ -73,19 +86,28 @@ def run(cfg: DictConfig) -> PreparedDataset:
     dataset = PreparedDataset(out_dir)
     settings = {
         "recipe": recipe.to_dict(),
-        "discovery": {k: v for k, v in asdict(discovery).items() if k != "exclude"},
+        "discovery": discovery.settings(),
         "labels": {k: v for k, v in asdict(labels).items() if k != "dirs"},
         "tiling": asdict(tiling),
         "split": {"test_cities": sorted(test_cities), "folds": folds},
         "stats": asdict(stats_cfg),
         "quality": asdict(quality_cfg),
     }
+    hold.enter_context(output_lock(out_dir, "prepare.py"))
     check_settings(dataset, settings, overwrite)
-    out_dir.mkdir(parents=True, exist_ok=True)
     removed = remove_stale_temporaries(out_dir)
     if removed:
         log.info("removed %d temporary files left by an interrupted run", removed)
-    write_manifest(dataset, settings, scenes, raw_dir, steps_done=[])
+    scene_ids = [s.scene_id for s in scenes]
+    previous = previous_steps(dataset, overwrite)
+    steps = plan_steps(requested, previous, settings, scene_ids, overwrite, where=str(out_dir))
+    extra = [s for s in steps if s not in requested]
+    if extra:
+        log.warning("redoing %s too: they read the outputs of %s, which this run redoes", extra,
+                    sorted({r for r in requested for s in extra if s in downstream(r)}, key=STEPS.index))
+    tokens = step_tokens(settings, scene_ids, set(previous) | set(steps))
+    done = {s: tokens[s] for s in previous if s not in steps}  # the steps this run does are not done until they are
+    write_manifest(dataset, settings, scenes, raw_dir, done)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -94,18 +116,28 @@ def run(cfg: DictConfig) -> PreparedDataset:
         now = time.perf_counter()
         timings[name] = round(now - clock, 3)
         clock = now
+        done[name] = tokens[name]
+        write_manifest(dataset, settings, scenes, raw_dir, done, timings)
 
     if "bands" in steps:
-        tasks = [BandStackTask(s, dataset.bands_path(s.scene_id), recipe, tuple(discovery.nodata_values),
-                               discovery.units, block_rows, overwrite) for s in scenes]
+        raw_input = discovery.raw_input()
+        tasks = [BandStackTask(s, dataset.bands_path(s.scene_id), recipe, raw_input, block_rows, overwrite,
+                               discovery.units_check) for s in scenes]
         update_scenes_table(dataset, map_scenes(make_band_stack, tasks, workers, "bands"))
         step_done("bands")
 
     if "labels" in steps:
+        if labels.source == "prepared":
+            raise UnosatError("labels=prepared reads a prepared dataset's masks for predict.py evaluate=true; "
+                              "prepare.py takes labels=vector or labels=raster")
         dataset.require("scenes.csv", "bands")
         dirs = [Path(d) for d in (labels.dirs or [raw_dir])]
         tasks = []
         for s in scenes:
+            if labels.source == "none":
+                tasks.append(LabelTask(s.scene_id, dataset.bands_path(s.scene_id), None, dataset.mask_path(s.scene_id),
+                                       labels, block_rows, overwrite))
+                continue
             if labels.source == "vector":
                 path = find_label_file(dirs, labels.template, s)
                 what = f"{labels.template.format(**s.fields())}.<shp|gpkg|geojson|...>"
@@ -119,9 +151,16 @@ def run(cfg: DictConfig) -> PreparedDataset:
                                    labels, block_rows, overwrite))
         records = map_scenes(make_label_mask, tasks, workers, "labels")
         for r, t in zip(records, tasks):
-            r["label_file"] = str(t.label_path)
+            r["label_file"] = str(t.label_path) if t.label_path is not None else ""
+            r["labelled"] = t.label_path is not None
         update_scenes_table(dataset, records)
         step_done("labels")
+
+    if labels.source == "none":
+        for step in ("quality", "report"):
+            if step in steps:
+                log.info("labels=none: step %s skipped (it compares images with labels)", step)
+        steps = [step for step in steps if step not in ("quality", "report")]
 
     if "quality" in steps:
         dataset.require("scenes.csv", "bands", "masks")
@@ -155,15 +194,18 @@ def run(cfg: DictConfig) -> PreparedDataset:
         tasks = [
             StatsTask(sid, dataset.bands_path(sid), dataset.mask_path(sid),
                       tuple((r.tile_id, r.row_off, r.col_off, r.height, r.width) for r in group.itertuples()),
-                      recipe.bands, dataset.scene_stats_dir / f"{sid}.json", stats_cfg, overwrite)
+                      recipe.bands, dataset.scene_stats_dir / f"{sid}.json", stats_cfg, overwrite,
+                      labelled=labels.source != "none")
             for sid, group in tiles.groupby("scene_id", sort=True)
         ]
         rows = [row for part in map_scenes(scene_tile_statistics, tasks, workers, "stats") for row in part]
         fold_of_city = assign_folds(sorted({s.city for s in scenes}), folds, test_cities)
-        quality = read_table(dataset.quality_csv) if dataset.quality_csv.exists() else None
+        quality = read_table(dataset.quality_csv) if "quality" in done else None
         table = merge_statistics(tiles, rows, fold_of_city, quality)
         write_csv_atomic(dataset.statistics_csv, table)
         train = table[(table["split"] == "train") & (table["scheme"] == "train") & ~table["skip"]]
+        if train.empty and labels.source == "none":
+            train = table[(table["scheme"] == "train") & ~table["skip"]]  # normalisation over every valid tile
         if train.empty:
             raise UnosatError(f"no usable training tile: every city is a test city or every tile is skipped "
                               f"(test cities {test_cities}, stats.min_valid_fraction {stats_cfg.min_valid_fraction})")
@@ -180,7 +222,6 @@ def run(cfg: DictConfig) -> PreparedDataset:
         log.info("report: %s", path)
         step_done("report")
 
-    write_manifest(dataset, settings, scenes, raw_dir, steps_done=steps, timings=timings)
     log.info("step times (s): %s", timings)
     log.info("prepared dataset: %s", out_dir)
     return dataset
@@ -221,14 +262,23 @@ def check_settings(dataset: PreparedDataset, settings: dict, overwrite: bool) ->
         )
 
 
-def write_manifest(dataset: PreparedDataset, settings: dict, scenes, raw_dir: Path, steps_done: list[str],
+def previous_steps(dataset: PreparedDataset, overwrite: bool) -> dict[str, str | None]:
+    """Step -> recorded token of the steps an earlier run finished in this dataset (None: not recorded)."""
+    if not dataset.manifest_path.exists():
+        return {}
+    try:
+        manifest = dataset.manifest
+    except UnosatError:
+        if overwrite:
+            return {}
+        raise
+    tokens = manifest.get("step_tokens") or {}
+    return {s: tokens.get(s) for s in STEPS if s in manifest.get("steps_done", [])}
+
+
+def write_manifest(dataset: PreparedDataset, settings: dict, scenes, raw_dir: Path, done: dict[str, str],
                    timings: dict | None = None) -> None:
-    done = set(steps_done)
-    if dataset.manifest_path.exists():
-        try:
-            done |= set(dataset.manifest.get("steps_done", []))
-        except UnosatError:
-            pass
+    """Write ``dataset.json``: the settings, the scenes, and the steps done with their tokens."""
     manifest = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -240,6 +290,7 @@ def write_manifest(dataset: PreparedDataset, settings: dict, scenes, raw_dir: Pa
         "cities": sorted({s.city for s in scenes}),
         "test_cities": settings["split"]["test_cities"],
         "steps_done": [s for s in STEPS if s in done],
+        "step_tokens": {s: done[s] for s in STEPS if s in done},
         "settings": settings,
         "last_run_seconds": timings or {},
     }

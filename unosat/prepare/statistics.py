@@ -49,6 +49,7 @@ class StatsTask:
     out_path: Path
     config: StatsConfig
     overwrite: bool
+    labelled: bool = True  # False: the mask is 255 everywhere; valid pixels are the image's, target ratio NaN
 
 
 def stats_params(task: StatsTask) -> dict:
@@ -59,6 +60,7 @@ def stats_params(task: StatsTask) -> dict:
         "bands": digest(stored_params(task.stack_path) or {}),
         "labels": digest(stored_params(task.mask_path) or {}),
         "min_valid_fraction": task.config.min_valid_fraction,
+        "labelled": task.labelled,
     }
 
 
@@ -86,24 +88,31 @@ def scene_tile_statistics(task: StatsTask) -> list[dict]:
             for tile_id, _, col_off, h, w in tiles:
                 rows_out.append({"tile_id": tile_id, **tile_statistics(
                     image[:, :h, col_off:col_off + w], mask[:h, col_off:col_off + w], h * w, task.band_names,
-                    task.config.min_valid_fraction)})
+                    task.config.min_valid_fraction, task.labelled)})
     write_json_atomic(task.out_path, {"params": params, "rows": rows_out})
     return rows_out
 
 
 def tile_statistics(image: np.ndarray, mask: np.ndarray, n_pixels: int, band_names: Sequence[str],
-                    min_valid_fraction: float) -> dict:
+                    min_valid_fraction: float, labelled: bool = True) -> dict:
     """Statistics of one tile.
 
     Args:
         image: ``(C, h, w)`` band stack of the part of the tile inside the scene (NaN = nodata).
         mask: ``(h, w)`` labels (0/1, 255 = ignore) of the same part.
         n_pixels: pixels of the whole tile, padding past the border included.
+        labelled: False for an unlabelled scene (its mask is all 255): valid pixels are the image's, and the
+            target ratio is NaN (unknown).
     """
-    valid = (mask != IGNORE_INDEX) & np.isfinite(image).all(axis=0)
+    valid = np.isfinite(image).all(axis=0)
+    if labelled:
+        valid &= mask != IGNORE_INDEX
     n_valid = int(valid.sum())
-    row = {"n_valid": n_valid, "nodata_ratio": 1.0 - n_valid / n_pixels,
-           "target_ratio": float(np.count_nonzero(mask[valid] == BUILDING) / n_valid) if n_valid else 0.0}
+    if not labelled:
+        target_ratio = float("nan")
+    else:
+        target_ratio = float(np.count_nonzero(mask[valid] == BUILDING) / n_valid) if n_valid else 0.0
+    row = {"n_valid": n_valid, "nodata_ratio": 1.0 - n_valid / n_pixels, "target_ratio": target_ratio}
     values = image[:, valid].astype(np.float64)  # (C, n_valid)
     constant = True
     for i, name in enumerate(band_names):

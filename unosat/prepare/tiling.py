@@ -3,7 +3,9 @@
 Train tiles are constant-size squares with at least ``min_overlap`` pixels of overlap, evenly spaced so
 the first row/column starts at 0 and the last ends at the scene border (no duplicates; a scene smaller
 than a tile gets one tile, padded). Test tiles are constant-stride squares from the top-left corner, the
-last ones padded past the border. Windows may extend past the scene: readers pad them with nodata.
+last ones padded past the border; their side is ``test_size`` clipped to the scene's shorter side, so a
+scene smaller than ``test_size`` (the 1024 px demo against 2048 px test tiles) is covered by tiles of its
+own size instead of one tile three-quarters nodata. Windows may extend past the scene: readers pad them with nodata.
 """
 
 from __future__ import annotations
@@ -55,6 +57,11 @@ def test_offsets(length: int, size: int) -> list[int]:
     return list(range(0, length, size))
 
 
+def clipped_test_size(height: int, width: int, test_size: int) -> int:
+    """Side of the test tiles of a ``height`` x ``width`` scene: ``test_size``, clipped to the shorter side."""
+    return max(1, min(int(test_size), int(height), int(width)))
+
+
 def tile_windows(height: int, width: int, scheme: str, config: TilingConfig) -> list[Window]:
     """Windows of one tiling ``scheme`` (``train`` or ``test``) over a ``height`` x ``width`` scene, row-major."""
     if scheme == "train":
@@ -62,7 +69,7 @@ def tile_windows(height: int, width: int, scheme: str, config: TilingConfig) -> 
         rows = train_offsets(height, size, config.train_min_overlap)
         cols = train_offsets(width, size, config.train_min_overlap)
     elif scheme == "test":
-        size = config.test_size
+        size = clipped_test_size(height, width, config.test_size)
         rows, cols = test_offsets(height, size), test_offsets(width, size)
     else:
         raise UnosatError(f"unknown tiling scheme '{scheme}', expected one of {SCHEMES}")

@@ -35,6 +35,8 @@ class UnosatModule(pl.LightningModule):
         self.scheduler_interval = scheduler_interval
         self.channels_last = bool(channels_last)
         self.metadata = dict(metadata or {})
+        self._epoch_sums: dict[str, dict[str, torch.Tensor]] = {}  # stage -> term -> sum of value * batch size
+        self._epoch_counts: dict[str, int] = {}  # stage -> samples accumulated this epoch
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
 
@@ -44,15 +46,41 @@ class UnosatModule(pl.LightningModule):
         return self.net(image)
 
     def log_terms(self, stage: str, terms: dict[str, torch.Tensor], batch_size: int) -> None:
-        """Log every loss term as ``<stage>/<term>`` and the total as ``<stage>/loss``.
+        """Log a batch's loss terms: in training each step as ``train/<term>_step`` (this rank's value, no
+        collective), and accumulate them (weighted by ``batch_size``) for :meth:`log_epoch_terms`."""
+        if stage == "train":
+            self.log_dict({f"train/{k}_step": v.detach() for k, v in terms.items() if k != "loss"},
+                          on_step=True, on_epoch=False, sync_dist=False, batch_size=batch_size)
+            self.log("train/loss_step", terms["loss"].detach(), on_step=True, on_epoch=False, prog_bar=True,
+                     sync_dist=False, batch_size=batch_size)
+        sums = self._epoch_sums.setdefault(stage, {})
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + v.detach().float() * batch_size
+        self._epoch_counts[stage] = self._epoch_counts.get(stage, 0) + int(batch_size)
 
-        Under DDP the values are means over all ranks (``sync_dist``: one scalar all-reduce each).
+    def log_epoch_terms(self, stage: str) -> None:
+        """Log the epoch means of the loss terms over all ranks: ``train/<term>_epoch``, ``val/<term>``,
+        ``test/<term>`` (``<stage>/loss`` is the total).
+
+        Under DDP this is exactly one collective (a sum all-reduce of every term and the sample count, in
+        sorted key order), made by every rank here, in the module's epoch-end hook. The values are logged
+        already reduced (``sync_dist=False``), so nothing that reads logged metrics (the progress bar, which
+        exists on rank 0 only, loggers, checkpoint callbacks) starts a collective that other ranks do not make:
+        that asymmetry hung DDP runs at the first epoch end.
         """
-        on_step = stage == "train"
-        self.log_dict({f"{stage}/{k}": v.detach() for k, v in terms.items() if k != "loss"},
-                      on_step=on_step, on_epoch=True, prog_bar=False, sync_dist=True, batch_size=batch_size)
-        self.log(f"{stage}/loss", terms["loss"], on_step=on_step, on_epoch=True, prog_bar=True,
-                 sync_dist=True, batch_size=batch_size)
+        sums = self._epoch_sums.pop(stage, {})
+        count = self._epoch_counts.pop(stage, 0)
+        names = sorted(sums)
+        if not names:
+            return
+        packed = torch.stack([torch.as_tensor(sums[k], dtype=torch.float32, device=self.device) for k in names]
+                             + [torch.tensor(float(count), device=self.device)])
+        packed = self.trainer.strategy.reduce(packed, reduce_op="sum")
+        means = packed[:-1] / packed[-1].clamp_min(1.0)
+        suffix = "_epoch" if stage == "train" else ""
+        for name, value in zip(names, means):
+            self.log(f"{stage}/{name}{suffix}", value, on_step=False, on_epoch=True, sync_dist=False,
+                     prog_bar=name == "loss" and stage == "val")
 
     # ---------------------------------------------------- steps and epoch ends
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
@@ -72,13 +100,18 @@ class UnosatModule(pl.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._step(batch, "test")
 
+    # Every rank runs these hooks in the same order: first the loss terms' all-reduce, then the metrics'
+    # synchronisation (torchmetrics) inside _epoch_end.
     def on_train_epoch_end(self) -> None:
+        self.log_epoch_terms("train")
         self._epoch_end("train")
 
     def on_validation_epoch_end(self) -> None:
+        self.log_epoch_terms("val")
         self._epoch_end("val")
 
     def on_test_epoch_end(self) -> None:
+        self.log_epoch_terms("test")
         self._epoch_end("test")
 
     def configure_optimizers(self):

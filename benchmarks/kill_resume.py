@@ -1,0 +1,151 @@
+"""Training killed with SIGKILL at random moments, then resumed with ``ckpt_path=last``: how many trials resume
+without a hand step, and whether the resumed run's final weights equal an uninterrupted run's.
+
+The baseline, measured side by side in the same run, is one uninterrupted run of the same command (same
+seed, deterministic CPU, no augmentation): its duration sets the range of kill moments and its final
+``last.ckpt`` is what every resumed run must reproduce bit for bit. Trial ``i`` kills either at a random
+moment of the run (uniform over the baseline's duration) or, every ``--write-every``-th trial, inside a
+checkpoint write: when a temporary checkpoint file appears beside a complete checkpoint (the rewrite of
+``last.ckpt`` or a new ``best-*``; ``--first-write``: inside the very first write). The resume is exactly the command a requeued job would run again:
+``python train.py <same args> ckpt_path=last``. A kill before the first checkpoint leaves nothing to resume:
+``ckpt_path=last`` says so in one line and the trial counts as needing a hand step (start again without
+``ckpt_path``); the table shows how many trials that was.
+
+    python benchmarks/kill_resume.py [--trials 20] [--epochs 3] [--write-every 3] [--workdir /tmp/kill_resume]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, table  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: the tiny demo (160 x 192 px scenes) prepared as the tests prepare it
+PREPARE = ["demo=tiny", "bands=db", "tiling.train_size=64", "tiling.train_min_overlap=8", "tiling.test_size=128",
+           "workers=1", "steps=[bands,labels,tiles,stats]"]
+
+
+def train_args(data: Path, log_dir: Path, run_name: str, epochs: int) -> list[str]:
+    return [f"data.dir={data}", f"paths.log_dir={log_dir}", f"hydra.run.dir={log_dir}/train/runs/{run_name}",
+            "seed=11", "data.augment=[]", "data.batch_size=4", "data.val_batch_size=8", "data.epoch_length=16",
+            f"trainer.max_epochs={epochs}", "trainer.deterministic=true", "trainer.enable_progress_bar=false",
+            "trainer.num_sanity_val_steps=0", "logger=csv", "baseline=false", "callbacks.prediction_grid.num_tiles=0"]
+
+
+def train(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "train.py", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def kill_during(args: list[str], ckpt_dir: Path, delay: float | None, limit: float,
+                first_write: bool = False) -> tuple[str, float]:
+    """Start training; SIGKILL it after ``delay`` s, or (``delay`` None) when a temporary checkpoint file
+    appears in ``ckpt_dir`` beside a complete one (``first_write``: the very first temporary). Return (what
+    happened, seconds)."""
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    started = time.perf_counter()
+    while proc.poll() is None:
+        elapsed = time.perf_counter() - started
+        # inside a write: a temporary appears while a complete checkpoint already exists (a rewrite of
+        # last.ckpt or a new best-*: the case that truncated last.ckpt); see --first-write for the first one
+        files = list(ckpt_dir.iterdir()) if delay is None and ckpt_dir.is_dir() else []
+        temporaries = [p for p in files if p.name.startswith(".")]
+        appeared = bool(temporaries) and (first_write or len(files) > len(temporaries))
+        if appeared or (delay is not None and elapsed >= delay) or elapsed > limit:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            files = sorted(p.name for p in ckpt_dir.iterdir()) if ckpt_dir.is_dir() else []
+            return f"killed at {elapsed:.1f} s, checkpoint folder: {files or 'empty'}", elapsed
+        time.sleep(0.005 if delay is None else 0.05)
+    return f"finished before the kill (exit {proc.returncode})", time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--write-every", type=int, default=3, help="every n-th trial kills inside a checkpoint write")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/unosat_kill_resume"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--first-write", action="store_true",
+                        help="kill inside the very first checkpoint write (nothing to resume from: a hand step)")
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    work = args.workdir.resolve()
+    data = work / "prepared"
+    if not (data / "statistics.csv").is_file():
+        subprocess.run([sys.executable, "prepare.py", f"raw_dir={work / 'raw'}", f"out_dir={data}",
+                        f"paths.demo_dir={work}", *PREPARE], cwd=REPO, check=True, capture_output=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+        if not (work / "raw").is_dir():
+            raise SystemExit(f"prepare.py did not generate {work / 'raw'}")
+    print(machine())
+
+    base_logs = work / "baseline"
+    t = time.perf_counter()
+    proc = train(train_args(data, base_logs, "run", args.epochs), timeout=3600)
+    baseline_s = time.perf_counter() - t
+    if proc.returncode:
+        raise SystemExit(f"baseline run failed:\n{proc.stderr[-3000:]}")
+    reference = final_weights(base_logs / "train" / "runs" / "run")
+    print(f"uninterrupted run: {baseline_s:.1f} s for {args.epochs} epochs (kill moments drawn in [0, {baseline_s:.1f}] s)")
+
+    rows, resumed_ok, equal, nothing = [], 0, 0, 0
+    for i in range(args.trials):
+        logs = work / f"trial{i:02d}"
+        inside_write = args.write_every > 0 and i % args.write_every == args.write_every - 1
+        delay = None if inside_write else rng.uniform(0.0, baseline_s)
+        first = train_args(data, logs, "first", args.epochs)
+        what, _ = kill_during(first, logs / "train" / "runs" / "first" / "checkpoints", delay, limit=3 * baseline_s,
+                              first_write=args.first_write)
+        resume = train(train_args(data, logs, "resumed", args.epochs) + ["ckpt_path=last"], timeout=3600)
+        text = resume.stdout + resume.stderr
+        last_line = (resume.stderr.strip().splitlines() or ["?"])[-1]
+        if resume.returncode == 0:
+            resumed_ok += 1
+            same = same_weights(final_weights(logs / "train" / "runs" / "resumed"), reference)
+            equal += same
+            source = next((line.split(": using ", 1)[1].split(",")[0] for line in text.splitlines() if ": using " in line), "?")
+            outcome = f"resumed from {Path(source).name}, final weights " + ("equal" if same else "DIFFER")
+        elif "this run already finished" in last_line:  # killed after its last checkpoint: nothing left to do
+            resumed_ok += 1
+            same = same_weights(final_weights(logs / "train" / "runs" / "first"), reference)
+            equal += same
+            outcome = "already finished (one-line refusal), final weights " + ("equal" if same else "DIFFER")
+        else:
+            nothing += "no *.ckpt of an earlier training run" in last_line
+            outcome = f"hand step needed: {last_line[:90]}"
+        rows.append((i, "inside a checkpoint write" if inside_write else f"random, {delay:.1f} s", what, outcome))
+        print(f"trial {i}: {rows[-1][1]}; {what}; {outcome}", flush=True)
+
+    print()
+    print(table(rows, ("trial", "kill moment", "what the kill left", "after python train.py ... ckpt_path=last")))
+    print(f"\nresumed without a hand step: {resumed_ok}/{args.trials}; final weights equal to the uninterrupted "
+          f"run's: {equal}/{resumed_ok}; killed before the first checkpoint (nothing to resume): {nothing}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""unosat's Hydra plugins (Hydra only loads sweepers from the ``hydra_plugins`` namespace)."""
