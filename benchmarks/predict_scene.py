@@ -71,16 +71,22 @@ def write_checkpoint(path: Path) -> Path:
     return path
 
 
-def default_model_name() -> str:
-    """The registry name of ``train.py``'s default model."""
+def model_spec(name: str | None) -> dict:
+    """The registry spec of ``train.py``'s model (``model=name`` if given) for 3 input bands, as its config
+    sets it (e.g. LW-RefineNet's output stride)."""
+    from omegaconf import OmegaConf
+
     from unosat.config import compose_config
-    from unosat.models.registry import name_of_target
+    from unosat.models.registry import network_spec
 
-    return name_of_target(str(compose_config("train", []).model._target_)) or "lwrefinenet"
+    cfg = compose_config("train", [f"model={name}"] if name else []).model
+    spec = network_spec(OmegaConf.to_container(cfg, resolve=False))
+    spec["args"] = {**spec["args"], "in_channels": 3, "num_classes": 2}
+    return spec
 
 
-def write_engine_checkpoint(path: Path, name: str, raw: Path) -> Path:
-    """Network ``name`` (3 dB bands) as train.py writes it, PyTorch's default initialisation, the last
+def write_engine_checkpoint(path: Path, spec: dict, raw: Path) -> Path:
+    """The network of registry ``spec`` (3 dB bands) as train.py writes it, PyTorch's default initialisation, the last
     2-channel convolution scaled so that building - background logit has mean 0 and std 2 on a window of the
     scene under ``raw`` (see the module docstring)."""
     import torch
@@ -89,7 +95,6 @@ def write_engine_checkpoint(path: Path, name: str, raw: Path) -> Path:
     from unosat.models.registry import build_network
 
     recipe = {"name": "db", "bands": ["vh", "vv", "mean"], "units": "db", "db_floor": 1e-8}
-    spec = {"name": name, "args": {"in_channels": 3, "num_classes": 2}}
     torch.manual_seed(0)
     net = build_network(spec)
     for module in net.modules():
@@ -328,7 +333,7 @@ def main() -> None:
     parser.add_argument("--engines-only", action="store_true", help="only the engine comparison")
     parser.add_argument("--engine-size", type=int, default=2048, help="square scene (px) of the engine comparison")
     parser.add_argument("--engine-threads", type=int, nargs="+", default=(1, 2))
-    parser.add_argument("--model", default=None, help="registry name of the network compared (default: train.py's)")
+    parser.add_argument("--model", default=None, help="model config compared (conf/model/NAME.yaml; default: train.py's)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--child", choices=("predict", "forward", "export", "agree"))
@@ -414,9 +419,10 @@ def demo_scene(raw: Path):
 
 def engines(args) -> None:
     """torch eager vs onnxruntime: throughput at each thread count, peak RSS, and agreement (module docstring)."""
-    name = args.model or default_model_name()
+    spec = model_spec(args.model)
+    name = spec["name"]
     demo = demo_scene_dir(args.workdir)
-    ckpt = write_engine_checkpoint(args.workdir / f"{name}_engines.ckpt", name, demo)
+    ckpt = write_engine_checkpoint(args.workdir / f"{name}_engines.ckpt", spec, demo)
     onnx = args.workdir / f"{name}_engines.onnx"
     exported = spawn("export", ckpt=ckpt, output=onnx)
     common = {"window": args.window, "overlap": args.overlap, "batch_size": args.batch_size}
@@ -436,7 +442,7 @@ def engines(args) -> None:
                          f"{r['peak_rss_mb']:.0f}"))
     agree = spawn("agree", ckpt=ckpt, onnx=onnx, input=demo, threshold=args.threshold, **common)
     print(f"machine: {machine()}")
-    print(f"{name} (3 dB bands; ONNX: VH/VV in, recipe inside, opset {exported['opset']}, "
+    print(f"{name} {spec['args']} (3 dB bands; ONNX: VH/VV in, recipe inside, opset {exported['opset']}, "
           f"{exported['bytes'] / 1e6:.1f} MB), {args.engine_size}^2 scene, window {args.window}, overlap {args.overlap}, "
           f"batch {args.batch_size}, TTA none, COGs written; best of {args.repeats}\n")
     print(table(rows, ("engine", "threads", "windows", "forward MP/s", "predict MP/s", "forward speed-up",

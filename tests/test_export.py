@@ -37,6 +37,12 @@ TINY_ARGS = {
               "input_recipe": {"bands": RECIPE["bands"], "units": "db", "mean": NORMALIZATION["mean"],
                                "std": NORMALIZATION["std"]}},
     "tile_classifier": {"num_stages": 3, "window_px": 32},
+    "lwrefinenet": {"output_stride": 1},  # conf/model/lwrefinenet.yaml's full-resolution layout
+    "unet": {"widths": [8, 16, 32]},
+    "fpn": {"pyramid_channels": 16, "segmentation_channels": 8},
+    "vv_threshold": {"threshold_db": -10.0, "sharpness": 1.0,
+                     "input_recipe": {"bands": RECIPE["bands"], "units": "db", "mean": NORMALIZATION["mean"],
+                                      "std": NORMALIZATION["std"]}},
 }
 SMALL = ["trace.size=64", "check.sizes=[[48,80]]"]
 #: prediction settings for the tiny demo's 160 x 192 px scenes (as tests/test_predict.py)
@@ -54,6 +60,8 @@ def write_checkpoint(path: Path, name: str, seed: int = 0) -> Path:
     for module in net.modules():
         if module is not net and hasattr(module, "reset_parameters"):
             module.reset_parameters()
+    if isinstance(getattr(net, "weight", None), torch.Tensor):  # pixel_logistic: fitted coefficients, 0 as built
+        net.weight.normal_(0.0, 1.0)
     heads = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.out_channels == args["num_classes"]]
     if heads and getattr(net, "task", "segmentation") == "segmentation":  # building - background logit: mean 0, std 2
         net.eval()
@@ -82,16 +90,23 @@ def export_cfg(ckpt: Path, output: Path, *overrides: str):
                                      *SMALL, *overrides])
 
 
+class Exports(dict):
+    """``name -> (checkpoint, exported .onnx)`` of registered networks, exported when first asked for."""
+
+    def __init__(self, root: Path):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, name: str) -> tuple[Path, Path]:
+        ckpt = write_checkpoint(self.root / f"{name}.ckpt", name)
+        run(export_cfg(ckpt, self.root / f"{name}.onnx"))
+        self[name] = (ckpt, self.root / f"{name}.onnx")
+        return self[name]
+
+
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
-    """Every registered network: ``name -> (checkpoint, exported .onnx)``."""
-    root = tmp_path_factory.mktemp("export")
-    out = {}
-    for name in sorted(NETWORKS):
-        ckpt = write_checkpoint(root / f"{name}.ckpt", name)
-        run(export_cfg(ckpt, root / f"{name}.onnx"))
-        out[name] = (ckpt, root / f"{name}.onnx")
-    return out
+def exports(tmp_path_factory) -> Exports:
+    return Exports(tmp_path_factory.mktemp("export"))
 
 
 def session(path: Path):

@@ -33,7 +33,9 @@ def model_card(meta: dict, summary: dict, onnx_name: str) -> str:
         "",
         f"One tensor `{inp['name']}`, {inp['layout']}, shape (batch, 2, height, width): **band 1 = VH, band 2 = VV**, "
         f"Sentinel-1 backscatter in {units}. Any batch, height and width work (in QGIS give square tiles: "
-        "Deepness checks that the output is square, so both spatial axes carry one symbol).",
+        "Deepness checks that the output is square, so both spatial axes carry one symbol); sides that are "
+        f"multiples of {meta.get('unosat_size_divisor', 1)} px (512 is) give exactly what predict.py computes, "
+        "which pads other windows to such multiples by mirroring.",
         "",
         f"The band recipe is inside the graph: it computes {_recipe_words(meta['unosat_recipe'])} from VH and VV, "
         f"then standardises each band with the training tiles' mean {[round(m, 4) for m in norm['mean']]} and "

@@ -32,7 +32,7 @@ from unosat.export.graph import INPUT_BANDS, PolarisationInput, exported_module
 from unosat.export.metadata import FORMAT, FORMAT_VERSION, DeepnessSettings, deepness_metadata, encode
 from unosat.export.model_card import model_card
 from unosat.io.atomic import atomic_path, write_text_atomic
-from unosat.predict.ensemble import LoadedModel, load_model
+from unosat.predict.ensemble import LoadedModel, load_model, size_divisor
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,8 @@ def metadata_for(model: LoadedModel, task: str, settings: DeepnessSettings, inpu
         "unosat_normalization": {k: v for k, v in model.normalization.to_dict().items() if k != "source"},
         "unosat_model": model.model,
         "unosat_checkpoint": {"name": model.path.name if model.path else model.name, "sha256": model.sha256},
+        # predict.py pads windows (mirrored) to multiples of this and crops back, as for the checkpoint
+        "unosat_size_divisor": size_divisor(model.net),
     })
     window_px = getattr(model.net, "window_px", None)
     if task == "tile_classification":

@@ -81,14 +81,16 @@ class OnnxNetwork(nn.Module):
     in (any device, any float dtype), its output as a float32 tensor on the input's device out.
 
     Attributes: ``task`` (``segmentation`` / ``tile_classification``), ``window_px`` (the tile classifier's
-    window), ``returns_probabilities`` (True: the graph ends in softmax / sigmoid).
+    window), ``size_divisor`` (the exported network's: prediction pads windows to its multiples, as for the
+    checkpoint), ``returns_probabilities`` (True: the graph ends in softmax / sigmoid).
     """
 
     returns_probabilities = True
 
-    def __init__(self, session, task: str, window_px: int | None = None) -> None:
+    def __init__(self, session, task: str, window_px: int | None = None, size_divisor: int = 1) -> None:
         super().__init__()
         self.session = session
+        self.size_divisor = int(size_divisor)
         self.task = task
         self.window_px = window_px
         self.input_name = session.get_inputs()[0].name
@@ -130,7 +132,8 @@ def load_onnx_model(path: Path | str, options: OnnxOptions | None = None):
     if tuple(classes) != CLASS_NAMES:
         raise UnosatError(f"{path}: predicts classes {classes}, expected {list(CLASS_NAMES)}")
     units = meta["unosat_input"].get("units", "linear")
-    net = OnnxNetwork(session, str(meta["unosat_task"]), meta.get("unosat_window_px"))
+    net = OnnxNetwork(session, str(meta["unosat_task"]), meta.get("unosat_window_px"),
+                      int(meta.get("unosat_size_divisor") or 1))
     return LoadedModel(path.name, net, polarisation_recipe(units), PASS_THROUGH, path.resolve(), file_sha256(path),
                        meta["unosat_model"], {"onnx": {k: v for k, v in meta.items() if k.startswith("unosat_")},
                                               "providers": session.get_providers()})
