@@ -75,3 +75,14 @@ def tiny_prepared_db(tiny_raw_session, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("prepared_db") / "prepared_db"
     run(prepare_config(tiny_raw_session, out, "bands=db", "steps=[bands,labels,tiles,stats]"))
     return out
+
+
+def nothing_predicted(out: Path) -> bool:
+    """True when a refused predict run left nothing in ``out`` but, at most, its failed-run record
+    (``predict.json`` with ``"status": "failed"``, issue 17's failure hygiene)."""
+    import json
+
+    if not out.exists():
+        return True
+    names = {p.name for p in out.iterdir()}
+    return names == {"predict.json"} and json.loads((out / "predict.json").read_text())["status"] == "failed"

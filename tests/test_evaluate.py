@@ -222,7 +222,7 @@ def test_a_perfect_prediction_of_a_prepared_scene(tiny_prepared, tiny_raw_sessio
     mask = dataset.mask_path(scene["scene_id"])
     polygons = tmp_path / "pred.gpkg"
     vectorize(mask, polygons, VectorizeConfig(block_rows=16))
-    result = evaluate_city(mask, polygons, labels, all_touched=True, block_rows=16)
+    result = evaluate_city(mask, polygons, labels, all_touched=False, block_rows=16)
     (tn, fp), (fn, tp) = result["pixel"]["confusion"]
     assert fp == fn == 0 and tp > 0
     assert result["pixel"]["f1_building"] == 1.0

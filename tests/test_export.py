@@ -40,7 +40,7 @@ TINY_ARGS = {
     "lwrefinenet": {"output_stride": 1},  # conf/model/lwrefinenet.yaml's full-resolution layout
     "unet": {"widths": [8, 16, 32]},
     "fpn": {"pyramid_channels": 16, "segmentation_channels": 8},
-    "vv_threshold": {"threshold_db": -10.0, "sharpness": 1.0,
+    "vv_threshold": {"threshold_db": -10.0,
                      "input_recipe": {"bands": RECIPE["bands"], "units": "db", "mean": NORMALIZATION["mean"],
                                       "std": NORMALIZATION["std"]}},
 }

@@ -68,7 +68,9 @@ def test_known_contrast_is_measured_and_flagged(degraded):
     assert q.loc[dull, "contrast_vv_db"] == pytest.approx(expected, abs=1e-6)
     assert abs(q.loc[dull, "contrast_vv_db"]) < 0.5  # flattened: no contrast left
     other = q[(q.city == "Najaf") & (q.index != dull)]["contrast_vv_db"].iloc[0]
-    assert other > 3.0
+    # pixel-centre labels (labels.all_touched=false) leave the partly covered, bright pixels around a footprint
+    # in the ring: a clean acquisition's contrast is about 2 dB here (about 3.5 dB with all_touched=true)
+    assert other > 1.5 > 0.5 > abs(q.loc[dull, "contrast_vv_db"])
     assert q.loc[dull, "quality_flag"] and "contrast" in q.loc[dull, "quality_reason"]
 
 

@@ -435,7 +435,7 @@ def test_config_default_is_stride_1_and_old_specs_rebuild_at_stride_4() -> None:
     from unosat.config import compose_config
     from unosat.models.registry import build_network
 
-    cfg = compose_config("train", [])
+    cfg = compose_config("train", ["model=lwrefinenet"])
     assert cfg.model.output_stride == 1 and cfg.model._target_ == "unosat.models.LWRefineNet"
     assert OmegaConf.to_container(cfg.model.fine_channels) == [64, 32]
     # a checkpoint saved before output_stride existed stores no such argument: it rebuilds as trained

@@ -80,7 +80,7 @@ def test_rasterization_equals_rasterio_on_the_same_geometries(tiny_prepared, tin
         with rasterio.open(scene.vv) as src:
             polys = gpd.read_file(label).to_crs(src.crs)
             expected = rasterize(((g, 1) for g in polys.geometry), out_shape=src.shape, transform=src.transform,
-                                 all_touched=True, fill=0, dtype="uint8")
+                                 all_touched=False, fill=0, dtype="uint8")
         stack = read(ds.bands_path(scene.scene_id))
         mask = read(ds.mask_path(scene.scene_id))[0]
         nodata = np.isnan(stack[0])

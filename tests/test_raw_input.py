@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from conftest import prepare_config
+from conftest import nothing_predicted, prepare_config
 
 from unosat.bands import to_db
 from unosat.config import compose_config
@@ -214,11 +214,11 @@ def test_predict_refuses_settings_that_differ_from_the_checkpoints(db_raw, tiny_
     with pytest.raises(UnosatError) as err:
         predict(tmp_path, ckpt, db_raw, "out", "discovery.units=linear")
     assert "discovery.units db vs linear" in str(err.value) and str(ckpt) in str(err.value)
-    assert not (tmp_path / "out").exists()
+    assert nothing_predicted(tmp_path / "out")
     # allowed, the values still contradict the units: refused before anything is written
     with pytest.raises(UnosatError, match="look like dB"):
         predict(tmp_path, ckpt, db_raw, "out", "discovery.units=linear", "input_mismatch=allow")
-    assert not (tmp_path / "out").exists()
+    assert nothing_predicted(tmp_path / "out")
 
 
 def test_a_linear_checkpoint_on_db_files_is_refused_before_predicting(db_raw, tmp_path):
@@ -226,7 +226,7 @@ def test_a_linear_checkpoint_on_db_files_is_refused_before_predicting(db_raw, tm
                                                    "file_nodata": True})
     with pytest.raises(UnosatError, match="discovery.units=db"):
         predict(tmp_path, ckpt, db_raw, "out")
-    assert not (tmp_path / "out").exists()
+    assert nothing_predicted(tmp_path / "out")
 
 
 def test_checkpoints_that_disagree_need_explicit_settings(db_raw, tmp_path):

@@ -104,7 +104,7 @@ def test_training_run_writes_checkpoints_grid_baseline_and_returns_the_metric(ti
     ckpt = load_checkpoint(best)
     data = ckpt["unosat"]["data"]
     assert data["recipe"]["units"] == "db" and data["tile_size"] == 64 and len(data["normalization"]["mean"]) == 3
-    assert ckpt["unosat"]["model"]["name"] == "lwrefinenet" and "_target_" not in ckpt["unosat"]["model"]["args"]
+    assert ckpt["unosat"]["model"]["name"] == "unet" and "_target_" not in ckpt["unosat"]["model"]["args"]
     torch.load(best, weights_only=True)
     assert list((run_dir / "figures").glob("prediction_grid_epoch*.png"))
     assert list((run_dir / "figures").glob("val_confusion_epoch*.png"))
@@ -243,7 +243,7 @@ def test_five_band_dataset_trains(tiny_raw_session, tmp_path):
     cfg = train_cfg(out, tmp_path, "debug=fdr")
     run(cfg)
     ckpt_dir = tmp_path / "logs" / "train" / "runs" / "run"
-    assert summary(ckpt_dir)["model"] == "unosat.models.LWRefineNet"
+    assert summary(ckpt_dir)["model"] == "unosat.models.UNet"
 
 
 def test_demo_is_prepared_on_first_use(tmp_path):
@@ -296,7 +296,7 @@ def test_checkpoint_from_another_model(tiny_prepared_db, tmp_path):
     ckpt["unosat"]["model"] = {"name": "gscnn", "args": {"in_channels": 3, "num_classes": 2}}
     other = tmp_path / "other.ckpt"
     torch.save(ckpt, other)
-    with pytest.raises(UnosatError, match=r"trained with gscnn.*this run builds lwrefinenet"):
+    with pytest.raises(UnosatError, match=r"trained with gscnn.*this run builds unet"):
         run(train_cfg(tiny_prepared_db, tmp_path, f"ckpt_path={other}", run_name="b"))
     not_ours = tmp_path / "plain.ckpt"
     torch.save({"state_dict": {}}, not_ours)
@@ -324,7 +324,8 @@ def test_crafted_checkpoints_given_to_ckpt_path_end_with_one_line(tiny_prepared_
              missing: "its weights do not fit the model of this run"}
     for path, message in cases.items():
         with pytest.raises(SystemExit) as exit_info:
-            exit_on_user_error(run)(train_cfg(tiny_prepared_db, tmp_path, f"ckpt_path={path}", run_name=path.stem))
+            exit_on_user_error(run)(train_cfg(tiny_prepared_db, tmp_path, f"ckpt_path={path}", "model=lwrefinenet",
+                                              "model.output_stride=4", run_name=path.stem))
         assert exit_info.value.code == 1
         lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
         assert lines[-1].startswith(f"error: {path}: ") and message in lines[-1], lines[-3:]

@@ -17,7 +17,7 @@ from torch import nn
 
 from unosat.errors import UnosatError
 from unosat.io.atomic import is_temporary
-from unosat.models.registry import build_network, spec_from_checkpoint
+from unosat.models.registry import build_network, effective_args, spec_from_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,9 @@ def check_same_model(checkpoint: dict, spec: dict, path: Path | str) -> None:
     saved = model_config(checkpoint, path)
     keys = ("in_channels", "num_classes", "backbone", "output_stride")
     differ = ["model"] if saved["name"] != spec["name"] else []
-    differ += [k for k in keys if (k in saved["args"] or k in spec["args"]) and saved["args"].get(k) != spec["args"].get(k)]
+    if not differ:  # same class: arguments a spec leaves out take the constructor's default
+        mine, theirs = effective_args(saved), effective_args(spec)
+        differ = [k for k in keys if (k in mine or k in theirs) and mine.get(k) != theirs.get(k)]
     if differ:
         raise UnosatError(f"checkpoint {path} was trained with {describe_model(saved)}, but this run builds "
                           f"{describe_model(spec)} (differs in {', '.join(differ)}); choose the matching model=... "

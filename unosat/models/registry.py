@@ -135,6 +135,15 @@ def spec_from_checkpoint(entry: Any) -> dict:
     return {"name": name, "args": dict(args)}
 
 
+def effective_args(spec: Mapping[str, Any]) -> dict:
+    """A validated spec's arguments with the constructor's defaults filled in for those it does not give (a
+    checkpoint saved before an argument existed was built with that argument's default)."""
+    cls = NETWORKS[spec["name"]]
+    defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+                if k != "self" and p.default is not inspect.Parameter.empty}
+    return {**defaults, **spec["args"]}
+
+
 def build_network(spec: Mapping[str, Any]) -> nn.Module:
     """The network of a validated spec (see :func:`spec_from_checkpoint`), with freshly initialised weights;
     arguments naming external files (:data:`EXTERNAL_ARGS`) are dropped."""
@@ -148,4 +157,4 @@ def build_network(spec: Mapping[str, Any]) -> nn.Module:
         raise UnosatError(f"model '{spec['name']}': invalid arguments ({str(err).splitlines()[0][:200]})") from None
 
 
-__all__ = ["NETWORKS", "build_network", "check_plain", "name_of_target", "network_spec", "spec_from_checkpoint"]
+__all__ = ["NETWORKS", "build_network", "check_plain", "effective_args", "name_of_target", "network_spec", "spec_from_checkpoint"]

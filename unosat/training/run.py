@@ -54,11 +54,18 @@ def run(cfg: DictConfig) -> float | None:
     """
     output_dir = Path(cfg.paths.output_dir)
     training = bool(cfg.get("train", True))
-    ckpt_path, checkpoint = resolve_ckpt_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir), output_dir)
-    if ckpt_path is None and training:
-        ckpt_path, checkpoint = requeued_checkpoint(output_dir)
+    value = cfg.get("ckpt_path")
+    named = Path(str(value)).expanduser() if value not in (None, "", "null", "last", "best") else None
     with contextlib.ExitStack() as hold:
-        if ckpt_path is not None and training and launched_as_rank_zero():
+        locked = False
+        if named is not None and named.is_file() and training and launched_as_rank_zero():
+            # a file named by the user: its run is locked before the file is even read
+            hold.enter_context(output_lock(resumed_run_dir(named), "train.py resuming it"))
+            locked = True
+        ckpt_path, checkpoint = resolve_ckpt_path(value, Path(cfg.paths.log_dir), output_dir)
+        if ckpt_path is None and training:
+            ckpt_path, checkpoint = requeued_checkpoint(output_dir)
+        if ckpt_path is not None and training and not locked and launched_as_rank_zero():
             hold.enter_context(output_lock(resumed_run_dir(ckpt_path), "train.py resuming it"))
         return train(cfg, ckpt_path, checkpoint)
 
