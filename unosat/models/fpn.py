@@ -44,6 +44,7 @@ from torch import nn
 from unosat.errors import UnosatError
 from unosat.models.aspp import ConvBNReLU
 from unosat.models.gscnn import load_backbone_weights
+from unosat.models.init import init_he_
 from unosat.models.resnet import resnet50
 
 BACKBONE_OUTPUT_STRIDE = 32
@@ -107,16 +108,7 @@ class FPN(nn.Module):
 
     @torch.no_grad()
     def reset_decoder(self) -> None:
-        for name, m in self.named_modules():
-            if name.startswith("backbone"):
-                continue
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_he_(m for name, m in self.named_modules() if not name.startswith("backbone"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_channels, H, W) -> logits (N, num_classes, H, W)."""

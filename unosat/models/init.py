@@ -10,6 +10,8 @@ The UNOSAT team trained from this initialisation (no ImageNet weights, since SAR
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
@@ -22,6 +24,21 @@ def init_reference_(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.normal_(m.weight, mean=0.0, std=CONV_WEIGHT_STD)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+@torch.no_grad()
+def init_he_(modules: Iterable[nn.Module]) -> None:
+    """He (Kaiming) normal initialisation, fan-out, ReLU gain, for the networks written from scratch here (U-Net,
+    ResNet, FPN's decoder): each ``Conv2d`` of ``modules`` gets He-normal weights and a zero bias (where it has
+    one); each ``BatchNorm2d`` weight 1, bias 0."""
+    for m in modules:
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):

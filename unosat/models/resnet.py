@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from unosat.errors import UnosatError
+from unosat.models.init import init_he_
 
 RESNET50_BLOCKS = (3, 4, 6, 3)
 STAGE_WIDTHS = (64, 128, 256, 512)  # bottleneck (3x3) widths; stage outputs are EXPANSION times these
@@ -115,12 +116,7 @@ class ResNet(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_he_(self.modules())  # every conv here is bias-free
         for m in self.modules():
             if isinstance(m, Bottleneck):
                 nn.init.zeros_(m.bn3.weight)

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unosat.errors import UnosatError
+from unosat.models.init import init_he_
 
 DEFAULT_WIDTHS = (16, 32, 64, 128, 256)
 
@@ -107,14 +108,7 @@ class UNet(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_he_(self.modules())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_channels, H, W) -> logits (N, num_classes, H, W)."""
