@@ -87,8 +87,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--folds", type=int, nargs="+", default=None,
                         help="validation folds (cities) to hold out (default: every training fold)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of every fold (default 0 1)")
-    parser.add_argument("--epochs", type=int, default=8, help="trainer.max_epochs of every job (default 8, the demo's)")
-    parser.add_argument("--epoch-length", type=int, default=256, help="data.epoch_length: tiles per epoch (default 256, the demo's)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="trainer.max_epochs of every job (default: the configuration's own, the demo's 8 unless it says)")
+    parser.add_argument("--epoch-length", type=int, default=None,
+                        help="data.epoch_length: tiles per epoch of every job (default: the configuration's own, the demo's 576)")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="time limit of every training job (trainer.max_time); default none")
     parser.add_argument("--checkpoint", choices=("last", "best"), default="last",
@@ -96,6 +98,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--overrides", nargs="*", default=[], help="extra train.py overrides for every job")
     parser.add_argument("--predict-overrides", nargs="*", default=[],
                         help="extra predict.py overrides for every prediction (e.g. trainer=gpu window.batch_size=16)")
+    parser.add_argument("--city-aggregations", nargs="*", default=["mean", "vote"], choices=("mean", "vote"),
+                        help="also score the validation city's multi-date product under each of these "
+                             "aggregate.method values (default: mean vote; none: skip)")
     parser.add_argument("--no-baselines", action="store_true", help="skip the baselines")
     parser.add_argument("--pixel-windows", type=int, nargs="+", default=[3, 7, 15],
                         help="window sizes (odd px) of the pixel classifier's local statistics (default 3 7 15)")
@@ -109,7 +114,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None, help="where the runs go (default <workdir>/model_quality.json)")
     parser.add_argument("--overwrite", action="store_true", help="redo jobs made with other settings")
     args = parser.parse_args(argv)
-    if args.jobs < 1 or args.epochs < 1 or args.epoch_length < 1 or not args.seeds:
+    if args.jobs < 1 or any(v is not None and v < 1 for v in (args.epochs, args.epoch_length)) or not args.seeds:
         parser.error("--jobs, --epochs and --epoch-length must be positive, --seeds not empty")
     if args.max_minutes is not None and not args.max_minutes > 0:
         parser.error("--max-minutes must be positive")
@@ -143,9 +148,12 @@ def training_overrides(job: dict) -> list[str]:
     s = job["settings"]
     train = [f for f in s["train_folds"] if f != job["fold"]]
     own = [f"data.dir={s['data']}", f"data.train_folds=[{','.join(map(str, train))}]", f"data.val_folds=[{job['fold']}]",
-           f"seed={job['seed']}", f"trainer.max_epochs={s['epochs']}", f"data.epoch_length={s['epoch_length']}",
-           f"paths.output_dir={Path(job['dir']) / 'train'}", f"paths.log_dir={Path(job['dir']) / 'logs'}",
+           f"seed={job['seed']}", f"paths.output_dir={Path(job['dir']) / 'train'}", f"paths.log_dir={Path(job['dir']) / 'logs'}",
            "baseline=false", "test=false", "ckpt_path=null", "trainer.enable_progress_bar=false"]
+    if s["epochs"] is not None:
+        own.append(f"trainer.max_epochs={s['epochs']}")
+    if s["epoch_length"] is not None:
+        own.append(f"data.epoch_length={s['epoch_length']}")
     if s["max_minutes"] is not None:
         own.append(f"++trainer.max_time='{max_time(s['max_minutes'])}'")
     return ["logger=csv", *job["overrides"], *s["overrides"], *own]
@@ -242,7 +250,7 @@ def make_jobs(configs: dict[str, list[str]], settings: dict, folds: Sequence[int
 def job_identity(job: dict) -> dict:
     """What decides a job's result (compared on re-runs)."""
     s = job["settings"]
-    keys = ("data", "train_folds", "overrides", "predict_overrides", "checkpoint", "test_cities")
+    keys = ("data", "train_folds", "overrides", "predict_overrides", "checkpoint", "test_cities", "city_aggregations")
     if job["kind"] == "model":
         keys += ("epochs", "epoch_length", "max_minutes")
     elif job["kind"] == PIXEL_LOGISTIC:
@@ -281,6 +289,8 @@ def run_job(job: dict) -> dict:
     s = job["settings"]
     t1, c1 = time.perf_counter(), time.process_time()
     record["val"] = predict_and_score(ckpt, s, out / "val", [f"fold={job['fold']}", "aggregate.method=none"])
+    record["val_city"] = {m: predict_and_score(ckpt, s, out / f"val_{m}", [f"fold={job['fold']}", f"aggregate.method={m}"])
+                          for m in s["city_aggregations"]}
     record["test"] = (predict_and_score(ckpt, s, out / "test", ["dataset_split=test"]) if s["test_cities"] else None)
     record["predict_seconds"] = time.perf_counter() - t1
     record["predict_cpu_seconds"] = time.process_time() - c1
@@ -305,6 +315,7 @@ def train_model(job: dict) -> tuple[Path, dict]:
         raise UnosatError(f"{run_dir}: training wrote no {ckpt.name}")
     metrics = summary.get("fit_metrics", {})
     return ckpt, {"best_val_tiles_iou": summary.get("best_score"), "epochs_done": _epochs_done(run_dir),
+                  "max_epochs": int(cfg.trainer.max_epochs), "epoch_length": cfg.data.epoch_length,
                   "last_val_tiles_iou": metrics.get("val/iou_building")}
 
 
@@ -468,6 +479,29 @@ def markdown(rows: list[dict]) -> str:
                         "test object F1", "train s", "val IoU − best baseline"))
 
 
+def markdown_aggregations(records: list[dict], labels: Sequence[str], methods: Sequence[str]) -> str:
+    """Per configuration: the validation city's product scored under each aggregation method (mean +/- std
+    over folds x seeds), and in how many runs each method had the higher object F1."""
+    body = []
+    for label in labels:
+        runs = [r for r in records if r["label"] == label and r.get("val_city")]
+        if not runs:
+            continue
+        cells = []
+        for m in methods:
+            cells += [fmt(mean_std([r["val_city"][m]["iou"] for r in runs])),
+                      fmt(mean_std([r["val_city"][m]["object_f1"] for r in runs]))]
+        if len(methods) == 2:
+            a, b = methods
+            wins = sum(r["val_city"][a]["object_f1"] > r["val_city"][b]["object_f1"] for r in runs)
+            cells.append(f"{wins} of {len(runs)}")
+        body.append((BASELINE_LABELS.get(label, label), len(runs), *cells))
+    head = ["config", "runs"] + [f"{m} {what}" for m in methods for what in ("IoU", "object F1")]
+    if len(methods) == 2:
+        head.append(f"object F1 {methods[0]} > {methods[1]}")
+    return table(body, head)
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     configs = configurations(args.config)
@@ -485,7 +519,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 "epoch_length": args.epoch_length, "max_minutes": args.max_minutes, "overrides": list(args.overrides),
                 "predict_overrides": list(args.predict_overrides), "checkpoint": args.checkpoint,
                 "pixel_windows": list(args.pixel_windows), "pixel_samples": args.pixel_samples,
-                "test_cities": test_cities, "overwrite": args.overwrite}
+                "test_cities": test_cities, "city_aggregations": list(args.city_aggregations), "overwrite": args.overwrite}
     check_configs(configs, settings)
     check_workdir(workdir, args.overwrite)
     jobs = make_jobs(configs, settings, folds, args.seeds, workdir, not args.no_baselines)
@@ -506,13 +540,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
               "runs": records}
     write_json_atomic(args.json or workdir / "model_quality.json", report)
 
-    budget = f"{args.epochs} epochs of {args.epoch_length} tiles" + (
+    budget = (f"{args.epochs or 'each configuration’s own'} epochs of {args.epoch_length or 'its own number of'} "
+              "tiles") + (
         f", at most {args.max_minutes} min" if args.max_minutes else "")
     print(f"\nmachine: {machine()}; {len(jobs)} jobs, {args.jobs} at a time, {wall:.0f} s in all")
     print(f"dataset {data}: validation cities (folds) "
           f"{', '.join(f'{fold_cities[f][0]} ({f})' for f in folds)}; test {', '.join(test_cities) or 'none'}; "
           f"seeds {args.seeds}; budget {budget}; scored checkpoint: {args.checkpoint}\n")
     print(markdown(rows))
+    if args.city_aggregations:
+        print("\nvalidation city, multi-date city product (predict.py aggregate.method=...):\n")
+        print(markdown_aggregations(records, [r for r in labels if any(x["label"] == r for x in records)],
+                                    args.city_aggregations))
     print("\nmean ± sample std over folds x seeds (the VV threshold: over folds); val = the held-out training city, "
           "whole scenes, every acquisition; test = predict.py evaluate=true on the test city; object F1 at IoU >= 0.5")
     print("same pixels for every method: " + ("yes" if not problems else "NO: " + "; ".join(problems)))

@@ -31,6 +31,10 @@ FAST = ["--seeds", "0", "--epochs", "1", "--epoch-length", "4", "--pixel-samples
         "--predict-overrides", "window.size=224", "window.overlap=16"]
 
 
+def fmt_pair(values: list[float]) -> str:
+    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
 def direct_vv_confusion(data, fold: int, threshold_db: float) -> np.ndarray:
     """Confusion matrix of "VV (dB) >= threshold" over the valid pixels of the fold's whole scenes, straight
     from the prepared band stacks and masks."""
@@ -93,6 +97,15 @@ def test_benchmark_end_to_end_on_the_tiny_demo(tiny_prepared_db, tmp_path, capsy
     for r in runs:
         assert 0.0 <= r["val"]["iou"] <= r["val"]["f1"] <= 1.0 and r["train_seconds"] > 0
         assert r["train_cpu_seconds"] > 0 and r["predict_cpu_seconds"] > 0
+    # the validation city's multi-date product under both aggregations: the union of 2 dates (vote N-1 of N)
+    # holds every pixel whose mean probability is >= 0.5, so it never predicts fewer building pixels
+    for r in runs:
+        predicted = {m: r["val_city"][m]["confusion"][0][1] + r["val_city"][m]["confusion"][1][1] for m in ("mean", "vote")}
+        assert predicted["vote"] >= predicted["mean"], r["label"]
+        assert r["val_city"]["mean"]["products"] == report["folds"][r["fold"]]  # one city product, not scenes
+    lw = [r for r in runs if r["label"] == "lw"]
+    agg_line = next(line for line in out.split("multi-date city product")[1].splitlines() if line.startswith("| lw "))
+    assert fmt_pair([r["val_city"]["vote"]["object_f1"] for r in lw]) in agg_line
     assert (tmp_path / "work" / "model_quality.json").is_file()
     assert "| lw " in out and "same pixels for every method: yes" in out
 

@@ -305,13 +305,35 @@ def test_mean_and_vote_by_hand_with_nodata():
     assert AggregateConfig(min_votes=2).votes_needed(4) == 2 and AggregateConfig(min_votes=9).votes_needed(4) == 4
 
 
-def test_the_default_vote_of_two_dates_is_their_union_as_the_readme_says():
+def test_stored_probabilities_keep_their_side_of_the_threshold():
+    from unosat.predict.probability import encode_probability
+
+    p = np.array([0.4979, 0.498, 0.4999, 0.5, 0.5001, 0.3, 0.7, np.nan, 0.0, 1.0], dtype=np.float32)
+    plain = decode_probability(encode_probability(p, "uint8"))
+    assert plain[2] == 0.5  # 0.4999 rounds to 127/254 = 0.5 exactly: a building once stored
+    for dtype, step in (("uint8", 1 / UINT8_SCALE), ("float16", 2.0 ** -10)):
+        for thr in (0.5, 0.3, 0.7, 0.0, 1.0):
+            stored = decode_probability(encode_probability(p, dtype, threshold=thr))
+            valid = np.isfinite(p)
+            np.testing.assert_array_equal(stored[valid] >= thr, p[valid] >= thr, err_msg=f"{dtype} {thr}")
+            assert np.isnan(stored[~valid]).all()
+            assert np.abs(stored[valid] - p[valid]).max() <= step  # at most one storage step off
+    # the mean of two dates stored at 0.4999 is background, as the floats say
+    two = np.stack([decode_probability(encode_probability(np.full((1, 2), 0.4999, np.float32), "uint8", 0.5))] * 2)
+    np.testing.assert_array_equal(threshold_mask(mean_probability(two), 0.5), [[0, 0]])
+
+
+def test_the_default_city_product_is_the_mean_and_the_vote_of_two_dates_is_their_union():
     from hydra.utils import instantiate
 
     agg = instantiate(compose_config("predict").aggregate)
-    assert (agg.method, agg.min_votes, agg.votes_needed(2)) == ("vote", -1, 1)
+    assert agg.method == "mean" and agg.threshold == 0.5
+    probs = np.array([[[0.9, 0.2, 0.6, 0.1]], [[0.3, 0.7, 0.6, 0.45]]], dtype=np.float32)
+    np.testing.assert_array_equal(threshold_mask(mean_probability(probs), agg.threshold), [[1, 0, 1, 0]])
+    # vote: N-1 of N = 1 of 2 dates is the union of the dates' masks, not "both agree"
+    vote_cfg = AggregateConfig(method="vote", min_votes=-1)
     dates = np.array([[[1, 0, 1, 0]], [[0, 1, 1, 0]]], dtype=np.uint8)
-    np.testing.assert_array_equal(vote(dates, agg.votes_needed(2)), [[1, 1, 1, 0]])  # union, not "both agree"
+    np.testing.assert_array_equal(vote(dates, vote_cfg.votes_needed(2)), [[1, 1, 1, 0]])
     np.testing.assert_array_equal(vote(dates, AggregateConfig(min_votes=2).votes_needed(2)), [[0, 0, 1, 0]])
     readme = (REPO / "README.md").read_text()
     assert "both dates agree" not in readme and "for 2 dates that is 1 of 2, the union" in readme
@@ -443,15 +465,16 @@ def test_default_run_predicts_the_demo_test_cities_as_cogs_on_the_input_grid(dem
         prob = read(demo_run / "scenes" / f"{sid}_probability.tif")
         mask = read(demo_run / "scenes" / f"{sid}_mask.tif")
         assert nodata.any() and ((prob == 255) == nodata).all() and ((mask == 255) == nodata).all()
-        # the mask thresholds the float probability: where the stored value is the bin holding 0.5 (127 of 254,
-        # p in [0.498, 0.502)) either answer is right; everywhere else it agrees with the stored value
-        clear = ~nodata & (prob != 127)
-        np.testing.assert_array_equal(mask[clear], decode_probability(prob)[clear] >= 0.5)
+        # the mask thresholds the float probability, and the stored value keeps that side of 0.5 everywhere
+        np.testing.assert_array_equal(mask[~nodata], decode_probability(prob)[~nodata] >= 0.5)
         assert decode_probability(prob)[~nodata].std() > 0.05 and 0 < mask[~nodata].mean() < 1  # a map, not a constant
-    # city products: the vote of N-1 of N = 1 of 2 dates, on the same grid, and polygons
-    masks = np.stack([read(demo_run / "scenes" / f"{sid}_mask.tif") for sid in SAMAWAH])
+    # city products: the mean of the dates' stored probabilities >= 0.5 (each stored value on its date's side
+    # of the threshold), on the same grid, and polygons
+    probs = np.stack([decode_probability(read(demo_run / "scenes" / f"{sid}_probability.tif")) for sid in SAMAWAH])
     city = read(demo_run / "cities" / "Samawah_mask.tif")
-    np.testing.assert_array_equal(city, vote(masks, 1))
+    np.testing.assert_array_equal(city, threshold_mask(mean_probability(probs), 0.5))
+    masks = np.stack([read(demo_run / "scenes" / f"{sid}_mask.tif") for sid in SAMAWAH])
+    assert (city[(masks == 0).all(axis=0)] == 0).all() and (city[(masks == 1).all(axis=0)] == 1).all()
     expected = {f"{name}_{kind}.tif" for name in (*SAMAWAH, "Samawah") for kind in ("probability", "mask")}
     assert {p.name for p in demo_run.rglob("*.tif")} == expected  # every raster output was checked above
     assert (demo_run / "cities" / "Samawah_buildings.gpkg").is_file() and manifest["products"][0]["polygons_count"] > 0
@@ -494,7 +517,7 @@ def test_masks_threshold_the_float_probability_not_the_stored_one(best_ckpt, tin
     valid = prob != 255
     assert valid.any() and (prob[valid] == 127).all() and (decode_probability(prob)[valid] == 0.5).all()
     assert (mask[valid] == 0).all() and (mask[~valid] == 255).all()
-    assert (read(out / "cities" / "Samawah_mask.tif")[valid] == 0).all()  # the vote of the dates' masks
+    assert (read(out / "cities" / "Samawah_mask.tif")[valid] == 0).all()  # the mean of the dates' stored values
     # a mask remade on its own (deleted here) comes from the network's floats again, not from the stored file
     (out / "scenes" / f"{SAMAWAH[0]}_mask.tif").unlink()
     manifest = run(predict_cfg(out, *common))

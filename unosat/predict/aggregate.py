@@ -35,7 +35,7 @@ class AggregateConfig:
     """How the acquisitions of a city are combined (see the module docstring); ``block_rows`` rows are
     read and written at a time."""
 
-    method: str = "vote"
+    method: str = "mean"
     threshold: float = 0.5
     min_votes: int = -1
     block_rows: int = 1024

@@ -176,7 +176,7 @@ class Settings:
         """Parameters of a scene's probability raster."""
         params = {"product": "scene_probability", "scene_id": scene.scene_id, "input": scene.identity(),
                   "models": [m.sha256 for m in models], "window": self.window.to_dict(), "tta": self.tta,
-                  "precision": self.precision, "dtype": self.dtype}
+                  "precision": self.precision, "dtype": self.dtype, "threshold": self.threshold}
         if self.gate_ckpt is not None:
             params["gate"] = {"sha256": self.gate_sha256, "threshold": self.gate_threshold}
         return params
@@ -260,10 +260,12 @@ def _store_dtype(dtype: str) -> tuple[str, int | None]:
 
 
 def write_probability(path: Path, grid: Grid, blocks: Iterator[tuple[int, np.ndarray]], dtype: str,
-                      options: CogOptions, params: dict, extra_tags: dict | None = None) -> None:
-    """Probability COG from float32 ``(row_off, (rows, width))`` blocks (NaN = nodata)."""
+                      options: CogOptions, params: dict, extra_tags: dict | None = None,
+                      threshold: float | None = None) -> None:
+    """Probability COG from float32 ``(row_off, (rows, width))`` blocks (NaN = nodata); with ``threshold``,
+    stored values keep each pixel's side of it (see :func:`~unosat.predict.probability.encode_probability`)."""
     store, nbits = _store_dtype(dtype)
-    encoded = ((r, encode_probability(p, dtype).astype(store, copy=False)[None]) for r, p in blocks)
+    encoded = ((r, encode_probability(p, dtype, threshold).astype(store, copy=False)[None]) for r, p in blocks)
     write_cog(path, grid, store, probability_nodata(dtype), encoded, options,
               tags={PARAMS_TAG: canonical(params), **(extra_tags or {})},
               band_descriptions=["building_probability"], nbits=nbits)
@@ -502,9 +504,9 @@ def predict_one(scene: InputScene, ensemble: Ensemble, paths: OutputPaths, param
     need_prob = needs_work(prob_path, params, settings.overwrite)
     need_mask = needs_work(mask_path, mparams, settings.overwrite)
     if need_prob or need_mask:
-        # the mask thresholds the network's float probabilities as they stream out: the stored probability is
-        # quantised (uint8: steps of 1/254), and p in [0.498, 0.5) would round up to 0.5 there. A mask remade
-        # on its own (another threshold) therefore runs the network again rather than reading the stored values.
+        # the mask thresholds the network's float probabilities as they stream out; the stored probability is
+        # quantised (uint8: steps of 1/254) with each value kept on its pixel's side of the threshold, which
+        # is therefore one of its parameters: another threshold remakes both in one pass of the network.
         with scene.open() as reader:
             blocks = predict_scene(reader, ensemble, settings.window, tuple(skips), stats)
             if need_mask:
@@ -513,13 +515,13 @@ def predict_one(scene: InputScene, ensemble: Ensemble, paths: OutputPaths, param
                     blocks = masked_as_they_pass(blocks, settings.threshold, mask_out)
                     if need_prob:
                         write_probability(prob_path, scene.grid, blocks, settings.dtype, settings.cog, params,
-                                          {"UNOSAT_SCENE": json.dumps(scene.scene.to_record())})
+                                          {"UNOSAT_SCENE": json.dumps(scene.scene.to_record())}, settings.threshold)
                     else:
                         for _ in blocks:
                             pass
             else:
                 write_probability(prob_path, scene.grid, blocks, settings.dtype, settings.cog, params,
-                                  {"UNOSAT_SCENE": json.dumps(scene.scene.to_record())})
+                                  {"UNOSAT_SCENE": json.dumps(scene.scene.to_record())}, settings.threshold)
     t_prob = time.perf_counter() - t0
     seconds = time.perf_counter() - t0
     log.info("rank %d: %s (%s) %dx%d px: %d windows, %d predicted, skipped %s, %.1f s", runtime.rank,
@@ -570,7 +572,7 @@ def city_product(city: str, members: list[InputScene], paths: OutputPaths, param
     prob_paths = [paths.scene_probability(s.scene_id) for s in members]
     mask_paths = [paths.scene_mask(s.scene_id) for s in members]
     base = {"city": city, "scenes": [digest(params[s.scene_id]) for s in members], "dtype": settings.dtype}
-    prob_params = {"product": "city_probability", **base}
+    prob_params = {"product": "city_probability", **base, "threshold": agg.threshold}
     city_mask_params = {"product": "city_mask", **base, "aggregate": agg.to_dict()}
     prob_out, mask_out = paths.product(city, "probability", True), paths.product(city, "mask", True)
     remade = False
@@ -584,12 +586,12 @@ def city_product(city: str, members: list[InputScene], paths: OutputPaths, param
                               tags={PARAMS_TAG: canonical(city_mask_params)}, band_descriptions=["building"]) as sink:
                 blocks = masked_as_they_pass(blocks, agg.threshold, sink)
                 if need_prob:
-                    write_probability(prob_out, grid, blocks, settings.dtype, settings.cog, prob_params)
+                    write_probability(prob_out, grid, blocks, settings.dtype, settings.cog, prob_params, threshold=agg.threshold)
                 else:
                     for _ in blocks:
                         pass
         else:
-            write_probability(prob_out, grid, blocks, settings.dtype, settings.cog, prob_params)
+            write_probability(prob_out, grid, blocks, settings.dtype, settings.cog, prob_params, threshold=agg.threshold)
         remade = True
     if need_mask and agg.method != "mean":
         k = agg.votes_needed(len(members))
