@@ -10,10 +10,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from unosat.classes import BUILDING, CLASS_NAMES
+from unosat.classes import CLASS_NAMES, TARGET
 
 
-def scores_from_confusion(confusion, class_names: Sequence[str] = CLASS_NAMES, positive: int = BUILDING) -> dict[str, float]:
+def scores_from_confusion(confusion, class_names: Sequence[str] = CLASS_NAMES, positive: int = TARGET) -> dict[str, float]:
     """IoU per class, mean IoU, pixel accuracy, and precision/recall/F1 of the ``positive`` class.
 
     A ratio whose denominator is 0 (class absent and never predicted) is NaN, except precision/recall/F1

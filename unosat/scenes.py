@@ -18,13 +18,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from unosat.errors import UnosatError
+from unosat.label_areas import AreaLabels, label_areas
+from unosat.label_areas import scene_area as area_of_scene
 from unosat.raw_input import RawInput, UnitsCheck, check_units_name, default_nodata
+from unosat.scene_metadata import MetadataConfig, read_scene_metadata
 
 POLARISATIONS = ("vh", "vv")
 #: orbit pass spellings -> ASC / DES
 PASS_NAMES = {"A": "ASC", "ASCENDING": "ASC", "D": "DES", "DESCENDING": "DES", "DSC": "DES"}
 #: how scenes lie on disk: a file per polarisation, a file per scene, or STAC items
 LAYOUTS = ("pairs", "multiband", "stac")
+#: where a scene's area (city) comes from: its folder, itself, or the label file that covers it
+AREAS = ("folder", "scene", "label")
 RASTER_SUFFIXES = (".tif", ".tiff", ".TIF", ".TIFF")
 #: Files that belong to a vector dataset but are not one (shapefile sidecars and the like).
 VECTOR_SIDECARS = {".dbf", ".shx", ".prj", ".cpg", ".qix", ".sbn", ".sbx", ".xml", ".qmd", ".aux", ".lock"}
@@ -113,8 +118,13 @@ class DiscoveryConfig:
         match: ``name`` or ``path``: what ``pattern`` is matched against.
         city_pattern: regular expression with a ``city`` group, matched against the file's path relative to
             ``raw_dir`` (POSIX separators) when ``pattern`` has no ``city`` group.
-        area: ``folder`` (the city from ``pattern`` or ``city_pattern``) or ``scene`` (each scene is its own
-            area, named by its identity: no city products across acquisitions).
+        area: ``folder`` (the city from ``pattern`` or ``city_pattern``), ``scene`` (each scene is its own
+            area, named by its identity: no city products across acquisitions) or ``label`` (the label file
+            whose polygons meet the scene names its area, see :mod:`unosat.label_areas`).
+        area_labels: for ``area: label``: where the label files are and what names the area
+            (:class:`~unosat.label_areas.AreaLabels`).
+        metadata: where a date, time or pass that the name (or STAC item) does not give is read: GeoTIFF
+            tags, then JSON sidecars (:class:`~unosat.scene_metadata.MetadataConfig`).
         stac_assets: for ``stac``: the asset keys that may hold each polarisation (case-insensitive).
         polarisations: the polarisations every scene must have (``[vv]`` for a VV-only archive, read with
             a VV-only band recipe such as ``bands=vv_db``).
@@ -138,6 +148,8 @@ class DiscoveryConfig:
     match: str = "name"
     city_pattern: str = r"^(?P<city>[^/_]+)"
     area: str = "folder"
+    area_labels: AreaLabels = field(default_factory=AreaLabels)
+    metadata: MetadataConfig = field(default_factory=MetadataConfig)
     stac_assets: dict = field(default_factory=lambda: {"vv": ["vv", "iw-vv"], "vh": ["vh", "iw-vh"]})
     band_order: tuple[str, ...] = ("vv", "vh")
     exclude: tuple[str, ...] = ("_BorderMask",)
@@ -155,6 +167,10 @@ class DiscoveryConfig:
         object.__setattr__(self, "exclude", tuple(self.exclude))
         if self.nodata_values is not None:
             object.__setattr__(self, "nodata_values", tuple(float(v) for v in self.nodata_values))
+        for name, kind in (("area_labels", AreaLabels), ("metadata", MetadataConfig)):
+            value = getattr(self, name)
+            if isinstance(value, Mapping):
+                object.__setattr__(self, name, kind(**{k: v for k, v in value.items() if not str(k).startswith("_")}))
         if isinstance(self.units_check, Mapping):
             object.__setattr__(self, "units_check", UnitsCheck(**{k: v for k, v in self.units_check.items()
                                                                   if not str(k).startswith("_")}))
@@ -167,8 +183,8 @@ class DiscoveryConfig:
             raise UnosatError(f"discovery.layout must be one of {list(LAYOUTS)}, got '{self.layout}'")
         if self.match not in ("name", "path"):
             raise UnosatError(f"discovery.match must be 'name' or 'path', got '{self.match}'")
-        if self.area not in ("folder", "scene"):
-            raise UnosatError(f"discovery.area must be 'folder' or 'scene', got '{self.area}'")
+        if self.area not in AREAS:
+            raise UnosatError(f"discovery.area must be one of {list(AREAS)}, got '{self.area}'")
         try:
             rx = re.compile(self.pattern)
             crx = re.compile(self.city_pattern)
@@ -210,7 +226,8 @@ class DiscoveryConfig:
 
     def settings(self) -> dict:
         """What a prepared dataset records of its discovery (the raw-input settings resolved)."""
-        out = {k: v for k, v in asdict(self).items() if k not in ("exclude", "units_check", "stac_assets")}
+        out = {k: v for k, v in asdict(self).items()
+               if k not in ("exclude", "units_check", "stac_assets", "area_labels", "metadata")}
         return out | self.raw_input().to_dict()
 
 
@@ -253,6 +270,10 @@ def discover_scenes(raw_dir: Path | str, config: DiscoveryConfig | None = None) 
         else:
             order = [b.lower() for b in config.band_order]
             pols = {p: (path, order.index(p) + 1) for p in order}
+        missing = [f for f in ("date", "time", "pass") if not gd.get(f)]
+        if missing and config.metadata.sources:  # the name (or item) does not say: the files' own metadata
+            files = list(dict.fromkeys(src[0] for src in pols.values()))
+            gd = {**gd, **read_scene_metadata(files, missing, gd.get("date") or None, config.metadata)}
         identity = (gd.get("mgrs") or gd.get("id") or "").upper()
         key = (
             scene_area(config, gd, rel, path),
@@ -281,6 +302,9 @@ def discover_scenes(raw_dir: Path | str, config: DiscoveryConfig | None = None) 
     if config.area == "scene":  # each scene is its own area, named by its identity
         groups = {(Scene("", mgrs, date, time, pss, {}).scene_id, mgrs, date, time, pss): src
                   for (_, mgrs, date, time, pss), src in groups.items()}
+    elif config.area == "label":  # the label file whose polygons meet the scene
+        areas = label_areas(raw_dir, config.area_labels)
+        groups = {(area_of_scene([p for p, _ in src.values()], areas), *key[1:]): src for key, src in groups.items()}
 
     scenes = []
     for (city, mgrs, date, time, orbit_pass), sources in groups.items():
@@ -306,8 +330,8 @@ def discover_scenes(raw_dir: Path | str, config: DiscoveryConfig | None = None) 
 
 def scene_area(config: DiscoveryConfig, groups: dict, rel: str, path: Path) -> str:
     """The area (city) of a file: the pattern's ``city`` group, else ``city_pattern`` on the relative path
-    (``area: scene`` names it later, by the scene identity)."""
-    if config.area == "scene":
+    (``area: scene`` names it later by the scene identity, ``area: label`` by the label files)."""
+    if config.area in ("scene", "label"):
         return ""
     if groups.get("city"):
         return groups["city"]

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from unosat.baselines.local_statistics import check_windows, feature_count, local_statistics
-from unosat.classes import BUILDING, CLASS_NAMES, IGNORE_INDEX
+from unosat.classes import CLASS_NAMES, IGNORE_INDEX, TARGET
 from unosat.errors import UnosatError
 
 #: window sizes (pixels, odd) of the local statistics when none are given: 30, 70 and 150 m at 10 m
@@ -131,7 +131,7 @@ def sample_pixels(dataset, net: PixelLogisticRegression, samples: int, rng: np.r
             ys.append(mask.reshape(-1)[take].astype(np.int64))
     if not xs:
         raise UnosatError("pixel classifier: the training tiles hold no valid pixel")
-    return np.concatenate(xs), (np.concatenate(ys) == BUILDING).astype(np.int64)
+    return np.concatenate(xs), (np.concatenate(ys) == TARGET).astype(np.int64)
 
 
 def best_iou_threshold(decision: np.ndarray, y: np.ndarray) -> tuple[float, float]:

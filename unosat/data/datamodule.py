@@ -20,7 +20,8 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from unosat.bands import BandRecipe, Normalization
-from unosat.classes import CLASS_NAMES, IGNORE_INDEX
+from unosat.classes import IGNORE_INDEX
+from unosat.classes import class_names as class_names_checked
 from unosat.data.sampler import DistributedWeightedSampler, UnpaddedDistributedSampler, tile_weights
 from unosat.data.tile_dataset import TileDataset, seed_worker
 from unosat.data.transforms import SpeckleNoise, compose
@@ -60,6 +61,8 @@ class UnosatDataModule(pl.LightningDataModule):
             :func:`~unosat.data.tile_dataset.owned_pixels`), so every valid pixel counts once. Under DDP the
             evaluation tiles are shared out without padding (:class:`~unosat.data.sampler.UnpaddedDistributedSampler`).
             False for a whole-tile target (the tile classifier's centre crops).
+        class_names: ``[background, target]`` (``classes.names``); must be what the dataset was prepared with
+            (``dataset.json`` ``classes``); None: ``[background, building]``. Recorded in the data recipe.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class UnosatDataModule(pl.LightningDataModule):
         prepare_overrides: Sequence[str] = (),
         seed: int = 0,
         count_once: bool = True,
+        class_names: Sequence[str] | None = None,
     ):
         super().__init__()
         self.dir = Path(dir).expanduser()
@@ -109,6 +113,7 @@ class UnosatDataModule(pl.LightningDataModule):
         self.prepare_overrides = list(prepare_overrides)
         self.seed = int(seed)
         self.count_once = bool(count_once)
+        self.class_names = class_names_checked(class_names, "data.class_names")
         self._ready = False
 
     # ------------------------------------------------------------ preparation
@@ -122,6 +127,7 @@ class UnosatDataModule(pl.LightningDataModule):
 
             log.info("preparing the demo dataset in %s (first use)", self.dir)
             prepare(compose_config("prepare", [f"paths.demo_dir={self.demo_dir}", f"out_dir={self.dir}",
+                                               f"classes.names=[{','.join(self.class_names)}]",
                                                *self.prepare_overrides]))
 
     def setup(self, stage: str | None = None) -> None:
@@ -133,6 +139,12 @@ class UnosatDataModule(pl.LightningDataModule):
                               "(python predict.py input=<raw scenes>), not training; prepare them with labels=vector "
                               "or labels=raster to train")
         check_consistency(self.layout)  # every file describes the recorded recipe
+        recorded = class_names_checked(self.layout.manifest.get("classes"), f"{self.layout.manifest_path} classes")
+        if recorded != self.class_names:
+            raise UnosatError(f"{self.layout.manifest_path}: the dataset was prepared with classes {list(recorded)}, "
+                              f"not {list(self.class_names)}; train with classes.names=[{','.join(recorded)}], or "
+                              f"rename them: python prepare.py out_dir={self.dir} classes.names="
+                              f"[{','.join(self.class_names)}] steps=[report]")
         stats = self.layout.statistics()
         self.recipe: BandRecipe = self.layout.recipe
         self.tile_size = int(self.layout.manifest["settings"]["tiling"]["train_size"])
@@ -212,7 +224,7 @@ class UnosatDataModule(pl.LightningDataModule):
             "normalization": self.normalization.to_dict(),
             "tile_size": self.tile_size,
             "crop_px": self.crop_px,
-            "classes": list(CLASS_NAMES),
+            "classes": list(self.class_names),
             "ignore_index": IGNORE_INDEX,
             "dataset": str(self.dir.resolve()),
             "folds": self.folds,

@@ -16,6 +16,8 @@ def _recipe_words(recipe: dict) -> str:
 def model_card(meta: dict, summary: dict, onnx_name: str) -> str:
     """Markdown describing the export whose metadata is ``meta`` (before JSON encoding)."""
     task = meta["unosat_task"]
+    names = meta["class_names"]
+    target = names.get("1", "building")  # the target class (mask value 1)
     inp = meta["unosat_input"]
     norm = meta["unosat_normalization"]
     units = "linear power (sigma0 as delivered, not dB)" if inp["units"] == "linear" else "dB"
@@ -53,8 +55,8 @@ def model_card(meta: dict, summary: dict, onnx_name: str) -> str:
             "## Output",
             "",
             f"`{meta['unosat_output']['name']}`, (batch, 2, height, width): softmax probabilities of "
-            f"{', '.join(f'{k} = {v}' for k, v in meta['class_names'].items())}. A pixel is a building where "
-            f"p(building) ≥ {meta['seg_thresh']}.",
+            f"{', '.join(f'{k} = {v}' for k, v in meta['class_names'].items())}. A pixel is {target} where "
+            f"p({target}) ≥ {meta['seg_thresh']}.",
             "",
             "## In QGIS (Deepness plugin)",
             "",
@@ -79,7 +81,7 @@ def model_card(meta: dict, summary: dict, onnx_name: str) -> str:
             "## Output and what it is for",
             "",
             f"`{meta['unosat_output']['name']}`, (batch, 1): the probability that a window of "
-            f"{meta.get('unosat_window_px') or 'any'} px holds building pixels. This is the tile classifier that "
+            f"{meta.get('unosat_window_px') or 'any'} px holds {target} pixels. This is the tile classifier that "
             "lets `predict.py` skip empty windows before the segmentation network runs "
             "(`python predict.py ckpt=<segmentation>.onnx gate.ckpt=<this file> gate.threshold=0.2`). Deepness has "
             "no model type for it (its Detector and Recognition types expect boxes or embeddings): it carries no "

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from unosat.classes import CLASS_NAMES
+from unosat.classes import TARGET
 from unosat.errors import UnosatError
 from unosat.export.graph import INPUT_BANDS, PolarisationInput, exported_module
 from unosat.export.metadata import FORMAT, FORMAT_VERSION, DeepnessSettings, deepness_metadata, encode
@@ -106,14 +106,14 @@ def check_against_torch(path: Path, module: torch.nn.Module, sizes: list[tuple[i
 def metadata_for(model: LoadedModel, task: str, settings: DeepnessSettings, input_units: str,
                  nodata_values: list[float]) -> dict:
     """Deepness's keys and unosat's for ``model`` (values before JSON encoding)."""
-    meta = deepness_metadata(task, CLASS_NAMES, len(INPUT_BANDS), settings)
+    meta = deepness_metadata(task, model.classes, len(INPUT_BANDS), settings)
     meta.update({
         "unosat_format": FORMAT, "unosat_format_version": FORMAT_VERSION, "unosat_task": task,
         "unosat_input": {"bands": list(INPUT_BANDS), "units": input_units, "nodata_values": nodata_values,
                          "layout": "NCHW float32", "name": INPUT_NAME},
         "unosat_output": {"name": OUTPUT_NAMES[task],
                           "what": "softmax class probabilities (N, classes, H, W)" if task == "segmentation"
-                          else "probability that the window holds building pixels (N, 1)"},
+                          else f"probability that the window holds {model.classes[TARGET]} pixels (N, 1)"},
         "unosat_recipe": model.recipe.to_dict(),
         "unosat_normalization": {k: v for k, v in model.normalization.to_dict().items() if k != "source"},
         "unosat_model": model.model,

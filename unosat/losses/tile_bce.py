@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unosat.classes import BUILDING, IGNORE_INDEX
+from unosat.classes import IGNORE_INDEX, TARGET
 
 
 def tile_target(mask: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """``(N, H, W)`` masks -> ``(N,)`` float: 1 where the tile holds at least one (valid) building pixel."""
-    return ((mask == BUILDING) & (mask != ignore_index)).flatten(1).any(dim=1).float()
+    return ((mask == TARGET) & (mask != ignore_index)).flatten(1).any(dim=1).float()
 
 
 class TileBCELoss(nn.Module):

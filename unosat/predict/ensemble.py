@@ -30,7 +30,7 @@ from torch import nn
 
 from unosat.bands import BandRecipe, Normalization
 from unosat.checkpoint import build_model, describe_model, load_checkpoint, model_config
-from unosat.classes import BUILDING, CLASS_NAMES
+from unosat.classes import CLASS_NAMES, TARGET, class_names
 from unosat.errors import UnosatError
 from unosat.predict.distributed import Runtime
 from unosat.predict.tta import D4Transform, tta_average, tta_transforms
@@ -54,6 +54,7 @@ class LoadedModel:
     model: dict | None = None
     metadata: dict | None = None
     raw_input: RawInput | None = None
+    classes: tuple[str, ...] = CLASS_NAMES
 
     @property
     def task(self) -> str:
@@ -97,9 +98,7 @@ def load_model(path: Path | str, onnx_options=None) -> LoadedModel:
     if normalization.count != recipe.count:
         raise UnosatError(f"{path}: normalisation has {normalization.count} bands but recipe '{recipe.name}' has "
                           f"{recipe.count}")
-    classes = data.get("classes")
-    if classes is not None and tuple(classes) != CLASS_NAMES:
-        raise UnosatError(f"{path}: predicts classes {list(classes)}, expected {list(CLASS_NAMES)}")
+    classes = class_names(data.get("classes"), f"{path}: classes")  # None (older checkpoints): the default
     cfg = model_config(checkpoint, path)
     in_channels = cfg["args"].get("in_channels")
     if in_channels is not None and int(in_channels) != recipe.count:
@@ -111,7 +110,7 @@ def load_model(path: Path | str, onnx_options=None) -> LoadedModel:
     raw_input = RawInput.from_dict(raw_input) if raw_input is not None else None
     net = build_model(checkpoint, path)
     return LoadedModel(path.name, net, recipe, normalization, path.resolve(), file_sha256(path), cfg,
-                       {k: v for k, v in checkpoint["unosat"].items() if k != "config"}, raw_input)
+                       {k: v for k, v in checkpoint["unosat"].items() if k != "config"}, raw_input, classes)
 
 
 #: ``input_mismatch`` values: what to do when predict-time raw-input settings differ from a checkpoint's
@@ -234,8 +233,8 @@ class Ensemble:
             raise UnosatError(f"{name}: the network maps {tuple(x.shape)} inputs to {tuple(out.shape)} logits; "
                               f"expected (N, {len(CLASS_NAMES)}, {x.shape[-2]}, {x.shape[-1]})")
         if getattr(net, "returns_probabilities", False):  # an exported graph ends in the softmax
-            return out[:, BUILDING]
-        return torch.softmax(out, dim=1)[:, BUILDING]
+            return out[:, TARGET]
+        return torch.softmax(out, dim=1)[:, TARGET]
 
     def probability(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
         """Building probability ``(N, H, W)`` float32 of a batch; ``inputs[g]`` is ``(N, C_g, H, W)``

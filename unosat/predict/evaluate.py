@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import shapely
 from rasterio.windows import Window
 
-from unosat.classes import BUILDING, CLASS_NAMES, IGNORE_INDEX
+from unosat.classes import CLASS_NAMES, IGNORE_INDEX, TARGET
+from unosat.classes import class_names as class_names_checked
 from unosat.errors import UnosatError
 from unosat.io.raster import Grid, gdal_env, open_raster, read_window, row_blocks
 from unosat.metrics import confusion_matrix, scores_from_confusion
@@ -40,13 +42,20 @@ log = logging.getLogger(__name__)
 #: rows of the prediction read at a time
 EVAL_BLOCK_ROWS = 1024
 
-COUNT_KEYS = ("valid_pixels", "nodata_pixels", "true_building_pixels", "predicted_building_pixels",
-              "true_polygons", "true_polygons_evaluated", "true_polygons_in_nodata", "predicted_polygons")
+def count_keys(class_names: Sequence[str] = CLASS_NAMES) -> tuple[str, ...]:
+    """The keys of an evaluation's ``counts`` (``true_<target>_pixels``: ``true_building_pixels`` by default)."""
+    target = class_names[TARGET]
+    return ("valid_pixels", "nodata_pixels", f"true_{target}_pixels", f"predicted_{target}_pixels",
+            "true_polygons", "true_polygons_evaluated", "true_polygons_in_nodata", "predicted_polygons")
+
+
+#: the count keys of the default classes
+COUNT_KEYS = count_keys()
 
 
 def evaluate_city(pred_mask_path, pred_polygons_path, label_path, all_touched: bool = True,
                   iou_threshold: float = 0.5, *, block_rows: int = EVAL_BLOCK_ROWS,
-                  labels: LabelsConfig | None = None) -> dict:
+                  labels: LabelsConfig | None = None, class_names: Sequence[str] = CLASS_NAMES) -> dict:
     """Pixel and object scores of one city (or scene) prediction; a JSON-ready dict.
 
     Args:
@@ -60,10 +69,12 @@ def evaluate_city(pred_mask_path, pred_polygons_path, label_path, all_touched: b
         all_touched: how labels are burnt for pixel scores (as in preparation).
         iou_threshold: IoU for an object match.
         labels: where ``source``, ``raster_nodata`` and ``positive_values`` come from (None: vector labels).
+        class_names: ``[background, target]``: name the score and count keys.
 
-    Returns ``{"pixel": {"confusion": [[tn, fp], [fn, tp]], "iou_building": ..., "precision_building": ...,
-    "recall_building": ..., "f1_building": ..., ...}, "object": {"tp", "fp", "fn", "precision", "recall",
-    "f1"}, "counts": {...}, "settings": {...}, "files": {...}}``. A missing, unreadable or CRS-less label
+    Returns ``{"pixel": {"confusion": [[tn, fp], [fn, tp]], "iou_<target>": ..., "precision_<target>": ...,
+    "recall_<target>": ..., "f1_<target>": ..., ...}, "object": {"tp", "fp", "fn", "precision", "recall",
+    "f1"}, "counts": {...}, "settings": {...}, "files": {...}, "classes": [...]}`` (``<target>``: ``building``
+    by default). A missing, unreadable or CRS-less label
     or polygon file raises :class:`UnosatError` naming it.
     """
     pred_mask_path, pred_polygons_path, label_path = Path(pred_mask_path), Path(pred_polygons_path), Path(label_path)
@@ -76,7 +87,7 @@ def evaluate_city(pred_mask_path, pred_polygons_path, label_path, all_touched: b
             if isinstance(burner, VectorBurner):
                 true_geoms = burner.geoms
             else:
-                true_geoms = _polygons(polygonize_strips(_BurntLabels(burner, label_path), BUILDING, block_rows))
+                true_geoms = _polygons(polygonize_strips(_BurntLabels(burner, label_path), TARGET, block_rows))
         nodata = _polygons(polygonize_strips(src, IGNORE_INDEX, block_rows))
 
     truth, in_scene, in_nodata = clip_to_valid_area(true_geoms, grid, nodata)
@@ -86,19 +97,14 @@ def evaluate_city(pred_mask_path, pred_polygons_path, label_path, all_touched: b
     if valid == 0:
         log.warning("evaluation: %s has no valid pixel (nodata everywhere): its pixel scores are undefined (null)",
                     pred_mask_path)
+    class_names = class_names_checked(class_names)
+    counts = (valid, grid.width * grid.height - valid, int(confusion[TARGET].sum()), int(confusion[:, TARGET].sum()),
+              in_scene, len(truth), in_nodata, len(pred))
     return {
-        "pixel": {"confusion": confusion.tolist(), **scores_from_confusion(confusion)},
+        "pixel": {"confusion": confusion.tolist(), **scores_from_confusion(confusion, class_names)},
         "object": object_scores(match.tp, match.fp, match.fn),
-        "counts": {
-            "valid_pixels": valid,
-            "nodata_pixels": grid.width * grid.height - valid,
-            "true_building_pixels": int(confusion[BUILDING].sum()),
-            "predicted_building_pixels": int(confusion[:, BUILDING].sum()),
-            "true_polygons": in_scene,
-            "true_polygons_evaluated": len(truth),
-            "true_polygons_in_nodata": in_nodata,
-            "predicted_polygons": len(pred),
-        },
+        "counts": dict(zip(count_keys(class_names), counts, strict=True)),
+        "classes": list(class_names),
         "settings": {"all_touched": bool(all_touched), "iou_threshold": float(iou_threshold)},
         "files": {"mask": str(pred_mask_path), "polygons": str(pred_polygons_path), "labels": str(label_path),
                   "labels_source": labels.source if labels is not None else "vector"},
@@ -139,7 +145,7 @@ def pixel_confusion(src, burner: VectorBurner | RasterAligner, block_rows: int) 
         window = Window(0, row_off, src.width, rows)
         pred = read_window(src, window, 1)
         valid = pred != IGNORE_INDEX
-        if (pred[valid] > BUILDING).any():
+        if (pred[valid] > TARGET).any():
             raise UnosatError(f"{src.name}: a prediction mask holds 0, 1 and 255 only; found "
                               f"{sorted(set(np.unique(pred[valid]).tolist()) - {0, 1})[:5]}")
         target = np.where(valid, burner.burn(window), IGNORE_INDEX)
@@ -191,13 +197,18 @@ def evaluation_report(per_city: dict[str, dict]) -> dict:
     settings = {name: city["settings"] for name, city in per_city.items()}
     if len({tuple(sorted(s.items())) for s in settings.values()}) > 1:
         raise UnosatError(f"evaluation: cities were scored with different settings: {settings}")
+    names = {tuple(city.get("classes") or CLASS_NAMES) for city in per_city.values()}
+    if len(names) > 1:
+        raise UnosatError(f"evaluation: cities were scored with different class names: {sorted(names)}")
+    class_names = names.pop()
     confusion = sum(np.asarray(city["pixel"]["confusion"], dtype=np.int64) for city in per_city.values())
     tp, fp, fn = (sum(int(city["object"][k]) for city in per_city.values()) for k in ("tp", "fp", "fn"))
     overall = {
-        "pixel": {"confusion": confusion.tolist(), **scores_from_confusion(confusion)},
+        "pixel": {"confusion": confusion.tolist(), **scores_from_confusion(confusion, class_names)},
         "object": object_scores(tp, fp, fn),
-        "counts": {k: sum(int(city["counts"][k]) for city in per_city.values()) for k in COUNT_KEYS},
+        "counts": {k: sum(int(city["counts"][k]) for city in per_city.values()) for k in count_keys(class_names)},
         "settings": next(iter(settings.values())),
+        "classes": list(class_names),
         "n_cities": len(per_city),
     }
     undefined: list[str] = []
@@ -223,14 +234,16 @@ def json_safe(value, where: str, undefined: list[str]):
 
 def evaluation_table(report: dict) -> str:
     """The console summary of an :func:`evaluation_report`: a row per city and one overall, with pixel IoU,
-    precision, recall, F1 of the building class and object-level precision, recall, F1 (counts of matches)."""
+    precision, recall, F1 of the target class (``building`` by default) and object-level precision, recall, F1
+    (counts of matches)."""
+    target = (report["overall"].get("classes") or CLASS_NAMES)[TARGET]
     header = ("", "pixel IoU", "pixel P", "pixel R", "pixel F1", "object P", "object R", "object F1", "TP/FP/FN")
     rows = [(name, score) for name, score in report["cities"].items()] + [("overall", report["overall"])]
     width = max(len(header[1]), *(len(name) for name, _ in rows))
     lines = [f"{'':<{width}}  " + "  ".join(f"{h:>9}" for h in header[1:-1]) + f"  {header[-1]}"]
     for name, score in rows:
         px, ob = score["pixel"], score["object"]
-        values = (px["iou_building"], px["precision_building"], px["recall_building"], px["f1_building"],
+        values = (px[f"iou_{target}"], px[f"precision_{target}"], px[f"recall_{target}"], px[f"f1_{target}"],
                   ob["precision"], ob["recall"], ob["f1"])
         cells = (f"{v:>9.4f}" if v is not None else f"{'n/a':>9}" for v in values)  # None: undefined (0/0)
         lines.append(f"{name:<{width}}  " + "  ".join(cells) + f"  {ob['tp']}/{ob['fp']}/{ob['fn']}")

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from unosat.bands import BandRecipe, Normalization
-from unosat.classes import CLASS_NAMES
+from unosat.classes import class_names
 from unosat.errors import UnosatError
 
 ONNX_SUFFIX = ".onnx"
@@ -128,12 +128,11 @@ def load_onnx_model(path: Path | str, options: OnnxOptions | None = None):
         first = (str(err).splitlines() or [type(err).__name__])[0][:200]
         raise UnosatError(f"{path}: not a readable ONNX model ({first})") from None
     meta = read_metadata(session.get_modelmeta().custom_metadata_map, str(path))
-    classes = [meta["class_names"][k] for k in sorted(meta["class_names"], key=int)]
-    if tuple(classes) != CLASS_NAMES:
-        raise UnosatError(f"{path}: predicts classes {classes}, expected {list(CLASS_NAMES)}")
+    classes = class_names([meta["class_names"][k] for k in sorted(meta["class_names"], key=int)],
+                          f"{path}: class_names")
     units = meta["unosat_input"].get("units", "linear")
     net = OnnxNetwork(session, str(meta["unosat_task"]), meta.get("unosat_window_px"),
                       int(meta.get("unosat_size_divisor") or 1))
     return LoadedModel(path.name, net, polarisation_recipe(units), PASS_THROUGH, path.resolve(), file_sha256(path),
                        meta["unosat_model"], {"onnx": {k: v for k, v in meta.items() if k.startswith("unosat_")},
-                                              "providers": session.get_providers()})
+                                              "providers": session.get_providers()}, classes=classes)

@@ -10,6 +10,10 @@ Output directory::
       cities/<City>_probability.tif        mean probability over the city's acquisitions (aggregate.method != none)
       cities/<City>_mask.tif               the city's buildings (mean >= threshold, or k-of-N vote)
       cities/<City>_buildings.gpkg         polygons (vectorize=true; scenes/<scene_id>_buildings.* without cities)
+
+"building" is the target class of the checkpoints (``classes.names``, :mod:`unosat.classes`): a model trained
+with ``classes=water`` writes ``<City>_waters.gpkg``, band descriptions ``water`` / ``water_probability`` and
+evaluation keys ``iou_water``...
       evaluation.json                      pixel and object scores against the labels (evaluate=true; the
                                            products of the latest run)
       quicklooks/<name>.png                (quicklooks=true)
@@ -37,6 +41,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from rasterio.windows import Window
 
 from unosat.checkpoint import load_checkpoint
+from unosat.classes import CLASS_NAMES, TARGET, class_names, plural
 from unosat.errors import UnosatError, find_user_error
 from unosat.io.atomic import is_temporary, remove_stale_temporaries, write_json_atomic
 from unosat.io.cog import CogOptions, CogRowWriter, write_cog
@@ -166,6 +171,28 @@ class Settings:
         if self.evaluate and not self.vectorize:
             raise UnosatError("evaluate=true scores polygons too: it needs vectorize=true")
         self.tracking: TrackingConfig = instantiate(cfg.tracking)
+        requested = (cfg.get("classes") or {}).get("names")
+        self.requested_classes = class_names(requested) if requested is not None else None
+        self.classes: tuple[str, ...] = CLASS_NAMES  # the checkpoints', set by resolve_classes
+
+    @property
+    def target(self) -> str:
+        """The target class's name (``building`` by default): names bands, polygon products and scores."""
+        return self.classes[TARGET]
+
+    def resolve_classes(self, models: Sequence[LoadedModel]) -> None:
+        """Take the class names of the segmentation checkpoints (which must agree); ``classes.names``, when
+        set, must be theirs. Raises :class:`UnosatError` naming the checkpoints otherwise."""
+        recorded = {m.classes: m for m in models}
+        if len(recorded) > 1:
+            listing = "; ".join(f"{m.path or m.name}: {list(c)}" for c, m in recorded.items())
+            raise UnosatError(f"the checkpoints were trained on different classes ({listing}); an ensemble averages "
+                              "the probability of one class")
+        self.classes = next(iter(recorded)) if recorded else CLASS_NAMES
+        if self.requested_classes is not None and self.requested_classes != self.classes:
+            model = next(iter(recorded.values()))
+            raise UnosatError(f"classes.names={list(self.requested_classes)} but checkpoint {model.path or model.name} "
+                              f"was trained on {list(self.classes)}; leave classes.names=null to use the checkpoint's")
         if (self.tracking.wandb or self.tracking.mlflow) and not self.evaluate:
             raise UnosatError("tracking.wandb / tracking.mlflow log the evaluation: they need evaluate=true")
 
@@ -196,6 +223,8 @@ class Settings:
             out["vectorization"] = {k: v for k, v in asdict(self.vector_config()).items() if k != "block_rows"}
         if self.evaluate:
             out["evaluation"] = self.evaluation
+        if self.classes != CLASS_NAMES:  # recorded when not the default (earlier predictions stay resumable)
+            out["classes"] = list(self.classes)
         return json.loads(canonical(out))
 
 
@@ -261,21 +290,22 @@ def _store_dtype(dtype: str) -> tuple[str, int | None]:
 
 def write_probability(path: Path, grid: Grid, blocks: Iterator[tuple[int, np.ndarray]], dtype: str,
                       options: CogOptions, params: dict, extra_tags: dict | None = None,
-                      threshold: float | None = None) -> None:
-    """Probability COG from float32 ``(row_off, (rows, width))`` blocks (NaN = nodata); with ``threshold``,
-    stored values keep each pixel's side of it (see :func:`~unosat.predict.probability.encode_probability`)."""
+                      target: str = CLASS_NAMES[TARGET], threshold: float | None = None) -> None:
+    """Probability COG from float32 ``(row_off, (rows, width))`` blocks (NaN = nodata); its band is described
+    as ``<target>_probability``; with ``threshold``, stored values keep each pixel's side of it (see
+    :func:`~unosat.predict.probability.encode_probability`)."""
     store, nbits = _store_dtype(dtype)
     encoded = ((r, encode_probability(p, dtype, threshold).astype(store, copy=False)[None]) for r, p in blocks)
     write_cog(path, grid, store, probability_nodata(dtype), encoded, options,
               tags={PARAMS_TAG: canonical(params), **(extra_tags or {})},
-              band_descriptions=["building_probability"], nbits=nbits)
+              band_descriptions=[f"{target}_probability"], nbits=nbits)
 
 
 def write_mask(path: Path, grid: Grid, blocks: Iterator[tuple[int, np.ndarray]], options: CogOptions,
-               params: dict) -> None:
-    """Mask COG (0/1/255) from uint8 ``(row_off, (rows, width))`` blocks."""
+               params: dict, target: str = CLASS_NAMES[TARGET]) -> None:
+    """Mask COG (0/1/255) from uint8 ``(row_off, (rows, width))`` blocks; its band is described as ``target``."""
     write_cog(path, grid, "uint8", MASK_NODATA, ((r, m[None]) for r, m in blocks), options, categorical=True,
-              tags={PARAMS_TAG: canonical(params)}, band_descriptions=["building"])
+              tags={PARAMS_TAG: canonical(params)}, band_descriptions=[target])
 
 
 def read_rows(paths: Sequence[Path], grid: Grid, block_rows: int) -> Iterator[tuple[int, list[np.ndarray]]]:
@@ -363,6 +393,7 @@ def predict(cfg: DictConfig, out_dir: Path, state: dict) -> dict | None:
     checkpoints = resolve_checkpoints(cfg.get("ckpt"), Path(cfg.paths.log_dir).expanduser())
     onnx_options = OnnxOptions(**OmegaConf.to_container(cfg.onnxruntime, resolve=True)) if cfg.get("onnxruntime") else None
     models = [load_model(p, onnx_options) for p in checkpoints]
+    settings.resolve_classes(models)
     gate_model = load_model(settings.gate_ckpt, onnx_options) if settings.gate_ckpt is not None else None
     if gate_model is not None:
         settings.gate_sha256 = gate_model.sha256
@@ -466,6 +497,7 @@ class OutputPaths:
     def __init__(self, root: Path, settings: Settings):
         self.root = root
         self.vector_suffix = settings.vector_config().suffix if settings.vectorize else None
+        self.polygons = plural(settings.target)  # "buildings" by default
 
     def scene_probability(self, scene_id: str) -> Path:
         return self.root / SCENES_DIR / f"{scene_id}_probability.tif"
@@ -478,7 +510,7 @@ class OutputPaths:
 
     def product(self, name: str, what: str, per_city: bool) -> Path:
         folder = CITIES_DIR if per_city else SCENES_DIR
-        suffix = self.vector_suffix if what == "buildings" else ".tif"
+        suffix = self.vector_suffix if what == self.polygons else ".tif"
         return self.root / folder / f"{name}_{what}{suffix}"
 
 
@@ -511,17 +543,20 @@ def predict_one(scene: InputScene, ensemble: Ensemble, paths: OutputPaths, param
             blocks = predict_scene(reader, ensemble, settings.window, tuple(skips), stats)
             if need_mask:
                 with CogRowWriter(mask_path, scene.grid, "uint8", MASK_NODATA, settings.cog, categorical=True,
-                                  tags={PARAMS_TAG: canonical(mparams)}, band_descriptions=["building"]) as mask_out:
+                                  tags={PARAMS_TAG: canonical(mparams)},
+                                  band_descriptions=[settings.target]) as mask_out:
                     blocks = masked_as_they_pass(blocks, settings.threshold, mask_out)
                     if need_prob:
                         write_probability(prob_path, scene.grid, blocks, settings.dtype, settings.cog, params,
-                                          {"UNOSAT_SCENE": json.dumps(scene.scene.to_record())}, settings.threshold)
+                                          {"UNOSAT_SCENE": json.dumps(scene.scene.to_record())}, settings.target,
+                                          settings.threshold)
                     else:
                         for _ in blocks:
                             pass
             else:
                 write_probability(prob_path, scene.grid, blocks, settings.dtype, settings.cog, params,
-                                  {"UNOSAT_SCENE": json.dumps(scene.scene.to_record())}, settings.threshold)
+                                  {"UNOSAT_SCENE": json.dumps(scene.scene.to_record())}, settings.target,
+                                  settings.threshold)
     t_prob = time.perf_counter() - t0
     seconds = time.perf_counter() - t0
     log.info("rank %d: %s (%s) %dx%d px: %d windows, %d predicted, skipped %s, %.1f s", runtime.rank,
@@ -552,7 +587,7 @@ def make_products(cities: dict[str, list[InputScene]], paths: OutputPaths, param
     if settings.vectorize:
         config = settings.vector_config()
         for p in products:
-            out = paths.product(p["name"], "buildings", p["per_city"])
+            out = paths.product(p["name"], paths.polygons, p["per_city"])
             if settings.overwrite or p["remade"] or not out.exists():
                 t = time.perf_counter()
                 dates = [str(paths.scene_mask(sid)) for sid in p["scenes"]] if p["per_city"] else []
@@ -583,20 +618,23 @@ def city_product(city: str, members: list[InputScene], paths: OutputPaths, param
         blocks = ((r, mean_probability(decode_stack(values))) for r, values in read_rows(prob_paths, grid, agg.block_rows))
         if need_mask and agg.method == "mean":
             with CogRowWriter(mask_out, grid, "uint8", MASK_NODATA, settings.cog, categorical=True,
-                              tags={PARAMS_TAG: canonical(city_mask_params)}, band_descriptions=["building"]) as sink:
+                              tags={PARAMS_TAG: canonical(city_mask_params)},
+                              band_descriptions=[settings.target]) as sink:
                 blocks = masked_as_they_pass(blocks, agg.threshold, sink)
                 if need_prob:
-                    write_probability(prob_out, grid, blocks, settings.dtype, settings.cog, prob_params, threshold=agg.threshold)
+                    write_probability(prob_out, grid, blocks, settings.dtype, settings.cog, prob_params,
+                                      target=settings.target, threshold=agg.threshold)
                 else:
                     for _ in blocks:
                         pass
         else:
-            write_probability(prob_out, grid, blocks, settings.dtype, settings.cog, prob_params, threshold=agg.threshold)
+            write_probability(prob_out, grid, blocks, settings.dtype, settings.cog, prob_params,
+                              target=settings.target, threshold=agg.threshold)
         remade = True
     if need_mask and agg.method != "mean":
         k = agg.votes_needed(len(members))
         blocks = ((r, vote(np.stack(values), k)) for r, values in read_rows(mask_paths, grid, agg.block_rows))
-        write_mask(mask_out, grid, blocks, settings.cog, city_mask_params)
+        write_mask(mask_out, grid, blocks, settings.cog, city_mask_params, settings.target)
     remade = remade or need_mask
     return {"name": city, "city": city, "scenes": [s.scene_id for s in members], "per_city": True,
             "probability": str(prob_out), "mask": str(mask_out), "method": agg.method,
@@ -664,17 +702,17 @@ def evaluate_products(products: list[dict], truth: dict[str, Path], paths: Outpu
         per_product[p["name"]] = evaluate_city(Path(p["mask"]), Path(p["polygons"]), labels,
                                                all_touched=bool(settings.evaluation["all_touched"]),
                                                iou_threshold=float(settings.evaluation["iou_threshold"]),
-                                               labels=settings.labels)
+                                               labels=settings.labels, class_names=settings.classes)
         p["labels"] = str(labels)
     report = evaluation_report(per_product)
     write_json_atomic(paths.root / EVALUATION, report)
-    print(f"evaluation (building class; written to {paths.root / EVALUATION}):\n{evaluation_table(report)}", flush=True)
+    print(f"evaluation ({settings.target} class; written to {paths.root / EVALUATION}):\n{evaluation_table(report)}", flush=True)
     return report
 
 
 def write_quicklooks(products: list[dict], cities: dict[str, list[InputScene]], paths: OutputPaths,
                      settings: Settings, truth: dict[str, Path] | None = None) -> None:
-    """A PNG per product: the first acquisition's VV backscatter with predicted (and true) buildings."""
+    """A PNG per product: the first acquisition's VV backscatter with predicted (and true) target outlines."""
     from unosat.predict.quicklook import quicklook
 
     scenes = {s.scene_id: s for members in cities.values() for s in members}
@@ -686,5 +724,5 @@ def write_quicklooks(products: list[dict], cities: dict[str, list[InputScene]], 
             labels = None  # quicklooks outline label polygons only
         out = paths.root / QUICKLOOK_DIR / f"{p['name']}.png"
         quicklook(image, band, units, out, predicted=Path(p["mask"]), truth=Path(labels) if labels else None,
-                  max_px=int(settings.quicklook["max_px"]), title=f"{p['name']}: predicted buildings")
+                  max_px=int(settings.quicklook["max_px"]), title=f"{p['name']}: predicted {paths.polygons}")
         p["quicklook"] = str(out)

@@ -13,12 +13,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from unosat.classes import CLASS_NAMES, TARGET
 from unosat.errors import UnosatError
 from unosat.predict.ensemble import LoadedModel
 
 log = logging.getLogger(__name__)
 
-PIXEL_KEYS = ("iou_building", "precision_building", "recall_building", "f1_building", "miou")
+def pixel_keys(target: str = CLASS_NAMES[TARGET]) -> tuple[str, ...]:
+    """The pixel scores sent to trackers: the target class's IoU, precision, recall, F1, and the mean IoU."""
+    return (f"iou_{target}", f"precision_{target}", f"recall_{target}", f"f1_{target}", "miou")
 OBJECT_KEYS = ("precision", "recall", "f1", "tp", "fp", "fn")
 
 
@@ -36,9 +39,10 @@ class TrackingConfig:
 def evaluation_metrics(report: dict, prefix: str = "predict") -> dict[str, float]:
     """Flat ``{name: value}`` of an evaluation report: overall and per-city pixel and object scores."""
     out: dict[str, float] = {}
+    keys = pixel_keys((report["overall"].get("classes") or CLASS_NAMES)[TARGET])
 
     def add(scope: str, part: dict) -> None:
-        for k in PIXEL_KEYS:
+        for k in keys:
             if part["pixel"].get(k) is not None:  # null: undefined
                 out[f"{prefix}/{scope}/pixel_{k}"] = float(part["pixel"][k])
         for k in OBJECT_KEYS:

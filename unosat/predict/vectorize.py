@@ -48,7 +48,7 @@ from rasterio.features import shapes
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from unosat.classes import BUILDING
+from unosat.classes import TARGET
 from unosat.errors import UnosatError
 from unosat.io.atomic import atomic_path, temporary_sibling
 from unosat.io.raster import Grid, gdal_env, open_raster, read_window, row_blocks
@@ -329,7 +329,7 @@ def _attribute_sums(prob_src, date_srcs: Sequence) -> StripStats:
         else:
             cols += [np.zeros(n), np.zeros(n)]
         for src in date_srcs:
-            hit = read_window(src, window, 1).ravel()[nz] == BUILDING
+            hit = read_window(src, window, 1).ravel()[nz] == TARGET
             cols.append(np.bincount(ids[hit], minlength=n))
         return np.stack(cols, axis=1).astype(np.float64) if n else np.zeros((0, len(cols)))
 
@@ -434,7 +434,7 @@ def vectorize(mask_path, out_path, config: VectorizeConfig, prob_path=None, date
         pixel_area = _pixel_area_m2(grid)
         n = 0
         with _atomic_vector(out_path, config.driver) as tmp, _writer(tmp, config.driver, out_path.stem, out_crs) as out:
-            for geoms, strip_sums in polygonize_strips(src, BUILDING, config.block_rows, sums):
+            for geoms, strip_sums in polygonize_strips(src, TARGET, config.block_rows, sums):
                 if len(geoms) == 0:
                     continue
                 frame = _features(geoms, strip_sums, grid, pixel_area, config, out_crs, prob is not None)

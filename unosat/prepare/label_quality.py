@@ -34,7 +34,7 @@ from rasterio.windows import Window
 from scipy.ndimage import maximum_filter
 
 from unosat.bands import BandRecipe, from_db, to_db
-from unosat.classes import BUILDING, IGNORE_INDEX
+from unosat.classes import IGNORE_INDEX, TARGET
 from unosat.errors import UnosatError
 from unosat.io.atomic import write_json_atomic
 from unosat.io.raster import open_raster, read_window
@@ -113,7 +113,7 @@ def contrast(task: QualityTask) -> dict:
             r1 = min(height, r0 + cfg.block_rows)
             h0, h1 = max(0, r0 - cfg.ring_px), min(height, r1 + cfg.ring_px)  # halo for the ring
             mask = read_window(masks, Window(0, h0, width, h1 - h0), 1)
-            building = mask == BUILDING
+            building = mask == TARGET
             near = maximum_filter(building, size=2 * cfg.ring_px + 1)
             core = slice(r0 - h0, r0 - h0 + (r1 - r0))
             building, near, valid = building[core], near[core], mask[core] != IGNORE_INDEX
@@ -156,7 +156,7 @@ def best_shift(task: QualityTask) -> dict:
             h, w = min(size, height - r), min(size, width - c)
             mask = read_window(masks, Window(c, r, w, h), 1)
             inner = (slice(s, h - s), slice(s, w - s))
-            labels = (mask[inner] == BUILDING)
+            labels = (mask[inner] == TARGET)
             if labels.sum() < 4:
                 continue
             values = read_window(stack, Window(c, r, w, h), band)

@@ -25,7 +25,7 @@ from rasterio.windows import Window
 from rasterio.windows import bounds as window_bounds
 from rasterio.windows import transform as window_transform
 
-from unosat.classes import BUILDING, IGNORE_INDEX
+from unosat.classes import IGNORE_INDEX, TARGET
 from unosat.errors import UnosatError
 from unosat.io.raster import PARAMS_TAG, Grid, open_raster, read_window, row_blocks, stack_profile, write_rows
 from unosat.io.vectors import read_polygons
@@ -120,7 +120,7 @@ def make_label_mask(task: LabelTask) -> dict:
                     mask = burner.burn(window)
                     valid = np.isfinite(read_window(stack, window, 1))
                     mask[~valid] = IGNORE_INDEX
-                    counts["n_building"] += int(np.count_nonzero(mask == BUILDING))
+                    counts["n_building"] += int(np.count_nonzero(mask == TARGET))
                     counts["n_ignore"] += int(np.count_nonzero(mask == IGNORE_INDEX))
                     counts["n_background"] += int(np.count_nonzero(mask == 0))
                     yield row_off, mask[None]
@@ -183,7 +183,7 @@ class VectorBurner:
         if len(idx) == 0:
             return np.zeros(shape, dtype=np.uint8)
         return rasterize(
-            ((g, BUILDING) for g in self.geoms[np.sort(idx)]),
+            ((g, TARGET) for g in self.geoms[np.sort(idx)]),
             out_shape=shape,
             transform=window_transform(window, self.grid.transform),
             fill=0,
@@ -257,6 +257,6 @@ class RasterAligner:
                     "to say which values are the target (the others are background)")
         else:
             target = np.isin(values, self.positive_values)
-        mask = target.astype(np.uint8) * BUILDING
+        mask = target.astype(np.uint8) * TARGET
         mask[unknown] = IGNORE_INDEX
         return mask

@@ -1,13 +1,14 @@
 """Step ``report``: an exploratory report of a prepared dataset, in ``<out_dir>/report/``.
 
 Figures: a quicklook per scene (VV or the first band, in dB, with the label outline and the nodata area),
-backscatter histograms of building vs background pixels per band, the target-ratio distribution per city,
+backscatter histograms of target (``classes.names``) vs background pixels per band, the target-ratio distribution per city,
 and the nodata fraction per scene; ``report.md`` links them with summary tables.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from rasterio.enums import Resampling  # noqa: E402
 from rasterio.windows import Window  # noqa: E402
 
 from unosat.bands import BandRecipe, to_db  # noqa: E402
-from unosat.classes import BUILDING, IGNORE_INDEX  # noqa: E402
+from unosat.classes import CLASS_NAMES, IGNORE_INDEX, TARGET, class_names, plural  # noqa: E402
 from unosat.io.atomic import atomic_path, write_text_atomic  # noqa: E402
 from unosat.io.raster import open_raster, read_window  # noqa: E402
 from unosat.prepared import PreparedDataset  # noqa: E402
@@ -69,7 +70,7 @@ def decimated_mask(src, factor: int, rows_per_read: int = 64) -> tuple[np.ndarra
         pad[:n, : src.width] = block
         cells = pad.reshape(pad.shape[0] // factor, factor, out_w, factor)
         r0 = row_off // factor
-        building[r0 : r0 + cells.shape[0]] = (cells == BUILDING).any(axis=(1, 3))
+        building[r0 : r0 + cells.shape[0]] = (cells == TARGET).any(axis=(1, 3))
         nodata[r0 : r0 + cells.shape[0]] = (cells == IGNORE_INDEX).mean(axis=(1, 3)) > 0.5
     return building, nodata
 
@@ -102,10 +103,10 @@ def quicklook(dataset: PreparedDataset, scene_id: str, recipe: BandRecipe, confi
 def sample_pixels(dataset: PreparedDataset, tiles: pd.DataFrame, config: ReportConfig, n_bands: int) -> dict:
     """Pixels of building and background, per band, sampled from a few train tiles of every scene."""
     rng = np.random.default_rng(config.seed)
-    samples = {0: [], BUILDING: []}
+    samples = {0: [], TARGET: []}
     for scene_id, group in tiles.groupby("scene_id"):
         chosen = group.sample(n=min(config.tiles_per_scene, len(group)), random_state=config.seed)
-        per_scene = {0: [], BUILDING: []}
+        per_scene = {0: [], TARGET: []}
         with open_raster(dataset.bands_path(scene_id)) as stack, open_raster(dataset.mask_path(scene_id)) as masks:
             for t in chosen.itertuples():
                 w = Window(t.col_off, t.row_off, t.width, t.height)
@@ -121,36 +122,39 @@ def sample_pixels(dataset: PreparedDataset, tiles: pd.DataFrame, config: ReportC
     return {cls: np.concatenate(v) if v else np.empty((0, n_bands), np.float32) for cls, v in samples.items()}
 
 
-def histograms(samples: dict, recipe: BandRecipe, config: ReportConfig, path: Path) -> None:
+def histograms(samples: dict, recipe: BandRecipe, config: ReportConfig, path: Path,
+               class_names: Sequence[str] = CLASS_NAMES) -> None:
+    """Histograms (dB) of the sampled target and background pixels, one panel per band."""
+    background, target = class_names[0], class_names[TARGET]
     n = recipe.count
     cols = min(n, 3)
     fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(4.5 * cols, 3.2 * math.ceil(n / cols)), squeeze=False)
     for i, name in enumerate(recipe.bands):
         ax = axes.flat[i]
         bg = display_db(samples[0][:, i], recipe)
-        bd = display_db(samples[BUILDING][:, i], recipe)
+        bd = display_db(samples[TARGET][:, i], recipe)
         both = np.concatenate([bg, bd])
         both = both[np.isfinite(both)]
         if both.size == 0:
             continue
         bins = np.linspace(*np.percentile(both, [0.5, 99.5]), config.histogram_bins)
-        ax.hist(bg, bins=bins, density=True, alpha=0.55, label=f"background (n={len(bg)})")
-        ax.hist(bd, bins=bins, density=True, alpha=0.55, label=f"building (n={len(bd)})")
+        ax.hist(bg, bins=bins, density=True, alpha=0.55, label=f"{background} (n={len(bg)})")
+        ax.hist(bd, bins=bins, density=True, alpha=0.55, label=f"{target} (n={len(bd)})")
         ax.set_xlabel(f"{name} (dB)")
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
-    fig.suptitle("Backscatter of building vs background pixels")
+    fig.suptitle(f"Backscatter of {target} vs {background} pixels")
     save_figure(fig, path, config.dpi)
 
 
-def target_ratio_figure(stats: pd.DataFrame, config: ReportConfig, path: Path) -> None:
+def target_ratio_figure(stats: pd.DataFrame, config: ReportConfig, path: Path, target: str = CLASS_NAMES[TARGET]) -> None:
     train = stats[(stats["scheme"] == "train") & ~stats["skip"]]
     cities = sorted(train["city"].unique())
     fig, ax = plt.subplots(figsize=(1.6 * max(3, len(cities)), 3.5))
     ax.boxplot([100 * train.loc[train["city"] == c, "target_ratio"].to_numpy() for c in cities], showfliers=True)
     ax.set_xticks(range(1, len(cities) + 1), cities)
-    ax.set_ylabel("building pixels per tile (%)")
+    ax.set_ylabel(f"{target} pixels per tile (%)")
     ax.set_title("Target ratio of train tiles per city")
     save_figure(fig, path, config.dpi)
 
@@ -202,12 +206,14 @@ def write_report(dataset: PreparedDataset, config: ReportConfig) -> Path:
     scenes = dataset.scenes()
     stats = dataset.statistics()
     norm = dataset.normalization()
+    names = class_names(dataset.manifest.get("classes"), f"{dataset.manifest_path} classes")
+    background, target = names[0], names[TARGET]
 
     for sid in scenes["scene_id"]:
         quicklook(dataset, sid, recipe, config, out / "quicklooks" / f"{sid}.png")
     train_tiles = stats[(stats["scheme"] == "train") & ~stats["skip"]]
-    histograms(sample_pixels(dataset, train_tiles, config, recipe.count), recipe, config, out / "histograms.png")
-    target_ratio_figure(stats, config, out / "target_ratio.png")
+    histograms(sample_pixels(dataset, train_tiles, config, recipe.count), recipe, config, out / "histograms.png", names)
+    target_ratio_figure(stats, config, out / "target_ratio.png", target)
     nodata_figure(scenes, config, out / "nodata.png")
 
     size = scenes["height"] * scenes["width"]
@@ -216,12 +222,12 @@ def write_report(dataset: PreparedDataset, config: ReportConfig) -> Path:
         "size (px)": scenes["height"].astype(str) + " x " + scenes["width"].astype(str),
         "nodata %": 100 * scenes["n_nodata"] / size,
         "NaN/inf px": scenes["n_nonfinite"],
-        "building % of valid": 100 * scenes.get("n_building", 0) / scenes["n_valid"].clip(lower=1),
+        f"{target} % of valid": 100 * scenes.get("n_building", 0) / scenes["n_valid"].clip(lower=1),
         "labels intersect": scenes.get("intersects", True),
     })
     per_city = stats[stats["scheme"] == "train"].groupby("city").agg(
         fold=("fold", "first"), split=("split", "first"), tiles=("tile_id", "count"), skipped=("skip", "sum"),
-        with_buildings=("target_ratio", lambda r: int((r > 0).sum())), mean_target_pct=("target_ratio", lambda r: 100 * r.mean()),
+        **{f"with_{plural(target)}": ("target_ratio", lambda r: int((r > 0).sum()))}, mean_target_pct=("target_ratio", lambda r: 100 * r.mean()),
     ).reset_index()
     norm_table = pd.DataFrame({"band": list(recipe.bands), "mean": norm.mean, "std": norm.std})
     quality_text = "Not measured (run the `quality` step)."
@@ -235,7 +241,7 @@ def write_report(dataset: PreparedDataset, config: ReportConfig) -> Path:
     quick = "\n".join(f"![{sid}](quicklooks/{sid}.png)" for sid in scenes["scene_id"])
     text = f"""# Prepared dataset report
 
-Dataset: `{dataset.root}`. Band recipe `{recipe.name}`: {', '.join(recipe.bands)} ({recipe.units}).
+Dataset: `{dataset.root}`. Classes: 0 {background}, 1 {target}. Band recipe `{recipe.name}`: {', '.join(recipe.bands)} ({recipe.units}).
 {len(scenes)} scenes, {scenes['city'].nunique()} cities, {len(stats)} tiles ({int(stats['skip'].sum())} skipped).
 
 ## Scenes
@@ -251,7 +257,7 @@ separately above.
 
 ![target ratio per city](target_ratio.png)
 
-## Backscatter of buildings vs background
+## Backscatter of {plural(target)} vs {background}
 ![histograms](histograms.png)
 
 ## Label quality

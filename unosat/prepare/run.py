@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rasterio.transform import Affine
 
-from unosat.classes import CLASS_NAMES, IGNORE_INDEX
+from unosat.classes import CLASS_NAMES, IGNORE_INDEX, class_names
 from unosat.errors import UnosatError
 from unosat.io.atomic import atomic_path, remove_stale_temporaries, write_json_atomic
 from unosat.io.lock import output_lock
@@ -69,6 +70,7 @@ def prepare_steps(cfg: DictConfig, raw_dir: Path, out_dir: Path, requested: list
     ensure_demo_raw(cfg, raw_dir)
 
     discovery = instantiate(cfg.discovery)
+    classes = class_names((cfg.get("classes") or {}).get("names"))
     recipe = instantiate(cfg.bands)
     labels = instantiate(cfg.labels)
     tiling = instantiate(cfg.tiling)
@@ -107,7 +109,7 @@ def prepare_steps(cfg: DictConfig, raw_dir: Path, out_dir: Path, requested: list
                     sorted({r for r in requested for s in extra if s in downstream(r)}, key=STEPS.index))
     tokens = step_tokens(settings, scene_ids, set(previous) | set(steps))
     done = {s: tokens[s] for s in previous if s not in steps}  # the steps this run does are not done until they are
-    write_manifest(dataset, settings, scenes, raw_dir, done)
+    write_manifest(dataset, settings, scenes, raw_dir, done, classes=classes)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -117,7 +119,7 @@ def prepare_steps(cfg: DictConfig, raw_dir: Path, out_dir: Path, requested: list
         timings[name] = round(now - clock, 3)
         clock = now
         done[name] = tokens[name]
-        write_manifest(dataset, settings, scenes, raw_dir, done, timings)
+        write_manifest(dataset, settings, scenes, raw_dir, done, timings, classes)
 
     if "bands" in steps:
         raw_input = discovery.raw_input()
@@ -277,13 +279,16 @@ def previous_steps(dataset: PreparedDataset, overwrite: bool) -> dict[str, str |
 
 
 def write_manifest(dataset: PreparedDataset, settings: dict, scenes, raw_dir: Path, done: dict[str, str],
-                   timings: dict | None = None) -> None:
-    """Write ``dataset.json``: the settings, the scenes, and the steps done with their tokens."""
+                   timings: dict | None = None, classes: Sequence[str] = CLASS_NAMES) -> None:
+    """Write ``dataset.json``: the settings, the class names, the scenes, and the steps done with their tokens.
+
+    The class names are not a setting the masks are made with (re-running with other names only renames:
+    ``steps=[report]`` redraws the report with them), so they are recorded beside the settings."""
     manifest = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "recipe": settings["recipe"],
-        "classes": list(CLASS_NAMES),
+        "classes": list(classes),
         "ignore_index": IGNORE_INDEX,
         "raw_dir": str(raw_dir),
         "scenes": [s.scene_id for s in scenes],

@@ -19,7 +19,7 @@ import pandas as pd
 from rasterio.windows import Window
 
 from unosat.bands import Normalization
-from unosat.classes import BUILDING, IGNORE_INDEX
+from unosat.classes import IGNORE_INDEX, TARGET
 from unosat.errors import UnosatError
 from unosat.io.atomic import write_json_atomic
 from unosat.io.raster import open_raster, read_window
@@ -111,7 +111,7 @@ def tile_statistics(image: np.ndarray, mask: np.ndarray, n_pixels: int, band_nam
     if not labelled:
         target_ratio = float("nan")
     else:
-        target_ratio = float(np.count_nonzero(mask[valid] == BUILDING) / n_valid) if n_valid else 0.0
+        target_ratio = float(np.count_nonzero(mask[valid] == TARGET) / n_valid) if n_valid else 0.0
     row = {"n_valid": n_valid, "nodata_ratio": 1.0 - n_valid / n_pixels, "target_ratio": target_ratio}
     values = image[:, valid].astype(np.float64)  # (C, n_valid)
     constant = True

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from unosat.bands import to_db
-from unosat.classes import BUILDING, IGNORE_INDEX
+from unosat.classes import IGNORE_INDEX, TARGET
 from unosat.data.tile_dataset import TileDataset
 
 
@@ -37,8 +37,8 @@ def vv_histograms(dataset: TileDataset, edges: np.ndarray, band: int) -> tuple[n
         if dataset.recipe.units == "linear":
             values = to_db(values)
         valid = (mask != IGNORE_INDEX) & np.isfinite(values)
-        building += np.histogram(values[valid & (mask == BUILDING)], edges)[0]
-        background += np.histogram(values[valid & (mask != BUILDING)], edges)[0]
+        building += np.histogram(values[valid & (mask == TARGET)], edges)[0]
+        background += np.histogram(values[valid & (mask != TARGET)], edges)[0]
     return building, background
 
 

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 
-from unosat.classes import BUILDING, IGNORE_INDEX  # noqa: E402
+from unosat.classes import IGNORE_INDEX, TARGET  # noqa: E402
 from unosat.training.figures import save_and_log_figure  # noqa: E402
 
 
@@ -42,7 +42,7 @@ def overlay(gray: np.ndarray, mask: np.ndarray, color: tuple[float, float, float
 
 def tile_iou(pred: np.ndarray, target: np.ndarray) -> float:
     valid = target != IGNORE_INDEX
-    p, t = (pred == BUILDING) & valid, (target == BUILDING) & valid
+    p, t = (pred == TARGET) & valid, (target == TARGET) & valid
     union = (p | t).sum()
     return float((p & t).sum() / union) if union else float("nan")
 
@@ -97,9 +97,9 @@ class PredictionGrid(pl.Callback):
         for r, (sample, pred) in enumerate(zip(samples, preds)):
             gray = display_band(sample["image"][band].numpy())
             target = sample["mask"].numpy()
-            gt = target == BUILDING
+            gt = target == TARGET
             shown_gt = np.where(target == IGNORE_INDEX, 0.5, gt.astype(float))
-            panels = [gray, overlay(gray, pred == BUILDING, (1, 0.1, 0.1)), pred == BUILDING,
+            panels = [gray, overlay(gray, pred == TARGET, (1, 0.1, 0.1)), pred == TARGET,
                       overlay(gray, gt, (0.1, 1, 0.1)), shown_gt]
             if edges is not None:
                 panels.append(edges[r])

@@ -29,7 +29,7 @@ from unosat.checkpoint import (
     load_checkpoint,
     newest_loadable,
 )
-from unosat.classes import CLASS_NAMES, IGNORE_INDEX
+from unosat.classes import CLASS_NAMES, IGNORE_INDEX, TARGET
 from unosat.errors import UnosatError
 from unosat.io.atomic import write_json_atomic, write_text_atomic
 from unosat.io.lock import launched_as_rank_zero, output_lock
@@ -113,7 +113,7 @@ def train(cfg: DictConfig, ckpt_path: Path | None, checkpoint: dict | None) -> f
         scheduler_interval=cfg.scheduler.interval if cfg.get("scheduler") else "step",
         num_classes=len(CLASS_NAMES),
         ignore_index=IGNORE_INDEX,
-        class_names=CLASS_NAMES,
+        class_names=getattr(datamodule, "class_names", CLASS_NAMES),
         channels_last=bool(cfg.get("channels_last", False)),
         metadata={"model": spec, "task": task, "config": OmegaConf.to_container(cfg, resolve=True)},
     )
@@ -144,12 +144,13 @@ def train(cfg: DictConfig, ckpt_path: Path | None, checkpoint: dict | None) -> f
     summary: dict = {"output_dir": str(output_dir), "model": model_cfg.get("_target_")}
     if cfg.get("baseline", True) and trainer.is_global_zero and task == "segmentation":
         base = vv_threshold_baseline(datamodule.train_dataset, datamodule.val_dataset)
+        target = getattr(datamodule, "class_names", CLASS_NAMES)[TARGET]
         summary["baseline"] = {"vv_threshold_db": base.threshold_db, "direction": base.direction,
-                               "train_iou_building": base.train_iou, "val_iou_building": base.val_iou}
-        log.info("baseline (one VV threshold, target %s %.2f dB, chosen on the training tiles): val building IoU %.4f",
-                 base.direction, base.threshold_db, base.val_iou)
+                               f"train_iou_{target}": base.train_iou, f"val_iou_{target}": base.val_iou}
+        log.info("baseline (one VV threshold, target %s %.2f dB, chosen on the training tiles): val %s IoU %.4f",
+                 base.direction, base.threshold_db, target, base.val_iou)
         for lg in loggers:
-            lg.log_metrics({"baseline/val_iou_building": base.val_iou, "baseline/vv_threshold_db": base.threshold_db}, step=0)
+            lg.log_metrics({f"baseline/val_iou_{target}": base.val_iou, "baseline/vv_threshold_db": base.threshold_db}, step=0)
 
     try:
         summary.update(fit_and_test(cfg, trainer, module, datamodule, ckpt_path))
