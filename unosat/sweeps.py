@@ -62,14 +62,14 @@ def parse_search_space(overrides: Iterable[str]) -> SearchSpace:
     """
     import optuna.distributions as od
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
+    from hydra.errors import HydraException
 
     parser = OverridesParser.create()
     space = SearchSpace()
     for line in overrides:
         try:
             override = parser.parse_override(line)
-        except OverrideParseException as err:
+        except HydraException as err:  # OverrideParseException, or the grammar's own error
             raise UnosatError(f"search space: cannot parse '{line}': {str(err).splitlines()[0]}") from None
         if not override.is_sweep_override():
             space.fixed.append(line)
