@@ -228,3 +228,22 @@ def test_without_a_pruner_or_a_storage_jobs_get_no_trial_and_the_callback_does_n
     optuna.create_study(study_name="unosat", storage=f"sqlite:///{tmp_path}/optuna.db")
     with pytest.raises(UnosatError, match=r"study 'unosat' has no trial 0"):
         attach_trial(f"sqlite:///{tmp_path}/optuna.db", "unosat", 0)
+
+
+@pytest.mark.parametrize("name", ["tpe_seeded", "tpe", "random", "cmaes", "grid"])
+def test_each_configured_sampler_runs_a_study(tmp_path, name):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from unosat.config import CONF_DIR
+
+    if name == "cmaes":
+        pytest.importorskip("cmaes")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", ["hparams_search=optuna", f"hydra/sweeper/sampler={name}"], return_hydra_config=True)
+    sampler = OmegaConf.to_container(cfg.hydra.sweeper.sampler)
+    params = {"x": "choice(1, 2, 3)"} if name == "grid" else {"x": "interval(0.0, 1.0)", "y": "choice(1, 2)"}
+    study = run_study(settings(tmp_path, 5, params, sampler=sampler), [], FakeLauncher(lambda o: float(o["x"])))
+    # the grid stops when exhausted (3 points), the others run the 5 trials asked for
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * (3 if name == "grid" else 5)
+    assert len({t.params["x"] for t in study.trials}) == len(study.trials)
