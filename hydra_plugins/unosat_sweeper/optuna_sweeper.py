@@ -52,7 +52,7 @@ class UnosatOptunaSweeper(Sweeper):
         assert self.launcher is not None and self.config is not None, "setup() first"
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        write_text_atomic(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config))
         study = run_study(self.settings, list(arguments),
                           lambda jobs, first: self.launcher.launch(jobs, initial_job_idx=first))
         results = results_summary(study)
