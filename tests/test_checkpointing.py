@@ -157,6 +157,12 @@ def test_newest_loadable_skips_a_truncated_last_and_a_leftover_temporary(tmp_pat
     (folder / "best-epoch000.ckpt").write_bytes(b"")
     with pytest.raises(UnosatError, match=r"none of the 2 checkpoint\(s\) loads"):
         newest_loadable(candidates, "ckpt_path=last", temporaries)
+    # when asked to (ckpt_path=last while training), nothing loadable means a fresh start, every file named
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="unosat.checkpoint"):
+        assert newest_loadable(candidates, "ckpt_path=last", temporaries, fresh_start=True) == (None, None)
+    assert (f"ckpt_path=last: no checkpoint that loads (skipped: {last}, {folder / 'best-epoch000.ckpt'}, "
+            f"{folder / '.last.ckpt.tmp-123-abcd.ckpt'}); starting from scratch") in caplog.text
 
 
 # ------------------------------------------------------------------------------- SLURM requeue

@@ -176,6 +176,36 @@ def test_resume_skips_a_truncated_last_ckpt_and_refuses_a_finished_run(tiny_prep
     assert resumed["epoch"] == 1 and resumed["global_step"] == 4
 
 
+def test_resume_last_with_only_a_leftover_temporary_starts_from_scratch_with_a_warning(tiny_prepared_db, tmp_path,
+                                                                                      caplog):
+    import logging
+
+    # a kill during the very first checkpoint write leaves only the temporary file of the atomic write
+    folder = tmp_path / "logs" / "train" / "runs" / "killed" / "checkpoints"
+    folder.mkdir(parents=True)
+    leftover = folder / ".last.ckpt.tmp-4242-abcd.ckpt"
+    leftover.write_bytes(b"PK\x03\x04 partial")
+    with caplog.at_level(logging.WARNING):
+        run(train_cfg(tiny_prepared_db, tmp_path, "ckpt_path=last", "seed=5", "baseline=false", run_name="resumed"))
+    assert (f"no checkpoint that loads (skipped: {leftover}); starting from scratch") in caplog.text
+    resumed = load_checkpoint(tmp_path / "logs" / "train" / "runs" / "resumed" / "checkpoints" / "last.ckpt")
+    # a fresh start equals a run that was never interrupted (same seed)
+    run(train_cfg(tiny_prepared_db, tmp_path, "seed=5", "baseline=false", run_name="plain"))
+    plain = load_checkpoint(tmp_path / "logs" / "train" / "runs" / "plain" / "checkpoints" / "last.ckpt")
+    assert resumed["epoch"] == plain["epoch"] == 0
+    assert all(torch.equal(resumed["state_dict"][k], plain["state_dict"][k]) for k in plain["state_dict"])
+    # weights to score, a best checkpoint, or a named file that does not load are still refused
+    with pytest.raises(UnosatError, match=r"ckpt_path=best .*: no best-\*.ckpt of an earlier training run"):
+        run(train_cfg(tiny_prepared_db, tmp_path / "empty", "ckpt_path=best", run_name="b"))
+    with pytest.raises(UnosatError, match=r"none of the 1 checkpoint\(s\) loads"):
+        (tmp_path / "x" / "logs" / "train" / "runs" / "k" / "checkpoints").mkdir(parents=True)
+        (tmp_path / "x" / "logs" / "train" / "runs" / "k" / "checkpoints" / "last.ckpt").write_bytes(b"broken")
+        run(train_cfg(tiny_prepared_db, tmp_path / "x", "ckpt_path=last", "train=false", "test=true", run_name="t"))
+    with pytest.raises(UnosatError, match=r"broken.ckpt: not a readable PyTorch checkpoint"):
+        (tmp_path / "broken.ckpt").write_bytes(b"PK\x03\x04")
+        run(train_cfg(tiny_prepared_db, tmp_path, f"ckpt_path={tmp_path / 'broken.ckpt'}", run_name="named"))
+
+
 def test_test_only_scores_the_checkpoint_weights_as_a_direct_evaluation(tiny_prepared_db, tmp_path, capsys):
     from hydra.utils import instantiate
 
@@ -370,12 +400,11 @@ def test_multirun_runs_each_job_in_its_own_directory(tiny_prepared_db, tmp_path)
 
 
 def test_optuna_sweep_records_trials_and_survives_a_failed_one(tiny_prepared_db, tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    pytest.importorskip("optuna")
     sweep = tmp_path / "optuna"
     args = ["-m", "hparams_search=optuna", f"data.dir={tiny_prepared_db}", f"hydra.sweep.dir={sweep}",
-            # seed 10: the first two (random) trials draw both values (the grid sampler cannot be used: the
-            # plugin crashes when the last grid trial fails)
-            "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.seed=10",
+            # the grid: each value once, the failing one last or not (the sweep goes on either way)
+            "hydra.sweeper.n_trials=2", "hydra/sweeper/sampler=grid",
             "~search_space", "+search_space={loss.label_smoothing:'choice(0.0,1.5)'}",
             *[o for o in FAST if not o.startswith("trainer.max")], "debug=limit", "trainer.max_epochs=1"]
     proc = cli(args, tmp_path)
@@ -384,13 +413,14 @@ def test_optuna_sweep_records_trials_and_survives_a_failed_one(tiny_prepared_db,
     assert db.is_file()
     states = [r[0] for r in sqlite3.connect(db).execute("select state from trials order by number")]
     assert sorted(states) == ["COMPLETE", "FAIL"]
-    assert "best_value" in (sweep / "optimization_results.yaml").read_text()
+    results = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert results.best_params == {"loss.label_smoothing": 0.0} and results.trials == {"COMPLETE": 1, "FAIL": 1}
+    assert results.best_value == summary(sweep / str(results.best_trial))["best_score"]
     assert "label_smoothing must be in [0, 1)" in proc.stderr + proc.stdout
 
 
 def test_an_interrupted_optuna_study_finishes_its_n_trials_on_rerun(tiny_prepared_db, tmp_path):
     optuna = pytest.importorskip("optuna")
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep = tmp_path / "optuna"
     sweep.mkdir()
     # what a sweep killed during its second trial leaves: trial 0 complete (job directory 0), trial 1 RUNNING
@@ -415,6 +445,11 @@ def test_an_interrupted_optuna_study_finishes_its_n_trials_on_rerun(tiny_prepare
         assert [p.name for p in (sweep / job).iterdir()] == ["earlier.txt"]
     assert (sweep / "2" / "summary.json").is_file() and (sweep / "3" / "summary.json").is_file()
     assert "trial 1 was left RUNNING by an interrupted sweep; marked FAIL" in proc.stdout + proc.stderr
+    # each new job's training run re-attached to its trial and reported its epoch's optimized_metric (pruning)
+    trials = optuna.load_study(study_name="unosat", storage=f"sqlite:///{sweep}/optuna.db").trials
+    for trial in trials[2:]:
+        assert list(trial.intermediate_values) == [0]
+        assert trial.intermediate_values[0] == pytest.approx(summary(sweep / str(trial.number))["best_score"])
 
 
 def _ddp_args(data_dir: Path, run_dir: Path) -> list[str]:

@@ -135,12 +135,15 @@ def checkpoint_files(directories: list[Path], pattern: str) -> tuple[list[Path],
     return found, sorted(temporaries)
 
 
-def newest_loadable(candidates: list[Path], what: str, temporaries: list[Path] = ()) -> tuple[Path, dict]:
+def newest_loadable(candidates: list[Path], what: str, temporaries: list[Path] = (),
+                    fresh_start: bool = False) -> tuple[Path | None, dict | None]:
     """The first of ``candidates`` (newest first) that :func:`load_checkpoint` reads, and its content.
 
     Each candidate skipped on the way (truncated, empty, not unosat's) and each leftover temporary is named in
-    a warning with the reason; :class:`UnosatError` only when none loads. ``what`` describes the request in
-    messages (e.g. ``ckpt_path=last under logs/train``).
+    a warning with the reason. When none loads: :class:`UnosatError`, or with ``fresh_start`` (what Lightning
+    does for ``ckpt_path="last"`` with nothing there, e.g. after a kill during the very first checkpoint
+    write) a warning naming every skipped file and (None, None): training starts from scratch. ``what``
+    describes the request in messages (e.g. ``ckpt_path=last under logs/train``).
     """
     for tmp in temporaries:
         log.warning("%s: ignoring %s, a temporary file left by a checkpoint write that was interrupted", what, tmp)
@@ -158,6 +161,11 @@ def newest_loadable(candidates: list[Path], what: str, temporaries: list[Path] =
         else:
             log.info("%s: using %s, the newest checkpoint", what, path)
         return path, checkpoint
+    if fresh_start:
+        files = [str(p) for p in (*candidates, *temporaries)]
+        log.warning("%s: no checkpoint that loads%s; starting from scratch", what,
+                    f" (skipped: {', '.join(files)})" if files else "")
+        return None, None
     if not candidates:
         raise UnosatError(f"{what}: no checkpoint found")
     raise UnosatError(f"{what}: none of the {len(candidates)} checkpoint(s) loads ({'; '.join(skipped)})")

@@ -62,7 +62,7 @@ def run(cfg: DictConfig) -> float | None:
             # a file named by the user: its run is locked before the file is even read
             hold.enter_context(output_lock(resumed_run_dir(named), "train.py resuming it"))
             locked = True
-        ckpt_path, checkpoint = resolve_ckpt_path(value, Path(cfg.paths.log_dir), output_dir)
+        ckpt_path, checkpoint = resolve_ckpt_path(value, Path(cfg.paths.log_dir), output_dir, training)
         if ckpt_path is None and training:
             ckpt_path, checkpoint = requeued_checkpoint(output_dir)
         if ckpt_path is not None and training and not locked and launched_as_rank_zero():
@@ -281,10 +281,11 @@ def requeued_checkpoint(output_dir: Path) -> tuple[Path | None, dict | None]:
     hpc, hpc_tmp = checkpoint_files([output_dir], "hpc_ckpt_*.ckpt")
     own, own_tmp = checkpoint_files([output_dir / "checkpoints"], "*.ckpt")
     candidates = sorted(hpc + own, key=lambda p: (p.stat().st_mtime, p.name.startswith("hpc_ckpt")), reverse=True)
-    if not candidates:
+    if not candidates and not hpc_tmp + own_tmp:
         log.info("SLURM restart %d: no checkpoint in %s yet, starting from scratch", restarts, output_dir)
         return None, None
-    return newest_loadable(candidates, f"SLURM restart {restarts} of {output_dir}", hpc_tmp + own_tmp)
+    return newest_loadable(candidates, f"SLURM restart {restarts} of {output_dir}", hpc_tmp + own_tmp,
+                           fresh_start=True)
 
 
 def check_resumable(checkpoint: dict, path: Path, max_epochs) -> None:
@@ -321,12 +322,16 @@ def model_config_for_data(model_cfg: dict, datamodule) -> dict:
     return model_cfg
 
 
-def resolve_ckpt_path(value, log_dir: Path, output_dir: Path) -> tuple[Path | None, dict | None]:
+def resolve_ckpt_path(value, log_dir: Path, output_dir: Path, training: bool = True) -> tuple[Path | None, dict | None]:
     """The checkpoint to resume from (or to score with ``train=false``) and its content.
 
     ``null`` -> (None, None). ``last``: the newest checkpoint of earlier training runs under
     ``<log_dir>/train`` that loads (``last.ckpt`` or ``best-*``; broken files and leftover temporaries are
-    skipped with a warning naming them). ``best``: the same among ``best-*.ckpt``. Otherwise a path.
+    skipped with a warning naming them); when training and none loads (none written yet, or a kill during
+    the very first checkpoint write left only a temporary file), a warning naming the skipped files and
+    (None, None): the run starts from scratch, as Lightning does for ``ckpt_path="last"``. ``best``: the
+    newest loadable ``best-*.ckpt``, refused when there is none. Otherwise a path, refused when it does not
+    load. With ``training`` false (weights to score) ``last`` is refused too when nothing loads.
     """
     if value in (None, "", "null"):
         return None, None
@@ -336,9 +341,10 @@ def resolve_ckpt_path(value, log_dir: Path, output_dir: Path) -> tuple[Path | No
         pattern = "*.ckpt" if str(value) == "last" else "best-*.ckpt"
         candidates, temporaries = checkpoint_files(directories, pattern)
         what = f"ckpt_path={value} (under {log_dir / 'train'})"
-        if not candidates:
+        fresh_start = str(value) == "last" and training
+        if not candidates and not fresh_start:
             raise UnosatError(f"{what}: no {pattern} of an earlier training run")
-        return newest_loadable(candidates, what, temporaries)
+        return newest_loadable(candidates, what, temporaries, fresh_start=fresh_start)
     path = Path(value).expanduser()
     if not path.is_file():
         raise UnosatError(f"ckpt_path {path} does not exist")
