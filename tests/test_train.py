@@ -71,6 +71,18 @@ def test_fast_dev_run(tiny_prepared_db, tmp_path):
     assert not list((tmp_path / "logs").rglob("*.ckpt"))
 
 
+def test_debug_overfit_reaches_its_criterion(tiny_prepared_db, tmp_path, caplog):
+    # the demo's own figure is in conf/debug/overfit.yaml (75 s, loss ratio 0.13); here on the tiny demo
+    cfg = train_cfg(tiny_prepared_db, tmp_path, "debug=overfit", "trainer.max_epochs=40", "data.batch_size=8",
+                    "baseline=false")
+    assert cfg.trainer.overfit_batches == 3 and not cfg.scheduler and cfg.optimizer.lr == 3e-3
+    with caplog.at_level("INFO", logger="unosat.training.overfit_check"):
+        run(cfg)
+    line = next(r.getMessage() for r in caplog.records if "overfit check" in r.getMessage())
+    ratio = float(re.search(r"ratio ([0-9.]+)", line).group(1))
+    assert line.startswith("overfit check PASS") and ratio <= 0.2, line
+
+
 def test_training_run_writes_checkpoints_grid_baseline_and_returns_the_metric(tiny_prepared_db, tmp_path):
     cfg = train_cfg(tiny_prepared_db, tmp_path, "trainer.max_epochs=2", "test=true")
     value = run(cfg)
