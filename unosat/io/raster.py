@@ -202,7 +202,7 @@ def memmap_geotiff(path: Path | str) -> np.ndarray | None:
     return np.memmap(path, dtype=dtype, mode="r", offset=int(offsets[0]), shape=(rows, cols, bands))
 
 
-#: GeoTIFF metadata tag holding the JSON parameters an output was made with (see :mod:`unosat.prepare.outputs`).
+#: GeoTIFF metadata tag holding the JSON parameters an output was made with (see :mod:`unosat.io.provenance`).
 PARAMS_TAG = "UNOSAT_PARAMS"
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 
 from unosat.errors import UnosatError
+from unosat.io.provenance import digest, stored_params
 from unosat.io.raster import open_raster
-from unosat.prepare.outputs import digest, stored_params
 from unosat.prepared import PreparedDataset
 
 #: the steps whose outputs training reads

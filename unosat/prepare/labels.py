@@ -27,9 +27,9 @@ from rasterio.windows import transform as window_transform
 
 from unosat.classes import IGNORE_INDEX, TARGET
 from unosat.errors import UnosatError
+from unosat.io.provenance import digest, file_identity, needs_work, stored_params
 from unosat.io.raster import PARAMS_TAG, Grid, open_raster, read_window, row_blocks, stack_profile, write_rows
 from unosat.io.vectors import read_polygons
-from unosat.prepare.outputs import digest, file_identity, needs_work, stored_params
 
 #: where labels come from: polygon files, label rasters, or a prepared dataset's masks (evaluation only)
 LABEL_SOURCES = ("vector", "raster", "prepared", "none")

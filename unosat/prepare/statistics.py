@@ -22,8 +22,8 @@ from unosat.bands import Normalization
 from unosat.classes import IGNORE_INDEX, TARGET
 from unosat.errors import UnosatError
 from unosat.io.atomic import write_json_atomic
+from unosat.io.provenance import digest, needs_work, stored_params
 from unosat.io.raster import open_raster, read_window
-from unosat.prepare.outputs import digest, needs_work, stored_params
 
 TEST_FOLD = -1
 
