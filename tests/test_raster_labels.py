@@ -141,9 +141,9 @@ def test_labels_that_cover_part_of_the_scene_leave_the_rest_ignored(scene_4326, 
 def test_evaluation_against_a_label_raster_leaves_its_unknown_pixels_out(tmp_path):
     from test_evaluate import TRANSFORM, numpy_confusion, write_mask
 
+    from unosat.io.labels import LabelsConfig
     from unosat.predict.evaluate import evaluate_city
     from unosat.predict.vectorize import VectorizeConfig, vectorize
-    from unosat.prepare.labels import LabelsConfig
 
     truth = np.zeros((32, 40), dtype="int16")
     truth[2:6, 2:6] = truth[10:14, 16:26] = truth[20:23, 8:11] = 1

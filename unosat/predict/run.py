@@ -45,6 +45,7 @@ from unosat.classes import CLASS_NAMES, TARGET, class_names, plural
 from unosat.errors import UnosatError, find_user_error
 from unosat.io.atomic import is_temporary, remove_stale_temporaries, write_json_atomic
 from unosat.io.cog import CogOptions, CogRowWriter, write_cog
+from unosat.io.labels import LabelsConfig
 from unosat.io.lock import LOCK_NAME, launched_as_rank_zero, output_lock
 from unosat.io.provenance import canonical, digest, needs_work
 from unosat.io.raster import PARAMS_TAG, Grid, gdal_env, open_raster, read_window, row_blocks
@@ -73,7 +74,6 @@ from unosat.predict.probability import check_dtype, encode_probability, probabil
 from unosat.predict.sliding_window import NodataSkip, SceneStats, WindowConfig, predict_scene
 from unosat.predict.tracking import TrackingConfig, log_evaluation
 from unosat.predict.vectorize import VectorizeConfig, vectorize
-from unosat.prepare.labels import LabelsConfig
 from unosat.prepared import PreparedDataset
 from unosat.scenes import check_scene_polarisations, find_label_file, find_raster_label
 
