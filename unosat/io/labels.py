@@ -10,6 +10,7 @@ them (:mod:`unosat.predict.evaluate`).
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,3 +192,25 @@ class RasterAligner:
         mask = target.astype(np.uint8) * TARGET
         mask[unknown] = IGNORE_INDEX
         return mask
+
+
+def decimated_mask(src, factor: int, rows_per_read: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """``(building, nodata)`` booleans of a mask decimated by ``factor``, read by row blocks.
+
+    A decimated pixel is building if any of its ``factor`` x ``factor`` pixels is (small buildings stay
+    visible), nodata if most of them are ignore (255).
+    """
+    out_h, out_w = math.ceil(src.height / factor), math.ceil(src.width / factor)
+    building = np.zeros((out_h, out_w), dtype=bool)
+    nodata = np.zeros((out_h, out_w), dtype=bool)
+    step = rows_per_read * factor
+    for row_off in range(0, src.height, step):
+        n = min(step, src.height - row_off)
+        block = read_window(src, Window(0, row_off, src.width, n), 1)
+        pad = np.full((math.ceil(n / factor) * factor, out_w * factor), IGNORE_INDEX, dtype=block.dtype)
+        pad[:n, : src.width] = block
+        cells = pad.reshape(pad.shape[0] // factor, factor, out_w, factor)
+        r0 = row_off // factor
+        building[r0 : r0 + cells.shape[0]] = (cells == TARGET).any(axis=(1, 3))
+        nodata[r0 : r0 + cells.shape[0]] = (cells == IGNORE_INDEX).mean(axis=(1, 3)) > 0.5
+    return building, nodata

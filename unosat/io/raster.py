@@ -145,6 +145,19 @@ def row_blocks(height: int, rows: int) -> Iterator[tuple[int, int]]:
         yield r, min(rows, height - r)
 
 
+def train_offsets(length: int, size: int, min_overlap: int) -> list[int]:
+    """Start offsets of train tiles along one axis of ``length`` pixels.
+
+    ``n = ceil((length - size) / (size - min_overlap)) + 1`` tiles, spread evenly from 0 to
+    ``length - size`` (rounded), so neighbours overlap by at least ``min_overlap``. For the UNOSAT scenes
+    (10980 px, 512/32) that is 23 tiles per axis.
+    """
+    if length <= size:
+        return [0]
+    n = math.ceil((length - size) / (size - min_overlap)) + 1
+    return sorted({round(i * (length - size) / (n - 1)) for i in range(n)})
+
+
 def geotiff_profile(grid: Grid, count: int, dtype: str, nodata: float | int | None) -> dict:
     """The rasterio profile of an uncompressed GeoTIFF of ``count`` bands on ``grid`` (BigTIFF when needed)."""
     return {

@@ -24,6 +24,7 @@ from rasterio.windows import Window  # noqa: E402
 from unosat.bands import BandRecipe, to_db  # noqa: E402
 from unosat.classes import CLASS_NAMES, IGNORE_INDEX, TARGET, class_names, plural  # noqa: E402
 from unosat.io.atomic import atomic_path, write_text_atomic  # noqa: E402
+from unosat.io.labels import decimated_mask  # noqa: E402
 from unosat.io.raster import open_raster, read_window  # noqa: E402
 from unosat.prepared import PreparedDataset  # noqa: E402
 
@@ -51,28 +52,6 @@ def save_figure(fig: plt.Figure, path: Path, dpi: int) -> None:
 def display_db(values: np.ndarray, recipe: BandRecipe) -> np.ndarray:
     """Band values in dB for display (linear recipes are converted; dB recipes are returned as they are)."""
     return values if recipe.units == "db" else to_db(values)
-
-
-def decimated_mask(src, factor: int, rows_per_read: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """``(building, nodata)`` booleans of a mask decimated by ``factor``, read by row blocks.
-
-    A decimated pixel is building if any of its ``factor`` x ``factor`` pixels is (small buildings stay
-    visible), nodata if most of them are ignore (255).
-    """
-    out_h, out_w = math.ceil(src.height / factor), math.ceil(src.width / factor)
-    building = np.zeros((out_h, out_w), dtype=bool)
-    nodata = np.zeros((out_h, out_w), dtype=bool)
-    step = rows_per_read * factor
-    for row_off in range(0, src.height, step):
-        n = min(step, src.height - row_off)
-        block = read_window(src, Window(0, row_off, src.width, n), 1)
-        pad = np.full((math.ceil(n / factor) * factor, out_w * factor), IGNORE_INDEX, dtype=block.dtype)
-        pad[:n, : src.width] = block
-        cells = pad.reshape(pad.shape[0] // factor, factor, out_w, factor)
-        r0 = row_off // factor
-        building[r0 : r0 + cells.shape[0]] = (cells == TARGET).any(axis=(1, 3))
-        nodata[r0 : r0 + cells.shape[0]] = (cells == IGNORE_INDEX).mean(axis=(1, 3)) > 0.5
-    return building, nodata
 
 
 def quicklook(dataset: PreparedDataset, scene_id: str, recipe: BandRecipe, config: ReportConfig, path: Path) -> None:

@@ -28,6 +28,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rasterio.transform import Affine
 
+from unosat.bands import pooled_normalization
 from unosat.classes import CLASS_NAMES, IGNORE_INDEX, class_names
 from unosat.errors import UnosatError
 from unosat.io.atomic import atomic_path, remove_stale_temporaries, write_json_atomic
@@ -39,13 +40,7 @@ from unosat.prepare.labels import LabelTask, make_label_mask
 from unosat.prepare.lineage import STEPS, downstream, plan_steps, step_tokens
 from unosat.prepare.parallel import map_scenes
 from unosat.prepare.report import write_report
-from unosat.prepare.statistics import (
-    StatsTask,
-    assign_folds,
-    merge_statistics,
-    pooled_normalization,
-    scene_tile_statistics,
-)
+from unosat.prepare.statistics import StatsTask, assign_folds, merge_statistics, scene_tile_statistics
 from unosat.prepare.tiling import tile_records
 from unosat.prepared import FORMAT, FORMAT_VERSION, PreparedDataset, read_table
 from unosat.scenes import discover_scenes, find_label_file, find_raster_label
