@@ -897,7 +897,7 @@ def test_gate_and_segmentation_checkpoints_are_not_confused(best_ckpt, gate_ckpt
 def test_default_checkpoint_is_the_latest_segmentation_run(trained, gate_ckpt, best_ckpt, tmp_path):
     import shutil
 
-    from unosat.predict.run import resolve_checkpoints
+    from unosat.predict.settings import resolve_checkpoints
 
     logs = Path(shutil.copytree(trained, tmp_path / "logs"))
     later = logs / "train" / "runs" / "z_tile_classifier" / "checkpoints"

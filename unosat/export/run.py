@@ -129,7 +129,7 @@ def metadata_for(model: LoadedModel, task: str, settings: DeepnessSettings, inpu
 
 def resolve_paths(cfg: DictConfig) -> tuple[Path, Path, Path]:
     """``(checkpoint, onnx output, model card)``; the checkpoint defaults to the latest training run's best."""
-    from unosat.predict.run import latest_segmentation_checkpoint
+    from unosat.predict.settings import latest_segmentation_checkpoint
 
     if cfg.get("ckpt") in (None, ""):
         log_dir = Path(cfg.paths.log_dir).expanduser()
