@@ -35,7 +35,8 @@ from unosat.io.labels import LabelsConfig, RasterAligner, VectorBurner
 from unosat.io.raster import Grid, gdal_env, open_raster, read_window, row_blocks
 from unosat.metrics import confusion_matrix, scores_from_confusion
 from unosat.predict.object_matching import match_polygons, object_scores
-from unosat.predict.vectorize import polygonize_strips, read_vectorized
+from unosat.predict.polygonize import polygonize_strips
+from unosat.predict.vectorize import read_vectorized
 
 log = logging.getLogger(__name__)
 
