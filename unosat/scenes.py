@@ -72,11 +72,6 @@ class Scene:
     def vv(self) -> Path:
         return self.sources["vv"][0]
 
-    @property
-    def files(self) -> list[Path]:
-        """The distinct files this scene reads."""
-        return sorted({p for p, _ in self.sources.values()})
-
     def fields(self) -> dict[str, str]:
         """Fields available to filename templates (``{city}``, ``{mgrs}``, ``{date}``, ``{scene_id}``...)."""
         return {

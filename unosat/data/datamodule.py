@@ -208,11 +208,6 @@ class UnosatDataModule(pl.LightningDataModule):
             raise UnosatError(f"data.normalization has {len(mean)} values but the dataset has {self.recipe.count} bands")
         return Normalization(tuple(mean), tuple(std), source="config")
 
-    # ------------------------------------------------------------- properties
-    @property
-    def num_bands(self) -> int:
-        return self.layout.recipe.count
-
     def data_recipe(self) -> dict:
         """What prediction needs to rebuild the model's input: bands, normalisation, tile size, classes, and
         the raw-input settings the dataset was prepared with (units, nodata; :mod:`unosat.raw_input`)."""

@@ -91,18 +91,6 @@ class Grid:
                        f"{offset:.3g} px apart)")
         return out
 
-    def to_json(self) -> dict:
-        return {
-            "crs": self.crs.to_wkt() if self.crs else None,
-            "transform": list(self.transform)[:6],
-            "width": self.width,
-            "height": self.height,
-        }
-
-    @classmethod
-    def from_json(cls, d: dict) -> Grid:
-        return cls(CRS.from_wkt(d["crs"]) if d["crs"] else None, Affine(*d["transform"]), d["width"], d["height"])
-
 
 def _crs_name(crs: CRS | None) -> str:
     if crs is None:
