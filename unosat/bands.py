@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from unosat.errors import UnosatError
-from unosat.raw_input import file_valid
+from unosat.raw_input import UNITS, file_valid
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -45,7 +45,6 @@ BAND_FORMULAS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "ratio": lambda vh, vv: np.divide(vv, vh, out=np.full_like(vv, np.nan), where=vh != 0),
 }
 
-UNITS = ("linear", "db")
 
 #: the polarisations each band needs (bands not listed need both)
 BAND_NEEDS: dict[str, tuple[str, ...]] = {"vh": ("vh",), "vv": ("vv",)}
