@@ -11,22 +11,21 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from rasterio.enums import Resampling
+from rasterio.windows import Window
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from rasterio.enums import Resampling  # noqa: E402
-from rasterio.windows import Window  # noqa: E402
-
-from unosat.bands import BandRecipe, to_db  # noqa: E402
-from unosat.classes import CLASS_NAMES, IGNORE_INDEX, TARGET, class_names, plural  # noqa: E402
-from unosat.io.atomic import atomic_path, write_text_atomic  # noqa: E402
-from unosat.io.labels import decimated_mask  # noqa: E402
-from unosat.io.raster import open_raster, read_window  # noqa: E402
-from unosat.prepared import PreparedDataset  # noqa: E402
+from unosat.bands import BandRecipe, to_db
+from unosat.classes import CLASS_NAMES, IGNORE_INDEX, TARGET, class_names, plural
+from unosat.io.atomic import atomic_path, write_text_atomic
+from unosat.io.labels import decimated_mask
+from unosat.io.raster import open_raster, read_window
+from unosat.prepared import PreparedDataset
 
 
 @dataclass(frozen=True)
@@ -42,11 +41,19 @@ class ReportConfig:
     seed: int = 0
 
 
-def save_figure(fig: plt.Figure, path: Path, dpi: int) -> None:
-    """Save a matplotlib figure atomically as PNG and close it."""
+def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] | None = None,
+             squeeze: bool = True) -> tuple[Figure, Any]:
+    """A figure drawn by the Agg canvas (no pyplot state, no global backend switch) and its axes, as
+    ``plt.subplots`` returns them."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
+
+
+def save_figure(fig: Figure, path: Path, dpi: int) -> None:
+    """Save a matplotlib figure atomically as PNG."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
-    plt.close(fig)
 
 
 def display_db(values: np.ndarray, recipe: BandRecipe) -> np.ndarray:
@@ -67,7 +74,7 @@ def quicklook(dataset: PreparedDataset, scene_id: str, recipe: BandRecipe, confi
     shown = display_db(image, recipe)
     finite = shown[np.isfinite(shown)]
     lo, hi = np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0)
-    fig, ax = plt.subplots(figsize=(7, 7 * shape[0] / shape[1]))
+    fig, ax = subplots(figsize=(7, 7 * shape[0] / shape[1]))
     ax.imshow(np.where(nodata, np.nan, shown), cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
     if building.any():
         ax.contour(building.astype(float), levels=[0.5], colors="yellow", linewidths=0.4)
@@ -107,7 +114,7 @@ def histograms(samples: dict, recipe: BandRecipe, config: ReportConfig, path: Pa
     background, target = class_names[0], class_names[TARGET]
     n = recipe.count
     cols = min(n, 3)
-    fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(4.5 * cols, 3.2 * math.ceil(n / cols)), squeeze=False)
+    fig, axes = subplots(math.ceil(n / cols), cols, figsize=(4.5 * cols, 3.2 * math.ceil(n / cols)), squeeze=False)
     for i, name in enumerate(recipe.bands):
         ax = axes.flat[i]
         bg = display_db(samples[0][:, i], recipe)
@@ -130,7 +137,7 @@ def histograms(samples: dict, recipe: BandRecipe, config: ReportConfig, path: Pa
 def target_ratio_figure(stats: pd.DataFrame, config: ReportConfig, path: Path, target: str = CLASS_NAMES[TARGET]) -> None:
     train = stats[(stats["scheme"] == "train") & ~stats["skip"]]
     cities = sorted(train["city"].unique())
-    fig, ax = plt.subplots(figsize=(1.6 * max(3, len(cities)), 3.5))
+    fig, ax = subplots(figsize=(1.6 * max(3, len(cities)), 3.5))
     ax.boxplot([100 * train.loc[train["city"] == c, "target_ratio"].to_numpy() for c in cities], showfliers=True)
     ax.set_xticks(range(1, len(cities) + 1), cities)
     ax.set_ylabel(f"{target} pixels per tile (%)")
@@ -140,7 +147,7 @@ def target_ratio_figure(stats: pd.DataFrame, config: ReportConfig, path: Path, t
 
 def nodata_figure(scenes: pd.DataFrame, config: ReportConfig, path: Path) -> None:
     frac = 100 * scenes["n_nodata"] / (scenes["height"] * scenes["width"])
-    fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(scenes)), 3.5))
+    fig, ax = subplots(figsize=(max(4, 0.45 * len(scenes)), 3.5))
     ax.bar(range(len(scenes)), frac)
     ax.set_xticks(range(len(scenes)), scenes["scene_id"], rotation=90, fontsize=7)
     ax.set_ylabel("nodata pixels (%)")
@@ -153,7 +160,7 @@ def quality_figure(quality: pd.DataFrame, band: str, config: ReportConfig, path:
     col = f"contrast_{band}_db" if f"contrast_{band}_db" in quality else next(c for c in quality if c.startswith("contrast_"))
     quality = quality.sort_values(["city", "scene_id"]).reset_index(drop=True)
     flagged = quality["quality_flag"].astype(str).str.lower() == "true"
-    fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(quality)), 3.8))
+    fig, ax = subplots(figsize=(max(4, 0.5 * len(quality)), 3.8))
     ax.bar(range(len(quality)), quality[col], color=np.where(flagged, "tab:red", "tab:blue"))
     for i, row in quality.iterrows():
         ax.annotate(f"({row.shift_rows},{row.shift_cols})", (i, row[col]), ha="center", va="bottom", fontsize=6)
@@ -164,6 +171,7 @@ def quality_figure(quality: pd.DataFrame, band: str, config: ReportConfig, path:
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
+    """``frame`` as a Markdown table (not ``DataFrame.to_markdown``: it needs ``tabulate``, not a dependency)."""
     cols = list(frame.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
     for row in frame.itertuples(index=False):
