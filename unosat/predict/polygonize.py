@@ -30,7 +30,7 @@ from rasterio.features import shapes
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from unosat.io.raster import read_window, row_blocks
+from unosat.io.raster import read_window, row_windows
 
 #: 4-connectivity (edge neighbours only), the default of ``rasterio.features.shapes``.
 FOUR_CONNECTED = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
@@ -63,8 +63,8 @@ def polygonize_strips(
     open_groups: dict[int, _Group] = {}
     prev_bottom = np.zeros(width, dtype=np.int64)  # id of the open group at each column of the last row read
     next_gid = 1
-    for row_off, rows in row_blocks(height, int(block_rows)):
-        window = Window(0, row_off, width, rows)
+    for window in row_windows(width, height, int(block_rows)):
+        row_off, rows = window.row_off, window.height
         labels, n = ndi.label(read_window(src, window, 1) == value, structure=FOUR_CONNECTED)
         sums = np.asarray(stats(window, labels, n), dtype=np.float64) if stats else np.zeros((n, 0))
 
@@ -213,9 +213,8 @@ def _strip_pieces(labels: np.ndarray, n: int, row_off: int, transform: Affine, i
 
 
 def _affine(xy: np.ndarray, transform: Affine) -> np.ndarray:
-    a, b, c, d, e, f = tuple(transform)[:6]
-    x, y = xy[:, 0], xy[:, 1]
-    return np.stack([a * x + b * y + c, d * x + e * y + f], axis=1)
+    """``(n, 2)`` pixel coordinates (x = column, y = row) -> map coordinates of ``transform``."""
+    return np.stack(transform * (xy[:, 0], xy[:, 1]), axis=1)
 
 
 def _union_pieces(pieces: Sequence) -> shapely.Polygon:
