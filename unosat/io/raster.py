@@ -18,7 +18,7 @@ import rasterio
 from rasterio.crs import CRS
 from rasterio.errors import RasterioError
 from rasterio.transform import Affine
-from rasterio.windows import Window
+from rasterio.windows import Window, subdivide
 
 from unosat.errors import UnosatError
 
@@ -125,12 +125,12 @@ def _first_line(err: Exception) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
-def row_blocks(height: int, rows: int) -> Iterator[tuple[int, int]]:
-    """``(row_off, n_rows)`` blocks of at most ``rows`` rows that cover ``height`` rows top to bottom."""
+def row_windows(width: int, height: int, rows: int) -> list[Window]:
+    """Full-width windows of at most ``rows`` rows that cover ``height`` rows top to bottom
+    (``rasterio.windows.subdivide``, which never ends for ``rows <= 0``: refused here)."""
     if rows <= 0:
         raise ValueError(f"block rows must be positive, got {rows}")
-    for r in range(0, height, rows):
-        yield r, min(rows, height - r)
+    return subdivide(Window(0, 0, width, height), rows, width)
 
 
 def train_offsets(length: int, size: int, min_overlap: int) -> list[int]:

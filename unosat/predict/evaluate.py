@@ -32,7 +32,7 @@ from unosat.classes import CLASS_NAMES, IGNORE_INDEX, TARGET
 from unosat.classes import class_names as class_names_checked
 from unosat.errors import UnosatError
 from unosat.io.labels import LabelsConfig, RasterAligner, VectorBurner
-from unosat.io.raster import Grid, gdal_env, open_raster, read_window, row_blocks
+from unosat.io.raster import Grid, gdal_env, open_raster, read_window, row_windows
 from unosat.metrics import confusion_matrix, scores_from_confusion
 from unosat.predict.object_matching import match_polygons, object_scores
 from unosat.predict.polygonize import polygonize_strips
@@ -142,8 +142,7 @@ def _polygons(strips) -> np.ndarray:
 def pixel_confusion(src, burner: VectorBurner | RasterAligner, block_rows: int) -> np.ndarray:
     """``(2, 2)`` confusion matrix (rows: truth, columns: prediction) over the valid pixels of ``src``."""
     total = np.zeros((len(CLASS_NAMES), len(CLASS_NAMES)), dtype=np.int64)
-    for row_off, rows in row_blocks(src.height, block_rows):
-        window = Window(0, row_off, src.width, rows)
+    for window in row_windows(src.width, src.height, block_rows):
         pred = read_window(src, window, 1)
         valid = pred != IGNORE_INDEX
         if (pred[valid] > TARGET).any():

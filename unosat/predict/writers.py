@@ -8,12 +8,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from rasterio.windows import Window
 
 from unosat.classes import CLASS_NAMES, TARGET
 from unosat.io.cog import CogOptions, CogRowWriter, write_cog
 from unosat.io.provenance import canonical
-from unosat.io.raster import PARAMS_TAG, Grid, gdal_env, open_raster, read_window, row_blocks
+from unosat.io.raster import PARAMS_TAG, Grid, gdal_env, open_raster, read_window, row_windows
 from unosat.predict.aggregate import MASK_NODATA, threshold_mask
 from unosat.predict.probability import encode_probability, probability_nodata
 
@@ -52,9 +51,8 @@ def read_rows(paths: Sequence[Path], grid: Grid, block_rows: int) -> Iterator[tu
 
     with gdal_env(), contextlib.ExitStack() as stack:
         srcs = [stack.enter_context(open_raster(p)) for p in paths]
-        for row_off, n in row_blocks(grid.height, block_rows):
-            window = Window(0, row_off, grid.width, n)
-            yield row_off, [read_window(src, window, 1) for src in srcs]
+        for window in row_windows(grid.width, grid.height, block_rows):
+            yield window.row_off, [read_window(src, window, 1) for src in srcs]
 
 
 def masked_as_they_pass(blocks: Iterator[tuple[int, np.ndarray]], threshold: float,

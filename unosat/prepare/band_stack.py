@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from rasterio.windows import Window
 
 from unosat.bands import BandRecipe, polarisations_to_stack
 from unosat.io.provenance import file_identity, needs_work
-from unosat.io.raster import PARAMS_TAG, open_raster, read_window, row_blocks, stack_profile, write_rows
+from unosat.io.raster import PARAMS_TAG, open_raster, read_window, row_windows, stack_profile, write_rows
 from unosat.raw_input import RawInput, UnitsCheck
 from unosat.scenes import Scene, check_scene_polarisations, check_scene_units, scene_grid, scene_nodata
 
@@ -74,8 +73,7 @@ def make_band_stack(task: BandStackTask) -> dict:
         srcs = {pol: files.enter_context(open_raster(scene.sources[pol][0])) for pol in needed}
 
         def blocks() -> Iterator[tuple[int, np.ndarray]]:
-            for row_off, rows in row_blocks(grid.height, task.block_rows):
-                window = Window(0, row_off, grid.width, rows)
+            for window in row_windows(grid.width, grid.height, task.block_rows):
                 vh, vv = (read_window(srcs[p], window, scene.sources[p][1]) if p in srcs else None
                           for p in ("vh", "vv"))
                 stack, valid, n_nonfinite = polarisations_to_stack(
@@ -85,7 +83,7 @@ def make_band_stack(task: BandStackTask) -> dict:
                 counts["n_valid"] += n_valid
                 counts["n_nodata"] += valid.size - n_valid
                 counts["n_nonfinite"] += n_nonfinite
-                yield row_off, stack
+                yield window.row_off, stack
 
         tags = {
             PARAMS_TAG: json.dumps(params, sort_keys=True),

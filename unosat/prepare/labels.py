@@ -15,12 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from rasterio.windows import Window
 
 from unosat.classes import IGNORE_INDEX, TARGET
 from unosat.io.labels import LabelsConfig, RasterAligner, Unlabelled, VectorBurner
 from unosat.io.provenance import digest, file_identity, needs_work, stored_params
-from unosat.io.raster import PARAMS_TAG, Grid, open_raster, read_window, row_blocks, stack_profile, write_rows
+from unosat.io.raster import (
+    PARAMS_TAG,
+    Grid,
+    open_raster,
+    read_window,
+    row_windows,
+    stack_profile,
+    write_rows,
+)
 
 
 @dataclass(frozen=True)
@@ -68,15 +75,14 @@ def make_label_mask(task: LabelTask) -> dict:
 
         def blocks() -> Iterator[tuple[int, np.ndarray]]:
             with burner:
-                for row_off, rows in row_blocks(grid.height, task.block_rows):
-                    window = Window(0, row_off, grid.width, rows)
+                for window in row_windows(grid.width, grid.height, task.block_rows):
                     mask = burner.burn(window)
                     valid = np.isfinite(read_window(stack, window, 1))
                     mask[~valid] = IGNORE_INDEX
                     counts["n_building"] += int(np.count_nonzero(mask == TARGET))
                     counts["n_ignore"] += int(np.count_nonzero(mask == IGNORE_INDEX))
                     counts["n_background"] += int(np.count_nonzero(mask == 0))
-                    yield row_off, mask[None]
+                    yield window.row_off, mask[None]
 
         write_rows(
             task.out_path,
