@@ -11,9 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
-from conftest import prepare_config
-from test_predict import SAMAWAH, predict_cfg
-from test_train import train_cfg
+from conftest import SAMAWAH, predict_cfg, prepare_config, train_cfg
 
 from unosat.checkpoint import load_checkpoint
 from unosat.classes import CLASS_NAMES, class_names, plural

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import summary, train_cfg
 from hydra.utils import instantiate
-from test_train import summary, train_cfg
 
 from unosat.checkpoint import build_model, load_checkpoint
 from unosat.classes import IGNORE_INDEX

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_train import train_cfg
+from conftest import train_cfg
 
 from unosat.checkpoint import load_checkpoint
 from unosat.training.run import run

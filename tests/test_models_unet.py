@@ -83,7 +83,7 @@ def test_overfits_one_tile(tiny_spec) -> None:
 def test_trains_through_train_py_and_its_checkpoint_rebuilds(tiny_prepared_db, tmp_path) -> None:
     from pathlib import Path
 
-    from test_train import summary, train_cfg
+    from conftest import summary, train_cfg
 
     from unosat.checkpoint import build_model, load_checkpoint
     from unosat.training.run import run

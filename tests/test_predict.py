@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from conftest import REPO
+from conftest import PRED, REPO, SAMAWAH, predict_cfg, train_cfg
 from torch import nn
 
 from unosat.bands import BandRecipe, Normalization
@@ -37,12 +37,9 @@ from unosat.scenes import discover_scenes
 
 RECIPE = BandRecipe("3b", ("vh", "vv", "mean"), "linear")
 UNIT = Normalization((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-#: small windows for the tiny demo's 160 x 192 px scenes: 3 x 3 windows per scene
-PRED = ["window.size=96", "window.overlap=32", "window.batch_size=4", "cog.blocksize=128", "block_rows=64"]
 NODATA_SKIP = (NodataSkip(),)
 #: the demo run also scores against the labels and draws quicklooks
 DEMO = ["evaluate=true", "quicklooks=true", "quicklook.max_px=96"]
-SAMAWAH = ("38RNV_20150426t145831_ASC", "38RNV_20150428t030958_DES")
 
 
 # ---------------------------------------------------------------------------------------- toy models
@@ -355,8 +352,6 @@ def test_acquisitions_on_different_grids_are_not_aggregated():
 @pytest.fixture(scope="module")
 def trained(tiny_prepared_db, tmp_path_factory) -> Path:
     """A tiny LW-RefineNet trained by train.py on the dB demo; returns the log dir holding its run."""
-    from test_train import train_cfg
-
     from unosat.training.run import run as train
 
     root = tmp_path_factory.mktemp("trained")
@@ -401,12 +396,6 @@ def sharpen(path: Path, dataset: Path) -> None:
 @pytest.fixture(scope="module")
 def best_ckpt(trained) -> Path:
     return next((trained / "train" / "runs" / "run" / "checkpoints").glob("best-*.ckpt"))
-
-
-def predict_cfg(out: Path, *overrides: str, log_dir: Path | None = None):
-    extra = [f"paths.log_dir={log_dir}"] if log_dir else []
-    return compose_config("predict", [f"output={out}", f"paths.output_dir={out.parent / 'hydra'}", *PRED, *extra,
-                                      *overrides])
 
 
 def test_lwrefinenet_windows_blend_into_its_single_forward_pass(best_ckpt, tiny_prepared_db):
@@ -810,8 +799,6 @@ def test_cog_writer_cleans_up_after_a_failure(tmp_path):
 @pytest.fixture(scope="module")
 def gate_ckpt(tiny_prepared_db, tmp_path_factory) -> Path:
     """A tiny tile classifier trained by train.py."""
-    from test_train import train_cfg
-
     from unosat.training.run import run as train
 
     root = tmp_path_factory.mktemp("gate")

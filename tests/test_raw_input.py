@@ -13,13 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
-from conftest import nothing_predicted, prepare_config
+from conftest import nothing_predicted, prepare_config, toy_checkpoint
 
 from unosat.bands import to_db
 from unosat.config import compose_config
 from unosat.errors import UnosatError
-from unosat.models import LWRefineNet
 from unosat.prepare import run as prepare
 from unosat.prepared import PreparedDataset
 from unosat.raw_input import RawInput, UnitsCheck, units_verdict
@@ -162,22 +160,6 @@ def test_the_data_recipe_records_the_raw_input_settings(tiny_prepared_db):
     dm = UnosatDataModule(tiny_prepared_db, epoch_length=8)
     dm.setup()
     assert dm.data_recipe()["raw_input"] == {"units": "linear", "nodata_values": [0.0, -99999.0], "file_nodata": True}
-
-
-def toy_checkpoint(path: Path, raw_input: dict | None) -> Path:
-    """An untrained LW-RefineNet checkpoint on the dB recipe recording ``raw_input`` (None: an older
-    checkpoint that records none)."""
-    torch.manual_seed(0)
-    net = LWRefineNet(3, 2)
-    data = {"recipe": {"name": "db", "bands": ["vh", "vv", "mean"], "units": "db", "db_floor": 1e-8},
-            "normalization": {"mean": [-17.0, -10.0, -12.0], "std": [6.0, 6.0, 6.0], "fill": 0.0},
-            "classes": ["background", "building"]}
-    if raw_input is not None:
-        data["raw_input"] = raw_input
-    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
-                "unosat": {"model": {"name": "lwrefinenet", "args": {"in_channels": 3, "num_classes": 2}},
-                           "data": data, "task": "segmentation"}}, path)
-    return path
 
 
 DB_INPUT = {"units": "db", "nodata_values": [-99999.0], "file_nodata": True}

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 import torch
-from test_train import train_cfg
+from conftest import train_cfg
 
 from unosat.checkpoint import build_model, load_checkpoint
 from unosat.errors import UnosatError

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_predict import predict_cfg
-from test_train import train_cfg
+from conftest import predict_cfg, train_cfg
 
 from unosat.checkpoint import load_checkpoint
 from unosat.errors import UnosatError

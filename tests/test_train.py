@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sqlite3
@@ -14,34 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, TINY_PREPARE
+from conftest import FAST, REPO, TINY_PREPARE, summary, train_cfg
 from omegaconf import OmegaConf
 
 from unosat.checkpoint import load_checkpoint
 from unosat.config import compose_config
 from unosat.errors import UnosatError
 from unosat.training.run import run
-
-#: small and fast settings for the tiny demo (64 px tiles)
-FAST = [
-    "data.batch_size=4",
-    "data.val_batch_size=8",
-    "data.epoch_length=8",
-    "data.augment.0.height=48",
-    "data.augment.0.width=48",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-    "trainer.num_sanity_val_steps=0",
-    "trainer.log_every_n_steps=1",
-    "callbacks.prediction_grid.num_tiles=2",
-    "logger=csv",
-]
-
-
-def train_cfg(data_dir: Path, tmp_path: Path, *overrides: str, run_name: str = "run"):
-    return compose_config("train", [
-        f"data.dir={data_dir}", f"paths.log_dir={tmp_path / 'logs'}",
-        f"paths.output_dir={tmp_path / 'logs' / 'train' / 'runs' / run_name}", *FAST, *overrides])
 
 
 def cli(args: list[str], tmp_path: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -50,10 +28,6 @@ def cli(args: list[str], tmp_path: Path, timeout: int = 600) -> subprocess.Compl
     if proc.returncode != 0:
         print(proc.stdout[-3000:], proc.stderr[-5000:])
     return proc
-
-
-def summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
 
 
 # ---------------------------------------------------------------------------- runs
