@@ -21,6 +21,12 @@ os.environ.setdefault("WANDB_DISABLE_GIT", "true")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    """Register the ``slow`` marker: end-to-end tests (they train a network, predict whole scenes with a trained
+    one, or run an entry point in a subprocess). ``pytest -m "not slow"`` is the quick suite; CI and the
+    README's command run everything."""
+    config.addinivalue_line("markers", "slow: end-to-end test (training, whole-scene prediction, subprocesses)")
+
 #: prepare.py overrides that suit the tiny demo (160 x 192 px scenes)
 TINY_PREPARE = [
     "demo=tiny",

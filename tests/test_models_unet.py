@@ -80,6 +80,7 @@ def test_overfits_one_tile(tiny_spec) -> None:
     assert overfit(UNet(), x, y, steps=60, lr=1e-2) > 0.95
 
 
+@pytest.mark.slow
 def test_trains_through_train_py_and_its_checkpoint_rebuilds(tiny_prepared_db, tmp_path) -> None:
     from pathlib import Path
 

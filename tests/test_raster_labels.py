@@ -188,6 +188,7 @@ def evaluate_run(tmp_path: Path, ckpt: Path, input_dir: Path, out: str, *overrid
     return run(cfg)
 
 
+@pytest.mark.slow
 def test_evaluate_accepts_label_rasters_and_prepared_masks(tiny_raw_session, tiny_prepared_db, label_rasters,
                                                            tmp_path):
     """The same prediction scored against the label vectors, the same labels as rasters, and the prepared
@@ -208,6 +209,7 @@ def test_evaluate_accepts_label_rasters_and_prepared_masks(tiny_raw_session, tin
     assert raster["object"] == prepared["object"]
 
 
+@pytest.mark.slow
 def test_every_input_is_checked_before_predicting(tiny_raw_session, tiny_prepared_db, label_rasters, tmp_path):
     import shutil
 

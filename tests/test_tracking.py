@@ -10,6 +10,9 @@ from unosat.errors import UnosatError
 from unosat.predict.run import run as predict
 from unosat.training.run import run as train
 
+#: end-to-end: trains networks and predicts with them (``pytest -m "not slow"`` leaves them out)
+pytestmark = pytest.mark.slow
+
 PREDICT = ["cities=[Samawah]", "evaluate=true"]
 
 
