@@ -178,6 +178,7 @@ def probability(manifest: dict) -> np.ndarray:
         return src.read(1)
 
 
+@pytest.mark.slow
 def test_predict_reads_raw_scenes_with_the_checkpoints_settings_by_default(db_raw, tiny_raw_session, tmp_path):
     ckpt = toy_checkpoint(tmp_path / "db.ckpt", DB_INPUT)
     manifest = predict(tmp_path, ckpt, db_raw, "out_db")
@@ -211,6 +212,7 @@ def test_a_linear_checkpoint_on_db_files_is_refused_before_predicting(db_raw, tm
     assert nothing_predicted(tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_checkpoints_that_disagree_need_explicit_settings(db_raw, tmp_path):
     a = toy_checkpoint(tmp_path / "a.ckpt", DB_INPUT)
     b = toy_checkpoint(tmp_path / "b.ckpt", {**DB_INPUT, "nodata_values": [-99999.0, 0.0]})
@@ -221,6 +223,7 @@ def test_checkpoints_that_disagree_need_explicit_settings(db_raw, tmp_path):
     assert manifest["status"] == "complete"
 
 
+@pytest.mark.slow
 def test_an_older_checkpoint_without_raw_input_settings_uses_the_config(db_raw, tmp_path):
     ckpt = toy_checkpoint(tmp_path / "old.ckpt", None)
     with pytest.raises(UnosatError, match="discovery.units=db"):  # default linear: the check catches dB files
