@@ -280,7 +280,6 @@ STEP_FUNCTIONS: tuple[tuple[str, Callable[[Preparation], None]], ...] = (
     ("stats", compute_statistics),
     ("report", make_report),
 )
-assert tuple(name for name, _ in STEP_FUNCTIONS) == STEPS
 
 
 def validate_steps(steps) -> list[str]:
