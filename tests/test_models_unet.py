@@ -73,6 +73,7 @@ def test_registered_and_rebuilt_from_a_spec() -> None:
     assert isinstance(net, UNet) and net.widths == (8, 16) and net.in_channels == 2
 
 
+@pytest.mark.slow  # trains the network for 60-150 steps
 def test_overfits_one_tile(tiny_spec) -> None:
     x, y = building_tile(tiny_spec, size=48)
     assert 0.02 < y.float().mean() < 0.5  # the tile holds buildings, and background
