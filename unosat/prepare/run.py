@@ -82,6 +82,8 @@ def prepare_steps(cfg: DictConfig, raw_dir: Path, out_dir: Path, requested: list
     test_cities = list(cfg.split.test_cities or [])
     folds = OmegaConf.to_container(cfg.split.folds) if cfg.split.folds else {}
     overwrite = bool(cfg.overwrite)
+    workers = int(cfg.workers)
+    block_rows = int(cfg.block_rows)
 
     scenes = discover_scenes(raw_dir, discovery)
     log.info("found %d scenes of %d cities under %s", len(scenes), len({s.city for s in scenes}), raw_dir)
@@ -111,8 +113,7 @@ def prepare_steps(cfg: DictConfig, raw_dir: Path, out_dir: Path, requested: list
     done = {s: tokens[s] for s in previous if s not in steps}  # the steps this run does are not done until they are
     write_manifest(dataset, settings, scenes, raw_dir, done, classes=classes)
     prep = Preparation(raw_dir, dataset, scenes, settings, classes, tokens, done, discovery, recipe, labels, tiling,
-                       stats_cfg, report_cfg, quality_cfg, test_cities, folds, overwrite, int(cfg.workers),
-                       int(cfg.block_rows))
+                       stats_cfg, report_cfg, quality_cfg, test_cities, folds, overwrite, workers, block_rows)
     for name, step in STEP_FUNCTIONS:
         if name in ("quality", "report") and labels.source == "none":
             if name in steps:
