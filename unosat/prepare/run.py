@@ -115,13 +115,14 @@ def prepare_steps(cfg: DictConfig, raw_dir: Path, out_dir: Path, requested: list
     prep = Preparation(raw_dir, dataset, scenes, settings, classes, tokens, done, discovery, recipe, labels, tiling,
                        stats_cfg, report_cfg, quality_cfg, test_cities, folds, overwrite, workers, block_rows)
     for name, step in STEP_FUNCTIONS:
-        if name in ("quality", "report") and labels.source == "none":
-            if name in steps:
-                log.info("labels=none: step %s skipped (it compares images with labels)", name)
-            continue
         if name in steps:
             step(prep)
             prep.step_done(name)
+        if name == "labels" and labels.source == "none":
+            for skipped in ("quality", "report"):
+                if skipped in steps:
+                    log.info("labels=none: step %s skipped (it compares images with labels)", skipped)
+            steps = [s for s in steps if s not in ("quality", "report")]
 
     log.info("step times (s): %s", prep.timings)
     log.info("prepared dataset: %s", out_dir)
