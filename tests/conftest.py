@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import rasterio
+from rasterio.crs import CRS
+from rasterio.transform import Affine, from_origin
 
 # wandb must never prompt or reach the network in tests
 os.environ["WANDB_MODE"] = "offline"
@@ -14,6 +19,13 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_DISABLE_GIT", "true")
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    """Register the ``slow`` marker: end-to-end tests (they train a network, predict whole scenes with a trained
+    one, or run an entry point in a subprocess). ``pytest -m "not slow"`` is the quick suite; CI and the
+    README's command run everything."""
+    config.addinivalue_line("markers", "slow: end-to-end test (training, whole-scene prediction, subprocesses)")
 
 #: prepare.py overrides that suit the tiny demo (160 x 192 px scenes)
 TINY_PREPARE = [
@@ -86,3 +98,116 @@ def nothing_predicted(out: Path) -> bool:
         return True
     names = {p.name for p in out.iterdir()}
     return names == {"predict.json"} and json.loads((out / "predict.json").read_text())["status"] == "failed"
+
+
+# ------------------------------------------------------------------------------ training (train.py)
+
+#: small and fast settings for the tiny demo (64 px tiles)
+FAST = [
+    "data.batch_size=4",
+    "data.val_batch_size=8",
+    "data.epoch_length=8",
+    "data.augment.0.height=48",
+    "data.augment.0.width=48",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.log_every_n_steps=1",
+    "callbacks.prediction_grid.num_tiles=2",
+    "logger=csv",
+]
+
+
+def train_cfg(data_dir: Path, tmp_path: Path, *overrides: str, run_name: str = "run"):
+    """The composed train config on ``data_dir``, logging under ``tmp_path``, with :data:`FAST` settings."""
+    from unosat.config import compose_config
+
+    return compose_config("train", [
+        f"data.dir={data_dir}", f"paths.log_dir={tmp_path / 'logs'}",
+        f"paths.output_dir={tmp_path / 'logs' / 'train' / 'runs' / run_name}", *FAST, *overrides])
+
+
+def summary(run_dir: Path) -> dict:
+    """A training run's ``summary.json``."""
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+# ----------------------------------------------------------------------------- prediction (predict.py)
+
+#: small windows for the tiny demo's 160 x 192 px scenes: 3 x 3 windows per scene
+PRED = ["window.size=96", "window.overlap=32", "window.batch_size=4", "cog.blocksize=128", "block_rows=64"]
+SAMAWAH = ("38RNV_20150426t145831_ASC", "38RNV_20150428t030958_DES")
+
+
+def predict_cfg(out: Path, *overrides: str, log_dir: Path | None = None):
+    """The composed predict config writing to ``out``, with :data:`PRED` windows."""
+    from unosat.config import compose_config
+
+    extra = [f"paths.log_dir={log_dir}"] if log_dir else []
+    return compose_config("predict", [f"output={out}", f"paths.output_dir={out.parent / 'hydra'}", *PRED, *extra,
+                                      *overrides])
+
+
+def toy_checkpoint(path: Path, raw_input: dict | None) -> Path:
+    """An untrained LW-RefineNet checkpoint on the dB recipe recording ``raw_input`` (None: an older
+    checkpoint that records none)."""
+    import torch
+
+    from unosat.models import LWRefineNet
+
+    torch.manual_seed(0)
+    net = LWRefineNet(3, 2)
+    data = {"recipe": {"name": "db", "bands": ["vh", "vv", "mean"], "units": "db", "db_floor": 1e-8},
+            "normalization": {"mean": [-17.0, -10.0, -12.0], "std": [6.0, 6.0, 6.0], "fill": 0.0},
+            "classes": ["background", "building"]}
+    if raw_input is not None:
+        data["raw_input"] = raw_input
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                "unosat": {"model": {"name": "lwrefinenet", "args": {"in_channels": 3, "num_classes": 2}},
+                           "data": data, "task": "segmentation"}}, path)
+    return path
+
+
+# ------------------------------------------------------------------------------ rasters written by tests
+
+#: the grid of the evaluation tests' masks
+MASK_CRS = "EPSG:32638"
+MASK_TRANSFORM = from_origin(500000.0, 3700300.0, 10.0, 10.0)
+
+
+def write_mask(path, mask, transform=MASK_TRANSFORM):
+    with rasterio.open(path, "w", driver="GTiff", width=mask.shape[1], height=mask.shape[0], count=1,
+                       dtype="uint8", crs=MASK_CRS, transform=transform, nodata=255) as dst:
+        dst.write(mask.astype(np.uint8), 1)
+    return path
+
+
+def numpy_confusion(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    valid = pred != 255
+    t, p = truth[valid].astype(bool), pred[valid] == 1
+    return np.array([[np.sum(~t & ~p), np.sum(~t & p)], [np.sum(t & ~p), np.sum(t & p)]])
+
+
+#: the size and grids of the real-product fixtures (test_real_products, test_discovery_metadata)
+ROWS, COLS = 64, 80
+UTM = CRS.from_epsg(32638)
+UTM_TRANSFORM = Affine(10, 0, 421000, 0, -10, 3693000)
+WGS84 = CRS.from_epsg(4326)
+HYP3 = "S1A_IW_20190917T030900_DVP_RTC10_G_gpuned_7370"
+
+
+def backscatter(seed: int, units: str = "linear") -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    pols = {pol: rng.gamma(4.4, level / 4.4, (ROWS, COLS)).astype("float32") for pol, level in (("vv", 0.15), ("vh", 0.014))}
+    if units == "db":
+        pols = {pol: (10 * np.log10(v)).astype("float32") for pol, v in pols.items()}
+    return pols
+
+
+def write_product(path: Path, bands: list[np.ndarray], crs, transform, nodata=None, driver="GTiff", dtype="float32") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", driver=driver, width=COLS, height=ROWS, count=len(bands), dtype=dtype, crs=crs,
+                       transform=transform, nodata=nodata) as dst:
+        for i, band in enumerate(bands, start=1):
+            dst.write(band, i)
+    return path

@@ -87,6 +87,7 @@ def test_predict_refuses_a_crafted_checkpoint_before_writing_anything(option, ti
         assert not (out / "scenes").exists()
 
 
+@pytest.mark.slow
 def test_the_entry_point_prints_one_line_for_a_crafted_checkpoint(tmp_path):
     victim = tmp_path / "victim.txt"
     evil = write_checkpoint(tmp_path / "evil.ckpt", crafted_entries(victim)["module_attribute_path"])

@@ -11,9 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
-from conftest import prepare_config
-from test_predict import SAMAWAH, predict_cfg
-from test_train import train_cfg
+from conftest import SAMAWAH, predict_cfg, prepare_config, train_cfg
 
 from unosat.checkpoint import load_checkpoint
 from unosat.classes import CLASS_NAMES, class_names, plural
@@ -90,6 +88,7 @@ def water_run(water_dataset, tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_training_water_logs_water_metrics_and_records_the_names(water_run):
     metrics = pd.read_csv(water_run / "csv" / "metrics.csv")
     summary = json.loads((water_run / "summary.json").read_text())
@@ -111,6 +110,7 @@ def test_training_other_names_than_the_dataset_is_refused(water_dataset, tmp_pat
         train(train_cfg(water_dataset, tmp_path, "debug=fdr"))
 
 
+@pytest.mark.slow
 def test_predict_takes_the_checkpoints_names(water_run, tiny_raw_session, tmp_path):
     ckpt = Path(json.loads((water_run / "summary.json").read_text())["best_checkpoint"])
     out = tmp_path / "out"

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import rasterio
 import shapely
-from conftest import prepare_config
+from conftest import HYP3, UTM, UTM_TRANSFORM, WGS84, backscatter, prepare_config
+from conftest import write_product as write
 from hydra.utils import instantiate
 from rasterio.transform import Affine
-from test_real_products import HYP3, UTM, UTM_TRANSFORM, WGS84, backscatter, write
 
 from unosat.config import compose_config
 from unosat.errors import UnosatError

@@ -14,6 +14,9 @@ from unosat.predict.run import run as predict
 from unosat.prepare import run as prepare
 from unosat.training.run import run as train
 
+#: end-to-end: trains networks and predicts with them (``pytest -m "not slow"`` leaves them out)
+pytestmark = pytest.mark.slow
+
 #: a short CPU run of the full-resolution U-Net on 64 px tiles: whole tiles (no crop), flips and rot90,
 #: CE + per-class soft Jaccard (pushes the rare building class from the first epochs), AdamW at 2e-3
 TRAIN = ["model=unet", "augment=flips_rot90", "data.batch_size=8", "data.val_batch_size=8", "data.epoch_length=64", "data.crop_px=64",

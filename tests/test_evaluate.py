@@ -9,10 +9,9 @@ import time
 import geopandas as gpd
 import numpy as np
 import pytest
-import rasterio
 import shapely
+from conftest import MASK_CRS, MASK_TRANSFORM, numpy_confusion, write_mask
 from rasterio.features import rasterize
-from rasterio.transform import from_origin
 
 from unosat.errors import UnosatError
 from unosat.metrics import scores_from_confusion
@@ -20,15 +19,7 @@ from unosat.predict.evaluate import COUNT_KEYS, evaluate_city, evaluation_report
 from unosat.predict.object_matching import match_polygons, object_scores
 from unosat.predict.vectorize import VectorizeConfig, vectorize
 
-CRS = "EPSG:32638"
-TRANSFORM = from_origin(500000.0, 3700300.0, 10.0, 10.0)
-
-
-def write_mask(path, mask, transform=TRANSFORM):
-    with rasterio.open(path, "w", driver="GTiff", width=mask.shape[1], height=mask.shape[0], count=1,
-                       dtype="uint8", crs=CRS, transform=transform, nodata=255) as dst:
-        dst.write(mask.astype(np.uint8), 1)
-    return path
+CRS, TRANSFORM = MASK_CRS, MASK_TRANSFORM
 
 
 def px_box(col0, row0, col1, row1, transform=TRANSFORM) -> shapely.Polygon:
@@ -44,12 +35,6 @@ def write_labels(path, geoms, crs=CRS, to_crs=None):
         frame = frame.to_crs(to_crs)
     frame.to_file(path, engine="pyogrio")
     return path
-
-
-def numpy_confusion(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    valid = pred != 255
-    t, p = truth[valid].astype(bool), pred[valid] == 1
-    return np.array([[np.sum(~t & ~p), np.sum(~t & p)], [np.sum(t & ~p), np.sum(t & p)]])
 
 
 # ------------------------------------------------------------------------------------------- pixel scores

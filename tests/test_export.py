@@ -126,6 +126,7 @@ def recipe_path(ckpt: Path, x: np.ndarray) -> np.ndarray:
     return torch.softmax(out, dim=1).numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(NETWORKS))
 def test_every_network_exports_and_onnxruntime_matches_the_checkpoints_own_path(exports, name):
     ckpt, path = exports[name]
@@ -163,6 +164,7 @@ def test_torch_band_formulas_equal_numpys_on_every_band_and_both_units():
             assert (got[:, 0, 0] == 0).all() and (got[:, 1, 1] == 0).all()  # nodata -> the fill
 
 
+@pytest.mark.slow
 def test_deepness_metadata_keys_types_and_model_card(exports):
     _, path = exports["lwrefinenet"]
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
@@ -188,6 +190,7 @@ def test_deepness_metadata_keys_types_and_model_card(exports):
     assert "gate.ckpt" in exports["tile_classifier"][1].with_suffix(".md").read_text()
 
 
+@pytest.mark.slow
 def test_export_errors(exports, tmp_path):
     ckpt, path = exports["lwrefinenet"]
     with pytest.raises(UnosatError, match=r"lwrefinenet.onnx exists; pass overwrite=true"):
@@ -222,6 +225,7 @@ def test_predict_refuses_an_onnx_file_that_is_not_a_unosat_export(tmp_path, tiny
         predict(cfg)
 
 
+@pytest.mark.slow
 def test_sliding_window_prediction_with_onnxruntime_equals_the_checkpoints(exports):
     """The whole window / blending path on a scene with nodata and a non-square shape: within 1e-4."""
     ckpt, path = exports["lwrefinenet"]
@@ -241,6 +245,7 @@ def test_sliding_window_prediction_with_onnxruntime_equals_the_checkpoints(expor
     assert np.nanmax(np.abs(mixed - torch_p)) <= 1e-4
 
 
+@pytest.mark.slow
 def test_a_prepared_stack_gives_an_exported_graph_its_polarisations_back(exports):
     _, path = exports["lwrefinenet"]
     model = load_model(path)
@@ -257,6 +262,7 @@ def read(path: Path) -> np.ndarray:
         return src.read(1)
 
 
+@pytest.mark.slow
 def test_predict_py_with_the_onnx_model_writes_the_checkpoints_cogs(exports, tiny_raw_session, tmp_path):
     from unosat.predict.aggregate import MASK_NODATA
     from unosat.predict.probability import decode_probability

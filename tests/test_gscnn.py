@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import summary, train_cfg
 from hydra.utils import instantiate
-from test_train import summary, train_cfg
 
 from unosat.checkpoint import build_model, load_checkpoint
 from unosat.classes import IGNORE_INDEX
@@ -360,6 +360,7 @@ def test_experiment_gscnn_is_the_unosat_baseline_with_gscnn():
     assert r50.backbone == "resnet50" and list(r50.aspp_rates) == [4, 8, 12] and r50.input_recipe is None
 
 
+@pytest.mark.slow
 def test_fast_dev_run(tiny_prepared_db, tmp_path):
     run(train_cfg(tiny_prepared_db, tmp_path, *GSCNN_RUN, "debug=fdr"))
     out = summary(tmp_path / "logs" / "train" / "runs" / "run")
@@ -369,6 +370,7 @@ def test_fast_dev_run(tiny_prepared_db, tmp_path):
     assert np.isfinite(out["fit_metrics"]["val/loss"])
 
 
+@pytest.mark.slow
 def test_one_epoch_writes_a_six_column_prediction_grid(tiny_prepared_db, tmp_path, monkeypatch):
     columns = []
     figure = PredictionGrid.figure

@@ -62,3 +62,9 @@ def test_a_newly_done_quality_step_redoes_the_statistics_that_carry_its_flags():
 def test_steps_recorded_without_tokens_are_trusted():
     legacy = dict.fromkeys(STEPS)
     assert plan_steps(["report"], legacy, SETTINGS, SCENES, overwrite=False) == ["report"]
+
+
+def test_prepare_runs_every_step_in_lineage_order():
+    from unosat.prepare.run import STEP_FUNCTIONS
+
+    assert tuple(name for name, _ in STEP_FUNCTIONS) == STEPS

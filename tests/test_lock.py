@@ -34,6 +34,7 @@ def test_a_second_holder_is_refused_with_the_owner_and_its_start_time(tmp_path):
         pass
 
 
+@pytest.mark.slow
 def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, caplog):
     out = tmp_path / "out"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from unosat.io.lock import output_lock\n"

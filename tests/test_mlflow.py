@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_train import train_cfg
+from conftest import train_cfg
 
 from unosat.checkpoint import load_checkpoint
 from unosat.training.run import run
@@ -11,6 +11,7 @@ from unosat.training.run import run
 mlflow = pytest.importorskip("mlflow")
 
 
+@pytest.mark.slow
 def test_training_logs_to_a_local_mlflow_store_and_the_checkpoint_knows_the_run(tiny_prepared_db, tmp_path):
     cfg = train_cfg(tiny_prepared_db, tmp_path, "logger=mlflow", "trainer.max_epochs=2")
     run(cfg)
@@ -29,6 +30,7 @@ def test_training_logs_to_a_local_mlflow_store_and_the_checkpoint_knows_the_run(
     assert any(p.endswith(".png") for p in artifacts)
 
 
+@pytest.mark.slow
 def test_resumed_run_continues_the_mlflow_run(tiny_prepared_db, tmp_path):
     run(train_cfg(tiny_prepared_db, tmp_path, "logger=mlflow", run_name="first"))
     first = load_checkpoint(tmp_path / "logs" / "train" / "runs" / "first" / "checkpoints" / "last.ckpt")["unosat"]["mlflow"]

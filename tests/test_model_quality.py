@@ -55,6 +55,7 @@ def direct_vv_confusion(data, fold: int, threshold_db: float) -> np.ndarray:
     return confusion
 
 
+@pytest.mark.slow
 def test_benchmark_end_to_end_on_the_tiny_demo(tiny_prepared_db, tmp_path, capsys):
     bench = load_benchmark()
     argv = ["--data", str(tiny_prepared_db), "--workdir", str(tmp_path / "work"), "--config", "lw",

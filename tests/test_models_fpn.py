@@ -84,6 +84,7 @@ def test_registered_and_rebuilt_from_a_spec() -> None:
     assert isinstance(net, FPN) and net.in_channels == 5  # pretrained (a local file) is not read from a checkpoint
 
 
+@pytest.mark.slow  # trains the network for 60-150 steps
 def test_overfits_one_tile(tiny_spec) -> None:
     x, y = building_tile(tiny_spec, size=64)
     torch.manual_seed(0)

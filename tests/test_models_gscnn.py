@@ -119,6 +119,7 @@ def test_resnet50_config_rates_train_at_the_default_crop() -> None:
     assert aspp.dead_rates(side, side) == []
 
 
+@pytest.mark.slow  # trains the network for 60-150 steps
 def test_overfits_one_tile(tiny_spec) -> None:
     x, y = building_tile(tiny_spec, size=64)  # 64 px: 2 x 2 features at the ASPP, so rate 1
     torch.manual_seed(0)

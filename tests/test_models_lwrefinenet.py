@@ -483,6 +483,7 @@ def test_stride_1_still_refuses_a_band_mismatch() -> None:
         load_reference_state_dict(LWRefineNet(in_channels=5, output_stride=1), ref)
 
 
+@pytest.mark.slow  # trains the network for 60-150 steps
 def test_stride_1_overfits_one_tile(tiny_spec) -> None:
     from model_fitting import building_tile, overfit
 

@@ -73,6 +73,7 @@ def test_registered_and_rebuilt_from_a_spec() -> None:
     assert isinstance(net, UNet) and net.widths == (8, 16) and net.in_channels == 2
 
 
+@pytest.mark.slow  # trains the network for 60-150 steps
 def test_overfits_one_tile(tiny_spec) -> None:
     x, y = building_tile(tiny_spec, size=48)
     assert 0.02 < y.float().mean() < 0.5  # the tile holds buildings, and background
@@ -80,10 +81,11 @@ def test_overfits_one_tile(tiny_spec) -> None:
     assert overfit(UNet(), x, y, steps=60, lr=1e-2) > 0.95
 
 
+@pytest.mark.slow
 def test_trains_through_train_py_and_its_checkpoint_rebuilds(tiny_prepared_db, tmp_path) -> None:
     from pathlib import Path
 
-    from test_train import summary, train_cfg
+    from conftest import summary, train_cfg
 
     from unosat.checkpoint import build_model, load_checkpoint
     from unosat.training.run import run

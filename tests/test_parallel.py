@@ -69,6 +69,7 @@ def running(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_killing_the_main_process_ends_its_workers_and_leaks_no_semaphore(tmp_path):
     names = tmp_path / "semaphores.txt"

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from conftest import REPO
+from conftest import PRED, REPO, SAMAWAH, predict_cfg, train_cfg
 from torch import nn
 
 from unosat.bands import BandRecipe, Normalization
@@ -37,12 +37,9 @@ from unosat.scenes import discover_scenes
 
 RECIPE = BandRecipe("3b", ("vh", "vv", "mean"), "linear")
 UNIT = Normalization((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-#: small windows for the tiny demo's 160 x 192 px scenes: 3 x 3 windows per scene
-PRED = ["window.size=96", "window.overlap=32", "window.batch_size=4", "cog.blocksize=128", "block_rows=64"]
 NODATA_SKIP = (NodataSkip(),)
 #: the demo run also scores against the labels and draws quicklooks
 DEMO = ["evaluate=true", "quicklooks=true", "quicklook.max_px=96"]
-SAMAWAH = ("38RNV_20150426t145831_ASC", "38RNV_20150428t030958_DES")
 
 
 # ---------------------------------------------------------------------------------------- toy models
@@ -355,8 +352,6 @@ def test_acquisitions_on_different_grids_are_not_aggregated():
 @pytest.fixture(scope="module")
 def trained(tiny_prepared_db, tmp_path_factory) -> Path:
     """A tiny LW-RefineNet trained by train.py on the dB demo; returns the log dir holding its run."""
-    from test_train import train_cfg
-
     from unosat.training.run import run as train
 
     root = tmp_path_factory.mktemp("trained")
@@ -403,12 +398,7 @@ def best_ckpt(trained) -> Path:
     return next((trained / "train" / "runs" / "run" / "checkpoints").glob("best-*.ckpt"))
 
 
-def predict_cfg(out: Path, *overrides: str, log_dir: Path | None = None):
-    extra = [f"paths.log_dir={log_dir}"] if log_dir else []
-    return compose_config("predict", [f"output={out}", f"paths.output_dir={out.parent / 'hydra'}", *PRED, *extra,
-                                      *overrides])
-
-
+@pytest.mark.slow
 def test_lwrefinenet_windows_blend_into_its_single_forward_pass(best_ckpt, tiny_prepared_db):
     """LW-RefineNet sees far (chained 5 x 5 poolings at 1/32): windows are close to, not equal to, one pass."""
     from unosat.predict.ensemble import load_model
@@ -441,6 +431,7 @@ def demo_run(trained, tiny_raw_session, tmp_path_factory) -> Path:
     return root / "out"
 
 
+@pytest.mark.slow
 def test_default_run_predicts_the_demo_test_cities_as_cogs_on_the_input_grid(demo_run, tiny_raw_session, best_ckpt):
     manifest = json.loads((demo_run / "predict.json").read_text())
     assert manifest["status"] == "complete"
@@ -486,6 +477,7 @@ def test_default_run_predicts_the_demo_test_cities_as_cogs_on_the_input_grid(dem
     assert (demo_run / "quicklooks" / "Samawah.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_a_rerun_with_the_same_settings_skips_finished_scenes(demo_run, trained, tiny_raw_session, tmp_path):
     before = {p: p.stat().st_mtime_ns for p in (demo_run / "scenes").iterdir()}
     demo = tmp_path / "demo"
@@ -506,6 +498,7 @@ def constant_checkpoint(best_ckpt: Path, p: float, out: Path) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_masks_threshold_the_float_probability_not_the_stored_one(best_ckpt, tiny_raw_session, tmp_path):
     # p = 0.499 rounds to 127 of 254 = 0.5 exactly: thresholding that stored value made every pixel a building
     # at threshold 0.5. The mask thresholds the float, and the stored value keeps its side: 126
@@ -528,6 +521,7 @@ def test_masks_threshold_the_float_probability_not_the_stored_one(best_ckpt, tin
     assert (read(tmp_path / "low" / "scenes" / f"{SAMAWAH[0]}_mask.tif")[valid] == 1).all()
 
 
+@pytest.mark.slow
 def test_mean_aggregation_float16_and_prepared_input(demo_run, best_ckpt, tiny_prepared_db, tmp_path):
     out = tmp_path / "out"
     run(predict_cfg(out, f"ckpt={best_ckpt}", f"input={tiny_prepared_db}", "dataset_split=test", "aggregate.method=mean",
@@ -547,6 +541,7 @@ def test_mean_aggregation_float16_and_prepared_input(demo_run, best_ckpt, tiny_p
     np.testing.assert_array_equal(read(out / "cities" / "Samawah_mask.tif"), threshold_mask(mean_probability(probs), 0.4))
 
 
+@pytest.mark.slow
 def test_ensemble_averages_the_probabilities_of_checkpoints_with_their_own_recipes(demo_run, best_ckpt, tiny_raw_session,
                                                                                     tmp_path):
     other = torch.load(best_ckpt, weights_only=True)
@@ -591,12 +586,14 @@ def test_checkpoint_missing_or_not_unosat(tiny_raw_session, tmp_path):
     assert manifest["status"] == "failed" and manifest["reason"].startswith("ckpt=null: no best-*.ckpt")
 
 
+@pytest.mark.slow
 def test_checkpoint_recipe_must_match_a_prepared_dataset(best_ckpt, tiny_prepared, tmp_path):
     with pytest.raises(UnosatError, match=r"best-.*ckpt was trained on band recipe 'db' but the prepared dataset .* holds "
                                           r"recipe '3b' \(units db vs linear\).*input=<raw dir>"):
         run(predict_cfg(tmp_path / "o", f"ckpt={best_ckpt}", f"input={tiny_prepared}"))
 
 
+@pytest.mark.slow
 def test_vv_and_vh_on_different_grids(best_ckpt, tiny_raw, tmp_path):
     scene = next(s for s in discover_scenes(tiny_raw) if s.city == "Samawah")
     shift(scene.vh, 10.0)
@@ -608,6 +605,7 @@ def test_vv_and_vh_on_different_grids(best_ckpt, tiny_raw, tmp_path):
         run(predict_cfg(tmp_path / "o", f"ckpt={best_ckpt}", f"input={tiny_raw}"))
 
 
+@pytest.mark.slow
 def test_acquisitions_of_a_city_on_different_grids(best_ckpt, tiny_raw, tmp_path):
     scene = next(s for s in discover_scenes(tiny_raw) if s.scene_id == SAMAWAH[1])
     shift(scene.vh, 20.0)
@@ -624,6 +622,7 @@ def shift(path: Path, metres: float) -> None:
         dst.transform = rasterio.Affine(t.a, t.b, t.c + metres, t.d, t.e, t.f)
 
 
+@pytest.mark.slow
 def test_empty_or_unmatched_input(best_ckpt, tiny_raw_session, tiny_prepared_db, tmp_path):
     (tmp_path / "empty").mkdir()
     cases = [
@@ -641,6 +640,7 @@ def test_empty_or_unmatched_input(best_ckpt, tiny_raw_session, tiny_prepared_db,
 # ------------------------------------------------------------------------ output directory, resume, DDP
 
 
+@pytest.mark.slow
 def test_an_output_made_with_other_settings_or_not_a_prediction_is_refused(demo_run, best_ckpt, tiny_raw_session,
                                                                            tmp_path):
     common = [f"ckpt={best_ckpt}", f"input={tiny_raw_session}", "cities=[Samawah]"]
@@ -655,6 +655,7 @@ def test_an_output_made_with_other_settings_or_not_a_prediction_is_refused(demo_
     assert (foreign / "notes.txt").read_text() == "mine" and (foreign / "predict.json").is_file()
 
 
+@pytest.mark.slow
 def test_a_failed_prediction_records_why_and_the_same_command_runs_after_the_fix(best_ckpt, tiny_raw, tmp_path):
     scene = next(s for s in discover_scenes(tiny_raw) if s.scene_id == SAMAWAH[1])
     good = scene.vv.read_bytes()
@@ -680,6 +681,7 @@ def test_a_failed_prediction_records_why_and_the_same_command_runs_after_the_fix
     assert run(predict_cfg(out, *args))["status"] == "complete"
 
 
+@pytest.mark.slow
 def test_a_failure_leaves_a_finished_prediction_alone(demo_run, tmp_path):
     before = (demo_run / "predict.json").read_bytes()
     empty = tmp_path / "empty.ckpt"
@@ -717,6 +719,7 @@ def resumed_run(best_ckpt, tiny_raw_session, tmp_path_factory) -> tuple[Path, di
     return out, {"interrupted": interrupted, "status_after_kill": state, "manifest": manifest}
 
 
+@pytest.mark.slow
 def test_an_interrupted_prediction_resumes_scene_by_scene(resumed_run, demo_run):
     out, info = resumed_run
     assert info["status_after_kill"] == "running"
@@ -736,6 +739,7 @@ def test_an_interrupted_prediction_resumes_scene_by_scene(resumed_run, demo_run)
                                           read(demo_run / "scenes" / f"{sid}_{kind}.tif"))
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_predict_what_one_does(resumed_run, best_ckpt, tiny_raw_session, tmp_path):
     single, _ = resumed_run
     out = tmp_path / "ddp"
@@ -756,6 +760,7 @@ def test_two_cpu_processes_predict_what_one_does(resumed_run, best_ckpt, tiny_ra
         assert (read(path) != read(out / "cities" / path.name)).mean() < 1e-3
 
 
+@pytest.mark.slow
 def test_two_runs_on_one_output_refuse_each_other_cleanly(best_ckpt, tiny_raw_session, tmp_path):
     out = tmp_path / "shared"
     args = cli_args(out, f"ckpt={best_ckpt}", f"input={tiny_raw_session}", "cities=[Samawah]")
@@ -781,6 +786,7 @@ def test_two_runs_on_one_output_refuse_each_other_cleanly(best_ckpt, tiny_raw_se
     assert not (out / ".unosat.lock").exists()
 
 
+@pytest.mark.slow
 def test_user_errors_end_with_one_line_and_status_1(tmp_path):
     proc = cli(cli_args(tmp_path / "o", f"ckpt={tmp_path / 'missing.ckpt'}"))
     _, stderr = proc.communicate(timeout=120)
@@ -811,8 +817,6 @@ def test_cog_writer_cleans_up_after_a_failure(tmp_path):
 @pytest.fixture(scope="module")
 def gate_ckpt(tiny_prepared_db, tmp_path_factory) -> Path:
     """A tiny tile classifier trained by train.py."""
-    from test_train import train_cfg
-
     from unosat.training.run import run as train
 
     root = tmp_path_factory.mktemp("gate")
@@ -863,6 +867,7 @@ def _gated(out: Path, best_ckpt: Path, tiny_raw_session: Path, *overrides: str) 
                            "vectorize=false", *overrides))
 
 
+@pytest.mark.slow
 def test_gate_that_calls_every_window_empty_writes_background_without_segmenting(best_ckpt, gate_ckpt, tiny_raw_session,
                                                                                    tmp_path):
     manifest = _gated(tmp_path / "out", best_ckpt, tiny_raw_session, f"gate.ckpt={gate_ckpt}", "gate.threshold=1.0")
@@ -879,6 +884,7 @@ def test_gate_that_calls_every_window_empty_writes_background_without_segmenting
         assert set(np.unique(mask)) <= {0, 255} and ((mask == 255) == ~valid).all()
 
 
+@pytest.mark.slow
 def test_gate_that_skips_nothing_changes_nothing(best_ckpt, gate_ckpt, tiny_raw_session, tmp_path):
     plain = _gated(tmp_path / "plain", best_ckpt, tiny_raw_session)
     gated = _gated(tmp_path / "gated", best_ckpt, tiny_raw_session, f"gate.ckpt={gate_ckpt}", "gate.threshold=0.0")
@@ -888,6 +894,7 @@ def test_gate_that_skips_nothing_changes_nothing(best_ckpt, gate_ckpt, tiny_raw_
             np.testing.assert_array_equal(sa.read(), sb.read())
 
 
+@pytest.mark.slow
 def test_gate_and_segmentation_checkpoints_are_not_confused(best_ckpt, gate_ckpt, tiny_raw_session, tmp_path):
     with pytest.raises(UnosatError, match="not a tile classifier"):
         _gated(tmp_path / "a", best_ckpt, tiny_raw_session, f"gate.ckpt={best_ckpt}")
@@ -895,10 +902,11 @@ def test_gate_and_segmentation_checkpoints_are_not_confused(best_ckpt, gate_ckpt
         _gated(tmp_path / "b", gate_ckpt, tiny_raw_session)
 
 
+@pytest.mark.slow
 def test_default_checkpoint_is_the_latest_segmentation_run(trained, gate_ckpt, best_ckpt, tmp_path):
     import shutil
 
-    from unosat.predict.run import resolve_checkpoints
+    from unosat.predict.settings import resolve_checkpoints
 
     logs = Path(shutil.copytree(trained, tmp_path / "logs"))
     later = logs / "train" / "runs" / "z_tile_classifier" / "checkpoints"

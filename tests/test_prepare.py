@@ -299,6 +299,7 @@ def test_raw_dir_missing_or_empty(tmp_path):
         run(prepare_config(tmp_path / "empty", tmp_path / "out"))
 
 
+@pytest.mark.slow
 def test_unknown_step_and_unknown_config_key(tiny_raw, tmp_path):
     with pytest.raises(UnosatError, match="unknown step"):
         run(prepare_config(tiny_raw, tmp_path / "out", "steps=[bands,colour]"))
@@ -308,6 +309,7 @@ def test_unknown_step_and_unknown_config_key(tiny_raw, tmp_path):
     assert "Key 'no_such_key' is not in struct" in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow
 def test_entry_point_prints_one_clear_error_line(tmp_path):
     proc = subprocess.run([sys.executable, "prepare.py", f"raw_dir={tmp_path / 'nowhere'}", f"out_dir={tmp_path / 'o'}",
                            f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -345,6 +347,7 @@ def test_out_dir_inside_raw_dir_is_refused(tiny_raw):
         run(prepare_config(tiny_raw, tiny_raw / "prepared"))
 
 
+@pytest.mark.slow
 def test_interrupted_run_completes_when_run_again(tiny_raw, tmp_path):
     out, clean = tmp_path / "out", tmp_path / "clean"
     args = [sys.executable, "prepare.py", f"raw_dir={tiny_raw}", f"out_dir={out}", *TINY_PREPARE,

@@ -139,11 +139,12 @@ def test_labels_that_cover_part_of_the_scene_leave_the_rest_ignored(scene_4326, 
 
 
 def test_evaluation_against_a_label_raster_leaves_its_unknown_pixels_out(tmp_path):
-    from test_evaluate import TRANSFORM, numpy_confusion, write_mask
+    from conftest import MASK_TRANSFORM as TRANSFORM
+    from conftest import numpy_confusion, write_mask
 
+    from unosat.io.labels import LabelsConfig
     from unosat.predict.evaluate import evaluate_city
     from unosat.predict.vectorize import VectorizeConfig, vectorize
-    from unosat.prepare.labels import LabelsConfig
 
     truth = np.zeros((32, 40), dtype="int16")
     truth[2:6, 2:6] = truth[10:14, 16:26] = truth[20:23, 8:11] = 1
@@ -187,12 +188,13 @@ def evaluate_run(tmp_path: Path, ckpt: Path, input_dir: Path, out: str, *overrid
     return run(cfg)
 
 
+@pytest.mark.slow
 def test_evaluate_accepts_label_rasters_and_prepared_masks(tiny_raw_session, tiny_prepared_db, label_rasters,
                                                            tmp_path):
     """The same prediction scored against the label vectors, the same labels as rasters, and the prepared
     masks: the same pixel confusion (all are the polygons burnt on the scene grid, nodata left out). Scene by
     scene: a city product would be scored against its first acquisition's raster, whose nodata differs."""
-    from test_raw_input import toy_checkpoint
+    from conftest import toy_checkpoint
 
     ckpt = toy_checkpoint(tmp_path / "toy.ckpt", {"units": "linear", "nodata_values": [0.0, -99999.0],
                                                    "file_nodata": True})
@@ -207,10 +209,11 @@ def test_evaluate_accepts_label_rasters_and_prepared_masks(tiny_raw_session, tin
     assert raster["object"] == prepared["object"]
 
 
+@pytest.mark.slow
 def test_every_input_is_checked_before_predicting(tiny_raw_session, tiny_prepared_db, label_rasters, tmp_path):
     import shutil
 
-    from test_raw_input import toy_checkpoint
+    from conftest import toy_checkpoint
 
     ckpt = toy_checkpoint(tmp_path / "toy.ckpt", {"units": "linear", "nodata_values": [0.0, -99999.0],
                                                    "file_nodata": True})

@@ -13,13 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
-from conftest import nothing_predicted, prepare_config
+from conftest import nothing_predicted, prepare_config, toy_checkpoint
 
 from unosat.bands import to_db
 from unosat.config import compose_config
 from unosat.errors import UnosatError
-from unosat.models import LWRefineNet
 from unosat.prepare import run as prepare
 from unosat.prepared import PreparedDataset
 from unosat.raw_input import RawInput, UnitsCheck, units_verdict
@@ -164,22 +162,6 @@ def test_the_data_recipe_records_the_raw_input_settings(tiny_prepared_db):
     assert dm.data_recipe()["raw_input"] == {"units": "linear", "nodata_values": [0.0, -99999.0], "file_nodata": True}
 
 
-def toy_checkpoint(path: Path, raw_input: dict | None) -> Path:
-    """An untrained LW-RefineNet checkpoint on the dB recipe recording ``raw_input`` (None: an older
-    checkpoint that records none)."""
-    torch.manual_seed(0)
-    net = LWRefineNet(3, 2)
-    data = {"recipe": {"name": "db", "bands": ["vh", "vv", "mean"], "units": "db", "db_floor": 1e-8},
-            "normalization": {"mean": [-17.0, -10.0, -12.0], "std": [6.0, 6.0, 6.0], "fill": 0.0},
-            "classes": ["background", "building"]}
-    if raw_input is not None:
-        data["raw_input"] = raw_input
-    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
-                "unosat": {"model": {"name": "lwrefinenet", "args": {"in_channels": 3, "num_classes": 2}},
-                           "data": data, "task": "segmentation"}}, path)
-    return path
-
-
 DB_INPUT = {"units": "db", "nodata_values": [-99999.0], "file_nodata": True}
 
 
@@ -196,6 +178,7 @@ def probability(manifest: dict) -> np.ndarray:
         return src.read(1)
 
 
+@pytest.mark.slow
 def test_predict_reads_raw_scenes_with_the_checkpoints_settings_by_default(db_raw, tiny_raw_session, tmp_path):
     ckpt = toy_checkpoint(tmp_path / "db.ckpt", DB_INPUT)
     manifest = predict(tmp_path, ckpt, db_raw, "out_db")
@@ -229,6 +212,7 @@ def test_a_linear_checkpoint_on_db_files_is_refused_before_predicting(db_raw, tm
     assert nothing_predicted(tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_checkpoints_that_disagree_need_explicit_settings(db_raw, tmp_path):
     a = toy_checkpoint(tmp_path / "a.ckpt", DB_INPUT)
     b = toy_checkpoint(tmp_path / "b.ckpt", {**DB_INPUT, "nodata_values": [-99999.0, 0.0]})
@@ -239,6 +223,7 @@ def test_checkpoints_that_disagree_need_explicit_settings(db_raw, tmp_path):
     assert manifest["status"] == "complete"
 
 
+@pytest.mark.slow
 def test_an_older_checkpoint_without_raw_input_settings_uses_the_config(db_raw, tmp_path):
     ckpt = toy_checkpoint(tmp_path / "old.ckpt", None)
     with pytest.raises(UnosatError, match="discovery.units=db"):  # default linear: the check catches dB files

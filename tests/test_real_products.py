@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 import rasterio
 import shapely
-from conftest import prepare_config
+from conftest import COLS, HYP3, ROWS, UTM, UTM_TRANSFORM, WGS84, backscatter, prepare_config, toy_checkpoint
+from conftest import write_product as write
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 
@@ -23,30 +24,8 @@ from unosat.prepare import run as prepare
 from unosat.prepared import PreparedDataset
 from unosat.scenes import discover_scenes
 
-ROWS, COLS = 64, 80
-UTM = CRS.from_epsg(32638)
-UTM_TRANSFORM = Affine(10, 0, 421000, 0, -10, 3693000)
-WGS84 = CRS.from_epsg(4326)
 DEG_TRANSFORM = Affine(9e-5, 0, -1.5, 0, -9e-5, 9.5)
-HYP3 = "S1A_IW_20190917T030900_DVP_RTC10_G_gpuned_7370"
 PRED = ["window.size=64", "window.overlap=16", "window.batch_size=2", "cog.blocksize=128", "block_rows=32"]
-
-
-def backscatter(seed: int, units: str = "linear") -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    pols = {pol: rng.gamma(4.4, level / 4.4, (ROWS, COLS)).astype("float32") for pol, level in (("vv", 0.15), ("vh", 0.014))}
-    if units == "db":
-        pols = {pol: (10 * np.log10(v)).astype("float32") for pol, v in pols.items()}
-    return pols
-
-
-def write(path: Path, bands: list[np.ndarray], crs, transform, nodata=None, driver="GTiff", dtype="float32") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(path, "w", driver=driver, width=COLS, height=ROWS, count=len(bands), dtype=dtype, crs=crs,
-                       transform=transform, nodata=nodata) as dst:
-        for i, band in enumerate(bands, start=1):
-            dst.write(band, i)
-    return path
 
 
 def area_labels(path: Path, crs, transform) -> Path:
@@ -57,8 +36,6 @@ def area_labels(path: Path, crs, transform) -> Path:
 
 
 def toy(tmp_path: Path, units: str) -> Path:
-    from test_raw_input import toy_checkpoint
-
     nodata = [0.0, -99999.0] if units == "linear" else [-99999.0]
     return toy_checkpoint(tmp_path / f"toy_{units}.ckpt", {"units": units, "nodata_values": nodata, "file_nodata": True})
 

@@ -50,16 +50,6 @@ def load_spec(name: str, **overrides) -> DemoSpec:
 
 
 @pytest.fixture(scope="module")
-def tiny_spec() -> DemoSpec:
-    return load_spec("tiny")
-
-
-@pytest.fixture(scope="module")
-def tiny_raw(tiny_spec, tmp_path_factory) -> Path:
-    return generate_demo(tmp_path_factory.mktemp("demo") / "raw", tiny_spec)
-
-
-@pytest.fixture(scope="module")
 def default_layouts():
     spec = load_spec("default")
     return spec, {c.name: city_layout(spec, c) for c in spec.cities}
@@ -79,8 +69,8 @@ def _read(path: Path) -> tuple[np.ndarray, rasterio.profiles.Profile]:
 # ---------------------------------------------------------------- layout, names, discovery
 
 
-def test_layout_and_file_names(tiny_spec, tiny_raw):
-    tifs = sorted(p.relative_to(tiny_raw) for p in tiny_raw.rglob("*.tif"))
+def test_layout_and_file_names(tiny_spec, tiny_raw_session):
+    tifs = sorted(p.relative_to(tiny_raw_session) for p in tiny_raw_session.rglob("*.tif"))
     assert len(tifs) == 2 * sum(len(c.acquisitions) for c in tiny_spec.cities)
     for rel in tifs:
         city_folder, date_folder, name = rel.parts
@@ -90,24 +80,24 @@ def test_layout_and_file_names(tiny_spec, tiny_raw):
         city = tiny_spec.city(city_folder.split("_")[0])
         assert city_folder == f"{city.name}_2015" and date_folder == f"{date}_{mgrs}" and mgrs == city.mgrs
     for city, acq in _scenes(tiny_spec):
-        paths = scene_paths(tiny_raw, city, acq)
+        paths = scene_paths(tiny_raw_session, city, acq)
         assert paths["vv"].is_file() and paths["vh"].is_file()
         assert paths["vv"].name == f"s1a_{city.mgrs}_vv_{acq.orbit_pass}_{acq.date}t{acq.time}.tif"
-        assert label_path(tiny_raw, city).is_file()
-    labels = sorted(p.name for p in (tiny_raw / "labels").iterdir())
+        assert label_path(tiny_raw_session, city).is_file()
+    labels = sorted(p.name for p in (tiny_raw_session / "labels").iterdir())
     assert "38SLF_Mosul.shp" in labels and "38SMA_Najaf.gpkg" in labels and "38RNV_Samawah.shp" in labels
 
-    manifest = json.loads((tiny_raw / "demo.json").read_text())
+    manifest = json.loads((tiny_raw_session / "demo.json").read_text())
     assert manifest["seed"] == tiny_spec.seed and manifest["spec"]["height"] == tiny_spec.height
     assert len(manifest["scenes"]) == len(tifs) // 2
     assert all(0.01 <= s["building_fraction"] <= 0.04 for s in manifest["scenes"])
     assert {c["city"] for c in manifest["labels"]} == {c.name for c in tiny_spec.cities}
 
 
-def test_discover_scenes_finds_every_scene(tiny_spec, tiny_raw):
-    found = discover_scenes(tiny_raw)
+def test_discover_scenes_finds_every_scene(tiny_spec, tiny_raw_session):
+    found = discover_scenes(tiny_raw_session)
     expected = {
-        (c.name, c.mgrs, a.date, a.time, a.orbit_pass): scene_paths(tiny_raw, c, a) for c, a in _scenes(tiny_spec)
+        (c.name, c.mgrs, a.date, a.time, a.orbit_pass): scene_paths(tiny_raw_session, c, a) for c, a in _scenes(tiny_spec)
     }
     assert len(found) == len(expected)
     for scene in found:
@@ -116,13 +106,13 @@ def test_discover_scenes_finds_every_scene(tiny_spec, tiny_raw):
     assert sorted({s.city for s in found if s.city in tiny_spec.test_cities}) == ["Samawah"]
 
 
-def test_generate_skips_existing_and_refuses_foreign_dirs(tiny_spec, tiny_raw, tmp_path, caplog):
-    stamp = {p: p.stat().st_mtime_ns for p in tiny_raw.rglob("*")}
-    assert generate_demo(tiny_raw, tiny_spec) == tiny_raw
+def test_generate_skips_existing_and_refuses_foreign_dirs(tiny_spec, tiny_raw_session, tmp_path, caplog):
+    stamp = {p: p.stat().st_mtime_ns for p in tiny_raw_session.rglob("*")}
+    assert generate_demo(tiny_raw_session, tiny_spec) == tiny_raw_session
     assert "other settings" not in caplog.text
-    assert generate_demo(tiny_raw, dataclasses.replace(tiny_spec, hamlets_per_km2=0.5)) == tiny_raw
+    assert generate_demo(tiny_raw_session, dataclasses.replace(tiny_spec, hamlets_per_km2=0.5)) == tiny_raw_session
     assert "generated with other settings (hamlets_per_km2 differ" in caplog.text  # kept, but the user is told
-    assert {p: p.stat().st_mtime_ns for p in tiny_raw.rglob("*")} == stamp
+    assert {p: p.stat().st_mtime_ns for p in tiny_raw_session.rglob("*")} == stamp
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "precious.txt").write_text("user data")
@@ -152,13 +142,13 @@ def test_generation_is_atomic(tiny_spec, tmp_path, monkeypatch):
 # ---------------------------------------------------------------- grids and values
 
 
-def test_grid_dtype_and_linear_units(tiny_spec, tiny_raw):
+def test_grid_dtype_and_linear_units(tiny_spec, tiny_raw_session):
     origins = set()
     for city, acq in _scenes(tiny_spec):
         grid = city_grid(tiny_spec, city)
         origins.add((grid.transform.c, grid.transform.f))
         bands = {}
-        for pol, path in scene_paths(tiny_raw, city, acq).items():
+        for pol, path in scene_paths(tiny_raw_session, city, acq).items():
             bands[pol], profile = _read(path)
             assert profile["dtype"] == "float32" and profile["count"] == 1
             assert (profile["height"], profile["width"]) == (160, 192)
@@ -186,7 +176,7 @@ def test_mgrs_corners_are_the_real_tiles():
     assert mgrs_square_corner("38RNV") == (500_000.0, 3_500_000.0)  # Samawah
 
 
-def test_wedge_is_exact_nodata_and_valid_pixels_go_negative(tiny_spec, tiny_raw):
+def test_wedge_is_exact_nodata_and_valid_pixels_go_negative(tiny_spec, tiny_raw_session):
     for city in tiny_spec.cities:
         layout = city_layout(tiny_spec, city)
         masks = {}
@@ -194,7 +184,7 @@ def test_wedge_is_exact_nodata_and_valid_pixels_go_negative(tiny_spec, tiny_raw)
             scene = render_scene(tiny_spec, city, acq, layout)
             wedge = ~scene["valid"]
             assert 0.05 <= wedge.mean() <= 0.15
-            paths = scene_paths(tiny_raw, city, acq)
+            paths = scene_paths(tiny_raw_session, city, acq)
             for pol in ("vv", "vh"):
                 band, _ = _read(paths[pol])
                 np.testing.assert_array_equal(band, scene[pol])  # the files hold what render_scene makes
@@ -206,16 +196,16 @@ def test_wedge_is_exact_nodata_and_valid_pixels_go_negative(tiny_spec, tiny_raw)
         assert not np.array_equal(masks["ASC"], masks["DES"])  # different corners
 
 
-def test_same_seed_same_bytes_other_seed_other_scenes(tiny_spec, tiny_raw, tmp_path):
+def test_same_seed_same_bytes_other_seed_other_scenes(tiny_spec, tiny_raw_session, tmp_path):
     def digests(root: Path) -> dict[str, str]:
         return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*.tif")}
 
     again = generate_demo(tmp_path / "again", tiny_spec)
-    assert digests(again) == digests(tiny_raw)
+    assert digests(again) == digests(tiny_raw_session)
     other = generate_demo(tmp_path / "other", load_spec("tiny", seed=1))
     other_digests = digests(other)
-    assert set(other_digests) == set(digests(tiny_raw))
-    assert not set(other_digests.values()) & set(digests(tiny_raw).values())
+    assert set(other_digests) == set(digests(tiny_raw_session))
+    assert not set(other_digests.values()) & set(digests(tiny_raw_session).values())
 
 
 # ---------------------------------------------------------------- speckle
@@ -331,10 +321,10 @@ def test_double_bounce_layover_and_shadow_follow_the_pass(tiny_spec):
 # ---------------------------------------------------------------- labels
 
 
-def test_labels_have_dn_255_their_crs_and_match_the_building_pixels(tiny_spec, tiny_raw):
+def test_labels_have_dn_255_their_crs_and_match_the_building_pixels(tiny_spec, tiny_raw_session):
     crs_seen, formats = set(), set()
     for city in tiny_spec.cities:
-        path = label_path(tiny_raw, city)
+        path = label_path(tiny_raw_session, city)
         gdf = gpd.read_file(path)
         formats.add(path.suffix)
         assert np.issubdtype(gdf["DN"].dtype, np.integer) and set(gdf["DN"]) == {255}

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 import torch
-from test_train import train_cfg
+from conftest import train_cfg
 
 from unosat.checkpoint import build_model, load_checkpoint
 from unosat.errors import UnosatError
@@ -43,6 +43,7 @@ def test_bce_by_hand():
     assert TileBCELoss(pos_weight=3.0)(logits, mask)["loss"].item() == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_trains_with_train_py_and_logs_precision_recall_auroc(tiny_prepared_db, tmp_path):
     cfg = train_cfg(tiny_prepared_db, tmp_path, "model=tile_classifier", "trainer.max_epochs=2", "model.window_px=32",
                     "data.augment.0.height=${model.window_px}", "data.augment.0.width=${model.window_px}")

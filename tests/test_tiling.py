@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from unosat.errors import UnosatError
-from unosat.prepare.tiling import TilingConfig, tile_windows, train_offsets
+from unosat.io.raster import train_offsets
+from unosat.prepare.tiling import TilingConfig, tile_windows
 from unosat.prepare.tiling import test_offsets as stride_offsets
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from test_predict import predict_cfg
-from test_train import train_cfg
+from conftest import predict_cfg, train_cfg
 
 from unosat.checkpoint import load_checkpoint
 from unosat.errors import UnosatError
 from unosat.predict.run import run as predict
 from unosat.training.run import run as train
+
+#: end-to-end: trains networks and predicts with them (``pytest -m "not slow"`` leaves them out)
+pytestmark = pytest.mark.slow
 
 PREDICT = ["cities=[Samawah]", "evaluate=true"]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sqlite3
@@ -14,34 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, TINY_PREPARE
+from conftest import FAST, REPO, TINY_PREPARE, summary, train_cfg
 from omegaconf import OmegaConf
 
 from unosat.checkpoint import load_checkpoint
 from unosat.config import compose_config
 from unosat.errors import UnosatError
 from unosat.training.run import run
-
-#: small and fast settings for the tiny demo (64 px tiles)
-FAST = [
-    "data.batch_size=4",
-    "data.val_batch_size=8",
-    "data.epoch_length=8",
-    "data.augment.0.height=48",
-    "data.augment.0.width=48",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-    "trainer.num_sanity_val_steps=0",
-    "trainer.log_every_n_steps=1",
-    "callbacks.prediction_grid.num_tiles=2",
-    "logger=csv",
-]
-
-
-def train_cfg(data_dir: Path, tmp_path: Path, *overrides: str, run_name: str = "run"):
-    return compose_config("train", [
-        f"data.dir={data_dir}", f"paths.log_dir={tmp_path / 'logs'}",
-        f"paths.output_dir={tmp_path / 'logs' / 'train' / 'runs' / run_name}", *FAST, *overrides])
 
 
 def cli(args: list[str], tmp_path: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -52,13 +30,10 @@ def cli(args: list[str], tmp_path: Path, timeout: int = 600) -> subprocess.Compl
     return proc
 
 
-def summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
-
-
 # ---------------------------------------------------------------------------- runs
 
 
+@pytest.mark.slow
 def test_fast_dev_run(tiny_prepared_db, tmp_path):
     cfg = train_cfg(tiny_prepared_db, tmp_path, "debug=fdr")
     value = run(cfg)
@@ -71,6 +46,7 @@ def test_fast_dev_run(tiny_prepared_db, tmp_path):
     assert not list((tmp_path / "logs").rglob("*.ckpt"))
 
 
+@pytest.mark.slow
 def test_debug_overfit_reaches_its_criterion(tiny_prepared_db, tmp_path, caplog):
     # the demo's own figure is in conf/debug/overfit.yaml (75 s, loss ratio 0.13); here on the tiny demo
     cfg = train_cfg(tiny_prepared_db, tmp_path, "debug=overfit", "trainer.max_epochs=40", "data.batch_size=8",
@@ -83,6 +59,7 @@ def test_debug_overfit_reaches_its_criterion(tiny_prepared_db, tmp_path, caplog)
     assert line.startswith("overfit check PASS") and ratio <= 0.2, line
 
 
+@pytest.mark.slow
 def test_training_run_writes_checkpoints_grid_baseline_and_returns_the_metric(tiny_prepared_db, tmp_path):
     cfg = train_cfg(tiny_prepared_db, tmp_path, "trainer.max_epochs=2", "test=true")
     value = run(cfg)
@@ -126,6 +103,7 @@ def test_training_run_writes_checkpoints_grid_baseline_and_returns_the_metric(ti
         assert column in metrics.columns
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_first_epoch_losses(tiny_prepared_db, tmp_path):
     losses = []
     for i in range(2):
@@ -137,6 +115,7 @@ def test_same_seed_gives_the_same_first_epoch_losses(tiny_prepared_db, tmp_path)
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_resume_continues_epoch_optimizer_schedule_and_wandb_run(tiny_prepared_db, tmp_path):
     first = train_cfg(tiny_prepared_db, tmp_path, "trainer.max_epochs=1", "logger=wandb", "logger.wandb.mode=offline",
                       "optimizer=sgd", run_name="first")
@@ -161,6 +140,7 @@ def test_resume_continues_epoch_optimizer_schedule_and_wandb_run(tiny_prepared_d
     assert wandb_dirs and wandb_dirs[0].name.endswith(c1["unosat"]["wandb_run_id"])
 
 
+@pytest.mark.slow
 def test_resume_skips_a_truncated_last_ckpt_and_refuses_a_finished_run(tiny_prepared_db, tmp_path, caplog):
     import logging
 
@@ -188,6 +168,7 @@ def test_resume_skips_a_truncated_last_ckpt_and_refuses_a_finished_run(tiny_prep
     assert resumed["epoch"] == 1 and resumed["global_step"] == 4
 
 
+@pytest.mark.slow
 def test_resume_last_with_only_a_leftover_temporary_starts_from_scratch_with_a_warning(tiny_prepared_db, tmp_path,
                                                                                       caplog):
     import logging
@@ -218,6 +199,7 @@ def test_resume_last_with_only_a_leftover_temporary_starts_from_scratch_with_a_w
         run(train_cfg(tiny_prepared_db, tmp_path, f"ckpt_path={tmp_path / 'broken.ckpt'}", run_name="named"))
 
 
+@pytest.mark.slow
 def test_test_only_scores_the_checkpoint_weights_as_a_direct_evaluation(tiny_prepared_db, tmp_path, capsys):
     from hydra.utils import instantiate
 
@@ -275,6 +257,7 @@ def test_test_only_scores_the_checkpoint_weights_as_a_direct_evaluation(tiny_pre
     assert reseeded == pytest.approx(value, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_five_band_dataset_trains(tiny_raw_session, tmp_path):
     from conftest import prepare_config
 
@@ -318,12 +301,14 @@ def test_band_count_mismatch(tiny_prepared_db, tmp_path):
         run(train_cfg(tiny_prepared_db, tmp_path, "model.in_channels=5"))
 
 
+@pytest.mark.slow
 def test_label_smoothing_outside_range(tiny_prepared_db, tmp_path):
     proc = cli([f"data.dir={tiny_prepared_db}", f"hydra.run.dir={tmp_path / 'r'}", "loss.label_smoothing=1.2", *FAST], tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == "error: loss.label_smoothing must be in [0, 1), got 1.2"
 
 
+@pytest.mark.slow
 def test_unknown_experiment_lists_the_available_ones(tmp_path):
     proc = cli(["experiment=no_such_experiment", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path)
     assert proc.returncode != 0
@@ -331,6 +316,7 @@ def test_unknown_experiment_lists_the_available_ones(tmp_path):
     assert "Could not find 'experiment/no_such_experiment'" in text and "unosat_ce_jaccard" in text
 
 
+@pytest.mark.slow
 def test_checkpoint_from_another_model(tiny_prepared_db, tmp_path):
     run(train_cfg(tiny_prepared_db, tmp_path, "debug=limit", "trainer.max_epochs=1", run_name="a"))
     last = tmp_path / "logs" / "train" / "runs" / "a" / "checkpoints" / "last.ckpt"
@@ -391,6 +377,7 @@ def test_two_runs_cannot_resume_one_run_at_once(tmp_path):
 # ------------------------------------------------------------------ sweeps and DDP
 
 
+@pytest.mark.slow
 def test_multirun_runs_each_job_in_its_own_directory(tiny_prepared_db, tmp_path):
     sweep = tmp_path / "sweep"
     proc = cli(["-m", f"data.dir={tiny_prepared_db}", f"hydra.sweep.dir={sweep}", "optimizer.lr=0.001,0.004",
@@ -411,6 +398,7 @@ def test_multirun_runs_each_job_in_its_own_directory(tiny_prepared_db, tmp_path)
     assert seen == {(0.001, 0.0), (0.001, 0.05), (0.004, 0.0), (0.004, 0.05)}
 
 
+@pytest.mark.slow
 def test_optuna_sweep_records_trials_and_survives_a_failed_one(tiny_prepared_db, tmp_path):
     pytest.importorskip("optuna")
     sweep = tmp_path / "optuna"
@@ -431,6 +419,7 @@ def test_optuna_sweep_records_trials_and_survives_a_failed_one(tiny_prepared_db,
     assert "label_smoothing must be in [0, 1)" in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow
 def test_an_interrupted_optuna_study_finishes_its_n_trials_on_rerun(tiny_prepared_db, tmp_path):
     optuna = pytest.importorskip("optuna")
     sweep = tmp_path / "optuna"
@@ -480,6 +469,7 @@ def epoch_metrics(run_dir: Path, keys: tuple[str, ...]) -> pd.DataFrame:
     return m.groupby("epoch")[list(keys)].first()
 
 
+@pytest.mark.slow
 def test_ddp_with_two_cpu_processes_and_the_progress_bar_matches_one_process(tiny_prepared_db, tmp_path):
     # The reference sees what DDP does per optimizer step: samples 2k and 2k+1 of the same weighted draw, one
     # per forward pass (batch norm normalises each sample on its own in both), gradients averaged (gradient

@@ -25,11 +25,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from unosat.errors import UnosatError
-from unosat.raw_input import file_valid
+from unosat.raw_input import UNITS, file_valid
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 BAND_FORMULAS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "vh": lambda vh, vv: vh,
@@ -41,7 +45,6 @@ BAND_FORMULAS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "ratio": lambda vh, vv: np.divide(vv, vh, out=np.full_like(vv, np.nan), where=vh != 0),
 }
 
-UNITS = ("linear", "db")
 
 #: the polarisations each band needs (bands not listed need both)
 BAND_NEEDS: dict[str, tuple[str, ...]] = {"vh": ("vh",), "vv": ("vv",)}
@@ -240,3 +243,21 @@ class Normalization:
     @classmethod
     def from_dict(cls, d: dict) -> Normalization:
         return cls(tuple(d["mean"]), tuple(d["std"]), float(d.get("fill", 0.0)), d.get("source", "config"))
+
+
+def pooled_normalization(table: pd.DataFrame, band_names: Sequence[str], source: str) -> Normalization:
+    """Per-band mean/std over all valid pixels of the tiles in ``table`` (exact pooling of tile moments)."""
+    n = table["n_valid"].to_numpy(dtype=np.float64)
+    if n.sum() == 0:
+        raise UnosatError(f"no valid pixel in the tiles selected for normalisation ({source})")
+    means, stds = [], []
+    for name in band_names:
+        m = table[f"{name}_mean"].to_numpy(dtype=np.float64)
+        s = table[f"{name}_std"].to_numpy(dtype=np.float64)
+        keep = n > 0
+        total = n[keep].sum()
+        mean = float((n[keep] * m[keep]).sum() / total)
+        second = float((n[keep] * (s[keep] ** 2 + m[keep] ** 2)).sum() / total)
+        means.append(mean)
+        stds.append(float(np.sqrt(max(second - mean * mean, 0.0))))
+    return Normalization(tuple(means), tuple(stds), source=source)

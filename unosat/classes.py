@@ -50,11 +50,6 @@ def class_names(names: Sequence[str] | None, where: str = "classes.names") -> tu
     return out
 
 
-def target_name(names: Sequence[str] | None = None) -> str:
-    """The target class's name (``building`` by default)."""
-    return class_names(names)[TARGET]
-
-
 def plural(name: str) -> str:
     """An English plural for product names: ``building`` -> ``buildings``, ``water`` -> ``waters``,
     ``bus`` -> ``buses``, ``city`` -> ``cities``."""

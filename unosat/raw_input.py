@@ -26,6 +26,7 @@ import numpy as np
 
 from unosat.errors import UnosatError
 
+#: backscatter units: linear power or dB
 UNITS = ("linear", "db")
 
 #: nodata values used when ``nodata_values`` is not set, by input units

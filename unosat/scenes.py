@@ -17,10 +17,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from unosat.bands import BandRecipe
 from unosat.errors import UnosatError
+from unosat.io.raster import Grid, open_raster
 from unosat.label_areas import AreaLabels, label_areas
 from unosat.label_areas import scene_area as area_of_scene
-from unosat.raw_input import RawInput, UnitsCheck, check_units_name, default_nodata
+from unosat.raw_input import RawInput, UnitsCheck, check_file_units, check_units_name, default_nodata
 from unosat.scene_metadata import MetadataConfig, read_scene_metadata
 
 POLARISATIONS = ("vh", "vv")
@@ -69,11 +71,6 @@ class Scene:
     @property
     def vv(self) -> Path:
         return self.sources["vv"][0]
-
-    @property
-    def files(self) -> list[Path]:
-        """The distinct files this scene reads."""
-        return sorted({p for p, _ in self.sources.values()})
 
     def fields(self) -> dict[str, str]:
         """Fields available to filename templates (``{city}``, ``{mgrs}``, ``{date}``, ``{scene_id}``...)."""
@@ -371,3 +368,60 @@ def find_raster_label(search_dirs: Sequence[Path | str], template: str, scene: S
         if found:
             return found[0]
     return None
+
+
+# Reading a scene's files: their grid, polarisations, nodata and units, checked the same way by prepare.py
+# (the band stack step) and predict.py (raw scenes).
+
+
+def scene_grid(scene: Scene) -> Grid:
+    """The grid shared by a scene's VV and VH files; error naming both files if they differ."""
+    grids = {}
+    for pol in sorted(scene.sources):
+        path, band = scene.sources[pol]
+        with open_raster(path) as src:
+            if band > src.count:
+                raise UnosatError(f"{path}: has {src.count} band(s), the {pol.upper()} band {band} does not exist")
+            grids[pol] = Grid.of(src)
+    for pol, grid in grids.items():
+        if grid.crs is None:
+            raise UnosatError(f"{scene.sources[pol][0]}: the raster has no CRS")
+    if len(grids) == 1:
+        return next(iter(grids.values()))
+    diff = grids["vh"].differences(grids["vv"])
+    if diff:
+        raise UnosatError(
+            f"VH and VV of scene {scene.scene_id} are not on the same grid: {scene.vh} vs {scene.vv} differ in "
+            + "; ".join(diff)
+        )
+    return grids["vv"]
+
+
+def check_scene_polarisations(scene: Scene, recipe: BandRecipe, what: str = "band recipe") -> None:
+    """Refuse a recipe that needs a polarisation the scene does not have, naming both."""
+    missing = [p for p in recipe.needs() if p not in scene.sources]
+    if missing:
+        has = "/".join(p.upper() for p in sorted(scene.sources))
+        raise UnosatError(f"scene {scene.scene_id} ({next(iter(scene.sources.values()))[0]}) has only {has}, but {what} "
+                          f"'{recipe.name}' {list(recipe.bands)} needs {missing[0].upper()}: use bands={has.lower()}_db "
+                          f"or bands={has.lower()} for single-polarisation data")
+
+
+def scene_nodata(scene: Scene, raw: RawInput) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Nodata values of the scene's VH and VV bands: the configured ones plus each file's own tag."""
+    out = []
+    for pol in ("vh", "vv"):
+        if pol not in scene.sources:
+            out.append(())
+            continue
+        path, band = scene.sources[pol]
+        with open_raster(path) as src:
+            tag = src.nodatavals[band - 1] if band - 1 < len(src.nodatavals) else None
+        out.append(raw.nodata_of(tag))
+    return out[0], out[1]
+
+
+def check_scene_units(scene: Scene, raw: RawInput, check: UnitsCheck, setting: str = "discovery.units") -> None:
+    """Refuse a scene whose files' values contradict ``raw.units`` (see :func:`unosat.raw_input.check_file_units`)."""
+    for path, band in sorted(set(scene.sources.values())):
+        check_file_units(path, band, raw, check, setting)

@@ -19,16 +19,14 @@ import pandas as pd
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from unosat.bands import BandRecipe, Normalization
+from unosat.bands import BandRecipe, Normalization, pooled_normalization
 from unosat.classes import IGNORE_INDEX
 from unosat.classes import class_names as class_names_checked
 from unosat.data.sampler import DistributedWeightedSampler, UnpaddedDistributedSampler, tile_weights
 from unosat.data.tile_dataset import TileDataset, seed_worker
 from unosat.data.transforms import SpeckleNoise, compose
 from unosat.errors import UnosatError
-from unosat.prepare.consistency import check_consistency
-from unosat.prepare.statistics import pooled_normalization
-from unosat.prepared import PreparedDataset
+from unosat.prepared import PreparedDataset, check_consistency
 
 log = logging.getLogger(__name__)
 
@@ -209,11 +207,6 @@ class UnosatDataModule(pl.LightningDataModule):
         if len(mean) != self.recipe.count:
             raise UnosatError(f"data.normalization has {len(mean)} values but the dataset has {self.recipe.count} bands")
         return Normalization(tuple(mean), tuple(std), source="config")
-
-    # ------------------------------------------------------------- properties
-    @property
-    def num_bands(self) -> int:
-        return self.layout.recipe.count
 
     def data_recipe(self) -> dict:
         """What prediction needs to rebuild the model's input: bands, normalisation, tile size, classes, and

@@ -6,7 +6,7 @@ The network and its data recipe come from the checkpoint, built only through the
 checkpoint is instantiated. The exported graph (:mod:`unosat.export.graph`) takes VH and VV and returns class
 probabilities, with dynamic batch, height and width. Written atomically next to each other:
 
-- ``<output>``: the ONNX model with Deepness's and unosat's metadata (:mod:`unosat.export.metadata`);
+- ``<output>``: the ONNX model with Deepness's and unosat's metadata (:mod:`unosat.io.onnx_metadata`);
 - ``<output stem>.md``: the model card (:mod:`unosat.export.model_card`): what to give the model in QGIS.
 
 Before anything is written the export is checked: onnxruntime must reproduce the torch module's outputs on
@@ -29,9 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 from unosat.classes import TARGET
 from unosat.errors import UnosatError
 from unosat.export.graph import INPUT_BANDS, PolarisationInput, exported_module
-from unosat.export.metadata import FORMAT, FORMAT_VERSION, DeepnessSettings, deepness_metadata, encode
 from unosat.export.model_card import model_card
 from unosat.io.atomic import atomic_path, write_text_atomic
+from unosat.io.onnx_metadata import FORMAT, FORMAT_VERSION, DeepnessSettings, deepness_metadata, encode
 from unosat.predict.ensemble import LoadedModel, load_model, size_divisor
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def metadata_for(model: LoadedModel, task: str, settings: DeepnessSettings, inpu
 
 def resolve_paths(cfg: DictConfig) -> tuple[Path, Path, Path]:
     """``(checkpoint, onnx output, model card)``; the checkpoint defaults to the latest training run's best."""
-    from unosat.predict.run import latest_segmentation_checkpoint
+    from unosat.predict.settings import latest_segmentation_checkpoint
 
     if cfg.get("ckpt") in (None, ""):
         log_dir = Path(cfg.paths.log_dir).expanduser()

@@ -115,12 +115,6 @@ def write_cog(
         staging.unlink(missing_ok=True)
 
 
-def is_cog(path: Path | str) -> bool:
-    """Whether GDAL reports the file's layout as COG (``IMAGE_STRUCTURE`` metadata ``LAYOUT=COG``)."""
-    with rasterio.open(path) as src:
-        return src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
-
-
 class CogRowWriter:
     """A single-band COG written from rows *pushed* top to bottom (``write(row_off, (rows, width) array)``):
     the counterpart of :func:`write_cog` for a second raster made in the same pass as another (a mask

@@ -18,7 +18,7 @@ import rasterio
 from rasterio.crs import CRS
 from rasterio.errors import RasterioError
 from rasterio.transform import Affine
-from rasterio.windows import Window
+from rasterio.windows import Window, subdivide
 
 from unosat.errors import UnosatError
 
@@ -91,18 +91,6 @@ class Grid:
                        f"{offset:.3g} px apart)")
         return out
 
-    def to_json(self) -> dict:
-        return {
-            "crs": self.crs.to_wkt() if self.crs else None,
-            "transform": list(self.transform)[:6],
-            "width": self.width,
-            "height": self.height,
-        }
-
-    @classmethod
-    def from_json(cls, d: dict) -> Grid:
-        return cls(CRS.from_wkt(d["crs"]) if d["crs"] else None, Affine(*d["transform"]), d["width"], d["height"])
-
 
 def _crs_name(crs: CRS | None) -> str:
     if crs is None:
@@ -137,12 +125,25 @@ def _first_line(err: Exception) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
-def row_blocks(height: int, rows: int) -> Iterator[tuple[int, int]]:
-    """``(row_off, n_rows)`` blocks of at most ``rows`` rows that cover ``height`` rows top to bottom."""
+def row_windows(width: int, height: int, rows: int) -> list[Window]:
+    """Full-width windows of at most ``rows`` rows that cover ``height`` rows top to bottom
+    (``rasterio.windows.subdivide``, which never ends for ``rows <= 0``: refused here)."""
     if rows <= 0:
         raise ValueError(f"block rows must be positive, got {rows}")
-    for r in range(0, height, rows):
-        yield r, min(rows, height - r)
+    return subdivide(Window(0, 0, width, height), rows, width)
+
+
+def train_offsets(length: int, size: int, min_overlap: int) -> list[int]:
+    """Start offsets of train tiles along one axis of ``length`` pixels.
+
+    ``n = ceil((length - size) / (size - min_overlap)) + 1`` tiles, spread evenly from 0 to
+    ``length - size`` (rounded), so neighbours overlap by at least ``min_overlap``. For the UNOSAT scenes
+    (10980 px, 512/32) that is 23 tiles per axis.
+    """
+    if length <= size:
+        return [0]
+    n = math.ceil((length - size) / (size - min_overlap)) + 1
+    return sorted({round(i * (length - size) / (n - 1)) for i in range(n)})
 
 
 def geotiff_profile(grid: Grid, count: int, dtype: str, nodata: float | int | None) -> dict:
@@ -202,7 +203,7 @@ def memmap_geotiff(path: Path | str) -> np.ndarray | None:
     return np.memmap(path, dtype=dtype, mode="r", offset=int(offsets[0]), shape=(rows, cols, bands))
 
 
-#: GeoTIFF metadata tag holding the JSON parameters an output was made with (see :mod:`unosat.prepare.outputs`).
+#: GeoTIFF metadata tag holding the JSON parameters an output was made with (see :mod:`unosat.io.provenance`).
 PARAMS_TAG = "UNOSAT_PARAMS"
 
 

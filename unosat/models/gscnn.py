@@ -288,7 +288,6 @@ class GSCNN(nn.Module):
         self.in_channels = int(in_channels)
         self.num_classes = int(num_classes)
         self.output_stride = int(output_stride)
-        self.backbone_name = backbone
         build, self.taps = BACKBONES[backbone]
         self.backbone = build(self.in_channels)
         if pretrained is not None:

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from unosat.errors import UnosatError
+from unosat.raw_input import UNITS
 
-UNITS = ("linear", "db")
 GAUSSIAN_TRUNCATE = 3.0  # kernel radius in sigmas
 SOBEL_NORM = 8.0  # sum of the absolute Sobel weights: a 1-per-pixel ramp gives a gradient of 1
 

@@ -21,13 +21,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from unosat.classes import IGNORE_INDEX, TARGET
 from unosat.errors import UnosatError
 from unosat.io.raster import Grid
 from unosat.predict.probability import decode_probability
 
 METHODS = ("none", "mean", "vote")
-MASK_NODATA = 255
-BACKGROUND, BUILDING_VALUE = 0, 1
+#: a prediction mask holds the values of a prepared mask: 0 background, TARGET, IGNORE_INDEX where no data
+MASK_NODATA = IGNORE_INDEX
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def vote(masks: np.ndarray, k: int) -> np.ndarray:
     masks = np.asarray(masks)
     has = masks != MASK_NODATA
     n_valid = has.sum(axis=0)
-    votes = (masks == BUILDING_VALUE).sum(axis=0)
+    votes = (masks == TARGET).sum(axis=0)
     out = (votes >= np.minimum(k, n_valid)).astype(np.uint8)
     out[n_valid == 0] = MASK_NODATA
     return out

@@ -31,11 +31,12 @@ from rasterio.windows import Window
 from unosat.classes import CLASS_NAMES, IGNORE_INDEX, TARGET
 from unosat.classes import class_names as class_names_checked
 from unosat.errors import UnosatError
-from unosat.io.raster import Grid, gdal_env, open_raster, read_window, row_blocks
+from unosat.io.labels import LabelsConfig, RasterAligner, VectorBurner
+from unosat.io.raster import Grid, gdal_env, open_raster, read_window, row_windows
 from unosat.metrics import confusion_matrix, scores_from_confusion
 from unosat.predict.object_matching import match_polygons, object_scores
-from unosat.predict.vectorize import polygonize_strips, read_vectorized
-from unosat.prepare.labels import LabelsConfig, RasterAligner, VectorBurner
+from unosat.predict.polygonize import polygonize_strips
+from unosat.predict.vectorize import read_vectorized
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def evaluate_city(pred_mask_path, pred_polygons_path, label_path, all_touched: b
             reference grid.
         pred_polygons_path: the polygons vectorised from it (any OGR format, any CRS).
         label_path: the city's label polygons (any OGR format with a CRS), or with ``labels.source`` ``raster``
-            / ``prepared`` a label raster (read as :class:`~unosat.prepare.labels.RasterAligner` reads it: on
+            / ``prepared`` a label raster (read as :class:`~unosat.io.labels.RasterAligner` reads it: on
             another grid it is warped; its unknown pixels, and a prepared mask's 255, are left out of the
             pixel scores; its true polygons are its target regions, 4-connected).
         all_touched: how labels are burnt for pixel scores (as in preparation).
@@ -141,8 +142,7 @@ def _polygons(strips) -> np.ndarray:
 def pixel_confusion(src, burner: VectorBurner | RasterAligner, block_rows: int) -> np.ndarray:
     """``(2, 2)`` confusion matrix (rows: truth, columns: prediction) over the valid pixels of ``src``."""
     total = np.zeros((len(CLASS_NAMES), len(CLASS_NAMES)), dtype=np.int64)
-    for row_off, rows in row_blocks(src.height, block_rows):
-        window = Window(0, row_off, src.width, rows)
+    for window in row_windows(src.width, src.height, block_rows):
         pred = read_window(src, window, 1)
         valid = pred != IGNORE_INDEX
         if (pred[valid] > TARGET).any():

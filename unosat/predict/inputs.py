@@ -21,12 +21,11 @@ from rasterio.windows import Window
 
 from unosat.bands import BandRecipe, polarisations_to_stack, valid_pixels
 from unosat.errors import UnosatError
+from unosat.io.provenance import file_identity
 from unosat.io.raster import Grid, gdal_env, open_raster, read_window
-from unosat.prepare.band_stack import check_scene_units, scene_grid, scene_nodata
-from unosat.prepare.outputs import file_identity
 from unosat.prepared import PreparedDataset
 from unosat.raw_input import RawInput
-from unosat.scenes import DiscoveryConfig, Scene, discover_scenes
+from unosat.scenes import DiscoveryConfig, Scene, check_scene_units, discover_scenes, scene_grid, scene_nodata
 
 
 @dataclass(frozen=True)

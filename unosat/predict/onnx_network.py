@@ -1,7 +1,7 @@
 """Exported ONNX models (``python -m unosat.export``) as prediction networks, run by onnxruntime.
 
 ``predict.py ckpt=model.onnx`` (or ``gate.ckpt=classifier.onnx``) loads the file with :func:`load_onnx_model`:
-its unosat metadata say what it takes and returns (:func:`unosat.export.metadata.read_metadata`). The graph
+its unosat metadata say what it takes and returns (:func:`unosat.io.onnx_metadata.read_metadata`). The graph
 takes VH and VV and computes the band recipe itself, so the prediction windows hand it the polarisations
 (:func:`polarisation_recipe`, in the units the graph was exported for) with nodata left as NaN
 (:data:`PASS_THROUGH`), and the graph gives nodata pixels the normalisation's fill, as the checkpoint path
@@ -110,7 +110,7 @@ def load_onnx_model(path: Path | str, options: OnnxOptions | None = None):
 
     Raises :class:`UnosatError` naming the file when it is missing, not ONNX, or not a unosat export.
     """
-    from unosat.export.metadata import read_metadata
+    from unosat.io.onnx_metadata import read_metadata
     from unosat.predict.ensemble import LoadedModel, file_sha256
 
     path = Path(path).expanduser()

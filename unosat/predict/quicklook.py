@@ -22,13 +22,14 @@ from rasterio.enums import Resampling
 from rasterio.features import rasterize
 from rasterio.transform import Affine
 
-from unosat.bands import UNITS, to_db
+from unosat.bands import to_db
 from unosat.errors import UnosatError
 from unosat.io.atomic import atomic_path
+from unosat.io.labels import decimated_mask
 from unosat.io.raster import Grid, gdal_env, open_raster
 from unosat.io.vectors import read_polygons
 from unosat.predict.vectorize import read_vectorized
-from unosat.prepare.report import decimated_mask
+from unosat.raw_input import UNITS
 
 PREDICTED_RGB = (255, 32, 32)
 TRUTH_RGB = (32, 230, 32)

@@ -3,7 +3,7 @@
 Layout (per axis, pixels of the scene grid): the scene of ``length`` pixels is extended by ``margin``
 pixels on both sides, and square windows of ``size`` pixels are spread evenly over the extended range with
 at least ``overlap`` pixels between neighbours, the first starting at ``-margin`` and the last ending at
-``length + margin`` (:func:`unosat.prepare.tiling.train_offsets`, the arithmetic that places training
+``length + margin`` (:func:`unosat.io.raster.train_offsets`, the arithmetic that places training
 tiles; a scene smaller than a window gets one window). Pixels outside the scene are filled by mirroring the
 scene (``pad_mode: reflect``) or as nodata (``constant``, the normalisation's fill), so pixels at the scene
 border see context as they would inside it and no row or column is lost.
@@ -38,9 +38,9 @@ import numpy as np
 from rasterio.windows import Window
 
 from unosat.errors import UnosatError
+from unosat.io.raster import train_offsets
 from unosat.predict.ensemble import Ensemble
 from unosat.predict.inputs import SceneReader
-from unosat.prepare.tiling import train_offsets
 
 PAD_MODES = ("reflect", "constant")
 

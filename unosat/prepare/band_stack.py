@@ -14,14 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from rasterio.windows import Window
 
 from unosat.bands import BandRecipe, polarisations_to_stack
-from unosat.errors import UnosatError
-from unosat.io.raster import PARAMS_TAG, Grid, open_raster, read_window, row_blocks, stack_profile, write_rows
-from unosat.prepare.outputs import file_identity, needs_work
-from unosat.raw_input import RawInput, UnitsCheck, check_file_units
-from unosat.scenes import Scene
+from unosat.io.provenance import file_identity, needs_work
+from unosat.io.raster import PARAMS_TAG, open_raster, read_window, row_windows, stack_profile, write_rows
+from unosat.raw_input import RawInput, UnitsCheck
+from unosat.scenes import Scene, check_scene_polarisations, check_scene_units, scene_grid, scene_nodata
 
 
 @dataclass(frozen=True)
@@ -35,59 +33,6 @@ class BandStackTask:
     block_rows: int
     overwrite: bool
     units_check: UnitsCheck = UnitsCheck()
-
-
-def scene_grid(scene: Scene) -> Grid:
-    """The grid shared by a scene's VV and VH files; error naming both files if they differ."""
-    grids = {}
-    for pol in sorted(scene.sources):
-        path, band = scene.sources[pol]
-        with open_raster(path) as src:
-            if band > src.count:
-                raise UnosatError(f"{path}: has {src.count} band(s), the {pol.upper()} band {band} does not exist")
-            grids[pol] = Grid.of(src)
-    for pol, grid in grids.items():
-        if grid.crs is None:
-            raise UnosatError(f"{scene.sources[pol][0]}: the raster has no CRS")
-    if len(grids) == 1:
-        return next(iter(grids.values()))
-    diff = grids["vh"].differences(grids["vv"])
-    if diff:
-        raise UnosatError(
-            f"VH and VV of scene {scene.scene_id} are not on the same grid: {scene.vh} vs {scene.vv} differ in "
-            + "; ".join(diff)
-        )
-    return grids["vv"]
-
-
-def check_scene_polarisations(scene: Scene, recipe: BandRecipe, what: str = "band recipe") -> None:
-    """Refuse a recipe that needs a polarisation the scene does not have, naming both."""
-    missing = [p for p in recipe.needs() if p not in scene.sources]
-    if missing:
-        has = "/".join(p.upper() for p in sorted(scene.sources))
-        raise UnosatError(f"scene {scene.scene_id} ({next(iter(scene.sources.values()))[0]}) has only {has}, but {what} "
-                          f"'{recipe.name}' {list(recipe.bands)} needs {missing[0].upper()}: use bands={has.lower()}_db "
-                          f"or bands={has.lower()} for single-polarisation data")
-
-
-def scene_nodata(scene: Scene, raw: RawInput) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Nodata values of the scene's VH and VV bands: the configured ones plus each file's own tag."""
-    out = []
-    for pol in ("vh", "vv"):
-        if pol not in scene.sources:
-            out.append(())
-            continue
-        path, band = scene.sources[pol]
-        with open_raster(path) as src:
-            tag = src.nodatavals[band - 1] if band - 1 < len(src.nodatavals) else None
-        out.append(raw.nodata_of(tag))
-    return out[0], out[1]
-
-
-def check_scene_units(scene: Scene, raw: RawInput, check: UnitsCheck, setting: str = "discovery.units") -> None:
-    """Refuse a scene whose files' values contradict ``raw.units`` (see :func:`unosat.raw_input.check_file_units`)."""
-    for path, band in sorted(set(scene.sources.values())):
-        check_file_units(path, band, raw, check, setting)
 
 
 def stack_params(task: BandStackTask) -> dict:
@@ -128,8 +73,7 @@ def make_band_stack(task: BandStackTask) -> dict:
         srcs = {pol: files.enter_context(open_raster(scene.sources[pol][0])) for pol in needed}
 
         def blocks() -> Iterator[tuple[int, np.ndarray]]:
-            for row_off, rows in row_blocks(grid.height, task.block_rows):
-                window = Window(0, row_off, grid.width, rows)
+            for window in row_windows(grid.width, grid.height, task.block_rows):
                 vh, vv = (read_window(srcs[p], window, scene.sources[p][1]) if p in srcs else None
                           for p in ("vh", "vv"))
                 stack, valid, n_nonfinite = polarisations_to_stack(
@@ -139,7 +83,7 @@ def make_band_stack(task: BandStackTask) -> dict:
                 counts["n_valid"] += n_valid
                 counts["n_nodata"] += valid.size - n_valid
                 counts["n_nonfinite"] += n_nonfinite
-                yield row_off, stack
+                yield window.row_off, stack
 
         tags = {
             PARAMS_TAG: json.dumps(params, sort_keys=True),

@@ -37,8 +37,8 @@ from unosat.bands import BandRecipe, from_db, to_db
 from unosat.classes import IGNORE_INDEX, TARGET
 from unosat.errors import UnosatError
 from unosat.io.atomic import write_json_atomic
+from unosat.io.provenance import digest, needs_work, stored_params
 from unosat.io.raster import open_raster, read_window
-from unosat.prepare.outputs import digest, needs_work, stored_params
 
 #: bands whose values are powers (positive): their contrast in dB is meaningful
 POWER_BANDS = ("vh", "vv", "mean", "norm", "product")

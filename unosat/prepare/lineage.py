@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from unosat.errors import UnosatError
-from unosat.prepare.outputs import digest
+from unosat.io.provenance import digest
 
 STEPS = ("bands", "labels", "quality", "tiles", "stats", "report")
 

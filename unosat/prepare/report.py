@@ -11,21 +11,21 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from rasterio.enums import Resampling
+from rasterio.windows import Window
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from rasterio.enums import Resampling  # noqa: E402
-from rasterio.windows import Window  # noqa: E402
-
-from unosat.bands import BandRecipe, to_db  # noqa: E402
-from unosat.classes import CLASS_NAMES, IGNORE_INDEX, TARGET, class_names, plural  # noqa: E402
-from unosat.io.atomic import atomic_path, write_text_atomic  # noqa: E402
-from unosat.io.raster import open_raster, read_window  # noqa: E402
-from unosat.prepared import PreparedDataset  # noqa: E402
+from unosat.bands import BandRecipe, to_db
+from unosat.classes import CLASS_NAMES, IGNORE_INDEX, TARGET, class_names, plural
+from unosat.io.atomic import atomic_path, write_text_atomic
+from unosat.io.labels import decimated_mask
+from unosat.io.raster import open_raster, read_window
+from unosat.prepared import PreparedDataset
 
 
 @dataclass(frozen=True)
@@ -41,38 +41,24 @@ class ReportConfig:
     seed: int = 0
 
 
-def save_figure(fig: plt.Figure, path: Path, dpi: int) -> None:
-    """Save a matplotlib figure atomically as PNG and close it."""
+def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] | None = None,
+             squeeze: bool = True) -> tuple[Figure, Any]:
+    """A figure drawn by the Agg canvas (no pyplot state, no global backend switch) and its axes, as
+    ``plt.subplots`` returns them."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
+
+
+def save_figure(fig: Figure, path: Path, dpi: int) -> None:
+    """Save a matplotlib figure atomically as PNG."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
-    plt.close(fig)
 
 
 def display_db(values: np.ndarray, recipe: BandRecipe) -> np.ndarray:
     """Band values in dB for display (linear recipes are converted; dB recipes are returned as they are)."""
     return values if recipe.units == "db" else to_db(values)
-
-
-def decimated_mask(src, factor: int, rows_per_read: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """``(building, nodata)`` booleans of a mask decimated by ``factor``, read by row blocks.
-
-    A decimated pixel is building if any of its ``factor`` x ``factor`` pixels is (small buildings stay
-    visible), nodata if most of them are ignore (255).
-    """
-    out_h, out_w = math.ceil(src.height / factor), math.ceil(src.width / factor)
-    building = np.zeros((out_h, out_w), dtype=bool)
-    nodata = np.zeros((out_h, out_w), dtype=bool)
-    step = rows_per_read * factor
-    for row_off in range(0, src.height, step):
-        n = min(step, src.height - row_off)
-        block = read_window(src, Window(0, row_off, src.width, n), 1)
-        pad = np.full((math.ceil(n / factor) * factor, out_w * factor), IGNORE_INDEX, dtype=block.dtype)
-        pad[:n, : src.width] = block
-        cells = pad.reshape(pad.shape[0] // factor, factor, out_w, factor)
-        r0 = row_off // factor
-        building[r0 : r0 + cells.shape[0]] = (cells == TARGET).any(axis=(1, 3))
-        nodata[r0 : r0 + cells.shape[0]] = (cells == IGNORE_INDEX).mean(axis=(1, 3)) > 0.5
-    return building, nodata
 
 
 def quicklook(dataset: PreparedDataset, scene_id: str, recipe: BandRecipe, config: ReportConfig, path: Path) -> None:
@@ -88,7 +74,7 @@ def quicklook(dataset: PreparedDataset, scene_id: str, recipe: BandRecipe, confi
     shown = display_db(image, recipe)
     finite = shown[np.isfinite(shown)]
     lo, hi = np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0)
-    fig, ax = plt.subplots(figsize=(7, 7 * shape[0] / shape[1]))
+    fig, ax = subplots(figsize=(7, 7 * shape[0] / shape[1]))
     ax.imshow(np.where(nodata, np.nan, shown), cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
     if building.any():
         ax.contour(building.astype(float), levels=[0.5], colors="yellow", linewidths=0.4)
@@ -128,7 +114,7 @@ def histograms(samples: dict, recipe: BandRecipe, config: ReportConfig, path: Pa
     background, target = class_names[0], class_names[TARGET]
     n = recipe.count
     cols = min(n, 3)
-    fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(4.5 * cols, 3.2 * math.ceil(n / cols)), squeeze=False)
+    fig, axes = subplots(math.ceil(n / cols), cols, figsize=(4.5 * cols, 3.2 * math.ceil(n / cols)), squeeze=False)
     for i, name in enumerate(recipe.bands):
         ax = axes.flat[i]
         bg = display_db(samples[0][:, i], recipe)
@@ -151,7 +137,7 @@ def histograms(samples: dict, recipe: BandRecipe, config: ReportConfig, path: Pa
 def target_ratio_figure(stats: pd.DataFrame, config: ReportConfig, path: Path, target: str = CLASS_NAMES[TARGET]) -> None:
     train = stats[(stats["scheme"] == "train") & ~stats["skip"]]
     cities = sorted(train["city"].unique())
-    fig, ax = plt.subplots(figsize=(1.6 * max(3, len(cities)), 3.5))
+    fig, ax = subplots(figsize=(1.6 * max(3, len(cities)), 3.5))
     ax.boxplot([100 * train.loc[train["city"] == c, "target_ratio"].to_numpy() for c in cities], showfliers=True)
     ax.set_xticks(range(1, len(cities) + 1), cities)
     ax.set_ylabel(f"{target} pixels per tile (%)")
@@ -161,7 +147,7 @@ def target_ratio_figure(stats: pd.DataFrame, config: ReportConfig, path: Path, t
 
 def nodata_figure(scenes: pd.DataFrame, config: ReportConfig, path: Path) -> None:
     frac = 100 * scenes["n_nodata"] / (scenes["height"] * scenes["width"])
-    fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(scenes)), 3.5))
+    fig, ax = subplots(figsize=(max(4, 0.45 * len(scenes)), 3.5))
     ax.bar(range(len(scenes)), frac)
     ax.set_xticks(range(len(scenes)), scenes["scene_id"], rotation=90, fontsize=7)
     ax.set_ylabel("nodata pixels (%)")
@@ -174,7 +160,7 @@ def quality_figure(quality: pd.DataFrame, band: str, config: ReportConfig, path:
     col = f"contrast_{band}_db" if f"contrast_{band}_db" in quality else next(c for c in quality if c.startswith("contrast_"))
     quality = quality.sort_values(["city", "scene_id"]).reset_index(drop=True)
     flagged = quality["quality_flag"].astype(str).str.lower() == "true"
-    fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(quality)), 3.8))
+    fig, ax = subplots(figsize=(max(4, 0.5 * len(quality)), 3.8))
     ax.bar(range(len(quality)), quality[col], color=np.where(flagged, "tab:red", "tab:blue"))
     for i, row in quality.iterrows():
         ax.annotate(f"({row.shift_rows},{row.shift_cols})", (i, row[col]), ha="center", va="bottom", fontsize=6)
@@ -185,6 +171,7 @@ def quality_figure(quality: pd.DataFrame, band: str, config: ReportConfig, path:
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
+    """``frame`` as a Markdown table (not ``DataFrame.to_markdown``: it needs ``tabulate``, not a dependency)."""
     cols = list(frame.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
     for row in frame.itertuples(index=False):

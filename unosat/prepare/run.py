@@ -19,8 +19,8 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -28,27 +28,29 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rasterio.transform import Affine
 
+from unosat.bands import BandRecipe, pooled_normalization
 from unosat.classes import CLASS_NAMES, IGNORE_INDEX, class_names
 from unosat.errors import UnosatError
 from unosat.io.atomic import atomic_path, remove_stale_temporaries, write_json_atomic
+from unosat.io.labels import LabelsConfig
 from unosat.io.lock import output_lock
 from unosat.io.raster import Grid
 from unosat.prepare.band_stack import BandStackTask, make_band_stack
-from unosat.prepare.label_quality import QualityTask, flag_acquisitions, scene_label_quality
+from unosat.prepare.label_quality import QualityConfig, QualityTask, flag_acquisitions, scene_label_quality
 from unosat.prepare.labels import LabelTask, make_label_mask
 from unosat.prepare.lineage import STEPS, downstream, plan_steps, step_tokens
 from unosat.prepare.parallel import map_scenes
-from unosat.prepare.report import write_report
+from unosat.prepare.report import ReportConfig, write_report
 from unosat.prepare.statistics import (
+    StatsConfig,
     StatsTask,
     assign_folds,
     merge_statistics,
-    pooled_normalization,
     scene_tile_statistics,
 )
-from unosat.prepare.tiling import tile_records
+from unosat.prepare.tiling import TilingConfig, tile_records
 from unosat.prepared import FORMAT, FORMAT_VERSION, PreparedDataset, read_table
-from unosat.scenes import discover_scenes, find_label_file, find_raster_label
+from unosat.scenes import DiscoveryConfig, Scene, discover_scenes, find_label_file, find_raster_label
 
 log = logging.getLogger(__name__)
 
@@ -110,123 +112,176 @@ def prepare_steps(cfg: DictConfig, raw_dir: Path, out_dir: Path, requested: list
     tokens = step_tokens(settings, scene_ids, set(previous) | set(steps))
     done = {s: tokens[s] for s in previous if s not in steps}  # the steps this run does are not done until they are
     write_manifest(dataset, settings, scenes, raw_dir, done, classes=classes)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
+    prep = Preparation(raw_dir, dataset, scenes, settings, classes, tokens, done, discovery, recipe, labels, tiling,
+                       stats_cfg, report_cfg, quality_cfg, test_cities, folds, overwrite, workers, block_rows)
+    for name, step in STEP_FUNCTIONS:
+        if name in steps:
+            step(prep)
+            prep.step_done(name)
+        if name == "labels" and labels.source == "none":
+            for skipped in ("quality", "report"):
+                if skipped in steps:
+                    log.info("labels=none: step %s skipped (it compares images with labels)", skipped)
+            steps = [s for s in steps if s not in ("quality", "report")]
 
-    def step_done(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 3)
-        clock = now
-        done[name] = tokens[name]
-        write_manifest(dataset, settings, scenes, raw_dir, done, timings, classes)
-
-    if "bands" in steps:
-        raw_input = discovery.raw_input()
-        tasks = [BandStackTask(s, dataset.bands_path(s.scene_id), recipe, raw_input, block_rows, overwrite,
-                               discovery.units_check) for s in scenes]
-        update_scenes_table(dataset, map_scenes(make_band_stack, tasks, workers, "bands"))
-        step_done("bands")
-
-    if "labels" in steps:
-        if labels.source == "prepared":
-            raise UnosatError("labels=prepared reads a prepared dataset's masks for predict.py evaluate=true; "
-                              "prepare.py takes labels=vector or labels=raster")
-        dataset.require("scenes.csv", "bands")
-        dirs = [Path(d) for d in (labels.dirs or [raw_dir])]
-        tasks = []
-        for s in scenes:
-            if labels.source == "none":
-                tasks.append(LabelTask(s.scene_id, dataset.bands_path(s.scene_id), None, dataset.mask_path(s.scene_id),
-                                       labels, block_rows, overwrite))
-                continue
-            if labels.source == "vector":
-                path = find_label_file(dirs, labels.template, s)
-                what = f"{labels.template.format(**s.fields())}.<shp|gpkg|geojson|...>"
-            else:
-                path = find_raster_label(dirs, labels.template, s)
-                what = labels.template.format(**s.fields())
-            if path is None:
-                raise UnosatError(f"no label file for scene {s.scene_id} of {s.city}: expected {what} under "
-                                  f"{', '.join(map(str, dirs))}")
-            tasks.append(LabelTask(s.scene_id, dataset.bands_path(s.scene_id), path, dataset.mask_path(s.scene_id),
-                                   labels, block_rows, overwrite))
-        records = map_scenes(make_label_mask, tasks, workers, "labels")
-        for r, t in zip(records, tasks):
-            r["label_file"] = str(t.label_path) if t.label_path is not None else ""
-            r["labelled"] = t.label_path is not None
-        update_scenes_table(dataset, records)
-        step_done("labels")
-
-    if labels.source == "none":
-        for step in ("quality", "report"):
-            if step in steps:
-                log.info("labels=none: step %s skipped (it compares images with labels)", step)
-        steps = [step for step in steps if step not in ("quality", "report")]
-
-    if "quality" in steps:
-        dataset.require("scenes.csv", "bands", "masks")
-        tasks = [QualityTask(s.scene_id, s.city, s.orbit_pass or "", dataset.bands_path(s.scene_id), dataset.mask_path(s.scene_id), recipe,
-                             quality_cfg, dataset.root / "quality" / f"{s.scene_id}.json", overwrite) for s in scenes]
-        quality = flag_acquisitions(map_scenes(scene_label_quality, tasks, workers, "quality"), quality_cfg)
-        write_csv_atomic(dataset.quality_csv, quality)
-        flagged = quality[quality["quality_flag"]]
-        for row in flagged.itertuples():
-            log.warning("label quality: %s (%s): %s", row.scene_id, row.city, row.quality_reason)
-        log.info("label quality: %d of %d acquisitions flagged", len(flagged), len(quality))
-        step_done("quality")
-
-    if "tiles" in steps:
-        dataset.require("scenes.csv")
-        table = dataset.scenes()
-        records = []
-        for rec in table.to_dict("records"):
-            grid = Grid(None, _affine(rec["transform"]), int(rec["width"]), int(rec["height"]))
-            schemes = ("train", "test") if rec["city"] in test_cities else ("train",)
-            records += tile_records(rec, grid, schemes, tiling)
-        write_csv_atomic(dataset.tiles_csv, pd.DataFrame(records))
-        log.info("tile index: %d tiles", len(records))
-        step_done("tiles")
-
-    if "stats" in steps:
-        dataset.require("scenes.csv", "tiles.csv", "bands", "masks")
-        tiles = read_table(dataset.tiles_csv)
-        ids = {s.scene_id for s in scenes}
-        tiles = tiles[tiles["scene_id"].isin(ids)]
-        tasks = [
-            StatsTask(sid, dataset.bands_path(sid), dataset.mask_path(sid),
-                      tuple((r.tile_id, r.row_off, r.col_off, r.height, r.width) for r in group.itertuples()),
-                      recipe.bands, dataset.scene_stats_dir / f"{sid}.json", stats_cfg, overwrite,
-                      labelled=labels.source != "none")
-            for sid, group in tiles.groupby("scene_id", sort=True)
-        ]
-        rows = [row for part in map_scenes(scene_tile_statistics, tasks, workers, "stats") for row in part]
-        fold_of_city = assign_folds(sorted({s.city for s in scenes}), folds, test_cities)
-        quality = read_table(dataset.quality_csv) if "quality" in done else None
-        table = merge_statistics(tiles, rows, fold_of_city, quality)
-        write_csv_atomic(dataset.statistics_csv, table)
-        train = table[(table["split"] == "train") & (table["scheme"] == "train") & ~table["skip"]]
-        if train.empty and labels.source == "none":
-            train = table[(table["scheme"] == "train") & ~table["skip"]]  # normalisation over every valid tile
-        if train.empty:
-            raise UnosatError(f"no usable training tile: every city is a test city or every tile is skipped "
-                              f"(test cities {test_cities}, stats.min_valid_fraction {stats_cfg.min_valid_fraction})")
-        train_folds = sorted(int(f) for f in train["fold"].unique())
-        norm = pooled_normalization(train, recipe.bands, source=f"train tiles of folds {train_folds}")
-        write_json_atomic(dataset.normalization_json, {**norm.to_dict(), "units": recipe.units,
-                                                       "bands": list(recipe.bands), "n_valid": int(train["n_valid"].sum())})
-        log.info("statistics: %d tiles (%d skipped); folds %s", len(table), int(table["skip"].sum()), fold_of_city)
-        step_done("stats")
-
-    if "report" in steps:
-        dataset.require("scenes.csv", "statistics.csv", "normalization.json", "bands", "masks")
-        path = write_report(dataset, report_cfg)
-        log.info("report: %s", path)
-        step_done("report")
-
-    log.info("step times (s): %s", timings)
+    log.info("step times (s): %s", prep.timings)
     log.info("prepared dataset: %s", out_dir)
     return dataset
+
+
+@dataclass
+class Preparation:
+    """What the steps share: the inputs, the dataset being written and its settings, the steps done so far
+    (with their tokens, :mod:`unosat.prepare.lineage`) and each step's time."""
+
+    raw_dir: Path
+    dataset: PreparedDataset
+    scenes: list[Scene]
+    settings: dict
+    classes: tuple[str, ...]
+    tokens: dict[str, str]
+    done: dict[str, str]
+    discovery: DiscoveryConfig
+    recipe: BandRecipe
+    labels: LabelsConfig
+    tiling: TilingConfig
+    stats: StatsConfig
+    report: ReportConfig
+    quality: QualityConfig
+    test_cities: list[str]
+    folds: dict
+    overwrite: bool
+    workers: int
+    block_rows: int
+    timings: dict[str, float] = field(default_factory=dict)
+    clock: float = field(default_factory=time.perf_counter)
+
+    def step_done(self, name: str) -> None:
+        """Record step ``name`` as done (with its time) in ``dataset.json``."""
+        now = time.perf_counter()
+        self.timings[name] = round(now - self.clock, 3)
+        self.clock = now
+        self.done[name] = self.tokens[name]
+        write_manifest(self.dataset, self.settings, self.scenes, self.raw_dir, self.done, self.timings, self.classes)
+
+
+def make_stacks(prep: Preparation) -> None:
+    """Step ``bands``: a band stack per scene (:mod:`unosat.prepare.band_stack`)."""
+    dataset = prep.dataset
+    raw_input = prep.discovery.raw_input()
+    tasks = [BandStackTask(s, dataset.bands_path(s.scene_id), prep.recipe, raw_input, prep.block_rows, prep.overwrite,
+                           prep.discovery.units_check) for s in prep.scenes]
+    update_scenes_table(dataset, map_scenes(make_band_stack, tasks, prep.workers, "bands"))
+
+
+def make_masks(prep: Preparation) -> None:
+    """Step ``labels``: a label mask per scene (:mod:`unosat.prepare.labels`)."""
+    dataset, labels = prep.dataset, prep.labels
+    if labels.source == "prepared":
+        raise UnosatError("labels=prepared reads a prepared dataset's masks for predict.py evaluate=true; "
+                          "prepare.py takes labels=vector or labels=raster")
+    dataset.require("scenes.csv", "bands")
+    dirs = [Path(d) for d in (labels.dirs or [prep.raw_dir])]
+    tasks = []
+    for s in prep.scenes:
+        if labels.source == "none":
+            tasks.append(LabelTask(s.scene_id, dataset.bands_path(s.scene_id), None, dataset.mask_path(s.scene_id),
+                                   labels, prep.block_rows, prep.overwrite))
+            continue
+        if labels.source == "vector":
+            path = find_label_file(dirs, labels.template, s)
+            what = f"{labels.template.format(**s.fields())}.<shp|gpkg|geojson|...>"
+        else:
+            path = find_raster_label(dirs, labels.template, s)
+            what = labels.template.format(**s.fields())
+        if path is None:
+            raise UnosatError(f"no label file for scene {s.scene_id} of {s.city}: expected {what} under "
+                              f"{', '.join(map(str, dirs))}")
+        tasks.append(LabelTask(s.scene_id, dataset.bands_path(s.scene_id), path, dataset.mask_path(s.scene_id),
+                               labels, prep.block_rows, prep.overwrite))
+    records = map_scenes(make_label_mask, tasks, prep.workers, "labels")
+    for r, t in zip(records, tasks):
+        r["label_file"] = str(t.label_path) if t.label_path is not None else ""
+        r["labelled"] = t.label_path is not None
+    update_scenes_table(dataset, records)
+
+
+def rate_labels(prep: Preparation) -> None:
+    """Step ``quality``: label quality per acquisition (:mod:`unosat.prepare.label_quality`)."""
+    dataset = prep.dataset
+    dataset.require("scenes.csv", "bands", "masks")
+    tasks = [QualityTask(s.scene_id, s.city, s.orbit_pass or "", dataset.bands_path(s.scene_id), dataset.mask_path(s.scene_id), prep.recipe,
+                         prep.quality, dataset.root / "quality" / f"{s.scene_id}.json", prep.overwrite) for s in prep.scenes]
+    quality = flag_acquisitions(map_scenes(scene_label_quality, tasks, prep.workers, "quality"), prep.quality)
+    write_csv_atomic(dataset.quality_csv, quality)
+    flagged = quality[quality["quality_flag"]]
+    for row in flagged.itertuples():
+        log.warning("label quality: %s (%s): %s", row.scene_id, row.city, row.quality_reason)
+    log.info("label quality: %d of %d acquisitions flagged", len(flagged), len(quality))
+
+
+def index_tiles(prep: Preparation) -> None:
+    """Step ``tiles``: the tile index of every scene (:mod:`unosat.prepare.tiling`)."""
+    dataset = prep.dataset
+    dataset.require("scenes.csv")
+    table = dataset.scenes()
+    records = []
+    for rec in table.to_dict("records"):
+        grid = Grid(None, _affine(rec["transform"]), int(rec["width"]), int(rec["height"]))
+        schemes = ("train", "test") if rec["city"] in prep.test_cities else ("train",)
+        records += tile_records(rec, grid, schemes, prep.tiling)
+    write_csv_atomic(dataset.tiles_csv, pd.DataFrame(records))
+    log.info("tile index: %d tiles", len(records))
+
+
+def compute_statistics(prep: Preparation) -> None:
+    """Step ``stats``: tile statistics, folds and the normalisation (:mod:`unosat.prepare.statistics`)."""
+    dataset, recipe = prep.dataset, prep.recipe
+    dataset.require("scenes.csv", "tiles.csv", "bands", "masks")
+    tiles = read_table(dataset.tiles_csv)
+    ids = {s.scene_id for s in prep.scenes}
+    tiles = tiles[tiles["scene_id"].isin(ids)]
+    tasks = [
+        StatsTask(sid, dataset.bands_path(sid), dataset.mask_path(sid),
+                  tuple((r.tile_id, r.row_off, r.col_off, r.height, r.width) for r in group.itertuples()),
+                  recipe.bands, dataset.scene_stats_dir / f"{sid}.json", prep.stats, prep.overwrite,
+                  labelled=prep.labels.source != "none")
+        for sid, group in tiles.groupby("scene_id", sort=True)
+    ]
+    rows = [row for part in map_scenes(scene_tile_statistics, tasks, prep.workers, "stats") for row in part]
+    fold_of_city = assign_folds(sorted({s.city for s in prep.scenes}), prep.folds, prep.test_cities)
+    quality = read_table(dataset.quality_csv) if "quality" in prep.done else None
+    table = merge_statistics(tiles, rows, fold_of_city, quality)
+    write_csv_atomic(dataset.statistics_csv, table)
+    train = table[(table["split"] == "train") & (table["scheme"] == "train") & ~table["skip"]]
+    if train.empty and prep.labels.source == "none":
+        train = table[(table["scheme"] == "train") & ~table["skip"]]  # normalisation over every valid tile
+    if train.empty:
+        raise UnosatError(f"no usable training tile: every city is a test city or every tile is skipped "
+                          f"(test cities {prep.test_cities}, stats.min_valid_fraction {prep.stats.min_valid_fraction})")
+    train_folds = sorted(int(f) for f in train["fold"].unique())
+    norm = pooled_normalization(train, recipe.bands, source=f"train tiles of folds {train_folds}")
+    write_json_atomic(dataset.normalization_json, {**norm.to_dict(), "units": recipe.units,
+                                                   "bands": list(recipe.bands), "n_valid": int(train["n_valid"].sum())})
+    log.info("statistics: %d tiles (%d skipped); folds %s", len(table), int(table["skip"].sum()), fold_of_city)
+
+
+def make_report(prep: Preparation) -> None:
+    """Step ``report``: the EDA report (:mod:`unosat.prepare.report`)."""
+    prep.dataset.require("scenes.csv", "statistics.csv", "normalization.json", "bands", "masks")
+    path = write_report(prep.dataset, prep.report)
+    log.info("report: %s", path)
+
+
+#: the steps, in the order of :data:`unosat.prepare.lineage.STEPS`, each a function of the :class:`Preparation`
+STEP_FUNCTIONS: tuple[tuple[str, Callable[[Preparation], None]], ...] = (
+    ("bands", make_stacks),
+    ("labels", make_masks),
+    ("quality", rate_labels),
+    ("tiles", index_tiles),
+    ("stats", compute_statistics),
+    ("report", make_report),
+)
 
 
 def validate_steps(steps) -> list[str]:

@@ -18,12 +18,11 @@ import numpy as np
 import pandas as pd
 from rasterio.windows import Window
 
-from unosat.bands import Normalization
 from unosat.classes import IGNORE_INDEX, TARGET
 from unosat.errors import UnosatError
 from unosat.io.atomic import write_json_atomic
+from unosat.io.provenance import digest, needs_work, stored_params
 from unosat.io.raster import open_raster, read_window
-from unosat.prepare.outputs import digest, needs_work, stored_params
 
 TEST_FOLD = -1
 
@@ -150,24 +149,6 @@ def assign_folds(cities: Sequence[str], folds: Mapping[str, int] | None, test_ci
             out[city] = nxt
             used.add(nxt)
     return out
-
-
-def pooled_normalization(table: pd.DataFrame, band_names: Sequence[str], source: str) -> Normalization:
-    """Per-band mean/std over all valid pixels of the tiles in ``table`` (exact pooling of tile moments)."""
-    n = table["n_valid"].to_numpy(dtype=np.float64)
-    if n.sum() == 0:
-        raise UnosatError(f"no valid pixel in the tiles selected for normalisation ({source})")
-    means, stds = [], []
-    for name in band_names:
-        m = table[f"{name}_mean"].to_numpy(dtype=np.float64)
-        s = table[f"{name}_std"].to_numpy(dtype=np.float64)
-        keep = n > 0
-        total = n[keep].sum()
-        mean = float((n[keep] * m[keep]).sum() / total)
-        second = float((n[keep] * (s[keep] ** 2 + m[keep] ** 2)).sum() / total)
-        means.append(mean)
-        stds.append(float(np.sqrt(max(second - mean * mean, 0.0))))
-    return Normalization(tuple(means), tuple(stds), source=source)
 
 
 def merge_statistics(tiles: pd.DataFrame, stats_rows: list[dict], fold_of_city: Mapping[str, int],

@@ -10,14 +10,13 @@ own size instead of one tile three-quarters nodata. Windows may extend past the 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import rasterio
 from rasterio.windows import Window
 
 from unosat.errors import UnosatError
-from unosat.io.raster import Grid
+from unosat.io.raster import Grid, train_offsets
 
 SCHEMES = ("train", "test")
 
@@ -37,19 +36,6 @@ class TilingConfig:
             raise UnosatError(
                 f"tiling.train_min_overlap must be in [0, train_size): got {self.train_min_overlap} for size {self.train_size}"
             )
-
-
-def train_offsets(length: int, size: int, min_overlap: int) -> list[int]:
-    """Start offsets of train tiles along one axis of ``length`` pixels.
-
-    ``n = ceil((length - size) / (size - min_overlap)) + 1`` tiles, spread evenly from 0 to
-    ``length - size`` (rounded), so neighbours overlap by at least ``min_overlap``. For the UNOSAT scenes
-    (10980 px, 512/32) that is 23 tiles per axis.
-    """
-    if length <= size:
-        return [0]
-    n = math.ceil((length - size) / (size - min_overlap)) + 1
-    return sorted({round(i * (length - size) / (n - 1)) for i in range(n)})
 
 
 def test_offsets(length: int, size: int) -> list[int]:

@@ -2,6 +2,7 @@
 
 A re-run skips an output whose recorded parameters equal the current ones, redoes a missing one, and
 refuses (unless ``overwrite=true``) to replace one made with other parameters, so nothing is lost silently.
+``prepare.py`` and ``predict.py`` both keep their outputs this way.
 """
 
 from __future__ import annotations
