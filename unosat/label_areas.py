@@ -80,14 +80,9 @@ def label_areas(raw_dir: Path, config: AreaLabels) -> list[LabelArea]:
 
 @functools.lru_cache(maxsize=32)
 def _file_areas(path: str, mtime: float, field: str | None) -> tuple[LabelArea, ...]:
-    import geopandas as gpd
+    from unosat.io.vectors import read_label_frame
 
-    try:
-        frame = gpd.read_file(path)
-    except Exception as err:  # pyogrio's DataSourceError and friends; their text names the cause
-        raise UnosatError(f"{path}: cannot read label vectors ({str(err).splitlines()[0]})") from None
-    if frame.crs is None:
-        raise UnosatError(f"{path}: the label file has no CRS (add a .prj or set one, e.g. with ogr2ogr -a_srs)")
+    frame = read_label_frame(path)
     frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
     if len(frame) == 0:
         raise UnosatError(f"{path}: the label file holds no geometry: it cannot name an area")

@@ -32,8 +32,9 @@ def _mtime(path: Path | str) -> float:
         raise UnosatError(f"{path}: label file not found") from None
 
 
-@functools.lru_cache(maxsize=8)
-def _read_polygons_cached(path: str, mtime: float, crs_wkt: str) -> gpd.GeoSeries:
+def read_label_frame(path: Path | str) -> gpd.GeoDataFrame:
+    """A label vector file as it is (attributes and geometries, in its own CRS). Raises :class:`UnosatError`
+    naming the file when it cannot be read, has no feature at all, or has no CRS."""
     try:
         frame = gpd.read_file(path)
     except Exception as err:  # pyogrio raises DataSourceError and friends; their text names the cause
@@ -42,7 +43,12 @@ def _read_polygons_cached(path: str, mtime: float, crs_wkt: str) -> gpd.GeoSerie
         raise UnosatError(f"{path}: the label file is empty (no features)")
     if frame.crs is None:
         raise UnosatError(f"{path}: the label file has no CRS (add a .prj or set one, e.g. with ogr2ogr -a_srs)")
-    geoms = frame.geometry
+    return frame
+
+
+@functools.lru_cache(maxsize=8)
+def _read_polygons_cached(path: str, mtime: float, crs_wkt: str) -> gpd.GeoSeries:
+    geoms = read_label_frame(path).geometry
     geoms = geoms[geoms.notna() & ~geoms.is_empty]
     invalid = ~geoms.is_valid
     if invalid.any():
