@@ -301,3 +301,58 @@ def test_aspp_guidance_pooling_written_for_onnx_equals_adaptive_average_pooling(
     monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)  # the branch the exporter traces
     for size in [(2, 2), (5, 7), (10, 13), (37, 53)]:  # sizes that do not divide the input's, and the identity
         assert torch.allclose(aspp.adaptive_avg_pool2d(x, size), F.adaptive_avg_pool2d(x, size), atol=1e-6), size
+
+
+def test_split_decoder_concats_keeps_the_unets_values_and_leaves_the_checkpoint_network_alone():
+    from unosat.export.concat_split import SplitUpBlock, split_decoder_concats
+    from unosat.models.unet import UNet, UpBlock
+
+    torch.manual_seed(0)
+    net = UNet(3, 2, widths=[8, 16, 32, 64]).eval()
+    for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # statistics as after training
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.uniform_(0.5, 1.5)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    split = split_decoder_concats(net)
+    assert [type(b) for b in split.decoder] == [SplitUpBlock] * 3 and all(type(b) is UpBlock for b in net.decoder)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    for shape in [(2, 3, 64, 64), (1, 3, 37, 50)]:  # a multiple of the size divisor, and odd sides
+        x = torch.randn(shape)
+        with torch.inference_mode():
+            want, got = net(x), split(x)
+        assert got.shape == want.shape == (shape[0], 2, *shape[2:])
+        assert torch.allclose(got, want, atol=1e-5), float((got - want).abs().max())
+    other = torch.nn.Conv2d(3, 2, 1)
+    assert split_decoder_concats(other) is other  # networks without U-Net decoder levels: as they are
+
+
+def test_two_class_probabilities_are_the_softmax():
+    from unosat.export.graph import class_probabilities
+
+    logits = torch.randn(2, 2, 9, 11) * 20  # up to saturation of both classes
+    assert torch.allclose(class_probabilities(logits), torch.softmax(logits, dim=1), atol=1e-6)
+    three = torch.randn(2, 3, 5, 5)
+    assert torch.equal(class_probabilities(three), torch.softmax(three, dim=1))
+
+
+def test_the_exported_unet_graph_has_no_decoder_concat(tmp_path):
+    from unosat.export.graph import ExportedSegmentation, exported_module
+    from unosat.export.run import onnx_export
+    from unosat.models.unet import UNet
+
+    prepare = PolarisationInput(BandRecipe.from_dict(RECIPE), Normalization.from_dict(NORMALIZATION))
+    net = UNet(3, 2, widths=[8, 16, 32]).eval()
+    counts = {}
+    for rewrite in (True, False):
+        module = exported_module(net, prepare, rewrite=rewrite)
+        assert isinstance(module, ExportedSegmentation)
+        path = tmp_path / f"{rewrite}.onnx"
+        onnx_export(module, torch.from_numpy(synthetic_polarisations(1, 32, 32, 0.0, "linear")), path,
+                    "segmentation", 17, {"batch": "batch", "height": "size", "width": "size"})
+        nodes = onnx.load(str(path)).graph.node
+        conv_inputs = {name for node in nodes if node.op_type == "Conv" for name in node.input}
+        concats_into_convs = sum(1 for n in nodes if n.op_type == "Concat" and n.output[0] in conv_inputs)
+        counts[rewrite] = (concats_into_convs, sum(1 for n in nodes if n.op_type == "Softmax"))
+    # the 2 decoder levels of the reference concatenate into a conv; the rewritten graph has no such concat
+    assert counts == {False: (2, 1), True: (0, 0)}
