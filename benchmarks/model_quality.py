@@ -378,7 +378,8 @@ def predict_and_score(ckpt: Path, settings: dict, out: Path, selection: Sequence
     pixel, obj, counts = overall["pixel"], overall["object"], overall["counts"]
     return {"iou": pixel["iou_building"], "f1": pixel["f1_building"], "precision": pixel["precision_building"],
             "recall": pixel["recall_building"], "object_f1": obj["f1"], "object_tp": obj["tp"], "object_fp": obj["fp"],
-            "object_fn": obj["fn"], "confusion": pixel["confusion"], "valid_pixels": counts["valid_pixels"],
+            "object_fn": obj["fn"], "object_f1_ceiling": overall.get("object_ceiling", {}).get("f1"),
+            "confusion": pixel["confusion"], "valid_pixels": counts["valid_pixels"],
             "true_building_pixels": counts["true_building_pixels"],
             "products": sorted(manifest["evaluation"]["cities"]),
             "cities": sorted({scene["city"] for scene in manifest["scenes"]}), "seconds": manifest["timings"]["total_s"]}
@@ -464,6 +465,19 @@ def fmt(value: tuple[float, float] | None, digits: int = 3) -> str:
     if value is None:
         return "–"
     return f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
+
+
+def ceiling_line(records: list[dict], fold_cities: dict[int, list[str]]) -> str:
+    """The object F1 of a perfect per-pixel prediction (predict.py's ``object_ceiling``: the labels burnt on the
+    prediction grid) of each validation city and the test city: the most any model's object F1 can reach."""
+    cells = []
+    for fold in sorted({r["fold"] for r in records}):
+        value = next((r["val"].get("object_f1_ceiling") for r in records if r["fold"] == fold and r.get("val")), None)
+        cells.append(f"{fold_cities[fold][0]} {value:.3f}" if value is not None else f"{fold_cities[fold][0]} n/a")
+    test = next((r["test"].get("object_f1_ceiling") for r in records if r.get("test")), None)
+    cells.append(f"test {test:.3f}" if test is not None else "test n/a")
+    return "object F1 ceiling (a perfect per-pixel prediction: the labels burnt on the grid): " + \
+        ", ".join(cells)
 
 
 def markdown(rows: list[dict]) -> str:
@@ -552,6 +566,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print("\nvalidation city, multi-date city product (predict.py aggregate.method=...):\n")
         print(markdown_aggregations(records, [r for r in labels if any(x["label"] == r for x in records)],
                                     args.city_aggregations))
+    print("\n" + ceiling_line(records, fold_cities))
     print("\nmean ± sample std over folds x seeds (the VV threshold: over folds); val = the held-out training city, "
           "whole scenes, every acquisition; test = predict.py evaluate=true on the test city; object F1 at IoU >= 0.5")
     print("same pixels for every method: " + ("yes" if not problems else "NO: " + "; ".join(problems)))

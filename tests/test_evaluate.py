@@ -194,6 +194,28 @@ def test_true_polygons_are_clipped_to_the_valid_area(tmp_path):
     assert result["settings"] == {"all_touched": False, "iou_threshold": 0.5}
 
 
+def test_object_ceiling_is_the_score_of_the_labels_burnt_on_the_grid(tmp_path):
+    """A: a 1.2 px square across pixel edges, burnt as 1 pixel (IoU 0.49 / 1.95 = 0.25: even a perfect per-pixel
+    prediction misses it); B: pixel-aligned (found); C and D: 1.4 px wide, 1.2 px apart: separate when burnt by
+    pixel centres (IoU 2 / 2.8 each), one merged region when burnt all_touched (both missed)."""
+    labels = write_labels(tmp_path / "labels.shp", [
+        px_box(2.5, 2.5, 3.7, 3.7), px_box(10, 10, 12, 12), px_box(20, 2, 21.4, 4), px_box(22.6, 2, 24, 4)])
+    pred = np.zeros((30, 30), dtype=np.uint8)
+    pred[10:12, 10:12] = 1  # B only
+    pred[25:, :] = 255  # nodata rows hold no label: the ceiling is scored on valid pixels, as the prediction
+    mask = write_mask(tmp_path / "pred.tif", pred)
+    polygons = tmp_path / "pred.gpkg"
+    vectorize(mask, polygons, VectorizeConfig(block_rows=8))
+    centres = evaluate_city(mask, polygons, labels, all_touched=False, block_rows=7)
+    assert centres["object"] == object_scores(1, 0, 3)
+    assert centres["object_ceiling"] == object_scores(3, 1, 1)  # B, C, D found; A missed
+    touched = evaluate_city(mask, polygons, labels, all_touched=True, block_rows=7)
+    assert touched["object_ceiling"]["tp"] == 1 and touched["object_ceiling"]["fn"] == 3  # C + D merged, A too big
+    report = evaluation_report({"Mosul": centres, "Najaf": centres})
+    assert report["overall"]["object_ceiling"] == object_scores(6, 2, 2)
+    assert evaluation_table(report).splitlines()[-1].endswith(f"{object_scores(6, 2, 2)['f1']:.4f}")
+
+
 def test_a_perfect_prediction_of_a_prepared_scene(tiny_prepared, tiny_raw_session, tiny_spec, tmp_path):
     """The label mask of a prepared scene, taken as a prediction, scores pixel F1 = 1 against the raw labels
     (rasterized the same way, in another CRS for Samawah)."""

@@ -109,6 +109,10 @@ def test_benchmark_end_to_end_on_the_tiny_demo(tiny_prepared_db, tmp_path, capsy
     assert fmt_pair([r["val_city"]["vote"]["object_f1"] for r in lw]) in agg_line
     assert (tmp_path / "work" / "model_quality.json").is_file()
     assert "| lw " in out and "same pixels for every method: yes" in out
+    ceilings = {r["val"]["object_f1_ceiling"] for r in runs if r["fold"] == 0}  # the labels' own, not a model's
+    assert len(ceilings) == 1 and 0.0 < ceilings.pop() <= 1.0
+    ceiling_line = next(line for line in out.splitlines() if line.startswith("object F1 ceiling"))
+    assert f"test {runs[0]['test']['object_f1_ceiling']:.3f}" in ceiling_line
 
     # a re-run with the same settings reads every finished job back
     again = bench.main(argv)
