@@ -9,6 +9,9 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+#: the stages a module steps through; each keeps its own metrics
+STAGES = ("train", "val", "test")
+
 
 class UnosatModule(pl.LightningModule):
     """Base class.

@@ -17,6 +17,7 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 
 from unosat.classes import IGNORE_INDEX, TARGET  # noqa: E402
+from unosat.models.outputs import segmentation_logits  # noqa: E402
 from unosat.training.figures import save_and_log_figure  # noqa: E402
 
 
@@ -82,8 +83,7 @@ class PredictionGrid(pl.Callback):
         with torch.inference_mode():
             output = pl_module(images)
         pl_module.train(was_training)
-        logits = output[0] if isinstance(output, tuple | list) else output
-        preds = logits.argmax(dim=1).cpu().numpy()
+        preds = segmentation_logits(output).argmax(dim=1).cpu().numpy()
         edges = torch.sigmoid(output[1]).cpu().numpy()[:, 0] if isinstance(output, tuple | list) and len(output) > 1 else None
         fig = self.figure(samples, preds, edges, band, dataset)
         path = Path(trainer.default_root_dir) / "figures" / f"prediction_grid_epoch{trainer.current_epoch:03d}.png"

@@ -21,11 +21,9 @@ from torchmetrics.classification import (
 )
 
 from unosat.losses.tile_bce import tile_target
-from unosat.training.lightning_base import UnosatModule
+from unosat.training.lightning_base import STAGES, UnosatModule
 
 log = logging.getLogger(__name__)
-
-STAGES = ("train", "val", "test")
 
 
 class TileClassificationModule(UnosatModule):
