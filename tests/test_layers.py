@@ -26,8 +26,6 @@ ALLOWED = {
         "export packages exactly the network predict.py loads, so it loads checkpoints with predict's loader",
     ("unosat.export.run", "unosat.predict.settings"):
         "the latest-checkpoint finder; to go when the checkpoint finders become one (issue 13)",
-    ("unosat.predict.tracking", "unosat.training.loggers"):
-        "the W&B mode helper lives in training/loggers.py, which this pass did not edit (issue 13: one tracking module)",
     ("unosat.baselines.vv_threshold_net", "unosat.training.baseline"):
         "the baseline network is fitted by training's VV-threshold baseline (a lazy import, at fit time only)",
 }

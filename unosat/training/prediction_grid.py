@@ -8,17 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
-
-from unosat.classes import IGNORE_INDEX, TARGET  # noqa: E402
-from unosat.models.outputs import segmentation_logits  # noqa: E402
-from unosat.training.figures import save_and_log_figure  # noqa: E402
+from unosat.classes import IGNORE_INDEX, TARGET
+from unosat.models.outputs import segmentation_logits
+from unosat.training.figures import agg_figure, save_and_log_figure
 
 
 def pick_tiles(target_ratio: np.ndarray, n: int) -> list[int]:
@@ -89,11 +86,12 @@ class PredictionGrid(pl.Callback):
         path = Path(trainer.default_root_dir) / "figures" / f"prediction_grid_epoch{trainer.current_epoch:03d}.png"
         save_and_log_figure(fig, path, "val/prediction_grid", pl_module.loggers, trainer.global_step, self.dpi)
 
-    def figure(self, samples, preds, edges, band: int, dataset) -> plt.Figure:
+    def figure(self, samples, preds, edges, band: int, dataset) -> Figure:
         cols = ["image", "image + prediction", "prediction", "image + ground truth", "ground truth"]
         if edges is not None:
             cols.append("predicted edges")
-        fig, axes = plt.subplots(len(samples), len(cols), figsize=(2.3 * len(cols), 2.4 * len(samples)), squeeze=False)
+        fig = agg_figure((2.3 * len(cols), 2.4 * len(samples)))
+        axes = fig.subplots(len(samples), len(cols), squeeze=False)
         for r, (sample, pred) in enumerate(zip(samples, preds)):
             gray = display_band(sample["image"][band].numpy())
             target = sample["mask"].numpy()

@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.loggers import MLFlowLogger, WandbLogger
 
 from unosat.checkpoint import (
     check_same_model,
@@ -122,10 +123,10 @@ def train(cfg: DictConfig, ckpt_path: Path | None, checkpoint: dict | None) -> f
 
     loggers = build_loggers(cfg, previous)
     for lg in loggers:
-        if type(lg).__name__ == "WandbLogger":
+        if isinstance(lg, WandbLogger):
             module.metadata["wandb_run_id"] = lg.version
-        elif type(lg).__name__ == "MLFlowLogger":
-            module.metadata["mlflow"] = {"run_id": lg.run_id, "tracking_uri": lg._tracking_uri}
+        elif isinstance(lg, MLFlowLogger):
+            module.metadata["mlflow"] = {"run_id": lg.run_id, "tracking_uri": lg.experiment.tracking_uri}
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                       **distributed_options(cfg.trainer), **slurm_options(cfg))
@@ -134,7 +135,7 @@ def train(cfg: DictConfig, ckpt_path: Path | None, checkpoint: dict | None) -> f
     if trainer.is_global_zero:
         write_text_atomic(output_dir / "config_resolved.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
     for lg in loggers:
-        if type(lg).__name__ == "MLFlowLogger" and previous.get("mlflow"):
+        if isinstance(lg, MLFlowLogger) and previous.get("mlflow"):
             # MLflow params cannot change within a run: a resumed run records its config as an artifact
             lg.experiment.log_text(lg.run_id, OmegaConf.to_yaml(OmegaConf.create(resolved)),
                                    f"config_resumed_{output_dir.name}.yaml")
