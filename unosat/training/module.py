@@ -31,6 +31,8 @@ class SegmentationModule(UnosatModule):
         num_classes, ignore_index, class_names: the label set (255 = ignore).
     """
 
+    task = "segmentation"
+
     def __init__(
         self,
         net: nn.Module,

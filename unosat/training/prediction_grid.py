@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from unosat.classes import IGNORE_INDEX, TARGET
 from unosat.models.outputs import segmentation_logits
 from unosat.training.figures import agg_figure, save_and_log_figure
+from unosat.training.module import SegmentationModule
 
 
 def pick_tiles(target_ratio: np.ndarray, n: int) -> list[int]:
@@ -64,7 +65,7 @@ class PredictionGrid(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or self.num_tiles <= 0:
             return
-        if getattr(getattr(pl_module, "net", None), "task", "segmentation") != "segmentation":
+        if not isinstance(pl_module, SegmentationModule):
             return  # e.g. a tile classifier: nothing to draw
         last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
         if (trainer.current_epoch + 1) % self.every_n_epochs and not last_epoch:
