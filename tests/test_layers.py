@@ -24,8 +24,6 @@ ALLOWED = {
         "training is fed by the data stage: the baseline is fitted on the training TileDataset",
     ("unosat.export.run", "unosat.predict.ensemble"):
         "export packages exactly the network predict.py loads, so it loads checkpoints with predict's loader",
-    ("unosat.export.run", "unosat.predict.settings"):
-        "the latest-checkpoint finder; to go when the checkpoint finders become one (issue 13)",
     ("unosat.baselines.vv_threshold_net", "unosat.training.baseline"):
         "the baseline network is fitted by training's VV-threshold baseline (a lazy import, at fit time only)",
 }
