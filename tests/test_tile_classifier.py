@@ -82,6 +82,6 @@ def test_a_module_that_does_not_fit_the_network_is_refused():
     cfg = compose_config("train", ["model=tile_classifier", "module=segmentation"])
     module = instantiate(cfg.module, _partial_=True)(net=TileClassifier(in_channels=3), loss=TileBCELoss(),
                                                      optimizer=None)
-    with pytest.raises(UnosatError, match="module=unosat.training.module.SegmentationModule trains segmentation, "
+    with pytest.raises(UnosatError, match="the module unosat.training.module.SegmentationModule trains segmentation, "
                                           "but the network TileClassifier predicts tile classification"):
         check_module_fits_network(module, module.net, cfg.module._target_)

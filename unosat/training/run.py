@@ -217,9 +217,9 @@ def check_module_fits_network(module: UnosatModule, net: torch.nn.Module, target
     declares ``tile_classification``; a network that declares nothing is a segmentation network)."""
     predicts = getattr(net, "task", SegmentationModule.task)
     if module.task != predicts:
-        raise UnosatError(f"module={target} trains {module.task.replace('_', ' ')}, but the network "
-                          f"{type(net).__name__} predicts {predicts.replace('_', ' ')}; choose the module of "
-                          "conf/module/ that matches the model (model=tile_classifier selects module=tile_classification)")
+        raise UnosatError(f"the module {target} trains {module.task.replace('_', ' ')}, but the network "
+                          f"{type(net).__name__} predicts {predicts.replace('_', ' ')}; choose the module=... of "
+                          "conf/module/ that fits the model (model=tile_classifier selects module=tile_classification)")
 
 
 def score_table(metrics: dict[str, float], title: str) -> str:
