@@ -26,7 +26,7 @@ class RecordingWandbLogger(WandbLogger):
 
 def test_importing_the_figure_modules_leaves_matplotlib_alone():
     code = ("import matplotlib; before = matplotlib.rcParams['backend']; "
-            "import unosat.training.figures, unosat.training.prediction_grid; "
+            "import unosat.training.figures, unosat.training.prediction_grid, unosat.prepare.report; "
             "assert matplotlib.rcParams['backend'] == before, matplotlib.rcParams['backend']")
     env = {**os.environ, "MPLBACKEND": "svg"}  # a backend the modules must not switch to Agg
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)

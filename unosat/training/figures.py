@@ -1,7 +1,7 @@
 """Figures logged during training, and sending a figure to every logger that takes images.
 
-Figures are drawn on matplotlib's Agg canvas directly (:class:`~matplotlib.figure.Figure`), so importing this
-module leaves matplotlib's global backend alone."""
+Figures are drawn on their own Agg canvas (:mod:`unosat.agg_figures`), so importing this module leaves
+matplotlib's global backend alone."""
 
 from __future__ import annotations
 
@@ -10,20 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from pytorch_lightning.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
-from unosat.io.atomic import atomic_path
+from unosat.agg_figures import save_figure, subplots
 
 log = logging.getLogger(__name__)
-
-
-def agg_figure(figsize: tuple[float, float]) -> Figure:
-    """A figure of ``figsize`` inches drawn on its own Agg canvas (no pyplot, no global backend)."""
-    fig = Figure(figsize=figsize)
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def confusion_figure(confusion: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
@@ -31,8 +23,7 @@ def confusion_figure(confusion: np.ndarray, class_names: Sequence[str], title: s
     cm = np.asarray(confusion, dtype=np.float64)
     rows = cm.sum(axis=1, keepdims=True)
     pct = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0) * 100
-    fig = agg_figure((3.6, 3.2))
-    ax = fig.subplots()
+    fig, ax = subplots(figsize=(3.6, 3.2))
     ax.imshow(pct, cmap="Blues", vmin=0, vmax=100)
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
@@ -49,8 +40,7 @@ def confusion_figure(confusion: np.ndarray, class_names: Sequence[str], title: s
 def save_and_log_figure(fig: Figure, path: Path, key: str, loggers: Sequence[Logger], step: int, dpi: int = 100) -> Path:
     """Save ``fig`` as a PNG at ``path`` (atomically) and log it as image ``key`` to W&B/TensorBoard/MLflow."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+    save_figure(fig, path, dpi)
     for logger in loggers:
         try:
             if isinstance(logger, WandbLogger):

@@ -13,9 +13,10 @@ import pytorch_lightning as pl
 import torch
 from matplotlib.figure import Figure
 
+from unosat.agg_figures import subplots
 from unosat.classes import IGNORE_INDEX, TARGET
 from unosat.models.outputs import segmentation_logits
-from unosat.training.figures import agg_figure, save_and_log_figure
+from unosat.training.figures import save_and_log_figure
 from unosat.training.module import SegmentationModule
 
 
@@ -91,8 +92,7 @@ class PredictionGrid(pl.Callback):
         cols = ["image", "image + prediction", "prediction", "image + ground truth", "ground truth"]
         if edges is not None:
             cols.append("predicted edges")
-        fig = agg_figure((2.3 * len(cols), 2.4 * len(samples)))
-        axes = fig.subplots(len(samples), len(cols), squeeze=False)
+        fig, axes = subplots(len(samples), len(cols), figsize=(2.3 * len(cols), 2.4 * len(samples)), squeeze=False)
         for r, (sample, pred) in enumerate(zip(samples, preds)):
             gray = display_band(sample["image"][band].numpy())
             target = sample["mask"].numpy()
