@@ -14,7 +14,7 @@ import torch
 from pytorch_lightning.demos.boring_classes import BoringModel, RandomDataset
 from torch.utils.data import DataLoader
 
-from unosat.checkpoint import checkpoint_files, epochs_completed, newest_loadable
+from unosat.checkpoint import best_of_latest_run, checkpoint_files, epochs_completed, newest_loadable
 from unosat.errors import UnosatError
 from unosat.training.checkpoint_io import AtomicCheckpointIO, save_atomically
 from unosat.training.model_checkpoint import LastEveryEpochCheckpoint
@@ -163,6 +163,39 @@ def test_newest_loadable_skips_a_truncated_last_and_a_leftover_temporary(tmp_pat
         assert newest_loadable(candidates, "ckpt_path=last", temporaries, fresh_start=True) == (None, None)
     assert (f"ckpt_path=last: no checkpoint that loads (skipped: {last}, {folder / 'best-epoch000.ckpt'}, "
             f"{folder / '.last.ckpt.tmp-123-abcd.ckpt'}); starting from scratch") in caplog.text
+
+
+def test_the_default_checkpoint_is_the_best_of_the_latest_run_of_the_task(tmp_path, caplog):
+    """``ckpt=null`` (predict.py, export): the newest best-*.ckpt that loads and was trained for the task."""
+    def written(run: str, name: str, task: str | None, age_s: float, content: bytes | None = None) -> Path:
+        path = tmp_path / "train" / "runs" / run / "checkpoints" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if content is None:
+            meta = {"model": {"name": "unet", "args": {}}, "data": {}} | ({"task": task} if task else {})
+            torch.save({"state_dict": {}, "unosat": meta}, path)
+        else:
+            path.write_bytes(content)
+        os.utime(path, (1_000_000 - age_s,) * 2)
+        return path
+
+    with pytest.raises(UnosatError, match=r"ckpt=null: no best-\*.ckpt of a training run under .*train/runs; train "
+                                          r"one with python train.py, or pass ckpt=PATH"):
+        best_of_latest_run(tmp_path)
+    older = written("a", "best-epoch001.ckpt", None, age_s=300)  # an older checkpoint recording no task
+    written("a", "last.ckpt", "segmentation", age_s=10)  # not a best-*
+    assert best_of_latest_run(tmp_path) == older
+    newer = written("b", "best-epoch004.ckpt", "segmentation", age_s=200)
+    written("c", "best-epoch002.ckpt", "tile_classification", age_s=100)
+    written("d", "best-epoch000.ckpt", "segmentation", age_s=50, content=b"truncated")
+    with caplog.at_level(logging.INFO, logger="unosat.checkpoint"):
+        assert best_of_latest_run(tmp_path) == newer
+        assert best_of_latest_run(tmp_path, "tile_classification").parent.parent.name == "c"
+    assert "best-epoch000.ckpt: not a readable PyTorch checkpoint" in caplog.text
+    assert "best-epoch002.ckpt: a tile classification checkpoint" in caplog.text
+    for path in (older, newer):
+        path.unlink()
+    with pytest.raises(UnosatError, match=r"none of the 2 checkpoint\(s\) loads as a segmentation checkpoint"):
+        best_of_latest_run(tmp_path)
 
 
 # ------------------------------------------------------------------------------- SLURM requeue

@@ -24,14 +24,6 @@ ALLOWED = {
         "training is fed by the data stage: the baseline is fitted on the training TileDataset",
     ("unosat.export.run", "unosat.predict.ensemble"):
         "export packages exactly the network predict.py loads, so it loads checkpoints with predict's loader",
-    ("unosat.export.run", "unosat.predict.settings"):
-        "the latest-checkpoint finder; to go when the checkpoint finders become one (issue 13)",
-    ("unosat.export.graph", "unosat.training.module"):
-        "segmentation_logits lives in training/module.py, which this pass did not edit (issue 13: move to models/)",
-    ("unosat.predict.ensemble", "unosat.training.module"):
-        "segmentation_logits lives in training/module.py, which this pass did not edit (issue 13: move to models/)",
-    ("unosat.predict.tracking", "unosat.training.loggers"):
-        "the W&B mode helper lives in training/loggers.py, which this pass did not edit (issue 13: one tracking module)",
     ("unosat.baselines.vv_threshold_net", "unosat.training.baseline"):
         "the baseline network is fitted by training's VV-threshold baseline (a lazy import, at fit time only)",
 }

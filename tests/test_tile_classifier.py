@@ -8,12 +8,16 @@ import pandas as pd
 import pytest
 import torch
 from conftest import train_cfg
+from hydra.utils import instantiate
 
 from unosat.checkpoint import build_model, load_checkpoint
+from unosat.config import compose_config
 from unosat.errors import UnosatError
 from unosat.losses.tile_bce import TileBCELoss, tile_target
 from unosat.models.tile_classifier import TileClassifier
-from unosat.training.run import run
+from unosat.training.module import SegmentationModule
+from unosat.training.run import check_module_fits_network, run
+from unosat.training.tile_module import TileClassificationModule
 
 
 def test_output_shape_and_stages():
@@ -58,3 +62,26 @@ def test_trains_with_train_py_and_logs_precision_recall_auroc(tiny_prepared_db, 
     assert ckpt["unosat"]["task"] == "tile_classification"
     assert build_model(ckpt).task == "tile_classification" and build_model(ckpt).window_px == 32
     assert not list((run_dir / "figures").glob("prediction_grid*"))  # no segmentation grid for a classifier
+
+
+@pytest.mark.parametrize("overrides, module_class, task", [
+    ([], SegmentationModule, "segmentation"),
+    (["model=tile_classifier"], TileClassificationModule, "tile_classification"),
+])
+def test_the_model_config_chooses_the_lightning_module(overrides, module_class, task):
+    cfg = compose_config("train", overrides)
+    module = instantiate(cfg.module, _partial_=True)(
+        net=TileClassifier(in_channels=3), loss=TileBCELoss(), optimizer=None, metadata={"model": "spec"})
+    assert type(module) is module_class
+    assert module.metadata == {"model": "spec", "task": task}  # what checkpoints record for predict and export
+    if task == "tile_classification":
+        assert module.threshold == 0.5
+
+
+def test_a_module_that_does_not_fit_the_network_is_refused():
+    cfg = compose_config("train", ["model=tile_classifier", "module=segmentation"])
+    module = instantiate(cfg.module, _partial_=True)(net=TileClassifier(in_channels=3), loss=TileBCELoss(),
+                                                     optimizer=None)
+    with pytest.raises(UnosatError, match="the module unosat.training.module.SegmentationModule trains segmentation, "
+                                          "but the network TileClassifier predicts tile classification"):
+        check_module_fits_network(module, module.net, cfg.module._target_)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
 import subprocess
@@ -515,21 +514,6 @@ def test_ddp_with_two_cpu_processes_and_the_progress_bar_matches_one_process(tin
     assert metrics["test/iou_building"] == pytest.approx(two["val/iou_building"].iloc[-1], rel=1e-6)
     # (The loss is a mean of per-batch losses, and DDP batches tiles 0+2, 1+3... instead of 0+1, 2+3: the
     # validation loss is not compared.)
-
-
-def test_wandb_mode_from_the_environment(monkeypatch):
-    from unosat.training.loggers import resolve_wandb_mode
-
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    assert resolve_wandb_mode() == "disabled" and resolve_wandb_mode("offline") == "offline"
-    monkeypatch.setenv("WANDB_MODE", "dryrun")
-    assert resolve_wandb_mode() == "offline"
-    monkeypatch.setenv("WANDB_MODE", "offlne")
-    with pytest.raises(UnosatError, match=r"WANDB_MODE='offlne' is not a W&B mode \(online, offline"):
-        resolve_wandb_mode()
-    monkeypatch.setenv("WANDB_MODE", "")  # set but empty: unset, and removed so that wandb does not reject it
-    monkeypatch.setattr("unosat.training.loggers.wandb_logged_in", lambda: False)
-    assert resolve_wandb_mode() == "offline" and "WANDB_MODE" not in os.environ
 
 
 def test_original_experiments_use_the_originals_values():

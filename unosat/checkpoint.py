@@ -2,7 +2,8 @@
 
 ``checkpoint["unosat"]`` holds ``model`` (the network spec: a registry name and plain-data arguments, see
 :mod:`unosat.models.registry`), ``data`` (band recipe, normalisation, tile size, classes), and
-``wandb_run_id``. Checkpoints are read with ``torch.load(weights_only=True)``: no pickled code runs, and a
+``wandb_run_id``. Checkpoints are read with ``torch.load(weights_only=True)``
+(:func:`unosat.io.weights_only.load_weights_only`): no pickled code runs, and a
 network is only built from the registry of the project's classes; nothing read from a checkpoint is given to
 ``hydra.utils.instantiate``.
 """
@@ -15,26 +16,26 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from unosat.errors import UnosatError
+from unosat.errors import UnosatError, first_line
 from unosat.io.atomic import is_temporary
+from unosat.io.weights_only import load_weights_only
 from unosat.models.registry import build_network, effective_args, spec_from_checkpoint
 
 log = logging.getLogger(__name__)
 
 NET_PREFIX = "net."
 
+#: the folders where training runs keep their checkpoints, under ``paths.log_dir``
+TRAINING_RUN_CHECKPOINTS = "train/runs/*/checkpoints"
+
+#: what a checkpoint's network was trained for when it records nothing (checkpoints older than the tile classifier)
+DEFAULT_TASK = "segmentation"
+
 
 def load_checkpoint(path: Path | str) -> dict:
     """The checkpoint dict at ``path``; :class:`UnosatError` if missing, unreadable or not unosat's."""
     path = Path(path)
-    if not path.is_file():
-        raise UnosatError(f"checkpoint {path} not found")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # UnpicklingError, RuntimeError (zip), EOFError...
-        reason = first_line(err) or type(err).__name__
-        raise UnosatError(f"{path}: not a readable PyTorch checkpoint (empty, truncated, or holding pickled objects "
-                          f"that are not loaded for safety: {reason})") from None
+    checkpoint = load_weights_only(path)
     if not isinstance(checkpoint, dict) or "unosat" not in checkpoint or "state_dict" not in checkpoint:
         raise UnosatError(f"{path}: not a unosat checkpoint (no 'unosat' metadata); train one with python train.py")
     meta = checkpoint["unosat"]
@@ -45,10 +46,10 @@ def load_checkpoint(path: Path | str) -> dict:
     return checkpoint
 
 
-def first_line(err: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message (empty string for an empty message), at most ``limit`` chars."""
-    lines = str(err).splitlines()
-    return lines[0][:limit] if lines else ""
+def recorded_task(checkpoint: dict) -> str:
+    """What a loaded checkpoint's network was trained for, as its training module recorded it
+    (``checkpoint["unosat"]["task"]``): ``segmentation`` or ``tile_classification``."""
+    return str(checkpoint["unosat"].get("task", DEFAULT_TASK))
 
 
 def model_config(checkpoint: dict, path: Path | str = "checkpoint") -> dict:
@@ -112,12 +113,6 @@ def check_same_model(checkpoint: dict, spec: dict, path: Path | str) -> None:
                           "or another checkpoint")
 
 
-def find_latest(log_dir: Path | str, pattern: str) -> Path | None:
-    """The most recently modified file matching ``pattern`` (a glob) under ``log_dir``, or None."""
-    found = sorted(Path(log_dir).glob(pattern), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
-
-
 def checkpoint_files(directories: list[Path], pattern: str) -> tuple[list[Path], list[Path]]:
     """Files matching ``pattern`` in ``directories``: (checkpoints newest first, leftover temporaries).
 
@@ -136,14 +131,16 @@ def checkpoint_files(directories: list[Path], pattern: str) -> tuple[list[Path],
 
 
 def newest_loadable(candidates: list[Path], what: str, temporaries: list[Path] = (),
-                    fresh_start: bool = False) -> tuple[Path | None, dict | None]:
-    """The first of ``candidates`` (newest first) that :func:`load_checkpoint` reads, and its content.
+                    fresh_start: bool = False, task: str | None = None) -> tuple[Path | None, dict | None]:
+    """The first of ``candidates`` (newest first) that :func:`load_checkpoint` reads (and, when ``task`` is
+    given, whose :func:`recorded_task` is ``task``), and its content.
 
     Each candidate skipped on the way (truncated, empty, not unosat's) and each leftover temporary is named in
-    a warning with the reason. When none loads: :class:`UnosatError`, or with ``fresh_start`` (what Lightning
-    does for ``ckpt_path="last"`` with nothing there, e.g. after a kill during the very first checkpoint
-    write) a warning naming every skipped file and (None, None): training starts from scratch. ``what``
-    describes the request in messages (e.g. ``ckpt_path=last under logs/train``).
+    a warning with the reason (one of another task, in an info line). When none fits: :class:`UnosatError`,
+    or with ``fresh_start`` (what Lightning does for ``ckpt_path="last"`` with nothing there, e.g. after a
+    kill during the very first checkpoint write) a warning naming every skipped file and (None, None):
+    training starts from scratch. ``what`` describes the request in messages (e.g. ``ckpt_path=last under
+    logs/train``).
     """
     for tmp in temporaries:
         log.warning("%s: ignoring %s, a temporary file left by a checkpoint write that was interrupted", what, tmp)
@@ -154,6 +151,10 @@ def newest_loadable(candidates: list[Path], what: str, temporaries: list[Path] =
         except UnosatError as err:
             skipped.append(str(err))
             log.warning("%s: skipping %s", what, err)
+            continue
+        if task is not None and recorded_task(checkpoint) != task:
+            skipped.append(f"{path}: a {recorded_task(checkpoint).replace('_', ' ')} checkpoint")
+            log.info("%s: skipping %s", what, skipped[-1])
             continue
         if skipped:
             log.warning("%s: using %s, the newest checkpoint that loads (%d newer one(s) skipped)", what, path,
@@ -168,7 +169,23 @@ def newest_loadable(candidates: list[Path], what: str, temporaries: list[Path] =
         return None, None
     if not candidates:
         raise UnosatError(f"{what}: no checkpoint found")
-    raise UnosatError(f"{what}: none of the {len(candidates)} checkpoint(s) loads ({'; '.join(skipped)})")
+    fits = "loads" if task is None else f"loads as a {task.replace('_', ' ')} checkpoint"
+    raise UnosatError(f"{what}: none of the {len(candidates)} checkpoint(s) {fits} ({'; '.join(skipped)})")
+
+
+def best_of_latest_run(log_dir: Path | str, task: str = DEFAULT_TASK) -> Path:
+    """The best checkpoint (``best-*.ckpt``) of the latest training run under ``<log_dir>/train/runs`` whose
+    network was trained for ``task``: what ``ckpt=null`` means to predict.py and export. Newer runs of
+    another task (a tile classifier) and files that do not load are skipped; :class:`UnosatError` when
+    nothing is left."""
+    runs = Path(log_dir) / "train" / "runs"
+    candidates, temporaries = checkpoint_files(sorted(Path(log_dir).glob(TRAINING_RUN_CHECKPOINTS)), "best-*.ckpt")
+    if not candidates:
+        raise UnosatError(f"ckpt=null: no best-*.ckpt of a training run under {runs}; train one with python train.py, "
+                          "or pass ckpt=PATH")
+    path, _ = newest_loadable(candidates, f"ckpt=null (the best checkpoint of the latest training run under {runs})",
+                              temporaries, task=task)
+    return path
 
 
 def epochs_completed(checkpoint: dict) -> int:

@@ -18,6 +18,13 @@ class UnosatError(Exception):
     """A problem with the user's data or configuration, explained in the message."""
 
 
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (at most ``limit`` characters), or its type's name when the
+    message is empty: what a one-line :class:`UnosatError` quotes of a library's error."""
+    lines = str(err).strip().splitlines()
+    return lines[0][:limit] if lines else type(err).__name__
+
+
 def exit_on_user_error(func: Callable[..., T]) -> Callable[..., T]:
     """Run ``func``; on :class:`UnosatError` print ``error: <message>`` and exit with status 1.
 

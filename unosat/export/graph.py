@@ -31,7 +31,7 @@ from torch import nn
 from unosat.bands import BandRecipe, Normalization
 from unosat.errors import UnosatError
 from unosat.export.concat_split import split_decoder_concats
-from unosat.training.module import segmentation_logits
+from unosat.models.outputs import segmentation_logits
 
 #: torch versions of :data:`unosat.bands.BAND_FORMULAS` (VH, VV in linear power -> one band); same names
 TORCH_BAND_FORMULAS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {

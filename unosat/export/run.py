@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from unosat.checkpoint import best_of_latest_run
 from unosat.classes import TARGET
 from unosat.errors import UnosatError
 from unosat.export.graph import INPUT_BANDS, PolarisationInput, exported_module
@@ -129,14 +130,8 @@ def metadata_for(model: LoadedModel, task: str, settings: DeepnessSettings, inpu
 
 def resolve_paths(cfg: DictConfig) -> tuple[Path, Path, Path]:
     """``(checkpoint, onnx output, model card)``; the checkpoint defaults to the latest training run's best."""
-    from unosat.predict.settings import latest_segmentation_checkpoint
-
     if cfg.get("ckpt") in (None, ""):
-        log_dir = Path(cfg.paths.log_dir).expanduser()
-        found = latest_segmentation_checkpoint(log_dir)
-        if found is None:
-            raise UnosatError(f"ckpt=null: no best-*.ckpt of a training run under {log_dir}/train/runs; pass ckpt=PATH")
-        ckpt = found
+        ckpt = best_of_latest_run(Path(cfg.paths.log_dir).expanduser())
     else:
         ckpt = Path(str(cfg.ckpt)).expanduser()
     output = Path(str(cfg.output)).expanduser() if cfg.get("output") not in (None, "") else ckpt.with_suffix(".onnx")

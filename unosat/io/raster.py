@@ -20,7 +20,7 @@ from rasterio.errors import RasterioError
 from rasterio.transform import Affine
 from rasterio.windows import Window, subdivide
 
-from unosat.errors import UnosatError
+from unosat.errors import UnosatError, first_line
 
 #: Two grids whose transforms place every corner within this many pixels of each other are the same grid.
 GRID_TOLERANCE_PX = 0.01
@@ -108,7 +108,7 @@ def open_raster(path: Path | str) -> Iterator[rasterio.io.DatasetReader]:
     try:
         src = rasterio.open(path)
     except RasterioError as err:
-        raise UnosatError(f"{path}: not a readable raster ({_first_line(err)})") from None
+        raise UnosatError(f"{path}: not a readable raster ({first_line(err)})") from None
     with src:
         yield src
 
@@ -118,11 +118,7 @@ def read_window(src: rasterio.io.DatasetReader, window: Window, indexes=None, **
     try:
         return src.read(indexes, window=window, **kwargs)
     except RasterioError as err:
-        raise UnosatError(f"{src.name}: cannot read pixels, the file is truncated or corrupt ({_first_line(err)})") from None
-
-
-def _first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UnosatError(f"{src.name}: cannot read pixels, the file is truncated or corrupt ({first_line(err)})") from None
 
 
 def row_windows(width: int, height: int, rows: int) -> list[Window]:

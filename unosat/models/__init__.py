@@ -9,7 +9,8 @@ and GSCNN also in their original 1/4 layout), their encoders, and loading the UN
 - :mod:`unosat.models.aspp`: :class:`ASPP`; :mod:`unosat.models.resnet`: :class:`ResNet` (ResNet-50, dilated);
 - :mod:`unosat.models.image_gradient`: :class:`ImageGradient`, the un-normalised band's Sobel magnitude;
 - :mod:`unosat.models.reference_checkpoint`: :func:`load_reference_state_dict` for the team's checkpoints;
-- :mod:`unosat.models.init`: :func:`init_reference_`, the reference weight initialisation.
+- :mod:`unosat.models.init`: :func:`init_reference_`, the reference weight initialisation;
+- :mod:`unosat.models.outputs`: :func:`segmentation_logits`, the logits of a network's output.
 """
 
 from unosat.models.aspp import ASPP

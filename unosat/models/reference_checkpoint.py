@@ -30,7 +30,6 @@ reproduces the reference's predictions.
 from __future__ import annotations
 
 import logging
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import torch
 from torch import Tensor
 
 from unosat.errors import UnosatError
+from unosat.io.weights_only import load_weights_only
 from unosat.models.lwrefinenet import LWRefineNet, new_full_resolution_keys
 
 log = logging.getLogger(__name__)
@@ -172,17 +172,10 @@ def load_reference_state_dict(model: LWRefineNet, source: str | Path | Mapping[s
 
 
 def read_state_source(source: str | Path | Mapping[str, Tensor]) -> Mapping:
+    """``source`` itself when it is a state dict, else the file it names (:func:`load_weights_only`)."""
     if not isinstance(source, (str, Path)):
         return source
-    path = Path(source)
-    if not path.is_file():
-        raise UnosatError(f"checkpoint {path}: no such file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
-        raise UnosatError(
-            f"checkpoint {path}: cannot be read as a state_dict of tensors (torch.load weights_only=True): {err}"
-        ) from None
+    return load_weights_only(source)
 
 
 def unwrap_state_dict(state: object, name: str) -> Mapping[str, Tensor]:

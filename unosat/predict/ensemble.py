@@ -32,11 +32,11 @@ from unosat.bands import BandRecipe, Normalization
 from unosat.checkpoint import build_model, describe_model, load_checkpoint, model_config
 from unosat.classes import CLASS_NAMES, TARGET, class_names
 from unosat.errors import UnosatError
+from unosat.models.outputs import segmentation_logits
 from unosat.predict.distributed import Runtime
 from unosat.predict.tta import D4Transform, tta_average, tta_transforms
 from unosat.raw_input import RawInput
 from unosat.scenes import DiscoveryConfig
-from unosat.training.module import segmentation_logits
 
 HASH_CHUNK_BYTES = 1 << 20
 

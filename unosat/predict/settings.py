@@ -13,7 +13,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from unosat.checkpoint import load_checkpoint
+from unosat.checkpoint import best_of_latest_run
 from unosat.classes import CLASS_NAMES, TARGET, class_names
 from unosat.errors import UnosatError
 from unosat.io.cog import CogOptions
@@ -29,29 +29,11 @@ from unosat.predict.vectorize import VectorizeConfig
 
 log = logging.getLogger(__name__)
 
-BEST_CHECKPOINTS = "train/runs/*/checkpoints/best-*.ckpt"
-
-
-def latest_segmentation_checkpoint(log_dir: Path) -> Path | None:
-    """The best checkpoint of the latest training run of a segmentation model (tile classifiers skipped)."""
-    for path in sorted(log_dir.glob(BEST_CHECKPOINTS), key=lambda p: p.stat().st_mtime, reverse=True):
-        try:
-            task = load_checkpoint(path)["unosat"].get("task", "segmentation")
-        except UnosatError:
-            continue
-        if task == "segmentation":
-            return path
-    return None
-
-
 def resolve_checkpoints(value, log_dir: Path) -> list[Path]:
     """``ckpt``: a path, a list of paths, or null (the best checkpoint of the latest segmentation training
     run)."""
     if value is None or value == "":
-        found = latest_segmentation_checkpoint(log_dir)
-        if found is None:
-            raise UnosatError(f"ckpt=null: no best-*.ckpt of a training run under {log_dir}/train/runs; train one "
-                              "with python train.py, or pass ckpt=PATH")
+        found = best_of_latest_run(log_dir)
         log.info("checkpoint: %s (best of the latest training run)", found)
         return [found]
     values = list(value) if isinstance(value, list | tuple | ListConfig) else [value]

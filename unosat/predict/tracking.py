@@ -16,6 +16,7 @@ from pathlib import Path
 from unosat.classes import CLASS_NAMES, TARGET
 from unosat.errors import UnosatError
 from unosat.predict.ensemble import LoadedModel
+from unosat.wandb_mode import resolve_wandb_mode
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,6 @@ def _to_mlflow(metrics: dict[str, float], report_path: Path, models: Sequence[Lo
 def _to_wandb(metrics: dict[str, float], report_path: Path, models: Sequence[LoadedModel], config: TrackingConfig,
               out_dir: Path) -> list[dict]:
     import wandb
-
-    from unosat.training.loggers import resolve_wandb_mode
 
     mode = resolve_wandb_mode(config.wandb_mode)
     logged = []

@@ -11,18 +11,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
+from unosat.agg_figures import save_figure, subplots
 from unosat.bands import BandRecipe, to_db
 from unosat.classes import CLASS_NAMES, IGNORE_INDEX, TARGET, class_names, plural
-from unosat.io.atomic import atomic_path, write_text_atomic
+from unosat.io.atomic import write_text_atomic
 from unosat.io.labels import decimated_mask
 from unosat.io.raster import open_raster, read_window
 from unosat.prepared import PreparedDataset
@@ -39,21 +37,6 @@ class ReportConfig:
     histogram_bins: int = 80
     dpi: int = 110
     seed: int = 0
-
-
-def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] | None = None,
-             squeeze: bool = True) -> tuple[Figure, Any]:
-    """A figure drawn by the Agg canvas (no pyplot state, no global backend switch) and its axes, as
-    ``plt.subplots`` returns them."""
-    fig = Figure(figsize=figsize)
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
-
-
-def save_figure(fig: Figure, path: Path, dpi: int) -> None:
-    """Save a matplotlib figure atomically as PNG."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
 
 
 def display_db(values: np.ndarray, recipe: BandRecipe) -> np.ndarray:

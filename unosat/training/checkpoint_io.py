@@ -8,8 +8,9 @@ name, never a partial one; the temporary is never staged in ``$TMPDIR`` (Lightni
 an fsspec transaction that writes to ``tempfile.mkstemp()`` and *copies* across filesystems, so a kill
 during the copy truncated the final file and leaked a temporary of the checkpoint's size in ``$TMPDIR``).
 
-Checkpoints are read with ``torch.load(weights_only=True)`` whatever the caller asks: no pickled code runs
-when a run resumes from, or tests, a checkpoint someone else made.
+Checkpoints are read with ``torch.load(weights_only=True)`` whatever the caller asks
+(:func:`unosat.io.weights_only.load_weights_only`): no pickled code runs when a run resumes from, or tests,
+a checkpoint someone else made.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from unosat.io.atomic import temporary_sibling
+from unosat.io.weights_only import load_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
-        if "://" in str(path) and not str(path).startswith("file://"):
+        if is_remote(path):
             super().save_checkpoint(checkpoint, path)
             return
         save_atomically(checkpoint, str(path).removeprefix("file://"))
@@ -81,4 +83,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         if weights_only is False:
             log.debug("AtomicCheckpointIO reads %s with weights_only=True (asked: False)", path)
-        return super().load_checkpoint(path, map_location=map_location or "cpu", weights_only=True)
+        if is_remote(path):
+            return super().load_checkpoint(path, map_location=map_location or "cpu", weights_only=True)
+        return load_weights_only(str(path).removeprefix("file://"), map_location=map_location or "cpu")
+
+
+def is_remote(path) -> bool:
+    """Whether ``path`` is a URL other than ``file://`` (``s3://``, ``gs://`` ...), read and written by fsspec."""
+    return "://" in str(path) and not str(path).startswith("file://")

@@ -4,14 +4,19 @@ and the checkpoint metadata that lets prediction rebuild the model and its input
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
+#: the stages a module steps through; each keeps its own metrics
+STAGES = ("train", "val", "test")
+
 
 class UnosatModule(pl.LightningModule):
-    """Base class.
+    """Base class. A subclass names what it trains in :attr:`task`, recorded in its checkpoints
+    (``checkpoint["unosat"]["task"]``) for predict.py and export.
 
     Args:
         net: the network.
@@ -22,8 +27,11 @@ class UnosatModule(pl.LightningModule):
         channels_last: run the network in channels-last memory format (faster convolutions and pooling on
             CPU and recent GPUs).
         metadata: what the checkpoint must carry (model config, data recipe...), stored under
-            ``checkpoint["unosat"]``.
+            ``checkpoint["unosat"]`` with the module's ``task``.
     """
+
+    #: what the module trains its network for: ``segmentation`` or ``tile_classification``
+    task: ClassVar[str]
 
     def __init__(self, net: nn.Module, loss: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
                  scheduler_interval: str = "step", channels_last: bool = False, metadata: dict | None = None):
@@ -34,7 +42,7 @@ class UnosatModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.channels_last = bool(channels_last)
-        self.metadata = dict(metadata or {})
+        self.metadata = {**dict(metadata or {}), "task": self.task}
         self._epoch_sums: dict[str, dict[str, torch.Tensor]] = {}  # stage -> term -> sum of value * batch size
         self._epoch_counts: dict[str, int] = {}  # stage -> samples accumulated this epoch
         if self.channels_last:

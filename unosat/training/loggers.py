@@ -1,73 +1,18 @@
-"""Loggers: Weights & Biases online when the user is logged in and the server answers, offline otherwise.
-
-Never a login prompt, never a hang without network: the mode is decided before wandb starts, from the
-environment (``WANDB_MODE`` wins), an API key (``WANDB_API_KEY`` or a ``~/.netrc`` entry for the W&B host)
-and a short TCP check of that host.
-"""
+"""Loggers built from ``conf/logger/``: Weights & Biases (its mode decided by :mod:`unosat.wandb_mode`: never
+a login prompt, never a hang without network) and MLflow (a local SQLite store by default)."""
 
 from __future__ import annotations
 
 import logging
-import netrc
-import os
-import socket
+from collections.abc import Iterable
 from pathlib import Path
-from urllib.parse import urlparse
+
+from pytorch_lightning.loggers import Logger, WandbLogger
 
 from unosat.errors import UnosatError
+from unosat.wandb_mode import resolve_wandb_mode
 
 log = logging.getLogger(__name__)
-
-DEFAULT_WANDB_URL = "https://api.wandb.ai"
-
-
-def wandb_host() -> str:
-    return urlparse(os.environ.get("WANDB_BASE_URL", DEFAULT_WANDB_URL)).hostname or "api.wandb.ai"
-
-
-def wandb_logged_in() -> bool:
-    """Whether an API key is available without asking: ``WANDB_API_KEY`` or a netrc entry for the host."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    try:
-        return path.is_file() and netrc.netrc(str(path)).authenticators(wandb_host()) is not None
-    except (netrc.NetrcParseError, OSError):
-        return False
-
-
-def host_reachable(host: str, port: int = 443, timeout: float = 2.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-#: the values wandb accepts for WANDB_MODE
-WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")
-
-
-def resolve_wandb_mode(mode: str = "auto") -> str:
-    """``online``, ``offline`` or ``disabled``.
-
-    ``auto`` (default): ``WANDB_MODE`` if set; else online when logged in and the W&B host answers within
-    2 s; else offline (runs are kept in the run directory; ``wandb sync`` uploads them later).
-    """
-    if mode != "auto":
-        return mode
-    env = os.environ.get("WANDB_MODE")
-    if env is not None and not env.strip():
-        os.environ.pop("WANDB_MODE")  # set but empty means unset (wandb itself would reject it)
-        env = None
-    if env:
-        if env not in WANDB_MODES:
-            raise UnosatError(f"environment variable WANDB_MODE={env!r} is not a W&B mode ({', '.join(WANDB_MODES)})")
-        return "offline" if env == "dryrun" else env
-    if wandb_logged_in() and host_reachable(wandb_host()):
-        return "online"
-    return "offline"
-
 
 def wandb_logger(project: str = "unosat", save_dir: str = ".", mode: str = "auto", id: str | None = None,
                  name: str | None = None, group: str | None = None, tags: list | None = None,
@@ -76,8 +21,6 @@ def wandb_logger(project: str = "unosat", save_dir: str = ".", mode: str = "auto
 
     ``id`` keeps one W&B run across resumes (the training run stores it in the checkpoint).
     """
-    from pytorch_lightning.loggers import WandbLogger
-
     resolved = resolve_wandb_mode(mode)
     log.info("W&B mode: %s", resolved)
     Path(save_dir).mkdir(parents=True, exist_ok=True)
@@ -85,13 +28,13 @@ def wandb_logger(project: str = "unosat", save_dir: str = ".", mode: str = "auto
                        tags=list(tags or []), log_model=log_model, resume="allow" if id else None, **kwargs)
 
 
-def finish_wandb(loggers) -> None:
-    """End this process's W&B runs (Lightning leaves them open; a second run in the same process would
-    otherwise log into the first)."""
-    for logger in loggers:
-        if type(logger).__name__ == "WandbLogger" and getattr(logger, "_experiment", None) is not None:
-            import wandb
+def finish_wandb(loggers: Iterable[Logger]) -> None:
+    """End this process's W&B run when one of ``loggers`` logs to W&B (Lightning leaves the run open; a second
+    run in the same process would otherwise log into the first). A run that never started is left alone."""
+    if any(isinstance(logger, WandbLogger) for logger in loggers):
+        import wandb
 
+        if wandb.run is not None:
             wandb.finish()
 
 

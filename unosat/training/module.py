@@ -18,15 +18,9 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from unosat.classes import CLASS_NAMES, IGNORE_INDEX
 from unosat.metrics import scores_from_confusion
+from unosat.models.outputs import segmentation_logits
 from unosat.training.figures import confusion_figure, save_and_log_figure
-from unosat.training.lightning_base import UnosatModule
-
-STAGES = ("train", "val", "test")
-
-
-def segmentation_logits(output) -> torch.Tensor:
-    """The segmentation logits of a model's output (the first item of a tuple/list, or the tensor)."""
-    return output[0] if isinstance(output, tuple | list) else output
+from unosat.training.lightning_base import STAGES, UnosatModule
 
 
 class SegmentationModule(UnosatModule):
@@ -36,6 +30,8 @@ class SegmentationModule(UnosatModule):
     Args:
         num_classes, ignore_index, class_names: the label set (255 = ignore).
     """
+
+    task = "segmentation"
 
     def __init__(
         self,

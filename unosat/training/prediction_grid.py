@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
-
-from unosat.classes import IGNORE_INDEX, TARGET  # noqa: E402
-from unosat.training.figures import save_and_log_figure  # noqa: E402
+from unosat.agg_figures import subplots
+from unosat.classes import IGNORE_INDEX, TARGET
+from unosat.models.outputs import segmentation_logits
+from unosat.training.figures import save_and_log_figure
+from unosat.training.module import SegmentationModule
 
 
 def pick_tiles(target_ratio: np.ndarray, n: int) -> list[int]:
@@ -66,7 +66,7 @@ class PredictionGrid(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or self.num_tiles <= 0:
             return
-        if getattr(getattr(pl_module, "net", None), "task", "segmentation") != "segmentation":
+        if not isinstance(pl_module, SegmentationModule):
             return  # e.g. a tile classifier: nothing to draw
         last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
         if (trainer.current_epoch + 1) % self.every_n_epochs and not last_epoch:
@@ -82,18 +82,17 @@ class PredictionGrid(pl.Callback):
         with torch.inference_mode():
             output = pl_module(images)
         pl_module.train(was_training)
-        logits = output[0] if isinstance(output, tuple | list) else output
-        preds = logits.argmax(dim=1).cpu().numpy()
+        preds = segmentation_logits(output).argmax(dim=1).cpu().numpy()
         edges = torch.sigmoid(output[1]).cpu().numpy()[:, 0] if isinstance(output, tuple | list) and len(output) > 1 else None
         fig = self.figure(samples, preds, edges, band, dataset)
         path = Path(trainer.default_root_dir) / "figures" / f"prediction_grid_epoch{trainer.current_epoch:03d}.png"
         save_and_log_figure(fig, path, "val/prediction_grid", pl_module.loggers, trainer.global_step, self.dpi)
 
-    def figure(self, samples, preds, edges, band: int, dataset) -> plt.Figure:
+    def figure(self, samples, preds, edges, band: int, dataset) -> Figure:
         cols = ["image", "image + prediction", "prediction", "image + ground truth", "ground truth"]
         if edges is not None:
             cols.append("predicted edges")
-        fig, axes = plt.subplots(len(samples), len(cols), figsize=(2.3 * len(cols), 2.4 * len(samples)), squeeze=False)
+        fig, axes = subplots(len(samples), len(cols), figsize=(2.3 * len(cols), 2.4 * len(samples)), squeeze=False)
         for r, (sample, pred) in enumerate(zip(samples, preds)):
             gray = display_band(sample["image"][band].numpy())
             target = sample["mask"].numpy()

@@ -19,25 +19,25 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.loggers import MLFlowLogger, WandbLogger
 
 from unosat.checkpoint import (
     check_same_model,
     check_weights,
     checkpoint_files,
     epochs_completed,
-    find_latest,
     load_checkpoint,
     newest_loadable,
 )
-from unosat.classes import CLASS_NAMES, IGNORE_INDEX, TARGET
+from unosat.classes import CLASS_NAMES, TARGET
 from unosat.errors import UnosatError
 from unosat.io.atomic import write_json_atomic, write_text_atomic
 from unosat.io.lock import launched_as_rank_zero, output_lock
 from unosat.models.registry import network_spec
 from unosat.training.baseline import vv_threshold_baseline
+from unosat.training.lightning_base import UnosatModule
 from unosat.training.loggers import finish_wandb
 from unosat.training.module import SegmentationModule
-from unosat.training.tile_module import TileClassificationModule
 
 log = logging.getLogger(__name__)
 
@@ -102,30 +102,26 @@ def train(cfg: DictConfig, ckpt_path: Path | None, checkpoint: dict | None) -> f
             log.info("weights from %s", ckpt_path)
 
     net = instantiate(model_cfg)
-    loss = instantiate(cfg.loss)
-    task = getattr(net, "task", "segmentation")
-    module_class = TileClassificationModule if task == "tile_classification" else SegmentationModule
-    module = module_class(
+    module_factory = instantiate(cfg.module, _partial_=True)  # conf/module/: the LightningModule and its own options
+    module: UnosatModule = module_factory(
         net=net,
-        loss=loss,
+        loss=instantiate(cfg.loss),
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler.schedule) if cfg.get("scheduler") else None,
         scheduler_interval=cfg.scheduler.interval if cfg.get("scheduler") else "step",
-        num_classes=len(CLASS_NAMES),
-        ignore_index=IGNORE_INDEX,
-        class_names=getattr(datamodule, "class_names", CLASS_NAMES),
         channels_last=bool(cfg.get("channels_last", False)),
-        metadata={"model": spec, "task": task, "config": OmegaConf.to_container(cfg, resolve=True)},
+        metadata={"model": spec, "config": OmegaConf.to_container(cfg, resolve=True)},
     )
+    check_module_fits_network(module, net, str(cfg.module._target_))
     if ckpt_path is not None:
         check_weights(checkpoint, module.state_dict(), ckpt_path)  # a one-line error, not Lightning's traceback
 
     loggers = build_loggers(cfg, previous)
     for lg in loggers:
-        if type(lg).__name__ == "WandbLogger":
+        if isinstance(lg, WandbLogger):
             module.metadata["wandb_run_id"] = lg.version
-        elif type(lg).__name__ == "MLFlowLogger":
-            module.metadata["mlflow"] = {"run_id": lg.run_id, "tracking_uri": lg._tracking_uri}
+        elif isinstance(lg, MLFlowLogger):
+            module.metadata["mlflow"] = {"run_id": lg.run_id, "tracking_uri": lg.experiment.tracking_uri}
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                       **distributed_options(cfg.trainer), **slurm_options(cfg))
@@ -134,7 +130,7 @@ def train(cfg: DictConfig, ckpt_path: Path | None, checkpoint: dict | None) -> f
     if trainer.is_global_zero:
         write_text_atomic(output_dir / "config_resolved.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
     for lg in loggers:
-        if type(lg).__name__ == "MLFlowLogger" and previous.get("mlflow"):
+        if isinstance(lg, MLFlowLogger) and previous.get("mlflow"):
             # MLflow params cannot change within a run: a resumed run records its config as an artifact
             lg.experiment.log_text(lg.run_id, OmegaConf.to_yaml(OmegaConf.create(resolved)),
                                    f"config_resumed_{output_dir.name}.yaml")
@@ -142,7 +138,7 @@ def train(cfg: DictConfig, ckpt_path: Path | None, checkpoint: dict | None) -> f
         lg.log_hyperparams(resolved)
 
     summary: dict = {"output_dir": str(output_dir), "model": model_cfg.get("_target_")}
-    if cfg.get("baseline", True) and trainer.is_global_zero and task == "segmentation":
+    if cfg.get("baseline", True) and trainer.is_global_zero and isinstance(module, SegmentationModule):
         base = vv_threshold_baseline(datamodule.train_dataset, datamodule.val_dataset)
         target = getattr(datamodule, "class_names", CLASS_NAMES)[TARGET]
         summary["baseline"] = {"vv_threshold_db": base.threshold_db, "direction": base.direction,
@@ -175,7 +171,7 @@ def train(cfg: DictConfig, ckpt_path: Path | None, checkpoint: dict | None) -> f
     return None
 
 
-def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, module: SegmentationModule, datamodule, ckpt_path) -> dict:
+def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, module: UnosatModule, datamodule, ckpt_path) -> dict:
     """Fit (unless ``train=false``), then, when ``test=true``, score a checkpoint on the ``test_split``
     (default ``test``: the test cities' tiles): the best one of this fit, or with ``train=false`` the weights
     of ``ckpt_path``. Return figures; the test scores are also printed as a table."""
@@ -214,6 +210,16 @@ def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, module: SegmentationModul
                 print(score_table(summary["test_metrics"], f"{split} split, {len(dataset)} tiles, "
                                   f"weights: {summary['test_checkpoint']}"), flush=True)
     return summary
+
+
+def check_module_fits_network(module: UnosatModule, net: torch.nn.Module, target: str) -> None:
+    """:class:`UnosatError` unless the module trains what the network predicts (its ``task``: a tile classifier
+    declares ``tile_classification``; a network that declares nothing is a segmentation network)."""
+    predicts = getattr(net, "task", SegmentationModule.task)
+    if module.task != predicts:
+        raise UnosatError(f"the module {target} trains {module.task.replace('_', ' ')}, but the network "
+                          f"{type(net).__name__} predicts {predicts.replace('_', ' ')}; choose the module=... of "
+                          "conf/module/ that fits the model (model=tile_classifier selects module=tile_classification)")
 
 
 def score_table(metrics: dict[str, float], title: str) -> str:
@@ -374,4 +380,4 @@ def _new_wandb_id() -> str:
     return secrets.token_hex(4)
 
 
-__all__ = ["find_latest", "run"]
+__all__ = ["run"]

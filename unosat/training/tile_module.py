@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -21,20 +22,21 @@ from torchmetrics.classification import (
 )
 
 from unosat.losses.tile_bce import tile_target
-from unosat.training.lightning_base import UnosatModule
+from unosat.training.lightning_base import STAGES, UnosatModule
 
 log = logging.getLogger(__name__)
 
-STAGES = ("train", "val", "test")
-
 
 class TileClassificationModule(UnosatModule):
-    """See :class:`~unosat.training.lightning_base.UnosatModule` for the arguments; ``threshold`` turns
-    probabilities into decisions for precision/recall/F1."""
+    """See :class:`~unosat.training.lightning_base.UnosatModule` for the shared arguments; ``threshold``
+    turns probabilities into decisions for precision/recall/F1."""
 
-    def __init__(self, *args, threshold: float = 0.5, **kwargs):
-        kwargs.pop("num_classes", None), kwargs.pop("ignore_index", None), kwargs.pop("class_names", None)
-        super().__init__(*args, **kwargs)
+    task = "tile_classification"
+
+    def __init__(self, net: nn.Module, loss: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
+                 scheduler_interval: str = "step", channels_last: bool = False, metadata: dict | None = None,
+                 threshold: float = 0.5):
+        super().__init__(net, loss, optimizer, scheduler, scheduler_interval, channels_last, metadata)
         self.threshold = float(threshold)
         self.metrics = nn.ModuleDict({
             f"{stage}_split": MetricCollection({
