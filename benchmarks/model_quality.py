@@ -56,6 +56,7 @@ from _common import machine, table  # noqa: E402
 
 from unosat.errors import UnosatError  # noqa: E402
 from unosat.io.atomic import write_json_atomic  # noqa: E402
+from unosat.io.provenance import refuse_other_settings  # noqa: E402
 
 log = logging.getLogger("model_quality")
 
@@ -267,10 +268,8 @@ def run_job(job: dict) -> dict:
     spec_path, result_path = out / JOB_SPEC, out / JOB_RESULT
     if spec_path.exists():
         previous = json.loads(spec_path.read_text())
-        if previous != identity and not job["settings"]["overwrite"]:
-            differ = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
-            raise UnosatError(f"{out} holds a job made with other settings (differs in {', '.join(differ)}); "
-                              "use another --workdir, or --overwrite")
+        if not job["settings"]["overwrite"]:
+            refuse_other_settings(spec_path, "a job", previous, identity, "use another --workdir, or --overwrite")
         if previous == identity and result_path.exists():
             return json.loads(result_path.read_text())
     if out.exists():

@@ -262,6 +262,7 @@ def vectorize_figures(workdir: Path, size: int, seed: int = 0) -> dict:
     from rasterio.features import shapes
     from rasterio.transform import from_origin
 
+    from unosat.classes import IGNORE_INDEX
     from unosat.io.cog import CogOptions, write_cog
     from unosat.io.raster import Grid
     from unosat.predict.vectorize import VectorizeConfig, vectorize
@@ -276,7 +277,7 @@ def vectorize_figures(workdir: Path, size: int, seed: int = 0) -> dict:
             mask[r0 + dr, c0 + dc] = 1
     grid = Grid(rasterio.crs.CRS.from_epsg(32638), from_origin(300000.0, 4100000.0, 10.0, 10.0), size, size)
     path = workdir / f"mask_{size}.tif"
-    write_cog(path, grid, "uint8", 255, ((r, mask[None, r : r + 512]) for r in range(0, size, 512)), CogOptions(),
+    write_cog(path, grid, "uint8", IGNORE_INDEX, ((r, mask[None, r : r + 512]) for r in range(0, size, 512)), CogOptions(),
               categorical=True)
     out = workdir / f"mask_{size}.gpkg"
     out.unlink(missing_ok=True)

@@ -336,7 +336,7 @@ def test_rerun_skips_finished_work_and_raw_inputs_are_untouched(tiny_raw, tmp_pa
 def test_other_settings_are_refused_without_overwrite(tiny_raw, tmp_path):
     out = tmp_path / "out"
     run(prepare_config(tiny_raw, out, "steps=[bands]"))
-    with pytest.raises(UnosatError, match="prepared with other settings .*recipe.*overwrite=true"):
+    with pytest.raises(UnosatError, match=r"dataset.json holds a dataset made with other settings \(.*recipe.*overwrite=true"):
         run(prepare_config(tiny_raw, out, "steps=[bands]", "bands=db"))
     run(prepare_config(tiny_raw, out, "steps=[bands]", "bands=db", "overwrite=true"))
     assert PreparedDataset(out).recipe.units == "db"

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from unosat.errors import UnosatError
-from unosat.raw_input import UNITS, file_valid
+from unosat.raw_input import DEFAULT_NODATA, UNITS, file_valid
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -171,7 +171,7 @@ def polarisations_to_stack(
     vh: np.ndarray,
     vv: np.ndarray,
     recipe: BandRecipe,
-    nodata_values: Sequence[float] = (0.0, -99999.0),
+    nodata_values: Sequence[float] = DEFAULT_NODATA["linear"],
     input_units: str = "linear",
     vv_nodata_values: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:

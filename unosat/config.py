@@ -1,4 +1,9 @@
-"""Composing the project's Hydra configs from code (e.g. preparing the demo from inside ``train.py``)."""
+"""Composing the project's Hydra configs from code (e.g. preparing the demo from inside ``train.py``), and the
+``${unosat:NAME}`` resolver through which configs read values the code defines.
+
+Importing this module registers the resolver; the entry points (``train.py``, ``prepare.py``) import it before
+Hydra composes, and :func:`compose_config` is defined here, so every composed config can resolve it.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,39 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from unosat.classes import CLASS_NAMES, IGNORE_INDEX
+from unosat.errors import UnosatError
 
 #: The project's config directory (``conf/`` next to the package).
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+#: Name of the resolver: ``${unosat:ignore_index}`` in a config is :data:`unosat.classes.IGNORE_INDEX`.
+RESOLVER = "unosat"
+
+#: What ``${unosat:NAME}`` gives: values the code defines once (:mod:`unosat.classes`) and configs pass on
+#: (``conf/classes/default.yaml``), so that no YAML file restates them.
+CODE_VALUES: dict[str, int] = {
+    "ignore_index": IGNORE_INDEX,      # mask value of ignored pixels (nodata, padding)
+    "num_classes": len(CLASS_NAMES),   # masks hold 0 (background) and 1 (the target)
+}
+
+
+def code_value(name: str) -> int:
+    """The value of ``${unosat:NAME}``; raises :class:`UnosatError` naming the known names for any other."""
+    if name not in CODE_VALUES:
+        raise UnosatError(f"${{{RESOLVER}:{name}}}: unknown name; known: {', '.join(CODE_VALUES)}")
+    return CODE_VALUES[name]
+
+
+def register_resolver() -> None:
+    """Register ``${unosat:NAME}`` with OmegaConf (once per process; later calls do nothing)."""
+    if not OmegaConf.has_resolver(RESOLVER):
+        OmegaConf.register_new_resolver(RESOLVER, code_value)
+
+
+register_resolver()
 
 
 def compose_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:

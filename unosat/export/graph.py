@@ -32,6 +32,7 @@ from unosat.bands import BandRecipe, Normalization
 from unosat.errors import UnosatError
 from unosat.export.concat_split import split_decoder_concats
 from unosat.models.outputs import segmentation_logits
+from unosat.raw_input import DEFAULT_NODATA, UNITS
 
 #: torch versions of :data:`unosat.bands.BAND_FORMULAS` (VH, VV in linear power -> one band); same names
 TORCH_BAND_FORMULAS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
@@ -46,7 +47,6 @@ TORCH_BAND_FORMULAS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tens
 
 #: channel order of the exported models' input
 INPUT_BANDS: tuple[str, ...] = ("vh", "vv")
-INPUT_UNITS: tuple[str, ...] = ("linear", "db")
 
 
 class PolarisationInput(nn.Module):
@@ -59,11 +59,11 @@ class PolarisationInput(nn.Module):
         input_units: ``linear`` or ``db``: the units of the VH/VV the model is given.
     """
 
-    def __init__(self, recipe: BandRecipe, normalization: Normalization, nodata_values: Sequence[float] = (0.0, -99999.0),
+    def __init__(self, recipe: BandRecipe, normalization: Normalization, nodata_values: Sequence[float] = DEFAULT_NODATA["linear"],
                  input_units: str = "linear") -> None:
         super().__init__()
-        if input_units not in INPUT_UNITS:
-            raise UnosatError(f"export input_units must be one of {INPUT_UNITS}, got '{input_units}'")
+        if input_units not in UNITS:
+            raise UnosatError(f"export input_units must be one of {UNITS}, got '{input_units}'")
         missing = [b for b in recipe.bands if b not in TORCH_BAND_FORMULAS]
         if missing:
             raise UnosatError(f"band recipe '{recipe.name}': bands {missing} have no exportable formula")

@@ -177,7 +177,7 @@ class RasterAligner:
         if np.issubdtype(values.dtype, np.floating):
             unknown |= ~np.isfinite(values)
         if self.positive_values is None:
-            target = values == 1
+            target = values == TARGET  # a 0/1 label raster: 1 is the target class
             other = ~unknown & ~target & (values != 0)
             if other.any():
                 found = np.unique(values[other])

@@ -14,6 +14,7 @@ from unosat.classes import plural
 from unosat.errors import UnosatError, find_user_error
 from unosat.io.atomic import is_temporary, write_json_atomic
 from unosat.io.lock import LOCK_NAME
+from unosat.io.provenance import differing_keys, refuse_other_settings
 from unosat.predict.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,15 +61,14 @@ def check_output_dir(out_dir: Path, settings: dict, overwrite: bool) -> tuple[di
             return None, False
         raise UnosatError(f"{manifest_path} is not a unosat prediction manifest; overwrite=true to write into it anyway")
     old = previous.get("settings") or {}
-    differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+    differ = differing_keys(old, settings)
     if differ and previous.get("status") == STATUS_FAILED:
         log.warning("output %s holds a prediction that failed (%s) with other settings: this run replaces it", out_dir,
                     previous.get("reason", "no reason recorded"))
         return None, True
-    if differ and not overwrite:
-        details = "; ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in differ)
-        raise UnosatError(f"output {out_dir} holds a prediction made with other settings ({details}); choose another "
-                          "output, or overwrite=true to redo it")
+    if not overwrite:
+        refuse_other_settings(manifest_path, "a prediction", old, settings,
+                              "choose another output, or overwrite=true to redo it")
     return (None if differ else previous), False
 
 

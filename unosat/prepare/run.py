@@ -34,6 +34,7 @@ from unosat.errors import UnosatError
 from unosat.io.atomic import atomic_path, remove_stale_temporaries, write_json_atomic
 from unosat.io.labels import LabelsConfig
 from unosat.io.lock import output_lock
+from unosat.io.provenance import REDO_OUTPUT, refuse_other_settings
 from unosat.io.raster import Grid
 from unosat.prepare.band_stack import BandStackTask, make_band_stack
 from unosat.prepare.label_quality import QualityConfig, QualityTask, flag_acquisitions, scene_label_quality
@@ -308,15 +309,10 @@ def check_settings(dataset: PreparedDataset, settings: dict, overwrite: bool) ->
     """Refuse to continue a dataset prepared with other settings (unless ``overwrite``)."""
     if overwrite or not dataset.manifest_path.exists():
         return
-    previous = dataset.manifest.get("settings", {})
     current = json.loads(json.dumps(settings, default=str))
-    differ = [k for k in current if previous.get(k) != current[k]]
-    if differ:
-        details = "; ".join(f"{k}: {previous.get(k)} -> {current[k]}" for k in differ)
-        raise UnosatError(
-            f"{dataset.root} was prepared with other settings ({details}); run with overwrite=true to redo it, "
-            "or choose another out_dir"
-        )
+    # only this run's keys: a setting an older unosat recorded and this one no longer has is not a difference
+    refuse_other_settings(dataset.manifest_path, "a dataset", dataset.manifest.get("settings", {}), current,
+                          REDO_OUTPUT, keys=current)
 
 
 def previous_steps(dataset: PreparedDataset, overwrite: bool) -> dict[str, str | None]:

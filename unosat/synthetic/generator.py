@@ -28,6 +28,7 @@ import rasterio
 from unosat.bands import from_db
 from unosat.errors import UnosatError
 from unosat.io.atomic import atomic_path
+from unosat.io.provenance import differing_keys
 from unosat.io.raster import Grid, geotiff_profile
 from unosat.synthetic.buildings import (
     Footprints,
@@ -217,7 +218,7 @@ def _warn_if_other_spec(raw_dir: Path, spec: DemoSpec) -> None:
     except (OSError, ValueError, KeyError, TypeError):
         return
     wanted = json.loads(json.dumps(spec.to_dict()))
-    differ = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+    differ = differing_keys(saved, wanted)
     if differ:
         log.warning("demo dataset %s was generated with other settings (%s differ from the configured demo); "
                     "delete it (and the prepared copies next to it) to generate the configured one",
