@@ -148,6 +148,16 @@ def predict_cfg(out: Path, *overrides: str, log_dir: Path | None = None):
                                       *overrides])
 
 
+#: the demo run (:func:`demo_run`) also scores against the labels and draws quicklooks
+DEMO_RUN_OVERRIDES = ["evaluate=true", "quicklooks=true", "quicklook.max_px=96"]
+
+
+def read_band(path: Path) -> np.ndarray:
+    """Band 1 of a raster."""
+    with rasterio.open(path) as src:
+        return src.read(1)
+
+
 def toy_checkpoint(path: Path, raw_input: dict | None) -> Path:
     """An untrained LW-RefineNet checkpoint on the dB recipe recording ``raw_input`` (None: an older
     checkpoint that records none)."""
@@ -167,6 +177,80 @@ def toy_checkpoint(path: Path, raw_input: dict | None) -> Path:
                            "data": data, "task": "segmentation"}}, path)
     return path
 
+
+
+@pytest.fixture(scope="session")
+def trained_log_dir(tiny_prepared_db, tmp_path_factory) -> Path:
+    """The log dir (``paths.log_dir``) of the one segmentation run the tests share: a tiny LW-RefineNet
+    (output stride 4) trained by train.py on the dB demo for one limited epoch, its best checkpoint
+    sharpened (:func:`sharpen`). Read-only for tests; tests of training itself train their own."""
+    from unosat.training.run import run as train
+
+    root = tmp_path_factory.mktemp("trained")
+    # LW-RefineNet at output_stride 4: the layout sharpen() rescales (its classifier is decoder.classifier)
+    train(train_cfg(tiny_prepared_db, root, "model=lwrefinenet", "model.output_stride=4", "baseline=false",
+                    "debug=limit", "trainer.max_epochs=1", "logger=none", "callbacks.prediction_grid=null",
+                    "callbacks.learning_rate_monitor=null"))
+    sharpen(next((root / "logs" / "train" / "runs" / "run" / "checkpoints").glob("best-*.ckpt")), tiny_prepared_db)
+    return root / "logs"
+
+
+@pytest.fixture(scope="session")
+def best_ckpt(trained_log_dir) -> Path:
+    """The shared segmentation run's best checkpoint (see :func:`trained_log_dir`). Read-only for tests."""
+    return next((trained_log_dir / "train" / "runs" / "run" / "checkpoints").glob("best-*.ckpt"))
+
+
+@pytest.fixture(scope="session")
+def demo_run(trained_log_dir, tiny_raw_session, tmp_path_factory) -> Path:
+    """The output directory of :func:`predict_demo`, once per session. Read-only for tests (those that run
+    predict.py on a finished prediction again make their own)."""
+    return predict_demo(tmp_path_factory.mktemp("demo_run"), trained_log_dir, tiny_raw_session)
+
+
+def predict_demo(root: Path, log_dir: Path, raw_dir: Path) -> Path:
+    """python predict.py with no input and no ckpt, in ``root``: the demo's test cities (``raw_dir`` as the
+    demo's raw scenes), the latest run's best checkpoint under ``log_dir``. Returns its output directory."""
+    from unosat.predict.run import run
+
+    (root / "demo").mkdir()
+    (root / "demo" / "raw").symlink_to(raw_dir, target_is_directory=True)
+    run(predict_cfg(root / "out", f"paths.demo_dir={root / 'demo'}", *DEMO_RUN_OVERRIDES, log_dir=log_dir))
+    return root / "out"
+
+
+def sharpen(path: Path, dataset: Path) -> None:
+    """Give a checkpoint written by train.py a network whose map follows the input.
+
+    The tiny demo trains too briefly here: that network's map is a constant plus a pattern fixed to the window
+    (its encoder's last features no longer depend on the input). Its weights are replaced by PyTorch's
+    default initialisation (features that follow the input), with the classifier scaled so the building
+    logit varies with a std of 2 around 0 on a demo scene. Format and metadata stay train.py's."""
+    import torch
+
+    from unosat.bands import Normalization
+    from unosat.checkpoint import NET_PREFIX, build_model
+    from unosat.prepared import PreparedDataset
+
+    ckpt = torch.load(path, weights_only=True)
+    torch.manual_seed(0)
+    net = build_model(ckpt, path)
+    for module in net.modules():
+        if module is not net and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    net.eval()
+    with rasterio.open(PreparedDataset(dataset).bands_path(SAMAWAH[0])) as src:
+        stack = src.read()
+    x = torch.from_numpy(Normalization.from_dict(ckpt["unosat"]["data"]["normalization"]).apply(stack, channel_axis=0))
+    classifier = net.decoder.classifier
+    with torch.inference_mode():
+        logits = net(x[None])[0]
+        from_weights = (logits[1] - logits[0] - (classifier.bias[1] - classifier.bias[0]))[torch.from_numpy(np.isfinite(stack).all(0))]
+        k = 2.0 / float(from_weights.std())
+        classifier.weight.mul_(k)
+        classifier.bias.copy_(torch.tensor([0.0, -k * float(from_weights.mean())]))
+    ckpt["state_dict"].update({NET_PREFIX + key: value for key, value in net.state_dict().items()})
+    torch.save(ckpt, path)
 
 # ------------------------------------------------------------------------------ rasters written by tests
 

@@ -46,8 +46,8 @@ def test_evaluation_goes_to_the_checkpoints_wandb_run_offline(tiny_prepared_db, 
     assert runs and (runs[0] / f"run-{run_id}.wandb").stat().st_size > 0
 
 
-def test_tracking_needs_evaluation_and_an_mlflow_run(tiny_prepared_db, tiny_raw_session, tmp_path):
-    ckpt = _trained(tiny_prepared_db, tmp_path, "csv")
+def test_tracking_needs_evaluation_and_an_mlflow_run(best_ckpt, tiny_raw_session, tmp_path):
+    ckpt = best_ckpt  # trained with logger=none
     with pytest.raises(UnosatError, match="need evaluate=true"):
         predict(predict_cfg(tmp_path / "a", f"ckpt={ckpt}", f"input={tiny_raw_session}", "tracking.mlflow=true"))
     pytest.importorskip("mlflow")
