@@ -23,9 +23,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def pytest_configure(config):
     """Register the ``slow`` marker: end-to-end tests (they train a network, predict whole scenes with a trained
-    one, or run an entry point in a subprocess). ``pytest -m "not slow"`` is the quick suite; CI and the
-    README's command run everything."""
-    config.addinivalue_line("markers", "slow: end-to-end test (training, whole-scene prediction, subprocesses)")
+    one, run an entry point in a subprocess, prepare the demo several times, or build the full-size default
+    demo). ``pytest -m "not slow"`` is the quick suite; CI and the README's command run everything."""
+    config.addinivalue_line("markers", "slow: end-to-end test (training, whole-scene prediction, subprocesses, "
+                                       "repeated or full-size preparation)")
 
 #: prepare.py overrides that suit the tiny demo (160 x 192 px scenes)
 TINY_PREPARE = [
@@ -38,6 +39,8 @@ TINY_PREPARE = [
     "report.quicklook_px=96",
     "report.samples_per_class=2000",
     "report.tiles_per_scene=3",
+    "report.histogram_bins=20",
+    "report.dpi=40",
 ]
 
 

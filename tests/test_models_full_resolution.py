@@ -112,6 +112,7 @@ def one_pixel_scene(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarra
     return (stack - stack.mean()) / stack.std(), mask
 
 
+@pytest.mark.slow  # trains the network for 80 steps
 def test_a_one_pixel_wide_building_comes_back_in_place() -> None:
     """A U-Net trained on scenes with 1 px wide buildings, predicted on a new scene through ``predict_scene``
     with overlapping windows: each building pixel is found at its own pixel, and its 1 px neighbours are not."""

@@ -438,6 +438,7 @@ def dataset_content(root: Path) -> dict:
     return out
 
 
+@pytest.mark.slow  # prepares the tiny demo four times
 def test_redoing_the_bands_in_another_recipe_redoes_every_step_downstream(tiny_raw_session, tmp_path):
     redone, fresh = tmp_path / "redone", tmp_path / "fresh"
     run(prepare_config(tiny_raw_session, redone))  # 3b, every step

@@ -231,6 +231,7 @@ def test_speckle_marginal_is_gamma():
     assert ks.pvalue > 0.01
 
 
+@pytest.mark.slow  # the full-size default demo (5 cities of 1024 x 1024 px)
 def test_rendered_scene_has_enl_4_4_over_homogeneous_areas(default_layouts):
     spec, layouts = default_layouts
     city = spec.cities[0]
@@ -259,6 +260,7 @@ def test_rendered_scene_has_enl_4_4_over_homogeneous_areas(default_layouts):
 # ---------------------------------------------------------------- land cover and buildings
 
 
+@pytest.mark.slow  # the full-size default demo (5 cities of 1024 x 1024 px)
 def test_building_fraction_on_the_default_spec(default_layouts):
     spec, layouts = default_layouts
     assert (spec.height, spec.width) == (1024, 1024)
@@ -275,6 +277,7 @@ def test_building_fraction_on_the_default_spec(default_layouts):
             assert layout.landcover.fraction(cls) > 0.005, (name, cls)
 
 
+@pytest.mark.slow  # the full-size default demo (5 cities of 1024 x 1024 px)
 def test_labels_also_cover_the_nodata_wedge(default_layouts):
     spec, layouts = default_layouts
     for name, layout in layouts.items():
@@ -410,6 +413,7 @@ def test_rural_buildings_cluster_in_hamlets_leaving_empty_land():
     np.testing.assert_array_equal(uniform, rural.astype(float))
 
 
+@pytest.mark.slow  # the full-size default demo (5 cities of 1024 x 1024 px)
 def test_default_demo_has_windows_without_buildings(default_layouts):
     """Real scenes are mostly empty land; the demo keeps some of that (what a tile-classifier gate skips)."""
     spec, layouts = default_layouts

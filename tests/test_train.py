@@ -271,6 +271,7 @@ def test_five_band_dataset_trains(tiny_raw_session, tmp_path):
     assert summary(ckpt_dir)["model"] == "unosat.models.UNet"
 
 
+@pytest.mark.slow  # generates and prepares the demo, then trains
 def test_demo_is_prepared_on_first_use(tmp_path):
     demo = tmp_path / "demo"
     overrides = [f"paths.demo_dir={demo}", f"data.dir={demo}/prepared_db",
