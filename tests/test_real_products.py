@@ -69,6 +69,7 @@ def hyp3_raw(tmp_path) -> Path:
     return raw
 
 
+@pytest.mark.slow  # discovered, prepared and predicted end to end
 def test_hyp3_rtc_pair_found_prepared_and_predicted(hyp3_raw, tmp_path):
     from hydra.utils import instantiate
 
@@ -130,6 +131,7 @@ def stac_raw(tmp_path) -> Path:
     return raw
 
 
+@pytest.mark.slow  # discovered, prepared and predicted end to end
 def test_stac_item_with_two_cog_assets_found_prepared_and_predicted(stac_raw, tmp_path):
     from hydra.utils import instantiate
 
@@ -180,6 +182,7 @@ def chip_raw(tmp_path) -> Path:
     return raw
 
 
+@pytest.mark.slow  # discovered, prepared and predicted end to end
 def test_sen1floods11_chip_found_prepared_and_predicted(chip_raw, tmp_path):
     from hydra.utils import instantiate
 
@@ -272,6 +275,7 @@ def vv_only_checkpoint(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # discovered, prepared and predicted end to end
 def test_a_vv_only_pyrosar_file_is_found_prepared_and_predicted(vv_only_raw, tmp_path):
     from hydra.utils import instantiate
 
