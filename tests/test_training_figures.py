@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import REPO
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
@@ -24,6 +25,7 @@ class RecordingWandbLogger(WandbLogger):
         self.images.append((key, list(images), step))
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch and Lightning (5 s)
 def test_importing_the_figure_modules_leaves_matplotlib_alone():
     code = ("import matplotlib; before = matplotlib.rcParams['backend']; "
             "import unosat.training.figures, unosat.training.prediction_grid, unosat.prepare.report; "
