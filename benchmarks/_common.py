@@ -14,8 +14,10 @@ def machine() -> str:
     import torch
 
     cpu = platform.processor() or platform.machine()
-    return (f"{platform.node()}: {os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__} "
-            f"with {torch.get_num_threads()} threads, Python {platform.python_version()}")
+    return (
+        f"{platform.node()}: {os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__} "
+        f"with {torch.get_num_threads()} threads, Python {platform.python_version()}"
+    )
 
 
 def rate(func: Callable[[int], object], n: int, repeats: int = 3) -> float:
@@ -39,8 +41,9 @@ def table(rows: list[tuple], header: tuple) -> str:
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
 
 
-def demo_dataset(workdir: Path, size: int, cities: int = 1, acquisitions: int = 2, recipe: str = "3b",
-                 tile: int = 512) -> Path:
+def demo_dataset(
+    workdir: Path, size: int, cities: int = 1, acquisitions: int = 2, recipe: str = "3b", tile: int = 512
+) -> Path:
     """Generate (once) a synthetic raw dataset of ``size`` x ``size`` scenes and prepare it; return the
     prepared dataset's directory."""
     from unosat.config import compose_config
@@ -54,11 +57,25 @@ def demo_dataset(workdir: Path, size: int, cities: int = 1, acquisitions: int = 
     names = [c for c in demo.cities if c.role == "train"][:cities]
     city_list = ",".join(
         f"{{name:{c.name},mgrs:{c.mgrs},role:train,acquisitions:[{','.join(list(c.acquisitions)[:acquisitions])}],"
-        "label_format:shp,label_crs:null,nodata_value:0.0,towns:3}" for c in names)
-    cfg = compose_config("prepare", [f"raw_dir={raw}", f"out_dir={out}", f"paths.demo_dir={workdir}",
-                                     f"demo.height={size}", f"demo.width={size}", f"demo.cities=[{city_list}]",
-                                     f"bands={recipe}", f"tiling.train_size={tile}", "split.test_cities=[]",
-                                     "steps=[bands,labels,tiles,stats]", "workers=1"])
+        "label_format:shp,label_crs:null,nodata_value:0.0,towns:3}"
+        for c in names
+    )
+    cfg = compose_config(
+        "prepare",
+        [
+            f"raw_dir={raw}",
+            f"out_dir={out}",
+            f"paths.demo_dir={workdir}",
+            f"demo.height={size}",
+            f"demo.width={size}",
+            f"demo.cities=[{city_list}]",
+            f"bands={recipe}",
+            f"tiling.train_size={tile}",
+            "split.test_cities=[]",
+            "steps=[bands,labels,tiles,stats]",
+            "workers=1",
+        ],
+    )
     if not raw.exists():
         from unosat.synthetic import DemoSpec, generate_demo
 

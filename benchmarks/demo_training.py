@@ -33,12 +33,19 @@ MODELS = {"lwrefinenet": [], "gscnn": ["model=gscnn", "loss=gscnn"], "unet": ["m
 #: every model variant whose size the README states: name -> train.py overrides
 VARIANTS = {
     "LW-RefineNet (model=lwrefinenet, output stride 1)": ["model=lwrefinenet"],
-    "LW-RefineNet, the original layout (model.output_stride=4)": ["model=lwrefinenet", "model.output_stride=4"],
+    "LW-RefineNet, the original layout (model.output_stride=4)": [
+        "model=lwrefinenet",
+        "model.output_stride=4",
+    ],
     "U-Net (model=unet)": ["model=unet"],
     "FPN, ResNet-50 (model=fpn)": ["model=fpn"],
     "GSCNN, MobileNetV2 (model=gscnn, default)": ["model=gscnn"],
-    "GSCNN, MobileNetV2, the paper's head widths": ["model=gscnn", "model.aspp_channels=256",
-                                                    "model.decoder_channels=256", "model.shape_channels=[64,32,16,8]"],
+    "GSCNN, MobileNetV2, the paper's head widths": [
+        "model=gscnn",
+        "model.aspp_channels=256",
+        "model.decoder_channels=256",
+        "model.shape_channels=[64,32,16,8]",
+    ],
     "GSCNN, ResNet-50 OS8 (model=gscnn_resnet50)": ["model=gscnn_resnet50"],
     "tile classifier (model=tile_classifier)": ["model=tile_classifier"],
 }
@@ -60,7 +67,9 @@ def timed(args: list[str], root: Path, log: Path) -> float:
     env = {**os.environ, "UNOSAT_ROOT": str(root), "WANDB_MODE": "offline"}
     start = time.perf_counter()
     with open(log, "w") as out:
-        subprocess.run([sys.executable, *args], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, check=True)
+        subprocess.run(
+            [sys.executable, *args], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, check=True
+        )
     return time.perf_counter() - start
 
 
@@ -72,7 +81,9 @@ def newest(root: Path, pattern: str) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/unosat-bench-demo"))
     args = parser.parse_args()
@@ -87,15 +98,38 @@ def main() -> None:
         predict_s = timed(["predict.py", "evaluate=true"], root, root / "predict.out")
         overall = json.loads(newest(root, "logs/predict/**/evaluation.json").read_text())["overall"]
         pixel, obj = overall["pixel"], overall["object"]
-        rows.append((name, f"{train_s:.0f}", f"{predict_s:.0f}", Path(summary["best_checkpoint"]).stem,
-                     f"{summary['best_score']:.3f}", f"{summary['baseline']['val_iou_building']:.3f}",
-                     f"{pixel['iou_building']:.3f}", f"{pixel['f1_building']:.3f}", f"{obj['f1']:.3f}"))
+        rows.append(
+            (
+                name,
+                f"{train_s:.0f}",
+                f"{predict_s:.0f}",
+                Path(summary["best_checkpoint"]).stem,
+                f"{summary['best_score']:.3f}",
+                f"{summary['baseline']['val_iou_building']:.3f}",
+                f"{pixel['iou_building']:.3f}",
+                f"{pixel['f1_building']:.3f}",
+                f"{obj['f1']:.3f}",
+            )
+        )
         print(f"{name}: done ({root})", flush=True)
 
     print(f"\nmachine: {machine()}\n")
-    print(table(rows, ("model", "train.py s", "predict.py s", "best checkpoint", "val IoU building",
-                       "baseline val IoU (VV threshold)", "held-out pixel IoU", "held-out pixel F1",
-                       "held-out object F1")))
+    print(
+        table(
+            rows,
+            (
+                "model",
+                "train.py s",
+                "predict.py s",
+                "best checkpoint",
+                "val IoU building",
+                "baseline val IoU (VV threshold)",
+                "held-out pixel IoU",
+                "held-out pixel F1",
+                "held-out object F1",
+            ),
+        )
+    )
     print()
     print(table(parameter_counts(), ("model", "parameters")))
 

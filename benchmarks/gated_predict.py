@@ -4,7 +4,8 @@ speed-up, and building recall / F1 lost against ungated prediction, for a few th
 Trains (once, cached in the work directory) LW-RefineNet and a tile classifier on the demo with the default
 settings (``python train.py`` and ``python train.py model=tile_classifier``), unless checkpoints are given,
 then predicts the held-out city with and without the gate. Speed is the scene-prediction time of each run
-(``predict.json``), against the ungated run measured in the same process after a warm-up; every time is the best of three runs.
+(``predict.json``), against the ungated run measured in the same process after a warm-up; every time is the
+best of three runs.
 
     python benchmarks/gated_predict.py [--thresholds 0.05 0.1 0.2 0.3 0.5] [--window 256]
                                        [--seg-ckpt PATH --gate-ckpt PATH] [--workdir /tmp/unosat-bench-gate]
@@ -36,19 +37,42 @@ def train(workdir: Path, name: str, *overrides: str) -> Path:
     run_dir = workdir / "runs" / name
     found = sorted((run_dir / "checkpoints").glob("best-*.ckpt"))
     if not found:
-        subprocess.run([sys.executable, "train.py", f"paths.demo_dir={workdir / 'demo'}", f"hydra.run.dir={run_dir}",
-                        "logger=csv", "trainer.enable_progress_bar=false", *overrides], cwd=REPO, check=True,
-                       env={**os.environ, "WANDB_MODE": "offline"})
+        subprocess.run(
+            [
+                sys.executable,
+                "train.py",
+                f"paths.demo_dir={workdir / 'demo'}",
+                f"hydra.run.dir={run_dir}",
+                "logger=csv",
+                "trainer.enable_progress_bar=false",
+                *overrides,
+            ],
+            cwd=REPO,
+            check=True,
+            env={**os.environ, "WANDB_MODE": "offline"},
+        )
         found = sorted((run_dir / "checkpoints").glob("best-*.ckpt"))
     return found[-1]
 
 
 def predict_city(workdir: Path, seg: Path, window: int, out: str, *overrides: str, repeats: int = 3) -> dict:
     """The manifest of predicting the held-out city; its scene time is the best of ``repeats`` runs."""
-    cfg = compose_config("predict", [f"ckpt={seg}", f"input={workdir / 'demo' / 'raw'}", f"paths.demo_dir={workdir / 'demo'}",
-                                     f"output={workdir / 'predictions' / out}", f"paths.output_dir={workdir / 'hydra'}",
-                                     "cities=${split.test_cities}", f"window.size={window}", "window.overlap=32",
-                                     "evaluate=true", "overwrite=true", *overrides])
+    cfg = compose_config(
+        "predict",
+        [
+            f"ckpt={seg}",
+            f"input={workdir / 'demo' / 'raw'}",
+            f"paths.demo_dir={workdir / 'demo'}",
+            f"output={workdir / 'predictions' / out}",
+            f"paths.output_dir={workdir / 'hydra'}",
+            "cities=${split.test_cities}",
+            f"window.size={window}",
+            "window.overlap=32",
+            "evaluate=true",
+            "overwrite=true",
+            *overrides,
+        ],
+    )
     return min((predict(cfg) for _ in range(repeats)), key=lambda m: m["timings"]["scenes_s"])
 
 
@@ -77,18 +101,25 @@ def forward_cost(seg: Path, gate: Path, window: int, batch: int = 2, repeats: in
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.5])
-    parser.add_argument("--window", type=int, default=256,
-                        help="prediction window, and the window the tile classifier is trained to judge")
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=256,
+        help="prediction window, and the window the tile classifier is trained to judge",
+    )
     parser.add_argument("--seg-ckpt", type=Path)
     parser.add_argument("--gate-ckpt", type=Path)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/unosat-bench-gate"))
     args = parser.parse_args()
 
     seg = args.seg_ckpt or train(args.workdir, "lwrefinenet")
-    gate = args.gate_ckpt or train(args.workdir, "tile_classifier", "model=tile_classifier",
-                                   f"model.window_px={args.window}")
+    gate = args.gate_ckpt or train(
+        args.workdir, "tile_classifier", "model=tile_classifier", f"model.window_px={args.window}"
+    )
     predict_city(args.workdir, seg, args.window, "warmup", repeats=1)
     base = predict_city(args.workdir, seg, args.window, "ungated")
 
@@ -96,32 +127,88 @@ def main() -> None:
         windows = sum(s["windows"] for s in m["scenes"])
         gated = sum(s["windows_skipped"].get("TileGate", 0) for s in m["scenes"])
         px = m["evaluation"]["overall"]["pixel"]
-        return windows, gated, m["timings"]["scenes_s"], px["recall_building"], px["f1_building"], \
-            m["evaluation"]["overall"]["object"]["f1"]
+        return (
+            windows,
+            gated,
+            m["timings"]["scenes_s"],
+            px["recall_building"],
+            px["f1_building"],
+            m["evaluation"]["overall"]["object"]["f1"],
+        )
 
     w0, _, t0, r0, f0, o0 = figures(base)
-    rows = [("none (ungated)", f"{w0}", "0 %", f"{t0:.1f}", "1.00x", f"{r0:.4f}", "-", f"{f0:.4f}", "-", f"{o0:.4f}")]
+    rows = [
+        (
+            "none (ungated)",
+            f"{w0}",
+            "0 %",
+            f"{t0:.1f}",
+            "1.00x",
+            f"{r0:.4f}",
+            "-",
+            f"{f0:.4f}",
+            "-",
+            f"{o0:.4f}",
+        )
+    ]
     for thr in args.thresholds:
-        w, g, t, r, f, o = figures(predict_city(args.workdir, seg, args.window, f"gate_{thr}", f"gate.ckpt={gate}",
-                                                f"gate.threshold={thr}"))
-        rows.append((f"{thr}", f"{w}", f"{100 * g / w:.0f} %", f"{t:.1f}", f"{t0 / t:.2f}x", f"{r:.4f}",
-                     f"{100 * (r0 - r):+.2f}", f"{f:.4f}", f"{100 * (f0 - f):+.2f}", f"{o:.4f}"))
+        w, g, t, r, f, o = figures(
+            predict_city(
+                args.workdir, seg, args.window, f"gate_{thr}", f"gate.ckpt={gate}", f"gate.threshold={thr}"
+            )
+        )
+        rows.append(
+            (
+                f"{thr}",
+                f"{w}",
+                f"{100 * g / w:.0f} %",
+                f"{t:.1f}",
+                f"{t0 / t:.2f}x",
+                f"{r:.4f}",
+                f"{100 * (r0 - r):+.2f}",
+                f"{f:.4f}",
+                f"{100 * (f0 - f):+.2f}",
+                f"{o:.4f}",
+            )
+        )
     cities = ", ".join(sorted({s["city"] for s in base["scenes"]}))
     print(f"machine: {machine()}")
-    print(f"held-out city: {cities} ({len(base['scenes'])} acquisitions); window {args.window} px, overlap 32; "
-          f"segmentation {seg}; gate {gate}")
+    print(
+        f"held-out city: {cities} ({len(base['scenes'])} acquisitions); window {args.window} px, overlap 32; "
+        f"segmentation {seg}; gate {gate}"
+    )
     run_dir = gate.parent.parent
     if (run_dir / "summary.json").is_file():
         metric = OmegaConf.load(run_dir / "config_resolved.yaml").optimized_metric
-        print(f"tile classifier: best {metric} {json.loads((run_dir / 'summary.json').read_text())['best_score']:.3f} "
-              f"(windows of {args.window} px from the validation city)")
+        print(
+            f"tile classifier: best {metric} {json.loads((run_dir / 'summary.json').read_text())['best_score']:.3f} "
+            f"(windows of {args.window} px from the validation city)"
+        )
     seg_s, gate_s = forward_cost(seg, gate, args.window)
-    print(f"one forward pass on 2 windows of {args.window} px: segmentation {seg_s:.3f} s, tile classifier {gate_s:.3f} s "
-          f"({100 * gate_s / seg_s:.0f} % of it): a skip share s saves at most a fraction s - {gate_s / seg_s:.2f} of the "
-          "network time; reading, band computation, blending and writing are not saved")
+    print(
+        f"one forward pass on 2 windows of {args.window} px: segmentation {seg_s:.3f} s, "
+        f"tile classifier {gate_s:.3f} s ({100 * gate_s / seg_s:.0f} % of it): "
+        f"a skip share s saves at most a fraction s - {gate_s / seg_s:.2f} of the "
+        "network time; reading, band computation, blending and writing are not saved"
+    )
     print()
-    print(table(rows, ("gate threshold", "windows", "skipped", "predict s", "speed-up", "pixel recall",
-                       "recall lost (points)", "pixel F1", "F1 lost (points)", "object F1")))
+    print(
+        table(
+            rows,
+            (
+                "gate threshold",
+                "windows",
+                "skipped",
+                "predict s",
+                "speed-up",
+                "pixel recall",
+                "recall lost (points)",
+                "pixel F1",
+                "F1 lost (points)",
+                "object F1",
+            ),
+        )
+    )
 
 
 if __name__ == "__main__":

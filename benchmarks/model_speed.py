@@ -46,8 +46,9 @@ def build(overrides: list[str], in_channels: int = 3) -> torch.nn.Module:
     return instantiate({**cfg.model, "in_channels": in_channels})
 
 
-def step_seconds(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                 steps: int) -> tuple[float, float]:
+def step_seconds(
+    net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, steps: int
+) -> tuple[float, float]:
     """Median wall seconds and median CPU seconds (this process, all threads) of one training step (forward,
     loss, backward, optimizer step) over ``steps``. On a machine shared with other work the CPU seconds are the
     steadier figure."""
@@ -56,7 +57,9 @@ def step_seconds(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tens
         t, c = time.perf_counter(), time.process_time()
         opt.zero_grad(set_to_none=True)
         out = net(x)
-        loss = F.cross_entropy(out[0], y) + out[1].mean() if isinstance(out, tuple) else F.cross_entropy(out, y)
+        loss = (
+            F.cross_entropy(out[0], y) + out[1].mean() if isinstance(out, tuple) else F.cross_entropy(out, y)
+        )
         loss.backward()
         opt.step()
         if i >= WARMUP:
@@ -67,7 +70,10 @@ def step_seconds(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tens
 
 def report(nets: dict, seconds: dict, cpu_seconds: dict, sizes: list[int], batch_size: int) -> None:
     """Print the wall-clock and CPU-time tables of the rounds measured so far."""
-    for title, measured in (("wall clock: samples/s", seconds), ("CPU time: samples per CPU-second", cpu_seconds)):
+    for title, measured in (
+        ("wall clock: samples/s", seconds),
+        ("CPU time: samples per CPU-second", cpu_seconds),
+    ):
         rows = []
         for name, (net, _) in nets.items():
             row = [name, f"{sum(p.numel() for p in net.parameters()):,}"]
@@ -97,15 +103,22 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(machine())
-    print(f"batch {args.batch_size}, sizes {args.sizes}, {args.steps} steps x {args.rounds} rounds (median), "
-          f"channels_last, AdamW\n")
+    print(
+        f"batch {args.batch_size}, sizes {args.sizes}, {args.steps} steps x {args.rounds} rounds (median), "
+        f"channels_last, AdamW\n"
+    )
 
     nets = {}
     for name in args.models:
         net = build(MODELS[name]).train().to(memory_format=torch.channels_last)
         nets[name] = (net, torch.optim.AdamW(net.parameters(), lr=1e-4))
-    data = {s: (torch.randn(args.batch_size, 3, s, s).contiguous(memory_format=torch.channels_last),
-                torch.randint(0, 2, (args.batch_size, s, s))) for s in args.sizes}
+    data = {
+        s: (
+            torch.randn(args.batch_size, 3, s, s).contiguous(memory_format=torch.channels_last),
+            torch.randint(0, 2, (args.batch_size, s, s)),
+        )
+        for s in args.sizes
+    }
     seconds: dict[tuple[str, int], list[float]] = {(n, s): [] for n in nets for s in args.sizes}
     cpu_seconds: dict[tuple[str, int], list[float]] = {(n, s): [] for n in nets for s in args.sizes}
     for r in range(args.rounds):

@@ -23,8 +23,9 @@ checkpoint (torch eager, channels-last, as by default) and with its ONNX export 
 onnxruntime CPU), at 1 and 2 threads, each in a fresh child: megapixels per second of the forward passes and
 of the whole prediction, and peak RSS; the speed-up is onnxruntime over torch at the same thread count (goal
 >= 1.3x for the default model, ``train.py``'s ``model``, or ``--model``). ``--rounds N`` runs the engines
-alternately N times and keeps each one's best run: on a shared machine a busy spell then hits both engines. Agreement: on a scene of the demo
-dataset (the project's generator) both engines run ``predict_scene`` in one process and the float32
+alternately N times and keeps each one's best run: on a shared machine a busy spell then hits both engines.
+Agreement: on a scene of the demo dataset (the project's generator) both engines run ``predict_scene`` in one
+process and the float32
 probabilities are compared (goal: max abs difference <= 1e-4; masks identical except where p is within 1e-4
 of the threshold). The network has PyTorch's default initialisation with its head scaled so that the
 building probability varies over the scene (an untrained LW-RefineNet predicts 0.5 everywhere, which would
@@ -62,13 +63,22 @@ def write_checkpoint(path: Path) -> Path:
 
     torch.manual_seed(0)
     net = LWRefineNet(in_channels=3, num_classes=2)
-    torch.save({
-        "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
-        "unosat": {"model": {"_target_": "unosat.models.LWRefineNet", "in_channels": 3, "num_classes": 2},
-                   "data": {"recipe": {"name": "db", "bands": ["vh", "vv", "mean"], "units": "db", "db_floor": 1e-8},
-                            "normalization": {"mean": list(DB_MEAN), "std": list(DB_STD), "fill": 0.0},
-                            "tile_size": 512, "classes": ["background", "building"], "ignore_index": 255}},
-    }, path)
+    torch.save(
+        {
+            "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+            "unosat": {
+                "model": {"_target_": "unosat.models.LWRefineNet", "in_channels": 3, "num_classes": 2},
+                "data": {
+                    "recipe": {"name": "db", "bands": ["vh", "vv", "mean"], "units": "db", "db_floor": 1e-8},
+                    "normalization": {"mean": list(DB_MEAN), "std": list(DB_STD), "fill": 0.0},
+                    "tile_size": 512,
+                    "classes": ["background", "building"],
+                    "ignore_index": 255,
+                },
+            },
+        },
+        path,
+    )
     return path
 
 
@@ -119,12 +129,23 @@ def write_engine_checkpoint(path: Path, spec: dict, raw: Path) -> Path:
         head.weight.mul_(k)
         if head.bias is not None:
             head.bias.copy_(torch.tensor([0.0, -k * float(diff.mean())]))
-    torch.save({
-        "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
-        "unosat": {"model": spec, "task": "segmentation",
-                   "data": {"recipe": recipe, "normalization": {"mean": list(DB_MEAN), "std": list(DB_STD), "fill": 0.0},
-                            "tile_size": 512, "classes": ["background", "building"], "ignore_index": 255}},
-    }, path)
+    torch.save(
+        {
+            "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+            "unosat": {
+                "model": spec,
+                "task": "segmentation",
+                "data": {
+                    "recipe": recipe,
+                    "normalization": {"mean": list(DB_MEAN), "std": list(DB_STD), "fill": 0.0},
+                    "tile_size": 512,
+                    "classes": ["background", "building"],
+                    "ignore_index": 255,
+                },
+            },
+        },
+        path,
+    )
     return path
 
 
@@ -161,7 +182,9 @@ def time_forward_passes(seconds: list[float]) -> None:
         net = prepare(self, net)
         started = []
         net.register_forward_pre_hook(lambda module, inputs: started.append(time.perf_counter()))
-        net.register_forward_hook(lambda module, inputs, output: seconds.append(time.perf_counter() - started.pop()))
+        net.register_forward_hook(
+            lambda module, inputs, output: seconds.append(time.perf_counter() - started.pop())
+        )
         return net
 
     Runtime.prepare_module = timed
@@ -184,12 +207,24 @@ def child_predict(args) -> dict:
     onnx = str(args.ckpt).endswith(".onnx")
     if not onnx:
         bare_forward_seconds(args.batch_size, args.window, args.batch_size)  # warm-up of the kernels
-    cfg = compose_config("predict", [
-        f"ckpt={args.ckpt}", f"input={args.input}", f"output={args.output}", "overwrite=true",
-        f"window.size={args.window}", f"window.overlap={args.overlap}", f"window.batch_size={args.batch_size}",
-        "tta=none", "aggregate.method=none", "vectorize=false", f"paths.output_dir={args.output}",
-        f"onnxruntime.threads={args.threads or 'null'}", "onnxruntime.providers=[CPUExecutionProvider]",
-    ])
+    cfg = compose_config(
+        "predict",
+        [
+            f"ckpt={args.ckpt}",
+            f"input={args.input}",
+            f"output={args.output}",
+            "overwrite=true",
+            f"window.size={args.window}",
+            f"window.overlap={args.overlap}",
+            f"window.batch_size={args.batch_size}",
+            "tta=none",
+            "aggregate.method=none",
+            "vectorize=false",
+            f"paths.output_dir={args.output}",
+            f"onnxruntime.threads={args.threads or 'null'}",
+            "onnxruntime.providers=[CPUExecutionProvider]",
+        ],
+    )
     runs = []
     for _ in range(args.repeats):
         forward.clear()
@@ -198,13 +233,28 @@ def child_predict(args) -> dict:
     peak = peak_rss_mb()
     seconds, forward_s, passes = min(runs)
     if onnx:
-        return {"seconds": seconds, "forward_s": forward_s, "forward_passes": passes, "runs": runs,
-                "windows": scene["windows_predicted"], "pixels": scene["pixels"], "peak_rss_mb": peak,
-                "threads": torch.get_num_threads()}
+        return {
+            "seconds": seconds,
+            "forward_s": forward_s,
+            "forward_passes": passes,
+            "runs": runs,
+            "windows": scene["windows_predicted"],
+            "pixels": scene["pixels"],
+            "peak_rss_mb": peak,
+            "threads": torch.get_num_threads(),
+        }
     replay = bare_forward_seconds(scene["windows_predicted"], args.window, args.batch_size)
-    return {"seconds": seconds, "forward_s": forward_s, "forward_passes": passes, "replay_s": replay,
-            "runs": runs, "windows": scene["windows_predicted"], "pixels": scene["pixels"], "peak_rss_mb": peak,
-            "threads": torch.get_num_threads()}
+    return {
+        "seconds": seconds,
+        "forward_s": forward_s,
+        "forward_passes": passes,
+        "replay_s": replay,
+        "runs": runs,
+        "windows": scene["windows_predicted"],
+        "pixels": scene["pixels"],
+        "peak_rss_mb": peak,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def child_export(args) -> dict:
@@ -212,8 +262,17 @@ def child_export(args) -> dict:
     from unosat.config import compose_config
     from unosat.export.run import run
 
-    return run(compose_config("export", [f"ckpt={args.ckpt}", f"output={args.output}", "overwrite=true",
-                                         f"paths.output_dir={Path(args.output).parent / 'export_hydra'}"]))
+    return run(
+        compose_config(
+            "export",
+            [
+                f"ckpt={args.ckpt}",
+                f"output={args.output}",
+                "overwrite=true",
+                f"paths.output_dir={Path(args.output).parent / 'export_hydra'}",
+            ],
+        )
+    )
 
 
 def child_agree(args) -> dict:
@@ -235,11 +294,17 @@ def child_agree(args) -> dict:
     diff = np.abs(a - b)[both]
     masks_differ = (a >= args.threshold) != (b >= args.threshold)
     near = np.abs(a - args.threshold) <= 1e-4
-    return {"scene": scene.scene_id, "pixels": int(a.size), "valid": int(both.sum()),
-            "nodata_equal": bool(np.array_equal(np.isnan(a), np.isnan(b))), "max_abs_diff": float(diff.max()),
-            "mean_abs_diff": float(diff.mean()), "p_std": float(a[both].std()),
-            "mask_differences": int((masks_differ & both).sum()),
-            "mask_differences_not_near_threshold": int((masks_differ & both & ~near).sum())}
+    return {
+        "scene": scene.scene_id,
+        "pixels": int(a.size),
+        "valid": int(both.sum()),
+        "nodata_equal": bool(np.array_equal(np.isnan(a), np.isnan(b))),
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "p_std": float(a[both].std()),
+        "mask_differences": int((masks_differ & both).sum()),
+        "mask_differences_not_near_threshold": int((masks_differ & both & ~near).sum()),
+    }
 
 
 def child_forward(args) -> dict:
@@ -249,7 +314,9 @@ def child_forward(args) -> dict:
 
 
 def spawn(mode: str, **kwargs) -> dict:
-    cmd = [sys.executable, __file__, "--child", mode] + [f"--{k.replace('_', '-')}={v}" for k, v in kwargs.items()]
+    cmd = [sys.executable, __file__, "--child", mode] + [
+        f"--{k.replace('_', '-')}={v}" for k, v in kwargs.items()
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{mode} child failed:\n{proc.stderr[-4000:]}")
@@ -277,8 +344,15 @@ def vectorize_figures(workdir: Path, size: int, seed: int = 0) -> dict:
             mask[r0 + dr, c0 + dc] = 1
     grid = Grid(rasterio.crs.CRS.from_epsg(32638), from_origin(300000.0, 4100000.0, 10.0, 10.0), size, size)
     path = workdir / f"mask_{size}.tif"
-    write_cog(path, grid, "uint8", IGNORE_INDEX, ((r, mask[None, r : r + 512]) for r in range(0, size, 512)), CogOptions(),
-              categorical=True)
+    write_cog(
+        path,
+        grid,
+        "uint8",
+        IGNORE_INDEX,
+        ((r, mask[None, r : r + 512]) for r in range(0, size, 512)),
+        CogOptions(),
+        categorical=True,
+    )
     out = workdir / f"mask_{size}.gpkg"
     out.unlink(missing_ok=True)
     t = time.perf_counter()
@@ -287,7 +361,13 @@ def vectorize_figures(workdir: Path, size: int, seed: int = 0) -> dict:
     t = time.perf_counter()
     n_shapes = sum(1 for _, v in shapes(mask, mask=mask == 1, transform=grid.transform) if v == 1)
     base = time.perf_counter() - t
-    return {"building_px": int(mask.sum()), "polygons": n, "seconds": seconds, "shapes_s": base, "shapes_n": n_shapes}
+    return {
+        "building_px": int(mask.sum()),
+        "polygons": n,
+        "seconds": seconds,
+        "shapes_s": base,
+        "shapes_n": n_shapes,
+    }
 
 
 def write_scene(raw: Path, rows: int, cols: int, seed: int = 0, block: int = 512) -> Path:
@@ -301,8 +381,16 @@ def write_scene(raw: Path, rows: int, cols: int, seed: int = 0, block: int = 512
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     lattice = rng.random((rows // 20 + 1, cols // 20 + 1)) < 0.35  # which 20 px cells hold a building block
-    profile = dict(driver="GTiff", width=cols, height=rows, count=1, dtype="float32", crs="EPSG:32638",
-                   transform=from_origin(300000.0, 4100000.0, 10.0, 10.0), nodata=0.0)
+    profile = dict(
+        driver="GTiff",
+        width=cols,
+        height=rows,
+        count=1,
+        dtype="float32",
+        crs="EPSG:32638",
+        transform=from_origin(300000.0, 4100000.0, 10.0, 10.0),
+        nodata=0.0,
+    )
     level = {"vh": (0.014, 0.2), "vv": (0.12, 3.0)}  # (background, building) sigma0
     paths = {pol: folder / f"s1a_38SLF_{pol}_ASC_20150426t145805.tif" for pol in level}
     with rasterio.open(paths["vh"], "w", **profile) as dvh, rasterio.open(paths["vv"], "w", **profile) as dvv:
@@ -321,23 +409,43 @@ def write_scene(raw: Path, rows: int, cols: int, seed: int = 0, block: int = 512
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs=2, default=(2048, 4096), help="two square scene sizes (px)")
-    parser.add_argument("--full-width", type=int, default=10980,
-                        help="also a full-width strip of this width x 1024 rows (0: none): memory at the UNOSAT width")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--sizes", type=int, nargs=2, default=(2048, 4096), help="two square scene sizes (px)"
+    )
+    parser.add_argument(
+        "--full-width",
+        type=int,
+        default=10980,
+        help="also a full-width strip of this width x 1024 rows (0: none): memory at the UNOSAT width",
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/unosat-bench-predict"))
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--overlap", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--engines", action=argparse.BooleanOptionalAction, default=True,
-                        help="also torch eager vs onnxruntime (needs the .[export] extra)")
+    parser.add_argument(
+        "--engines",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also torch eager vs onnxruntime (needs the .[export] extra)",
+    )
     parser.add_argument("--engines-only", action="store_true", help="only the engine comparison")
-    parser.add_argument("--engine-size", type=int, default=2048, help="square scene (px) of the engine comparison")
+    parser.add_argument(
+        "--engine-size", type=int, default=2048, help="square scene (px) of the engine comparison"
+    )
     parser.add_argument("--engine-threads", type=int, nargs="+", default=(1, 2))
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="engine comparison: rounds of (torch, onnxruntime) runs at every thread count; best kept")
-    parser.add_argument("--model", default=None, help="model config compared (conf/model/NAME.yaml; default: train.py's)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="engine comparison: rounds of (torch, onnxruntime) runs at every thread count; best kept",
+    )
+    parser.add_argument(
+        "--model", default=None, help="model config compared (conf/model/NAME.yaml; default: train.py's)"
+    )
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--child", choices=("predict", "forward", "export", "agree"))
@@ -348,7 +456,12 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.child:
-        children = {"predict": child_predict, "forward": child_forward, "export": child_export, "agree": child_agree}
+        children = {
+            "predict": child_predict,
+            "forward": child_forward,
+            "export": child_export,
+            "agree": child_agree,
+        }
         print(json.dumps(children[args.child](args)))
         return
 
@@ -366,35 +479,74 @@ def main() -> None:
         if not raw.exists():
             write_scene(raw, height, width)
         repeats = args.repeats if height == width else 1
-        pred = spawn("predict", ckpt=ckpt, input=raw, output=args.workdir / f"out_{height}x{width}", repeats=repeats,
-                     **common)
+        pred = spawn(
+            "predict",
+            ckpt=ckpt,
+            input=raw,
+            output=args.workdir / f"out_{height}x{width}",
+            repeats=repeats,
+            **common,
+        )
         figures[(height, width)] = pred
         mp, ratio = pred["pixels"] / 1e6, pred["seconds"] / pred["forward_s"]
-        rows.append((f"{height} x {width}", pred["windows"], f"{mp / pred['forward_s']:.3f}",
-                     f"{mp / pred['replay_s']:.3f} ({pred['replay_s'] / pred['forward_s']:.2f})",
-                     f"{mp / pred['seconds']:.3f}", f"{ratio:.3f}", f"{100 * (ratio - 1):+.1f} %",
-                     f"{pred['peak_rss_mb']:.0f}", f"{pred['peak_rss_mb'] / fwd['peak_rss_mb']:.2f}"))
+        rows.append(
+            (
+                f"{height} x {width}",
+                pred["windows"],
+                f"{mp / pred['forward_s']:.3f}",
+                f"{mp / pred['replay_s']:.3f} ({pred['replay_s'] / pred['forward_s']:.2f})",
+                f"{mp / pred['seconds']:.3f}",
+                f"{ratio:.3f}",
+                f"{100 * (ratio - 1):+.1f} %",
+                f"{pred['peak_rss_mb']:.0f}",
+                f"{pred['peak_rss_mb'] / fwd['peak_rss_mb']:.2f}",
+            )
+        )
     vec = vectorize_figures(args.workdir, max(args.sizes))
 
     print(f"machine: {machine()}; predict child: torch threads {figures[scenes[0]]['threads']}")
-    print(f"LW-RefineNet (3 dB bands), window {args.window}, overlap {args.overlap}, batch {args.batch_size}, "
-          "channels_last, TTA none, uint8 probability + mask COGs (deflate, overviews)\n")
-    print(table(rows, ("scene (rows x cols)", "windows", "forward MP/s (baseline)", "replayed forward MP/s (ratio)",
-                       "predict MP/s", "time ratio", "overhead", "predict peak RSS MB", "RSS / bare forward")))
+    print(
+        f"LW-RefineNet (3 dB bands), window {args.window}, overlap {args.overlap}, batch {args.batch_size}, "
+        "channels_last, TTA none, uint8 probability + mask COGs (deflate, overviews)\n"
+    )
+    print(
+        table(
+            rows,
+            (
+                "scene (rows x cols)",
+                "windows",
+                "forward MP/s (baseline)",
+                "replayed forward MP/s (ratio)",
+                "predict MP/s",
+                "time ratio",
+                "overhead",
+                "predict peak RSS MB",
+                "RSS / bare forward",
+            ),
+        )
+    )
     small, large = figures[scenes[0]], figures[scenes[1]]
-    print(f"\nbare forward (torch + LW-RefineNet + one batch): peak RSS {fwd['peak_rss_mb']:.0f} MB. Prediction: "
-          f"{small['peak_rss_mb']:.0f} MB at {args.sizes[0]}^2, {large['peak_rss_mb']:.0f} MB at {args.sizes[1]}^2 "
-          f"({large['peak_rss_mb'] / small['peak_rss_mb']:.2f}x for {(args.sizes[1] / args.sizes[0]) ** 2:.0f}x the pixels).")
+    print(
+        f"\nbare forward (torch + LW-RefineNet + one batch): peak RSS {fwd['peak_rss_mb']:.0f} MB. Prediction: "
+        f"{small['peak_rss_mb']:.0f} MB at {args.sizes[0]}^2, {large['peak_rss_mb']:.0f} MB at {args.sizes[1]}^2 "
+        f"({large['peak_rss_mb'] / small['peak_rss_mb']:.2f}x "
+        f"for {(args.sizes[1] / args.sizes[0]) ** 2:.0f}x the pixels)."
+    )
     if args.full_width:
         full = figures[scenes[2]]
-        print(f"At the UNOSAT width, {args.full_width} columns (memory depends on the width, not the height): "
-              f"{full['peak_rss_mb']:.0f} MB, so a {args.full_width} x {args.full_width} scene stays there "
-              f"(goal < 2048 MB: {'met' if full['peak_rss_mb'] < 2048 else 'NOT met'}).")
+        print(
+            f"At the UNOSAT width, {args.full_width} columns (memory depends on the width, not the height): "
+            f"{full['peak_rss_mb']:.0f} MB, so a {args.full_width} x {args.full_width} scene stays there "
+            f"(goal < 2048 MB: {'met' if full['peak_rss_mb'] < 2048 else 'NOT met'})."
+        )
     per_mpx = vec["seconds"] / (vec["building_px"] / 1e6)
-    print(f"\nvectorisation of a {max(args.sizes)}^2 mask, {vec['building_px']:,} building px, {vec['polygons']:,} polygons: "
-          f"{vec['seconds']:.2f} s = {per_mpx:.2f} s per million building px; "
-          f"rasterio.features.shapes in memory (baseline, nothing written): {vec['shapes_s']:.2f} s "
-          f"({vec['shapes_n']:,} polygons), ratio {vec['seconds'] / vec['shapes_s']:.2f}")
+    print(
+        f"\nvectorisation of a {max(args.sizes)}^2 mask, {vec['building_px']:,} building px, "
+        f"{vec['polygons']:,} polygons: "
+        f"{vec['seconds']:.2f} s = {per_mpx:.2f} s per million building px; "
+        f"rasterio.features.shapes in memory (baseline, nothing written): {vec['shapes_s']:.2f} s "
+        f"({vec['shapes_n']:,} polygons), ratio {vec['seconds'] / vec['shapes_s']:.2f}"
+    )
     if args.engines:
         print()
         engines(args)
@@ -435,11 +587,20 @@ def engines(args) -> None:
         write_scene(raw, args.engine_size, args.engine_size)
     rows, results = [], {}
     engine_models = (("torch eager", ckpt), ("onnxruntime", onnx))
-    for _ in range(args.rounds):  # rounds alternate the engines, so that a busy spell of the machine hits both
+    for _ in range(
+        args.rounds
+    ):  # rounds alternate the engines, so that a busy spell of the machine hits both
         for threads in args.engine_threads:
             for engine, model in engine_models:
-                r = spawn("predict", ckpt=model, input=raw, output=args.workdir / f"out_engine_{threads}_{engine[:5]}",
-                          repeats=args.repeats, threads=threads, **common)
+                r = spawn(
+                    "predict",
+                    ckpt=model,
+                    input=raw,
+                    output=args.workdir / f"out_engine_{threads}_{engine[:5]}",
+                    repeats=args.repeats,
+                    threads=threads,
+                    **common,
+                )
                 if (engine, threads) not in results or r["seconds"] < results[engine, threads]["seconds"]:
                     results[engine, threads] = r
     for threads in args.engine_threads:
@@ -447,25 +608,56 @@ def engines(args) -> None:
         for engine, _ in engine_models:
             r = results[engine, threads]
             mp = r["pixels"] / 1e6
-            rows.append((engine, threads, r["windows"], f"{mp / r['forward_s']:.3f}", f"{mp / r['seconds']:.3f}",
-                         f"{base['forward_s'] / r['forward_s']:.2f}x", f"{base['seconds'] / r['seconds']:.2f}x",
-                         f"{r['peak_rss_mb']:.0f}"))
+            rows.append(
+                (
+                    engine,
+                    threads,
+                    r["windows"],
+                    f"{mp / r['forward_s']:.3f}",
+                    f"{mp / r['seconds']:.3f}",
+                    f"{base['forward_s'] / r['forward_s']:.2f}x",
+                    f"{base['seconds'] / r['seconds']:.2f}x",
+                    f"{r['peak_rss_mb']:.0f}",
+                )
+            )
     agree = spawn("agree", ckpt=ckpt, onnx=onnx, input=demo, threshold=args.threshold, **common)
     print(f"machine: {machine()}")
-    print(f"{name} {spec['args']} (3 dB bands; ONNX: VH/VV in, recipe inside, opset {exported['opset']}, "
-          f"{exported['bytes'] / 1e6:.1f} MB), {args.engine_size}^2 scene, window {args.window}, overlap {args.overlap}, "
-          f"batch {args.batch_size}, TTA none, COGs written; best of {args.rounds} round(s) x {args.repeats}, "
-          f"engines alternating\n")
-    print(table(rows, ("engine", "threads", "windows", "forward MP/s", "predict MP/s", "forward speed-up",
-                       "predict speed-up", "peak RSS MB")))
-    goal = min(results["torch eager", t]["seconds"] / results["onnxruntime", t]["seconds"] for t in args.engine_threads)
-    print(f"\nonnxruntime / torch eager, whole prediction, worst thread count: {goal:.2f}x "
-          f"(goal >= 1.3x: {'met' if goal >= 1.3 else 'NOT met'})")
-    print(f"agreement on demo scene {agree['scene']} ({agree['valid']:,} valid px, p std {agree['p_std']:.3f}): "
-          f"max |p_torch - p_onnx| = {agree['max_abs_diff']:.2e} (mean {agree['mean_abs_diff']:.1e}; goal <= 1e-4: "
-          f"{'met' if agree['max_abs_diff'] <= 1e-4 else 'NOT met'}); nodata identical: {agree['nodata_equal']}; "
-          f"mask pixels that differ at threshold {args.threshold}: {agree['mask_differences']} "
-          f"({agree['mask_differences_not_near_threshold']} with p farther than 1e-4 from it)")
+    print(
+        f"{name} {spec['args']} (3 dB bands; ONNX: VH/VV in, recipe inside, opset {exported['opset']}, "
+        f"{exported['bytes'] / 1e6:.1f} MB), {args.engine_size}^2 scene, window {args.window}, overlap {args.overlap}, "
+        f"batch {args.batch_size}, TTA none, COGs written; best of {args.rounds} round(s) x {args.repeats}, "
+        f"engines alternating\n"
+    )
+    print(
+        table(
+            rows,
+            (
+                "engine",
+                "threads",
+                "windows",
+                "forward MP/s",
+                "predict MP/s",
+                "forward speed-up",
+                "predict speed-up",
+                "peak RSS MB",
+            ),
+        )
+    )
+    goal = min(
+        results["torch eager", t]["seconds"] / results["onnxruntime", t]["seconds"]
+        for t in args.engine_threads
+    )
+    print(
+        f"\nonnxruntime / torch eager, whole prediction, worst thread count: {goal:.2f}x "
+        f"(goal >= 1.3x: {'met' if goal >= 1.3 else 'NOT met'})"
+    )
+    print(
+        f"agreement on demo scene {agree['scene']} ({agree['valid']:,} valid px, p std {agree['p_std']:.3f}): "
+        f"max |p_torch - p_onnx| = {agree['max_abs_diff']:.2e} (mean {agree['mean_abs_diff']:.1e}; goal <= 1e-4: "
+        f"{'met' if agree['max_abs_diff'] <= 1e-4 else 'NOT met'}); nodata identical: {agree['nodata_equal']}; "
+        f"mask pixels that differ at threshold {args.threshold}: {agree['mask_differences']} "
+        f"({agree['mask_differences_not_near_threshold']} with p farther than 1e-4 from it)"
+    )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,19 @@ def write_raw_pair(raw: Path, size: int, seed: int = 0, block: int = 512) -> tup
     scene_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     transform = from_origin(*ORIGIN, PIXEL, PIXEL)
-    profile = dict(driver="GTiff", width=size, height=size, count=1, dtype="float32", crs="EPSG:32638",
-                   transform=transform, nodata=0.0, tiled=True, blockxsize=512, blockysize=512)
+    profile = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=1,
+        dtype="float32",
+        crs="EPSG:32638",
+        transform=transform,
+        nodata=0.0,
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+    )
     # building blocks: 4 x 4 px squares on a coarse random lattice (about 2 % of the pixels)
     n_side = size // 20
     cells = rng.random((n_side, n_side)) < 0.35
@@ -64,9 +75,16 @@ def write_raw_pair(raw: Path, size: int, seed: int = 0, block: int = 512) -> tup
                 band = sigma0 * rng.gamma(4.4, 1 / 4.4, (h, size)).astype(np.float32)
                 band[wedge] = 0.0
                 dst.write(band, 1, window=Window(0, r, size, h))
-    boxes = shapely.box(ORIGIN[0] + c0 * PIXEL, ORIGIN[1] - (r0 + 4) * PIXEL, ORIGIN[0] + (c0 + 4) * PIXEL, ORIGIN[1] - r0 * PIXEL)
+    boxes = shapely.box(
+        ORIGIN[0] + c0 * PIXEL,
+        ORIGIN[1] - (r0 + 4) * PIXEL,
+        ORIGIN[0] + (c0 + 4) * PIXEL,
+        ORIGIN[1] - r0 * PIXEL,
+    )
     (raw / "labels").mkdir(exist_ok=True)
-    gpd.GeoDataFrame({"DN": np.full(len(boxes), 255)}, geometry=boxes, crs="EPSG:32638").to_file(raw / "labels" / "38SLF_Mosul.gpkg")
+    gpd.GeoDataFrame({"DN": np.full(len(boxes), 255)}, geometry=boxes, crs="EPSG:32638").to_file(
+        raw / "labels" / "38SLF_Mosul.gpkg"
+    )
     return raw, len(boxes)
 
 
@@ -84,10 +102,16 @@ def read_floor(raw: Path, block_rows: int = 512) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", type=int, default=10980)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/unosat-bench"))
-    parser.add_argument("--steps", default="[bands,labels,quality,tiles,stats,report]", help="prepare.py steps (all by default)")
+    parser.add_argument(
+        "--steps",
+        default="[bands,labels,quality,tiles,stats,report]",
+        help="prepare.py steps (all by default)",
+    )
     args = parser.parse_args()
 
     raw = args.workdir / f"scene_raw_{args.size}"
@@ -96,11 +120,22 @@ def main() -> None:
     if not raw.exists():
         write_raw_pair(raw, args.size)
     n_polygons = len(gpd.read_file(raw / "labels" / "38SLF_Mosul.gpkg", columns=[]))
-    print(f"raw pair {args.size} x {args.size} ready in {time.perf_counter() - t:.0f} s "
-          f"({sum(p.stat().st_size for p in raw.rglob('*.tif')) / 2**20:.0f} MB, {n_polygons:,} label polygons)")
+    print(
+        f"raw pair {args.size} x {args.size} ready in {time.perf_counter() - t:.0f} s "
+        f"({sum(p.stat().st_size for p in raw.rglob('*.tif')) / 2**20:.0f} MB, {n_polygons:,} label polygons)"
+    )
 
-    cmd = [sys.executable, "prepare.py", f"raw_dir={raw}", f"out_dir={out}", f"steps={args.steps}", "workers=1",
-           "overwrite=true", "split.test_cities=[]", f"hydra.run.dir={args.workdir / 'hydra' / str(args.size)}"]
+    cmd = [
+        sys.executable,
+        "prepare.py",
+        f"raw_dir={raw}",
+        f"out_dir={out}",
+        f"steps={args.steps}",
+        "workers=1",
+        "overwrite=true",
+        "split.test_cities=[]",
+        f"hydra.run.dir={args.workdir / 'hydra' / str(args.size)}",
+    ]
     t = time.perf_counter()
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
     wall = time.perf_counter() - t
@@ -110,11 +145,15 @@ def main() -> None:
     floor = read_floor(raw)
     print(f"machine: {machine()}\n")
     rows = [(name, f"{sec:.1f}", f"{sec / floor:.1f}x") for name, sec in steps.items()]
-    rows += [("total (process wall time)", f"{wall:.1f}", f"{wall / floor:.1f}x"),
-             ("baseline: read the VV/VH pair once (rasterio, 512-row blocks)", f"{floor:.1f}", "1.0x")]
+    rows += [
+        ("total (process wall time)", f"{wall:.1f}", f"{wall / floor:.1f}x"),
+        ("baseline: read the VV/VH pair once (rasterio, 512-row blocks)", f"{floor:.1f}", "1.0x"),
+    ]
     print(table(rows, ("step", "seconds", "vs reading the pair")))
-    print(f"\npeak resident memory of prepare.py: {peak_mb:,.0f} MB (goal < 1024 MB: "
-          f"{'met' if peak_mb < 1024 else 'NOT met'}); input: a {args.size} x {args.size} VV/VH pair")
+    print(
+        f"\npeak resident memory of prepare.py: {peak_mb:,.0f} MB (goal < 1024 MB: "
+        f"{'met' if peak_mb < 1024 else 'NOT met'}); input: a {args.size} x {args.size} VV/VH pair"
+    )
 
 
 if __name__ == "__main__":

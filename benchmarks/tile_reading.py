@@ -37,8 +37,15 @@ def write_tile_files(dataset: PreparedDataset, tiles, directory: Path) -> list[P
             with rasterio.open(dataset.bands_path(t.scene_id)) as src:
                 window = Window(t.col_off, t.row_off, t.width, t.height)
                 data = src.read(window=window, boundless=True, fill_value=np.nan)
-                profile = {"driver": "GTiff", "width": t.width, "height": t.height, "count": data.shape[0],
-                           "dtype": "float32", "crs": src.crs, "transform": src.window_transform(window)}
+                profile = {
+                    "driver": "GTiff",
+                    "width": t.width,
+                    "height": t.height,
+                    "count": data.shape[0],
+                    "dtype": "float32",
+                    "crs": src.crs,
+                    "transform": src.window_transform(window),
+                }
             with rasterio.open(path, "w", **profile) as dst:
                 dst.write(data)
         paths.append(path)
@@ -46,7 +53,9 @@ def write_tile_files(dataset: PreparedDataset, tiles, directory: Path) -> list[P
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", type=int, default=4096, help="scene side in pixels")
     parser.add_argument("--tiles", type=int, default=1500, help="random tile reads per measurement")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/unosat-bench"))
@@ -86,8 +95,10 @@ def main() -> None:
         return floor_src.copy()
 
     assert ours_image(0).shape == (512, 512, 3)
-    np.testing.assert_array_equal(np.nan_to_num(ours_image(0).transpose(2, 0, 1), nan=-1),
-                                  np.nan_to_num(stack_window_rasterio(0), nan=-1))
+    np.testing.assert_array_equal(
+        np.nan_to_num(ours_image(0).transpose(2, 0, 1), nan=-1),
+        np.nan_to_num(stack_window_rasterio(0), nan=-1),
+    )
     for f in (ours_image, one_file_per_tile, stack_window_rasterio):  # warm the page cache
         for i in range(min(len(tiles), args.tiles)):
             f(i)
@@ -102,14 +113,18 @@ def main() -> None:
         ("baseline: band-stack GeoTIFF window, rasterio", rate(stack_window_rasterio, n)),
     ]
     print(f"machine: {machine()}")
-    print(f"dataset: {root} ({len(tiles)} train tiles of 512 x 512 x 3 float32 in {tiles.scene_id.nunique()} "
-          f"scenes of {args.size} x {args.size}); {n} random reads per measurement, best of 3, warm cache\n")
+    print(
+        f"dataset: {root} ({len(tiles)} train tiles of 512 x 512 x 3 float32 in {tiles.scene_id.nunique()} "
+        f"scenes of {args.size} x {args.size}); {n} random reads per measurement, best of 3, warm cache\n"
+    )
     rows = [(name, f"{r:,.0f}", f"{1000 / r:.2f}", f"{r / baseline:.1f}x") for name, r in results]
     print(table(rows, ("how the tile is read", "tiles/s", "ms/tile", "vs one-GeoTIFF-per-tile")))
     ours = results[1][1]
-    print(f"\ngoal: >= 1500 tiles/s per core -> {'met' if ours >= 1500 else 'NOT met'} ({ours:,.0f}); "
-          f">= 8x the one-GeoTIFF-per-tile baseline -> {'met' if ours / baseline >= 8 else 'NOT met'} "
-          f"({ours / baseline:.1f}x)")
+    print(
+        f"\ngoal: >= 1500 tiles/s per core -> {'met' if ours >= 1500 else 'NOT met'} ({ours:,.0f}); "
+        f">= 8x the one-GeoTIFF-per-tile baseline -> {'met' if ours / baseline >= 8 else 'NOT met'} "
+        f"({ours / baseline:.1f}x)"
+    )
 
 
 if __name__ == "__main__":

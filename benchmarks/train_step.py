@@ -61,15 +61,35 @@ class _StepTimer(pl.Callback):
         self.starts.append(time.perf_counter())
 
 
-def lightning_loop(net: torch.nn.Module, batches: list[dict], lr: float, accelerator: str = "cpu",
-                   precision: str = "32-true", channels_last: bool = True) -> float:
+def lightning_loop(
+    net: torch.nn.Module,
+    batches: list[dict],
+    lr: float,
+    accelerator: str = "cpu",
+    precision: str = "32-true",
+    channels_last: bool = True,
+) -> float:
     """Seconds per sample through SegmentationModule + Trainer (metrics and logging on), same batches."""
-    module = SegmentationModule(net, CrossEntropyJaccardLoss(), optimizer=lambda params: torch.optim.AdamW(params, lr=lr),
-                                channels_last=channels_last)
+    module = SegmentationModule(
+        net,
+        CrossEntropyJaccardLoss(),
+        optimizer=lambda params: torch.optim.AdamW(params, lr=lr),
+        channels_last=channels_last,
+    )
     timer = _StepTimer()
-    trainer = pl.Trainer(accelerator=accelerator, devices=1, precision=precision, max_epochs=1, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[timer])
+    trainer = pl.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        precision=precision,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[timer],
+    )
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
     trainer.fit(module, train_dataloaders=loader)
     starts = timer.starts
@@ -78,16 +98,27 @@ def lightning_loop(net: torch.nn.Module, batches: list[dict], lr: float, acceler
 
 def data_module(root: Path, batch_size: int, crop: int):
     """The training data module of the demo config on ``root`` (crops of ``crop`` px), and the config's lr."""
-    cfg = compose_config("train", [f"data.dir={root}", f"data.batch_size={batch_size}",
-                                   f"data.augment.0.height={crop}", f"data.augment.0.width={crop}",
-                                   "data.num_workers=0", "data.val_folds=[0]", "data.train_folds=[0,1]"])
+    cfg = compose_config(
+        "train",
+        [
+            f"data.dir={root}",
+            f"data.batch_size={batch_size}",
+            f"data.augment.0.height={crop}",
+            f"data.augment.0.width={crop}",
+            "data.num_workers=0",
+            "data.val_folds=[0]",
+            "data.train_folds=[0,1]",
+        ],
+    )
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     return datamodule, float(cfg.optimizer.lr)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--batches", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -95,8 +126,11 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/unosat-bench"))
     parser.add_argument("--precision-crop", type=int, default=512, help="crop of the GPU precision table")
     parser.add_argument("--precision-batch-size", type=int, default=16)
-    parser.add_argument("--precisions-on-cpu", action="store_true",
-                        help="run the precision table on the CPU (a check of the code path; bf16 is slow there)")
+    parser.add_argument(
+        "--precisions-on-cpu",
+        action="store_true",
+        help="run the precision table on the CPU (a check of the code path; bf16 is slow there)",
+    )
     args = parser.parse_args()
 
     root = demo_dataset(args.workdir, 1024, cities=2, acquisitions=2, recipe="db")
@@ -123,43 +157,70 @@ def main() -> None:
     overhead = lt / b - 1
 
     print(f"machine: {machine()}")
-    print(f"batches: {args.batches} x {args.batch_size} x {datamodule.recipe.count} x {args.crop} x {args.crop} "
-          f"(first {WARMUP} excluded), {args.rounds} alternating rounds, medians\n")
+    print(
+        f"batches: {args.batches} x {args.batch_size} x {datamodule.recipe.count} x {args.crop} x {args.crop} "
+        f"(first {WARMUP} excluded), {args.rounds} alternating rounds, medians\n"
+    )
     rows = [
         ("bare PyTorch loop (baseline)", f"{1 / b:.2f}", "1.00", ", ".join(f"{1 / x:.2f}" for x in bare)),
-        ("SegmentationModule + Trainer", f"{1 / lt:.2f}", f"{b / lt:.3f}", ", ".join(f"{1 / x:.2f}" for x in light)),
+        (
+            "SegmentationModule + Trainer",
+            f"{1 / lt:.2f}",
+            f"{b / lt:.3f}",
+            ", ".join(f"{1 / x:.2f}" for x in light),
+        ),
     ]
     print(table(rows, ("LW-RefineNet training, CPU", "samples/s", "vs bare", "each round")))
-    print(f"\nLightning overhead: {100 * overhead:+.1f} % (goal <= 5 %: {'met' if overhead <= 0.05 else 'NOT met'})")
-    print(f"\ndata module: {tiles_per_s:.1f} tiles/s per worker (read 512 px tile, normalise, crop {args.crop}, flips, "
-          f"rot90); the model consumes {1 / b:.1f} samples/s on this CPU -> "
-          f"{max(1, math.ceil((1 / b) / tiles_per_s))} worker(s) keep it fed; a GPU consuming N samples/s needs "
-          f"about N / {tiles_per_s:.0f} workers")
+    print(
+        f"\nLightning overhead: {100 * overhead:+.1f} % (goal <= 5 %: {'met' if overhead <= 0.05 else 'NOT met'})"
+    )
+    print(
+        f"\ndata module: {tiles_per_s:.1f} tiles/s per worker (read 512 px tile, normalise, crop {args.crop}, flips, "
+        f"rot90); the model consumes {1 / b:.1f} samples/s on this CPU -> "
+        f"{max(1, math.ceil((1 / b) / tiles_per_s))} worker(s) keep it fed; a GPU consuming N samples/s needs "
+        f"about N / {tiles_per_s:.0f} workers"
+    )
     accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     if accelerator == "gpu" or args.precisions_on_cpu:
-        precision_table(data_module(root, args.precision_batch_size, args.precision_crop)[0], template, lr,
-                        accelerator, args)
+        precision_table(
+            data_module(root, args.precision_batch_size, args.precision_crop)[0],
+            template,
+            lr,
+            accelerator,
+            args,
+        )
     else:
-        print("\nno GPU on this machine: samples/s at 512 px for fp32, bf16-mixed and bf16 + channels_last not measured "
-              "(--precisions-on-cpu runs that table on the CPU)")
+        print(
+            "\nno GPU on this machine: samples/s at 512 px for fp32, bf16-mixed and bf16 + channels_last not measured "
+            "(--precisions-on-cpu runs that table on the CPU)"
+        )
 
 
 def precision_table(datamodule, template: torch.nn.Module, lr: float, accelerator: str, args) -> None:
     """Samples/s through the Trainer at ``--precision-crop`` px for fp32, bf16-mixed, bf16 + channels_last."""
     loader = iter(datamodule.train_dataloader())
     batches = [next(loader) for _ in range(args.batches)]
-    settings = (("fp32", "32-true", False), ("bf16-mixed", "bf16-mixed", False),
-                ("bf16-mixed + channels_last", "bf16-mixed", True))
+    settings = (
+        ("fp32", "32-true", False),
+        ("bf16-mixed", "bf16-mixed", False),
+        ("bf16-mixed + channels_last", "bf16-mixed", True),
+    )
     rows, base = [], None
     for name, precision, channels_last in settings:
-        net = copy.deepcopy(template).to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-        rate = 1 / min(lightning_loop(copy.deepcopy(net), batches, lr, accelerator, precision, channels_last)
-                       for _ in range(args.rounds))
+        net = copy.deepcopy(template).to(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format
+        )
+        rate = 1 / min(
+            lightning_loop(copy.deepcopy(net), batches, lr, accelerator, precision, channels_last)
+            for _ in range(args.rounds)
+        )
         base = base or rate
         rows.append((name, f"{rate:.1f}", f"{rate / base:.2f}x"))
     shape = tuple(batches[0]["image"].shape)
-    print(f"\n{torch.cuda.get_device_name() if accelerator == 'gpu' else 'CPU'}, batches {shape}, "
-          f"best of {args.rounds} rounds, first {WARMUP} batches excluded\n")
+    print(
+        f"\n{torch.cuda.get_device_name() if accelerator == 'gpu' else 'CPU'}, batches {shape}, "
+        f"best of {args.rounds} rounds, first {WARMUP} batches excluded\n"
+    )
     print(table(rows, ("LW-RefineNet training through the Trainer", "samples/s", "vs fp32")))
 
 

@@ -25,7 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["demo=tiny", "tiling.train_size=64", "tiling.train_min_overlap=8", "tiling.test_size=128", "block_rows=48"]
+TINY = [
+    "demo=tiny",
+    "tiling.train_size=64",
+    "tiling.train_min_overlap=8",
+    "tiling.test_size=128",
+    "block_rows=48",
+]
 
 
 def executor_map(func, items, workers, desc):
@@ -33,7 +39,9 @@ def executor_map(func, items, workers, desc):
     items = list(items)
     if workers <= 1 or len(items) <= 1:
         return [func(item) for item in items]
-    with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(items)), mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
         return list(pool.map(func, items))
 
 
@@ -42,15 +50,25 @@ def prepare_once(raw: Path, out: Path, workers: int) -> float:
     from unosat.prepare import run
 
     shutil.rmtree(out, ignore_errors=True)
-    cfg = compose_config("prepare", [f"raw_dir={raw}", f"out_dir={out}", f"workers={workers}", *TINY,
-                                     "steps=[bands,labels,quality,tiles,stats]"])
+    cfg = compose_config(
+        "prepare",
+        [
+            f"raw_dir={raw}",
+            f"out_dir={out}",
+            f"workers={workers}",
+            *TINY,
+            "steps=[bands,labels,quality,tiles,stats]",
+        ],
+    )
     t = time.perf_counter()
     run(cfg)
     return time.perf_counter() - t
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/unosat-bench-pool"))
@@ -66,12 +84,24 @@ def main() -> None:
     for _ in range(args.rounds):
         times["unosat.worker_pool"].append(prepare_once(raw, args.workdir / "new", args.workers))
         with mock.patch("unosat.prepare.run.map_scenes", executor_map):
-            times["ProcessPoolExecutor (baseline)"].append(prepare_once(raw, args.workdir / "old", args.workers))
+            times["ProcessPoolExecutor (baseline)"].append(
+                prepare_once(raw, args.workdir / "old", args.workers)
+            )
     base = statistics.median(times["ProcessPoolExecutor (baseline)"])
-    rows = [(name, f"{statistics.median(t):.1f}", " ".join(f"{v:.1f}" for v in t), f"{statistics.median(t) / base:.2f}x")
-            for name, t in times.items()]
+    rows = [
+        (
+            name,
+            f"{statistics.median(t):.1f}",
+            " ".join(f"{v:.1f}" for v in t),
+            f"{statistics.median(t) / base:.2f}x",
+        )
+        for name, t in times.items()
+    ]
     print(machine())
-    print(f"tiny demo, workers={args.workers}, steps bands, labels, quality, tiles, stats; {args.rounds} alternating rounds")
+    print(
+        f"tiny demo, workers={args.workers}, steps bands, labels, quality, tiles, stats; "
+        f"{args.rounds} alternating rounds"
+    )
     print(table(rows, ("pool", "median s", "rounds s", "vs baseline")))
 
 

@@ -25,8 +25,12 @@ def pytest_configure(config):
     """Register the ``slow`` marker: end-to-end tests (they train a network, predict whole scenes with a trained
     one, run an entry point in a subprocess, prepare the demo several times, or build the full-size default
     demo). ``pytest -m "not slow"`` is the quick suite; CI and the README's command run everything."""
-    config.addinivalue_line("markers", "slow: end-to-end test (training, whole-scene prediction, subprocesses, "
-                                       "repeated or full-size preparation)")
+    config.addinivalue_line(
+        "markers",
+        "slow: end-to-end test (training, whole-scene prediction, subprocesses, "
+        "repeated or full-size preparation)",
+    )
+
 
 #: prepare.py overrides that suit the tiny demo (160 x 192 px scenes)
 TINY_PREPARE = [
@@ -125,9 +129,16 @@ def train_cfg(data_dir: Path, tmp_path: Path, *overrides: str, run_name: str = "
     """The composed train config on ``data_dir``, logging under ``tmp_path``, with :data:`FAST` settings."""
     from unosat.config import compose_config
 
-    return compose_config("train", [
-        f"data.dir={data_dir}", f"paths.log_dir={tmp_path / 'logs'}",
-        f"paths.output_dir={tmp_path / 'logs' / 'train' / 'runs' / run_name}", *FAST, *overrides])
+    return compose_config(
+        "train",
+        [
+            f"data.dir={data_dir}",
+            f"paths.log_dir={tmp_path / 'logs'}",
+            f"paths.output_dir={tmp_path / 'logs' / 'train' / 'runs' / run_name}",
+            *FAST,
+            *overrides,
+        ],
+    )
 
 
 def summary(run_dir: Path) -> dict:
@@ -147,8 +158,9 @@ def predict_cfg(out: Path, *overrides: str, log_dir: Path | None = None):
     from unosat.config import compose_config
 
     extra = [f"paths.log_dir={log_dir}"] if log_dir else []
-    return compose_config("predict", [f"output={out}", f"paths.output_dir={out.parent / 'hydra'}", *PRED, *extra,
-                                      *overrides])
+    return compose_config(
+        "predict", [f"output={out}", f"paths.output_dir={out.parent / 'hydra'}", *PRED, *extra, *overrides]
+    )
 
 
 #: the demo run (:func:`demo_run`) also scores against the labels and draws quicklooks
@@ -170,16 +182,25 @@ def toy_checkpoint(path: Path, raw_input: dict | None) -> Path:
 
     torch.manual_seed(0)
     net = LWRefineNet(3, 2)
-    data = {"recipe": {"name": "db", "bands": ["vh", "vv", "mean"], "units": "db", "db_floor": 1e-8},
-            "normalization": {"mean": [-17.0, -10.0, -12.0], "std": [6.0, 6.0, 6.0], "fill": 0.0},
-            "classes": ["background", "building"]}
+    data = {
+        "recipe": {"name": "db", "bands": ["vh", "vv", "mean"], "units": "db", "db_floor": 1e-8},
+        "normalization": {"mean": [-17.0, -10.0, -12.0], "std": [6.0, 6.0, 6.0], "fill": 0.0},
+        "classes": ["background", "building"],
+    }
     if raw_input is not None:
         data["raw_input"] = raw_input
-    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
-                "unosat": {"model": {"name": "lwrefinenet", "args": {"in_channels": 3, "num_classes": 2}},
-                           "data": data, "task": "segmentation"}}, path)
+    torch.save(
+        {
+            "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+            "unosat": {
+                "model": {"name": "lwrefinenet", "args": {"in_channels": 3, "num_classes": 2}},
+                "data": data,
+                "task": "segmentation",
+            },
+        },
+        path,
+    )
     return path
-
 
 
 @pytest.fixture(scope="session")
@@ -191,10 +212,23 @@ def trained_log_dir(tiny_prepared_db, tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("trained")
     # LW-RefineNet at output_stride 4: the layout sharpen() rescales (its classifier is decoder.classifier)
-    train(train_cfg(tiny_prepared_db, root, "model=lwrefinenet", "model.output_stride=4", "baseline=false",
-                    "debug=limit", "trainer.max_epochs=1", "logger=none", "callbacks.prediction_grid=null",
-                    "callbacks.learning_rate_monitor=null"))
-    sharpen(next((root / "logs" / "train" / "runs" / "run" / "checkpoints").glob("best-*.ckpt")), tiny_prepared_db)
+    train(
+        train_cfg(
+            tiny_prepared_db,
+            root,
+            "model=lwrefinenet",
+            "model.output_stride=4",
+            "baseline=false",
+            "debug=limit",
+            "trainer.max_epochs=1",
+            "logger=none",
+            "callbacks.prediction_grid=null",
+            "callbacks.learning_rate_monitor=null",
+        )
+    )
+    sharpen(
+        next((root / "logs" / "train" / "runs" / "run" / "checkpoints").glob("best-*.ckpt")), tiny_prepared_db
+    )
     return root / "logs"
 
 
@@ -244,16 +278,21 @@ def sharpen(path: Path, dataset: Path) -> None:
     net.eval()
     with rasterio.open(PreparedDataset(dataset).bands_path(SAMAWAH[0])) as src:
         stack = src.read()
-    x = torch.from_numpy(Normalization.from_dict(ckpt["unosat"]["data"]["normalization"]).apply(stack, channel_axis=0))
+    x = torch.from_numpy(
+        Normalization.from_dict(ckpt["unosat"]["data"]["normalization"]).apply(stack, channel_axis=0)
+    )
     classifier = net.decoder.classifier
     with torch.inference_mode():
         logits = net(x[None])[0]
-        from_weights = (logits[1] - logits[0] - (classifier.bias[1] - classifier.bias[0]))[torch.from_numpy(np.isfinite(stack).all(0))]
+        from_weights = (logits[1] - logits[0] - (classifier.bias[1] - classifier.bias[0]))[
+            torch.from_numpy(np.isfinite(stack).all(0))
+        ]
         k = 2.0 / float(from_weights.std())
         classifier.weight.mul_(k)
         classifier.bias.copy_(torch.tensor([0.0, -k * float(from_weights.mean())]))
     ckpt["state_dict"].update({NET_PREFIX + key: value for key, value in net.state_dict().items()})
     torch.save(ckpt, path)
+
 
 # ------------------------------------------------------------------------------ rasters written by tests
 
@@ -263,8 +302,18 @@ MASK_TRANSFORM = from_origin(500000.0, 3700300.0, 10.0, 10.0)
 
 
 def write_mask(path, mask, transform=MASK_TRANSFORM):
-    with rasterio.open(path, "w", driver="GTiff", width=mask.shape[1], height=mask.shape[0], count=1,
-                       dtype="uint8", crs=MASK_CRS, transform=transform, nodata=255) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=mask.shape[1],
+        height=mask.shape[0],
+        count=1,
+        dtype="uint8",
+        crs=MASK_CRS,
+        transform=transform,
+        nodata=255,
+    ) as dst:
         dst.write(mask.astype(np.uint8), 1)
     return path
 
@@ -285,16 +334,31 @@ HYP3 = "S1A_IW_20190917T030900_DVP_RTC10_G_gpuned_7370"
 
 def backscatter(seed: int, units: str = "linear") -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    pols = {pol: rng.gamma(4.4, level / 4.4, (ROWS, COLS)).astype("float32") for pol, level in (("vv", 0.15), ("vh", 0.014))}
+    pols = {
+        pol: rng.gamma(4.4, level / 4.4, (ROWS, COLS)).astype("float32")
+        for pol, level in (("vv", 0.15), ("vh", 0.014))
+    }
     if units == "db":
         pols = {pol: (10 * np.log10(v)).astype("float32") for pol, v in pols.items()}
     return pols
 
 
-def write_product(path: Path, bands: list[np.ndarray], crs, transform, nodata=None, driver="GTiff", dtype="float32") -> Path:
+def write_product(
+    path: Path, bands: list[np.ndarray], crs, transform, nodata=None, driver="GTiff", dtype="float32"
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(path, "w", driver=driver, width=COLS, height=ROWS, count=len(bands), dtype=dtype, crs=crs,
-                       transform=transform, nodata=nodata) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver=driver,
+        width=COLS,
+        height=ROWS,
+        count=len(bands),
+        dtype=dtype,
+        crs=crs,
+        transform=transform,
+        nodata=nodata,
+    ) as dst:
         for i, band in enumerate(bands, start=1):
             dst.write(band, i)
     return path

@@ -23,7 +23,9 @@ from unosat.synthetic.generator import render_scene
 DB_FLOOR = 1e-8  # linear power clamped here before dB (as the db recipe)
 
 
-def building_tile(spec, size: int = 64, city: str = "Mosul", step: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+def building_tile(
+    spec, size: int = 64, city: str = "Mosul", step: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x (1, 3, size, size) float32, y (1, size, size) int64)``: the crop of ``city``'s first acquisition
     (fully inside the swath) with the most building pixels."""
     city_spec = spec.city(city)
@@ -58,7 +60,9 @@ def segmentation_output(out) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def overfit(net: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float = 3e-3, seed: int = 0) -> float:
+def overfit(
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float = 3e-3, seed: int = 0
+) -> float:
     """Train ``net`` on the batch ``(x, y)`` for ``steps`` Adam steps (cross-entropy), then return the building
     IoU of its logits on ``x`` (training-mode BatchNorm, no gradient; see the module docstring)."""
     torch.manual_seed(seed)

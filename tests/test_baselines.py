@@ -45,7 +45,7 @@ def test_local_statistics_are_box_means_and_stds():
     np.testing.assert_allclose(f[0, :2], x[0])
     padded = np.pad(x[0], ((0, 0), (1, 1), (1, 1)), mode="reflect")
     r, c = 5, 0
-    box = padded[:, r:r + 3, c:c + 3]
+    box = padded[:, r : r + 3, c : c + 3]
     np.testing.assert_allclose(f[0, 2:4], x[0])  # window 1: the pixel itself
     np.testing.assert_allclose(f[0, 4:6, r, c], box.mean(axis=(1, 2)), rtol=1e-5)
     np.testing.assert_allclose(f[0, 8:10, r, c], box.std(axis=(1, 2)), rtol=1e-4, atol=1e-5)
@@ -87,13 +87,18 @@ def test_pixel_classifier_learns_a_texture_rule_and_round_trips_through_a_checkp
     inner[10:18, 12:22] = True
     assert (p[inner] >= 0.5).mean() > 0.95 and (p[(truth == 0)] < 0.5).mean() > 0.9
 
-    data = {"recipe": {"name": "db", "bands": ["vh", "vv"], "units": "db", "db_floor": 1e-8},
-            "normalization": {"mean": [0.0, 0.0], "std": [1.0, 1.0]}, "classes": ["background", "building"]}
+    data = {
+        "recipe": {"name": "db", "bands": ["vh", "vv"], "units": "db", "db_floor": 1e-8},
+        "normalization": {"mean": [0.0, 0.0], "std": [1.0, 1.0]},
+        "classes": ["background", "building"],
+    }
     path = save_baseline_checkpoint(tmp_path / "pixel.ckpt", net, net.spec(), data, fit.to_dict())
     loaded = load_model(path)  # predict.py's loader: weights_only, built from the registry
     assert type(loaded.net) is PixelLogisticRegression and loaded.net.windows == (3,)
     with torch.no_grad():
-        np.testing.assert_array_equal(loaded.net(items[0]["image"][None]).numpy(), net(items[0]["image"][None]).numpy())
+        np.testing.assert_array_equal(
+            loaded.net(items[0]["image"][None]).numpy(), net(items[0]["image"][None]).numpy()
+        )
 
 
 def test_pixel_classifier_refuses_one_class():

@@ -20,23 +20,32 @@ from unosat.models.registry import NETWORKS, build_network, network_spec, spec_f
 from unosat.predict.ensemble import load_model
 from unosat.predict.run import run as predict
 
-DATA = {"recipe": {"name": "db", "bands": ["vh", "vv", "mean"], "units": "db"},
-        "normalization": {"mean": [0.0] * 3, "std": [1.0] * 3, "fill": 0.0},
-        "classes": ["background", "building"]}
+DATA = {
+    "recipe": {"name": "db", "bands": ["vh", "vv", "mean"], "units": "db"},
+    "normalization": {"mean": [0.0] * 3, "std": [1.0] * 3, "fill": 0.0},
+    "classes": ["background", "building"],
+}
 
 
 def crafted_entries(victim: Path) -> dict[str, object]:
     """Model entries an attacker might write; each would create ``victim`` if it were instantiated."""
     return {
-        "unosat_function": {"_target_": "unosat.io.atomic.write_text_atomic", "_args_": [str(victim), "pwned"]},
+        "unosat_function": {
+            "_target_": "unosat.io.atomic.write_text_atomic",
+            "_args_": [str(victim), "pwned"],
+        },
         "module_attribute_path": {"_target_": "unosat.io.atomic.os.system", "_args_": [f"touch {victim}"]},
-        "nested_target": {"_target_": "unosat.models.LWRefineNet",
-                          "in_channels": {"_target_": "builtins.open", "file": str(victim), "mode": "w"}},
+        "nested_target": {
+            "_target_": "unosat.models.LWRefineNet",
+            "in_channels": {"_target_": "builtins.open", "file": str(victim), "mode": "w"},
+        },
         "builtins_open": {"_target_": "builtins.open", "file": str(victim), "mode": "w"},
         "not_a_dict": f"unosat.io.atomic.write_text_atomic('{victim}', 'pwned')",
         "a_list": ["unosat.io.atomic.write_text_atomic", str(victim)],
-        "registry_name_with_nested_target": {"name": "lwrefinenet", "args": {
-            "upsample_mode": {"_target_": "builtins.open", "file": str(victim), "mode": "w"}}},
+        "registry_name_with_nested_target": {
+            "name": "lwrefinenet",
+            "args": {"upsample_mode": {"_target_": "builtins.open", "file": str(victim), "mode": "w"}},
+        },
         "registry_name_with_partial": {"name": "lwrefinenet", "args": {"_partial_": True}},
         "unregistered_name": {"name": "unosat.io.atomic.write_text_atomic", "args": {}},
         "unknown_argument": {"name": "lwrefinenet", "args": {"path": str(victim)}},
@@ -44,7 +53,9 @@ def crafted_entries(victim: Path) -> dict[str, object]:
 
 
 def write_checkpoint(path: Path, model_entry: object) -> Path:
-    torch.save({"state_dict": {}, "unosat": {"model": model_entry, "data": DATA, "task": "segmentation"}}, path)
+    torch.save(
+        {"state_dict": {}, "unosat": {"model": model_entry, "data": DATA, "task": "segmentation"}}, path
+    )
     return path
 
 
@@ -72,15 +83,29 @@ def test_predict_refuses_a_crafted_checkpoint_before_writing_anything(option, ti
     entries = crafted_entries(victim)
     good = tmp_path / "good.ckpt"
     net = LWRefineNet(3, 2)
-    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
-                "unosat": {"model": {"name": "lwrefinenet", "args": {"in_channels": 3, "num_classes": 2}},
-                           "data": DATA, "task": "segmentation"}}, good)
+    torch.save(
+        {
+            "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+            "unosat": {
+                "model": {"name": "lwrefinenet", "args": {"in_channels": 3, "num_classes": 2}},
+                "data": DATA,
+                "task": "segmentation",
+            },
+        },
+        good,
+    )
     for case in ("unosat_function", "module_attribute_path", "nested_target", "builtins_open", "not_a_dict"):
         evil = write_checkpoint(tmp_path / f"{case}.ckpt", entries[case])
-        ckpts = [f"ckpt={evil}"] if option == "ckpt" else [f"ckpt={good}", f"gate.ckpt={evil}", "gate.threshold=0.5"]
+        ckpts = (
+            [f"ckpt={evil}"]
+            if option == "ckpt"
+            else [f"ckpt={good}", f"gate.ckpt={evil}", "gate.threshold=0.5"]
+        )
         out = tmp_path / f"out_{case}"
-        cfg = compose_config("predict", [*ckpts, f"input={tiny_raw_session}", f"output={out}",
-                                         f"paths.log_dir={tmp_path / 'logs'}"])
+        cfg = compose_config(
+            "predict",
+            [*ckpts, f"input={tiny_raw_session}", f"output={out}", f"paths.log_dir={tmp_path / 'logs'}"],
+        )
         with pytest.raises(UnosatError):
             predict(cfg)
         assert not victim.exists(), case
@@ -92,9 +117,20 @@ def test_the_entry_point_prints_one_line_for_a_crafted_checkpoint(tmp_path):
     victim = tmp_path / "victim.txt"
     evil = write_checkpoint(tmp_path / "evil.ckpt", crafted_entries(victim)["module_attribute_path"])
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    proc = subprocess.run([sys.executable, str(REPO / "predict.py"), f"ckpt={evil}", f"input={tmp_path}",
-                           f"output={tmp_path / 'out'}"], capture_output=True, text=True, cwd=tmp_path, env=env,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "predict.py"),
+            f"ckpt={evil}",
+            f"input={tmp_path}",
+            f"output={tmp_path / 'out'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error: ") and str(evil) in lines[-1], proc.stderr
@@ -111,7 +147,9 @@ def test_every_registered_network_round_trips_through_its_spec():
 
 def test_the_older_checkpoint_layout_with_a_registered_target_still_loads():
     assert spec_from_checkpoint({"_target_": "unosat.models.LWRefineNet", "in_channels": 3}) == {
-        "name": "lwrefinenet", "args": {"in_channels": 3}}
+        "name": "lwrefinenet",
+        "args": {"in_channels": 3},
+    }
     assert spec_from_checkpoint({"_target_": "unosat.models.gscnn.GSCNN"})["name"] == "gscnn"
 
 

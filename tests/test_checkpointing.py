@@ -48,15 +48,30 @@ class ConstantMetricModel(BoringModel):
 
 
 def trainer(tmp_path: Path, callback: LastEveryEpochCheckpoint, **kwargs) -> pl.Trainer:
-    options = dict(default_root_dir=tmp_path, max_epochs=3, accelerator="cpu", devices=1, logger=False,
-                   enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    options = dict(
+        default_root_dir=tmp_path,
+        max_epochs=3,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     options.update(kwargs)
     return pl.Trainer(callbacks=[callback], plugins=[AtomicCheckpointIO()], **options)
 
 
 def checkpoint_callback(tmp_path: Path) -> LastEveryEpochCheckpoint:
-    return LastEveryEpochCheckpoint(dirpath=tmp_path / "checkpoints", filename="best-epoch{epoch:03d}", monitor="metric",
-                                    mode="max", save_top_k=1, save_last=True, auto_insert_metric_name=False)
+    return LastEveryEpochCheckpoint(
+        dirpath=tmp_path / "checkpoints",
+        filename="best-epoch{epoch:03d}",
+        monitor="metric",
+        mode="max",
+        save_top_k=1,
+        save_last=True,
+        auto_insert_metric_name=False,
+    )
 
 
 # -------------------------------------------------------------------------------- atomic writes
@@ -94,7 +109,9 @@ def test_a_failed_overwrite_keeps_the_previous_complete_file(tmp_path, monkeypat
         io.save_checkpoint({"epoch": 2, "w": torch.arange(8.0)}, target)
     monkeypatch.undo()
     assert staged_in == [tmp_path]  # staged beside the checkpoint, never in $TMPDIR
-    assert io.load_checkpoint(target)["epoch"] == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    assert io.load_checkpoint(target)["epoch"] == 1 and sorted(p.name for p in tmp_path.iterdir()) == [
+        "last.ckpt"
+    ]
 
 
 def test_reads_are_weights_only_even_when_asked_otherwise(tmp_path):
@@ -116,7 +133,9 @@ def test_last_ckpt_follows_every_epoch_although_the_metric_never_improves(tmp_pa
     best = torch.load(tmp_path / "checkpoints" / "best-epoch000.ckpt", weights_only=True)
     assert last["epoch"] == 2 and epochs_completed(last) == 3 and last["global_step"] == 12
     assert best["epoch"] == 0 and sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
-        "best-epoch000.ckpt", "last.ckpt"]
+        "best-epoch000.ckpt",
+        "last.ckpt",
+    ]
 
 
 def test_an_interrupted_run_writes_last_ckpt_at_the_step_it_reached(tmp_path):
@@ -161,12 +180,15 @@ def test_newest_loadable_skips_a_truncated_last_and_a_leftover_temporary(tmp_pat
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="unosat.checkpoint"):
         assert newest_loadable(candidates, "ckpt_path=last", temporaries, fresh_start=True) == (None, None)
-    assert (f"ckpt_path=last: no checkpoint that loads (skipped: {last}, {folder / 'best-epoch000.ckpt'}, "
-            f"{folder / '.last.ckpt.tmp-123-abcd.ckpt'}); starting from scratch") in caplog.text
+    assert (
+        f"ckpt_path=last: no checkpoint that loads (skipped: {last}, {folder / 'best-epoch000.ckpt'}, "
+        f"{folder / '.last.ckpt.tmp-123-abcd.ckpt'}); starting from scratch"
+    ) in caplog.text
 
 
 def test_the_default_checkpoint_is_the_best_of_the_latest_run_of_the_task(tmp_path, caplog):
     """``ckpt=null`` (predict.py, export): the newest best-*.ckpt that loads and was trained for the task."""
+
     def written(run: str, name: str, task: str | None, age_s: float, content: bytes | None = None) -> Path:
         path = tmp_path / "train" / "runs" / run / "checkpoints" / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -178,8 +200,11 @@ def test_the_default_checkpoint_is_the_best_of_the_latest_run_of_the_task(tmp_pa
         os.utime(path, (1_000_000 - age_s,) * 2)
         return path
 
-    with pytest.raises(UnosatError, match=r"ckpt=null: no best-\*.ckpt of a training run under .*train/runs; train "
-                                          r"one with python train.py, or pass ckpt=PATH"):
+    with pytest.raises(
+        UnosatError,
+        match=r"ckpt=null: no best-\*.ckpt of a training run under .*train/runs; train "
+        r"one with python train.py, or pass ckpt=PATH",
+    ):
         best_of_latest_run(tmp_path)
     older = written("a", "best-epoch001.ckpt", None, age_s=300)  # an older checkpoint recording no task
     written("a", "last.ckpt", "segmentation", age_s=10)  # not a best-*
@@ -194,7 +219,9 @@ def test_the_default_checkpoint_is_the_best_of_the_latest_run_of_the_task(tmp_pa
     assert "best-epoch002.ckpt: a tile classification checkpoint" in caplog.text
     for path in (older, newer):
         path.unlink()
-    with pytest.raises(UnosatError, match=r"none of the 2 checkpoint\(s\) loads as a segmentation checkpoint"):
+    with pytest.raises(
+        UnosatError, match=r"none of the 2 checkpoint\(s\) loads as a segmentation checkpoint"
+    ):
         best_of_latest_run(tmp_path)
 
 
@@ -255,15 +282,23 @@ def test_overfit_check_compares_the_last_epoch_loss_with_the_first(losses, passe
 
     check = OverfitCheck(max_ratio=0.2)
     logged = []
-    fake = SimpleNamespace(callback_metrics={}, current_epoch=0, global_step=0,
-                           loggers=[SimpleNamespace(log_metrics=lambda m, step: logged.append(m))])
+    fake = SimpleNamespace(
+        callback_metrics={},
+        current_epoch=0,
+        global_step=0,
+        loggers=[SimpleNamespace(log_metrics=lambda m, step: logged.append(m))],
+    )
     for epoch, loss in enumerate(losses):
         fake.current_epoch = epoch
         check.on_train_epoch_start(fake, None)
         fake.callback_metrics["train/loss_epoch"] = torch.tensor(loss)  # logged at the epoch's end
     with caplog.at_level(logging.INFO, logger="unosat.training.overfit_check"):
         check.on_train_end(fake, None)
-    assert check.passed is passed and logged == [{"debug/overfit_loss_ratio": pytest.approx(losses[-1] / 0.9)}]
-    assert ("overfit check PASS" if passed else "overfit check FAIL") in caplog.text and "criterion <= 0.20" in caplog.text
+    assert check.passed is passed and logged == [
+        {"debug/overfit_loss_ratio": pytest.approx(losses[-1] / 0.9)}
+    ]
+    assert (
+        "overfit check PASS" if passed else "overfit check FAIL"
+    ) in caplog.text and "criterion <= 0.20" in caplog.text
     with pytest.raises(UnosatError, match=r"max_ratio must be in \(0, 1\)"):
         OverfitCheck(max_ratio=1.5)

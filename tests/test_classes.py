@@ -32,14 +32,21 @@ def test_names_are_checked_with_one_line_naming_the_key():
     assert class_names(["land", "water"]) == ("land", "water")
     with pytest.raises(UnosatError, match=r"classes.names must name two classes"):
         class_names(["a", "b", "c"])
-    with pytest.raises(UnosatError, match=r"classes.names: class name\(s\) \['open water'\] must start with a letter"):
+    with pytest.raises(
+        UnosatError, match=r"classes.names: class name\(s\) \['open water'\] must start with a letter"
+    ):
         class_names(["land", "open water"])
     with pytest.raises(UnosatError, match=r"need different names"):
         class_names(["water", "water"])
     with pytest.raises(UnosatError, match=r"must be a list of two names"):
         class_names("water")
-    assert [plural(n) for n in ("building", "water", "bus", "city", "day")] == \
-        ["buildings", "waters", "buses", "cities", "days"]
+    assert [plural(n) for n in ("building", "water", "bus", "city", "day")] == [
+        "buildings",
+        "waters",
+        "buses",
+        "cities",
+        "days",
+    ]
 
 
 def test_scores_and_evaluation_keys_follow_the_names():
@@ -50,13 +57,19 @@ def test_scores_and_evaluation_keys_follow_the_names():
     assert water["iou_land"] == default["iou_background"] and water["f1_water"] == default["f1_building"]
     assert "iou_building" not in water
     assert count_keys(("land", "water"))[2:4] == ("true_water_pixels", "predicted_water_pixels")
-    city = {"pixel": {"confusion": cm.tolist(), **water}, "object": {"tp": 1, "fp": 0, "fn": 1, "precision": 1.0,
-                                                                     "recall": 0.5, "f1": 2 / 3},
-            "counts": dict.fromkeys(count_keys(("land", "water")), 1), "settings": {"iou_threshold": 0.5},
-            "classes": ["land", "water"]}
+    city = {
+        "pixel": {"confusion": cm.tolist(), **water},
+        "object": {"tp": 1, "fp": 0, "fn": 1, "precision": 1.0, "recall": 0.5, "f1": 2 / 3},
+        "counts": dict.fromkeys(count_keys(("land", "water")), 1),
+        "settings": {"iou_threshold": 0.5},
+        "classes": ["land", "water"],
+    }
     report = evaluation_report({"A": city})
     assert report["overall"]["pixel"]["iou_water"] == pytest.approx(0.7)
-    assert report["overall"]["counts"]["true_water_pixels"] == 1 and report["overall"]["classes"] == ["land", "water"]
+    assert report["overall"]["counts"]["true_water_pixels"] == 1 and report["overall"]["classes"] == [
+        "land",
+        "water",
+    ]
     assert "0.7000" in evaluation_table(report)
     assert evaluation_metrics(report)["predict/overall/pixel_iou_water"] == pytest.approx(0.7)
     with pytest.raises(UnosatError, match="different class names"):
@@ -67,7 +80,9 @@ def test_scores_and_evaluation_keys_follow_the_names():
 def water_dataset(tiny_raw_session, tmp_path_factory) -> Path:
     """The tiny demo prepared (dB) with classes [land, water]."""
     out = tmp_path_factory.mktemp("water") / "prepared"
-    prepare(prepare_config(tiny_raw_session, out, "bands=db", "steps=[bands,labels,tiles,stats,report]", *WATER))
+    prepare(
+        prepare_config(tiny_raw_session, out, "bands=db", "steps=[bands,labels,tiles,stats,report]", *WATER)
+    )
     return out
 
 
@@ -82,7 +97,9 @@ def test_prepare_records_the_names_and_the_report_uses_them(water_dataset):
 @pytest.fixture(scope="module")
 def water_run(water_dataset, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("water_run")
-    value = train(train_cfg(water_dataset, root, *WATER, "trainer.max_epochs=1", "callbacks.prediction_grid=null"))
+    value = train(
+        train_cfg(water_dataset, root, *WATER, "trainer.max_epochs=1", "callbacks.prediction_grid=null")
+    )
     run_dir = root / "logs" / "train" / "runs" / "run"
     (run_dir / "returned.json").write_text(json.dumps(value))
     return run_dir
@@ -92,8 +109,14 @@ def water_run(water_dataset, tmp_path_factory) -> Path:
 def test_training_water_logs_water_metrics_and_records_the_names(water_run):
     metrics = pd.read_csv(water_run / "csv" / "metrics.csv")
     summary = json.loads((water_run / "summary.json").read_text())
-    for key in ("val/iou_water", "val/iou_land", "val/precision_water", "val/recall_water", "val/f1_water",
-                "train/iou_water"):
+    for key in (
+        "val/iou_water",
+        "val/iou_land",
+        "val/precision_water",
+        "val/recall_water",
+        "val/f1_water",
+        "train/iou_water",
+    ):
         assert key in metrics.columns, key
     assert not [c for c in metrics.columns if "building" in c or "background" in c]
     assert "baseline/val_iou_water" in metrics.columns and "val_iou_water" in summary["baseline"]
@@ -105,8 +128,11 @@ def test_training_water_logs_water_metrics_and_records_the_names(water_run):
 
 
 def test_training_other_names_than_the_dataset_is_refused(water_dataset, tmp_path):
-    with pytest.raises(UnosatError, match=r"prepared with classes \['land', 'water'\], not \['background', 'building'\]"
-                                          r"; train with classes.names=\[land,water\]"):
+    with pytest.raises(
+        UnosatError,
+        match=r"prepared with classes \['land', 'water'\], not \['background', 'building'\]"
+        r"; train with classes.names=\[land,water\]",
+    ):
         train(train_cfg(water_dataset, tmp_path, "debug=fdr"))
 
 
@@ -114,8 +140,9 @@ def test_training_other_names_than_the_dataset_is_refused(water_dataset, tmp_pat
 def test_predict_takes_the_checkpoints_names(water_run, tiny_raw_session, tmp_path):
     ckpt = Path(json.loads((water_run / "summary.json").read_text())["best_checkpoint"])
     out = tmp_path / "out"
-    manifest = predict(predict_cfg(out, f"ckpt={ckpt}", f"input={tiny_raw_session}", "cities=[Samawah]",
-                                   "evaluate=true"))
+    manifest = predict(
+        predict_cfg(out, f"ckpt={ckpt}", f"input={tiny_raw_session}", "cities=[Samawah]", "evaluate=true")
+    )
     assert manifest["settings"]["classes"] == ["land", "water"]
     assert (out / "cities" / "Samawah_waters.gpkg").is_file() and not list(out.rglob("*building*"))
     with rasterio.open(out / "cities" / "Samawah_mask.tif") as src:
@@ -128,10 +155,20 @@ def test_predict_takes_the_checkpoints_names(water_run, tiny_raw_session, tmp_pa
     assert not [k for k in pixel if "building" in k]
     assert counts["true_water_pixels"] == sum(pixel["confusion"][1]) > 0
     # an explicit classes.names must be the checkpoint's
-    with pytest.raises(UnosatError, match=r"classes.names=\['background', 'building'\] but checkpoint .* was trained "
-                                          r"on \['land', 'water'\]"):
-        predict(predict_cfg(tmp_path / "other", f"ckpt={ckpt}", f"input={tiny_raw_session}", "cities=[Samawah]",
-                            "classes.names=[background,building]"))
+    with pytest.raises(
+        UnosatError,
+        match=r"classes.names=\['background', 'building'\] but checkpoint .* was trained "
+        r"on \['land', 'water'\]",
+    ):
+        predict(
+            predict_cfg(
+                tmp_path / "other",
+                f"ckpt={ckpt}",
+                f"input={tiny_raw_session}",
+                "cities=[Samawah]",
+                "classes.names=[background,building]",
+            )
+        )
 
 
 def test_default_config_keeps_building():
@@ -151,4 +188,3 @@ def test_a_dataset_is_renamed_by_the_report_step(water_dataset, tmp_path):
     prepare(prepare_config(Path(raw), copy, "bands=db", "steps=[report]", "classes.names=[dry,flood]"))
     assert json.loads((copy / "dataset.json").read_text())["classes"] == ["dry", "flood"]
     assert "Backscatter of floods vs dry" in (copy / "report" / "report.md").read_text()
-

@@ -57,11 +57,15 @@ def check_label_values(cfg: dict, ignore_index: int, num_classes: int) -> set[st
 def test_the_code_is_the_source_of_the_label_values():
     assert code_value("ignore_index") == IGNORE_INDEX == 255
     assert code_value("num_classes") == len(CLASS_NAMES) == 2
-    with pytest.raises(UnosatError, match=r"\$\{unosat:classes\}: unknown name; known: ignore_index, num_classes"):
+    with pytest.raises(
+        UnosatError, match=r"\$\{unosat:classes\}: unknown name; known: ignore_index, num_classes"
+    ):
         code_value("classes")
     for classes in options("classes"):
         cfg = resolved(f"classes={classes}")
-        assert cfg["classes"]["ignore_index"] == IGNORE_INDEX and cfg["classes"]["num_classes"] == len(CLASS_NAMES)
+        assert cfg["classes"]["ignore_index"] == IGNORE_INDEX and cfg["classes"]["num_classes"] == len(
+            CLASS_NAMES
+        )
     assert resolved("classes=water")["classes"]["names"] == ["land", "water"]
     prepare = resolved(name="prepare")["classes"]
     assert (prepare["ignore_index"], prepare["num_classes"]) == (IGNORE_INDEX, len(CLASS_NAMES))
@@ -79,8 +83,9 @@ def test_every_experiment_model_and_loss_passes_the_label_values_on(experiment):
     for i, model in enumerate(models):
         loss = losses[(i + shift) % len(losses)]
         classes = ["classes=water"] if i % 2 else []
-        found = check_label_values(resolved(*base, f"model={model}", f"loss={loss}", *classes), IGNORE_INDEX,
-                                   len(CLASS_NAMES))
+        found = check_label_values(
+            resolved(*base, f"model={model}", f"loss={loss}", *classes), IGNORE_INDEX, len(CLASS_NAMES)
+        )
         assert "model.num_classes" in found
         assert any(p.startswith("loss.") and p.endswith("ignore_index") for p in found), loss
 
@@ -94,11 +99,15 @@ def test_every_augmentation_and_debug_option_fills_masks_with_the_ignore_value()
 
 def test_a_changed_label_value_reaches_every_loss_augmentation_and_model():
     for loss in options("loss"):
-        cfg = resolved(f"loss={loss}", "model=tile_classifier", "classes.ignore_index=254", "classes.num_classes=3")
+        cfg = resolved(
+            f"loss={loss}", "model=tile_classifier", "classes.ignore_index=254", "classes.num_classes=3"
+        )
         found = check_label_values(cfg, 254, 3)
         assert {"model.num_classes", "data.augment.0.fill_mask", "data.val_augment.0.fill_mask"} <= found
         assert any(p.startswith("loss.") for p in found)
-    assert check_label_values(resolved("debug=overfit", "classes.ignore_index=7"), 7, 2) >= {"data.augment.0.fill_mask"}
+    assert check_label_values(resolved("debug=overfit", "classes.ignore_index=7"), 7, 2) >= {
+        "data.augment.0.fill_mask"
+    }
 
 
 def test_the_checkpoint_records_resolved_model_arguments():
@@ -123,13 +132,24 @@ def test_the_dataset_group_sets_the_directory_and_its_preparation_together():
     for option, (folder, overrides) in expected.items():
         data = resolved(f"dataset={option}")["data"]
         assert (Path(data["dir"]), data["prepare_overrides"]) == (demo / folder, overrides)
-    by_experiment = {None: "db", "demo": "db", "unosat_ce": "original", "unosat_ce_jaccard": "original",
-                     "unosat_label_smoothing": "original", "unosat_no_sampling": "original", "gscnn": "original",
-                     "unosat_db": "original_db", "unosat_5b": "5b"}
+    by_experiment = {
+        None: "db",
+        "demo": "db",
+        "unosat_ce": "original",
+        "unosat_ce_jaccard": "original",
+        "unosat_label_smoothing": "original",
+        "unosat_no_sampling": "original",
+        "gscnn": "original",
+        "unosat_db": "original_db",
+        "unosat_5b": "5b",
+    }
     assert sorted(e for e in by_experiment if e) == options("experiment")
     for experiment, option in by_experiment.items():
         data = resolved(*([f"experiment={experiment}"] if experiment else []))["data"]
-        assert (Path(data["dir"]), data["prepare_overrides"]) == (demo / expected[option][0], expected[option][1])
+        assert (Path(data["dir"]), data["prepare_overrides"]) == (
+            demo / expected[option][0],
+            expected[option][1],
+        )
     # a dataset of one's own: data.dir on the command line wins over the experiment's
     assert resolved("experiment=unosat_5b", "data.dir=/mine")["data"]["dir"] == "/mine"
 
@@ -137,14 +157,26 @@ def test_the_dataset_group_sets_the_directory_and_its_preparation_together():
 def test_experiments_keep_the_original_settings_they_no_longer_restate():
     cfg = resolved("experiment=unosat_ce")
     assert cfg["scheduler"]["schedule"]["power"] == 0.9 and cfg["scheduler"]["interval"] == "step"
-    assert cfg["optimizer"].items() >= {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5.0e-4}.items()
-    assert cfg["data"]["sampling"] == {"without_buildings": 0.7, "with_buildings": 0.3, "bins": None, "bin_weights": None}
+    assert (
+        cfg["optimizer"].items()
+        >= {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5.0e-4}.items()
+    )
+    assert cfg["data"]["sampling"] == {
+        "without_buildings": 0.7,
+        "with_buildings": 0.3,
+        "bins": None,
+        "bin_weights": None,
+    }
     assert cfg["trainer"]["accumulate_grad_batches"] == 1 and cfg["loss"]["label_smoothing"] == 0.0
     assert cfg["loss"]["class_weights"] == [0.1, 2.0]
     for experiment in ("gscnn", "unosat_ce_jaccard"):
         assert resolved(f"experiment={experiment}")["loss"]["class_weights"] == [0.1, 2.0]
     jaccard = resolved("experiment=unosat_ce_jaccard")["loss"]
-    assert (jaccard["jaccard_weight"], jaccard["jaccard_reduction"], jaccard["jaccard_classes"]) == (2.0, "pooled", None)
+    assert (jaccard["jaccard_weight"], jaccard["jaccard_reduction"], jaccard["jaccard_classes"]) == (
+        2.0,
+        "pooled",
+        None,
+    )
     assert resolved("experiment=demo") == resolved()
 
 
@@ -152,21 +184,32 @@ def test_the_tile_classifier_crops_its_window_with_data_crop_px():
     cfg = resolved("model=tile_classifier", "model.window_px=96")
     assert cfg["data"]["crop_px"] == 96
     assert [t["_target_"].split(".")[-1] for t in cfg["data"]["augment"]] == [
-        "RandomCrop", "HorizontalFlip", "VerticalFlip", "RandomRotate90"]
+        "RandomCrop",
+        "HorizontalFlip",
+        "VerticalFlip",
+        "RandomRotate90",
+    ]
     assert (cfg["data"]["augment"][0]["height"], cfg["data"]["augment"][0]["width"]) == (96, 96)
     assert (cfg["data"]["val_augment"][0]["height"], cfg["data"]["val_augment"][0]["width"]) == (96, 96)
     assert cfg["loss"]["_target_"] == "unosat.losses.tile_bce.TileBCELoss"
-    assert resolved("model=tile_classifier")["data"]["augment"] == resolved("augment=flips_rot90", "data.crop_px=256")[
-        "data"]["augment"]
+    assert (
+        resolved("model=tile_classifier")["data"]["augment"]
+        == resolved("augment=flips_rot90", "data.crop_px=256")["data"]["augment"]
+    )
 
 
 def test_other_settings_are_refused_naming_the_file_and_each_key_with_both_values(tmp_path):
-    recorded, current = {"tta": "none", "threshold": 0.5, "old": 1}, {"tta": "flips", "threshold": 0.5, "new": [1]}
+    recorded, current = (
+        {"tta": "none", "threshold": 0.5, "old": 1},
+        {"tta": "flips", "threshold": 0.5, "new": [1]},
+    )
     assert differing_keys(recorded, current) == ["new", "old", "tta"]
     assert differing_keys(recorded, current, keys=current) == ["new", "tta"]
     path = tmp_path / "predict.json"
     with pytest.raises(UnosatError) as err:
         refuse_other_settings(path, "a prediction", recorded, current, "overwrite=true to redo it")
-    assert str(err.value) == (f"{path} holds a prediction made with other settings (new: None -> [1]; old: 1 -> None; "
-                              "tta: 'none' -> 'flips'); overwrite=true to redo it")
+    assert str(err.value) == (
+        f"{path} holds a prediction made with other settings (new: None -> [1]; old: 1 -> None; "
+        "tta: 'none' -> 'flips'); overwrite=true to redo it"
+    )
     refuse_other_settings(path, "a prediction", recorded, {**recorded}, "unused")  # the same settings pass

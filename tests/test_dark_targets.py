@@ -38,8 +38,12 @@ def test_threshold_ious_by_hand():
     np.testing.assert_allclose(iou_below(building, background), [0, 3 / 4, 4 / 6, 4 / 11])
 
 
-@pytest.mark.parametrize("target_db, background_db, direction", [(-22.0, -10.0, "below"), (0.0, -12.0, "above")])
-def test_the_baseline_picks_the_side_of_the_threshold_from_the_training_tiles(target_db, background_db, direction):
+@pytest.mark.parametrize(
+    "target_db, background_db, direction", [(-22.0, -10.0, "below"), (0.0, -12.0, "above")]
+)
+def test_the_baseline_picks_the_side_of_the_threshold_from_the_training_tiles(
+    target_db, background_db, direction
+):
     base = vv_threshold_baseline(Tiles(target_db, background_db, 0), Tiles(target_db, background_db, 1))
     assert base.direction == direction
     assert min(target_db, background_db) < base.threshold_db < max(target_db, background_db)
@@ -48,8 +52,18 @@ def test_the_baseline_picks_the_side_of_the_threshold_from_the_training_tiles(ta
 
 def test_dark_targets_are_not_all_flagged_for_low_contrast():
     """Water is about 10 dB darker than its banks: contrast -10 dB is a good label, -1 dB a poor one."""
-    records = [{"scene_id": f"s{i}", "city": "A", "pass": "ASC", "shift_rows": 0, "shift_cols": 0, "shift_score": 1.0,
-                "contrast_vv_db": c} for i, c in enumerate([-10.0, -9.5, -11.0, -0.5])]
+    records = [
+        {
+            "scene_id": f"s{i}",
+            "city": "A",
+            "pass": "ASC",
+            "shift_rows": 0,
+            "shift_cols": 0,
+            "shift_score": 1.0,
+            "contrast_vv_db": c,
+        }
+        for i, c in enumerate([-10.0, -9.5, -11.0, -0.5])
+    ]
     table = flag_acquisitions(records, QualityConfig(shift_reference="zero"))
     assert table.quality_flag.tolist() == [False, False, False, True]
     assert (table.target_sign == -1).all() and "dark target" in table.quality_reason.iloc[3]

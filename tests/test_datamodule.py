@@ -13,7 +13,9 @@ def _one_tile_module(data_dir, num_workers: int) -> UnosatDataModule:
     """A data module whose sampler draws only the first training tile, cropped at random (48 of 64 px) and
     flipped: two items are equal only if their augmentations are."""
     augment = [A.RandomCrop(48, 48), A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
-    dm = UnosatDataModule(data_dir, batch_size=1, num_workers=num_workers, epoch_length=8, augment=augment, seed=3)
+    dm = UnosatDataModule(
+        data_dir, batch_size=1, num_workers=num_workers, epoch_length=8, augment=augment, seed=3
+    )
     dm.setup("fit")
     dm.weights = np.eye(1, len(dm.train_dataset))[0]  # weight 1 for tile 0, 0 for the others
     return dm

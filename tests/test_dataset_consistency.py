@@ -36,7 +36,9 @@ def test_a_consistent_dataset_is_accepted(db_copy):
 
 def test_normalization_of_another_recipe_is_refused(db_copy, tiny_prepared):
     shutil.copy(tiny_prepared / "normalization.json", db_copy / "normalization.json")
-    with pytest.raises(UnosatError, match=r"normalization.json: holds the normalisation of bands .*\(linear\).*'db'") as err:
+    with pytest.raises(
+        UnosatError, match=r"normalization.json: holds the normalisation of bands .*\(linear\).*'db'"
+    ) as err:
         setup(db_copy)
     assert "\n" not in str(err.value)
 
@@ -44,7 +46,9 @@ def test_normalization_of_another_recipe_is_refused(db_copy, tiny_prepared):
 def test_a_band_stack_of_another_recipe_is_refused(db_copy, tiny_prepared):
     scene = PreparedDataset(db_copy).manifest["scenes"][2]
     shutil.copy(tiny_prepared / "bands" / f"{scene}.tif", db_copy / "bands" / f"{scene}.tif")
-    with pytest.raises(UnosatError, match=rf"bands/{scene}.tif: holds 3 band\(s\) of recipe '3b'.*records recipe 'db'"):
+    with pytest.raises(
+        UnosatError, match=rf"bands/{scene}.tif: holds 3 band\(s\) of recipe '3b'.*records recipe 'db'"
+    ):
         setup(db_copy)
 
 
@@ -73,7 +77,9 @@ def test_a_step_not_done_is_refused(db_copy):
     manifest = json.loads((db_copy / "dataset.json").read_text())
     manifest["steps_done"].remove("stats")
     (db_copy / "dataset.json").write_text(json.dumps(manifest))
-    with pytest.raises(UnosatError, match=r"dataset.json: step\(s\) \['stats'\] are not done.*steps=\[stats\]"):
+    with pytest.raises(
+        UnosatError, match=r"dataset.json: step\(s\) \['stats'\] are not done.*steps=\[stats\]"
+    ):
         setup(db_copy)
 
 
@@ -98,12 +104,15 @@ def damage(path: Path, line: int, how: str) -> None:
     path.write_bytes(b"\n".join(lines))
 
 
-@pytest.mark.parametrize(("how", "expected"), [
-    ("truncated", r"line 5 has \d+ fields, the header \d+"),
-    ("binary", r"line 5 is not text"),
-    ("not_a_number", r"line 5 \(tile .*\): column 'n_valid' is '12a', not a finite number"),
-    ("skip_maybe", r"line 5 \(tile .*\): column 'skip' is 'maybe', not True or False"),
-])
+@pytest.mark.parametrize(
+    ("how", "expected"),
+    [
+        ("truncated", r"line 5 has \d+ fields, the header \d+"),
+        ("binary", r"line 5 is not text"),
+        ("not_a_number", r"line 5 \(tile .*\): column 'n_valid' is '12a', not a finite number"),
+        ("skip_maybe", r"line 5 \(tile .*\): column 'skip' is 'maybe', not True or False"),
+    ],
+)
 def test_a_damaged_statistics_row_names_the_file_and_the_line(db_copy, how, expected):
     damage(db_copy / "statistics.csv", 5, how)
     with pytest.raises(UnosatError, match=expected) as err:
@@ -149,4 +158,7 @@ def test_infinity_in_a_prepared_stack_is_nodata_for_prediction():
     expected = np.ones((4, 5), dtype=bool)
     expected[2, 3] = expected[0, 0] = False
     np.testing.assert_array_equal(block.valid, expected)
-    assert np.isnan(block.bands(recipe)[:, ~expected]).all() and np.isfinite(block.bands(recipe)[:, expected]).all()
+    assert (
+        np.isnan(block.bands(recipe)[:, ~expected]).all()
+        and np.isfinite(block.bands(recipe)[:, expected]).all()
+    )

@@ -42,12 +42,19 @@ def write_labels(path, geoms, crs=CRS, to_crs=None):
 def test_pixel_scores_match_a_numpy_confusion_matrix(tmp_path, all_touched):
     rng = np.random.default_rng(0)
     shape = (57, 43)
-    geoms = [px_box(c + rng.random(), r + rng.random(), c + 1 + 4 * rng.random(), r + 1 + 4 * rng.random())
-             for r, c in zip(rng.integers(-2, 57, 60), rng.integers(-2, 43, 60))]
+    geoms = [
+        px_box(c + rng.random(), r + rng.random(), c + 1 + 4 * rng.random(), r + 1 + 4 * rng.random())
+        for r, c in zip(rng.integers(-2, 57, 60), rng.integers(-2, 43, 60))
+    ]
     geoms.append(shapely.affinity.rotate(px_box(10, 10, 25, 14), 30))
     labels = write_labels(tmp_path / "labels.gpkg", geoms, to_crs="EPSG:4326")  # reprojected when read
-    truth = rasterize(((g, 1) for g in gpd.read_file(labels).to_crs(CRS).geometry), out_shape=shape,
-                      transform=TRANSFORM, all_touched=all_touched, dtype="uint8")
+    truth = rasterize(
+        ((g, 1) for g in gpd.read_file(labels).to_crs(CRS).geometry),
+        out_shape=shape,
+        transform=TRANSFORM,
+        all_touched=all_touched,
+        dtype="uint8",
+    )
     pred = np.where(rng.random(shape) < 0.3, 1, 0).astype(np.uint8)
     pred[truth.astype(bool) & (rng.random(shape) < 0.6)] = 1
     rows, cols = np.indices(shape)
@@ -168,9 +175,17 @@ def hand_made_city(tmp_path, label_crs=CRS):
     pred[2:6, 2:6] = 1  # T1
     pred[10:14, 16:20] = 1  # valid part of T2
     pred[15:17, 2:4] = 1  # false alarm
-    labels = write_labels(tmp_path / "labels.shp", [
-        px_box(2, 2, 6, 6), px_box(16, 10, 26, 14), px_box(22, 2, 26, 6), px_box(40, 2, 44, 6), px_box(8, 20, 11, 23),
-    ], to_crs=label_crs)
+    labels = write_labels(
+        tmp_path / "labels.shp",
+        [
+            px_box(2, 2, 6, 6),
+            px_box(16, 10, 26, 14),
+            px_box(22, 2, 26, 6),
+            px_box(40, 2, 44, 6),
+            px_box(8, 20, 11, 23),
+        ],
+        to_crs=label_crs,
+    )
     mask = write_mask(tmp_path / "pred.tif", pred)
     polygons = tmp_path / "pred.geojson"
     vectorize(mask, polygons, VectorizeConfig(driver="GeoJSON", crs="EPSG:4326"))
@@ -198,8 +213,10 @@ def test_object_ceiling_is_the_score_of_the_labels_burnt_on_the_grid(tmp_path):
     """A: a 1.2 px square across pixel edges, burnt as 1 pixel (IoU 0.49 / 1.95 = 0.25: even a perfect per-pixel
     prediction misses it); B: pixel-aligned (found); C and D: 1.4 px wide, 1.2 px apart: separate when burnt by
     pixel centres (IoU 2 / 2.8 each), one merged region when burnt all_touched (both missed)."""
-    labels = write_labels(tmp_path / "labels.shp", [
-        px_box(2.5, 2.5, 3.7, 3.7), px_box(10, 10, 12, 12), px_box(20, 2, 21.4, 4), px_box(22.6, 2, 24, 4)])
+    labels = write_labels(
+        tmp_path / "labels.shp",
+        [px_box(2.5, 2.5, 3.7, 3.7), px_box(10, 10, 12, 12), px_box(20, 2, 21.4, 4), px_box(22.6, 2, 24, 4)],
+    )
     pred = np.zeros((30, 30), dtype=np.uint8)
     pred[10:12, 10:12] = 1  # B only
     pred[25:, :] = 255  # nodata rows hold no label: the ceiling is scored on valid pixels, as the prediction
@@ -210,7 +227,9 @@ def test_object_ceiling_is_the_score_of_the_labels_burnt_on_the_grid(tmp_path):
     assert centres["object"] == object_scores(1, 0, 3)
     assert centres["object_ceiling"] == object_scores(3, 1, 1)  # B, C, D found; A missed
     touched = evaluate_city(mask, polygons, labels, all_touched=True, block_rows=7)
-    assert touched["object_ceiling"]["tp"] == 1 and touched["object_ceiling"]["fn"] == 3  # C + D merged, A too big
+    assert (
+        touched["object_ceiling"]["tp"] == 1 and touched["object_ceiling"]["fn"] == 3
+    )  # C + D merged, A too big
     report = evaluation_report({"Mosul": centres, "Najaf": centres})
     assert report["overall"]["object_ceiling"] == object_scores(6, 2, 2)
     assert evaluation_table(report).splitlines()[-1].endswith(f"{object_scores(6, 2, 2)['f1']:.4f}")
@@ -281,8 +300,10 @@ def test_a_city_without_a_valid_pixel_warns_and_the_report_is_strict_json(tmp_pa
         nothing = evaluate_city(blank, blank_polygons, labels)
         report = evaluation_report({"Mosul": evaluate_city(mask, polygons, labels), "Nowhere": nothing})
     assert any("blank.tif has no valid pixel" in r.getMessage() for r in caplog.records)
-    assert any("written as null" in r.getMessage() and "cities.Nowhere.pixel.iou_building" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "written as null" in r.getMessage() and "cities.Nowhere.pixel.iou_building" in r.getMessage()
+        for r in caplog.records
+    )
     text = json.dumps(report, allow_nan=False)  # strict JSON: no NaN anywhere
     back = json.loads(text)
     assert back["cities"]["Nowhere"]["pixel"]["iou_building"] is None
@@ -292,15 +313,55 @@ def test_a_city_without_a_valid_pixel_warns_and_the_report_is_strict_json(tmp_pa
 
 def test_evaluation_table_prints_each_city_and_the_overall_scores():
     def city(confusion, tp, fp, fn):
-        return {"pixel": {"confusion": confusion, **scores_from_confusion(np.array(confusion))},
-                "object": object_scores(tp, fp, fn), "counts": dict.fromkeys(COUNT_KEYS, 1),
-                "settings": {"all_touched": True, "iou_threshold": 0.5}}
+        return {
+            "pixel": {"confusion": confusion, **scores_from_confusion(np.array(confusion))},
+            "object": object_scores(tp, fp, fn),
+            "counts": dict.fromkeys(COUNT_KEYS, 1),
+            "settings": {"all_touched": True, "iou_threshold": 0.5},
+        }
 
-    report = evaluation_report({"Samawah": city([[90, 2], [3, 5]], 2, 1, 1), "Mosul": city([[50, 0], [5, 5]], 0, 2, 4)})
+    report = evaluation_report(
+        {"Samawah": city([[90, 2], [3, 5]], 2, 1, 1), "Mosul": city([[50, 0], [5, 5]], 0, 2, 4)}
+    )
     lines = evaluation_table(report).splitlines()
-    assert lines[0].split() == ["pixel", "IoU", "pixel", "P", "pixel", "R", "pixel", "F1", "object", "P", "object", "R",
-                                "object", "F1", "TP/FP/FN"]
+    assert lines[0].split() == [
+        "pixel",
+        "IoU",
+        "pixel",
+        "P",
+        "pixel",
+        "R",
+        "pixel",
+        "F1",
+        "object",
+        "P",
+        "object",
+        "R",
+        "object",
+        "F1",
+        "TP/FP/FN",
+    ]
     # Samawah: IoU 5/(5+2+3), P 5/7, R 5/8, F1 10/15; objects P 2/3, R 2/3, F1 2/3
-    assert lines[1].split() == ["Samawah", "0.5000", "0.7143", "0.6250", "0.6667", "0.6667", "0.6667", "0.6667", "2/1/1"]
+    assert lines[1].split() == [
+        "Samawah",
+        "0.5000",
+        "0.7143",
+        "0.6250",
+        "0.6667",
+        "0.6667",
+        "0.6667",
+        "0.6667",
+        "2/1/1",
+    ]
     # overall from the summed confusion [[140, 2], [8, 10]] and summed matches 2/3/5
-    assert lines[3].split() == ["overall", "0.5000", "0.8333", "0.5556", "0.6667", "0.4000", "0.2857", "0.3333", "2/3/5"]
+    assert lines[3].split() == [
+        "overall",
+        "0.5000",
+        "0.8333",
+        "0.5556",
+        "0.6667",
+        "0.4000",
+        "0.2857",
+        "0.3333",
+        "2/3/5",
+    ]

@@ -33,21 +33,43 @@ RECIPE = {"name": "db", "bands": ["vh", "vv", "mean"], "units": "db", "db_floor"
 NORMALIZATION = {"mean": [-19.0, -9.0, -12.0], "std": [3.0, 3.0, 3.0], "fill": 0.0}
 #: small constructor arguments per registered network (others: in_channels / num_classes only)
 TINY_ARGS = {
-    "gscnn": {"aspp_channels": 8, "decoder_channels": 8, "low_level_channels": 8, "shape_channels": [4, 4, 4, 4],
-              "input_recipe": {"bands": RECIPE["bands"], "units": "db", "mean": NORMALIZATION["mean"],
-                               "std": NORMALIZATION["std"]}},
+    "gscnn": {
+        "aspp_channels": 8,
+        "decoder_channels": 8,
+        "low_level_channels": 8,
+        "shape_channels": [4, 4, 4, 4],
+        "input_recipe": {
+            "bands": RECIPE["bands"],
+            "units": "db",
+            "mean": NORMALIZATION["mean"],
+            "std": NORMALIZATION["std"],
+        },
+    },
     "tile_classifier": {"num_stages": 3, "window_px": 32},
     "lwrefinenet": {"output_stride": 1},  # conf/model/lwrefinenet.yaml's full-resolution layout
     "unet": {"widths": [8, 16, 32]},
     "fpn": {"pyramid_channels": 16, "segmentation_channels": 8},
-    "vv_threshold": {"threshold_db": -10.0,
-                     "input_recipe": {"bands": RECIPE["bands"], "units": "db", "mean": NORMALIZATION["mean"],
-                                      "std": NORMALIZATION["std"]}},
+    "vv_threshold": {
+        "threshold_db": -10.0,
+        "input_recipe": {
+            "bands": RECIPE["bands"],
+            "units": "db",
+            "mean": NORMALIZATION["mean"],
+            "std": NORMALIZATION["std"],
+        },
+    },
 }
 SMALL = ["trace.size=64", "check.sizes=[[48,80]]"]
 #: prediction settings for the tiny demo's 160 x 192 px scenes (as tests/test_predict.py)
-PRED = ["window.size=96", "window.overlap=32", "window.batch_size=4", "cog.blocksize=128", "block_rows=64",
-        "aggregate.method=none", "vectorize=false"]
+PRED = [
+    "window.size=96",
+    "window.overlap=32",
+    "window.batch_size=4",
+    "cog.blocksize=128",
+    "block_rows=64",
+    "aggregate.method=none",
+    "vectorize=false",
+]
 
 
 def write_checkpoint(path: Path, name: str, seed: int = 0) -> Path:
@@ -60,15 +82,26 @@ def write_checkpoint(path: Path, name: str, seed: int = 0) -> Path:
     for module in net.modules():
         if module is not net and hasattr(module, "reset_parameters"):
             module.reset_parameters()
-    if isinstance(getattr(net, "weight", None), torch.Tensor):  # pixel_logistic: fitted coefficients, 0 as built
+    if isinstance(
+        getattr(net, "weight", None), torch.Tensor
+    ):  # pixel_logistic: fitted coefficients, 0 as built
         net.weight.normal_(0.0, 1.0)
-    heads = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.out_channels == args["num_classes"]]
-    if heads and getattr(net, "task", "segmentation") == "segmentation":  # building - background logit: mean 0, std 2
+    heads = [
+        m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.out_channels == args["num_classes"]
+    ]
+    if (
+        heads and getattr(net, "task", "segmentation") == "segmentation"
+    ):  # building - background logit: mean 0, std 2
         net.eval()
         with torch.inference_mode():
-            x = torch.from_numpy(Normalization.from_dict(NORMALIZATION).apply(
-                polarisations_to_stack(*synthetic_polarisations(1, 64, 64, 0.0, "linear")[0], BandRecipe.from_dict(RECIPE))[0],
-                channel_axis=0))[None]
+            x = torch.from_numpy(
+                Normalization.from_dict(NORMALIZATION).apply(
+                    polarisations_to_stack(
+                        *synthetic_polarisations(1, 64, 64, 0.0, "linear")[0], BandRecipe.from_dict(RECIPE)
+                    )[0],
+                    channel_axis=0,
+                )
+            )[None]
             out = net(x)
             logits = out[0] if isinstance(out, tuple) else out
             head = heads[-1]
@@ -78,16 +111,37 @@ def write_checkpoint(path: Path, name: str, seed: int = 0) -> Path:
             head.weight.mul_(k)
             if head.bias is not None:
                 head.bias.copy_(torch.tensor([0.0, -k * float(diff.mean())]))
-    torch.save({"state_dict": {"net." + k: v for k, v in net.state_dict().items()},
-                "unosat": {"model": spec, "task": getattr(net, "task", "segmentation"),
-                           "data": {"recipe": RECIPE, "normalization": NORMALIZATION, "tile_size": 64,
-                                    "classes": ["background", "building"], "ignore_index": 255}}}, path)
+    torch.save(
+        {
+            "state_dict": {"net." + k: v for k, v in net.state_dict().items()},
+            "unosat": {
+                "model": spec,
+                "task": getattr(net, "task", "segmentation"),
+                "data": {
+                    "recipe": RECIPE,
+                    "normalization": NORMALIZATION,
+                    "tile_size": 64,
+                    "classes": ["background", "building"],
+                    "ignore_index": 255,
+                },
+            },
+        },
+        path,
+    )
     return path
 
 
 def export_cfg(ckpt: Path, output: Path, *overrides: str):
-    return compose_config("export", [f"ckpt={ckpt}", f"output={output}", f"paths.output_dir={output.parent / 'hydra'}",
-                                     *SMALL, *overrides])
+    return compose_config(
+        "export",
+        [
+            f"ckpt={ckpt}",
+            f"output={output}",
+            f"paths.output_dir={output.parent / 'hydra'}",
+            *SMALL,
+            *overrides,
+        ],
+    )
 
 
 class Exports(dict):
@@ -117,7 +171,10 @@ def recipe_path(ckpt: Path, x: np.ndarray) -> np.ndarray:
     """What predict.py computes from a checkpoint for VH/VV ``x`` (N, 2, H, W): the numpy band recipe,
     the normalisation, the network, softmax (segmentation) or sigmoid (tile classifier)."""
     model = load_model(ckpt)
-    stacks = [model.normalization.apply(polarisations_to_stack(v[0], v[1], model.recipe)[0], channel_axis=0) for v in x]
+    stacks = [
+        model.normalization.apply(polarisations_to_stack(v[0], v[1], model.recipe)[0], channel_axis=0)
+        for v in x
+    ]
     with torch.inference_mode():
         out = model.net(torch.from_numpy(np.stack(stacks)))
     if model.task == "tile_classification":
@@ -181,12 +238,19 @@ def test_deepness_metadata_keys_types_and_model_card(exports):
     assert meta["unosat_recipe"] == RECIPE and meta["unosat_input"]["bands"] == ["vh", "vv"]
     # Deepness's own preprocessing, (x / 255 - mean) / std, hands the graph the values unchanged
     x = synthetic_polarisations(1, 32, 32, 0.0, "linear")
-    mean, std = (np.array(meta[k], dtype=np.float32)[None, :, None, None] for k in ("standardization_mean", "standardization_std"))
+    mean, std = (
+        np.array(meta[k], dtype=np.float32)[None, :, None, None]
+        for k in ("standardization_mean", "standardization_std")
+    )
     assert np.allclose((x / 255.0 - mean) / std, x, rtol=1e-5)
     card = path.with_suffix(".md").read_text()
     assert "band 1 = VH, band 2 = VV" in card and "(VH + VV) / 2" in card and "13 %" in card
     tile = {p.key: json.loads(p.value) for p in onnx.load(str(exports["tile_classifier"][1])).metadata_props}
-    assert "model_type" not in tile and tile["unosat_task"] == "tile_classification" and tile["unosat_window_px"] == 32
+    assert (
+        "model_type" not in tile
+        and tile["unosat_task"] == "tile_classification"
+        and tile["unosat_window_px"] == 32
+    )
     assert "gate.ckpt" in exports["tile_classifier"][1].with_suffix(".md").read_text()
 
 
@@ -202,9 +266,20 @@ def test_export_errors(exports, tmp_path):
     with pytest.raises(UnosatError, match=r"format=tflite is not supported"):
         run(export_cfg(ckpt, tmp_path / "x.onnx", "format=tflite"))
     assert not (tmp_path / "plain.onnx").exists() and not (tmp_path / "x.onnx").exists()
-    proc = subprocess.run([sys.executable, "-m", "unosat.export", f"ckpt={tmp_path / 'missing.ckpt'}",
-                           f"output={tmp_path / 'm.onnx'}", f"hydra.run.dir={tmp_path / 'h'}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "unosat.export",
+            f"ckpt={tmp_path / 'missing.ckpt'}",
+            f"output={tmp_path / 'm.onnx'}",
+            f"hydra.run.dir={tmp_path / 'h'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == f"error: checkpoint {tmp_path / 'missing.ckpt'} not found"
 
@@ -214,13 +289,24 @@ def test_predict_refuses_an_onnx_file_that_is_not_a_unosat_export(tmp_path, tiny
 
     from unosat.predict.run import run as predict
 
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])],
+    )
     other = tmp_path / "other.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(other))
-    cfg = compose_config("predict", [f"ckpt={other}", f"input={tiny_raw_session}", f"output={tmp_path / 'o'}",
-                                     f"paths.output_dir={tmp_path / 'h'}", *PRED])
+    cfg = compose_config(
+        "predict",
+        [
+            f"ckpt={other}",
+            f"input={tiny_raw_session}",
+            f"output={tmp_path / 'o'}",
+            f"paths.output_dir={tmp_path / 'h'}",
+            *PRED,
+        ],
+    )
     with pytest.raises(UnosatError, match=r"other.onnx: not a unosat ONNX export"):
         predict(cfg)
 
@@ -238,7 +324,9 @@ def test_sliding_window_prediction_with_onnxruntime_equals_the_checkpoints(expor
     out = []
     for members in ([models[0]], [models[1]], models):  # torch, onnxruntime, an ensemble of both
         ensemble = Ensemble(members, Runtime(None, channels_last=True), "none")
-        out.append(np.concatenate([p for _, p in predict_scene(ArrayReader(stack, recipe), ensemble, config)]))
+        out.append(
+            np.concatenate([p for _, p in predict_scene(ArrayReader(stack, recipe), ensemble, config)])
+        )
     torch_p, onnx_p, mixed = out
     assert np.array_equal(np.isnan(torch_p), np.isnan(onnx_p)) and np.isnan(torch_p).any()
     assert np.nanmax(np.abs(torch_p - onnx_p)) <= 1e-4 and np.nanstd(torch_p) > 1e-3
@@ -272,9 +360,20 @@ def test_predict_py_with_the_onnx_model_writes_the_checkpoints_cogs(exports, tin
     outs = {}
     for label, model in (("ckpt", ckpt), ("onnx", path)):
         outs[label] = tmp_path / label
-        manifest = predict(compose_config("predict", [f"ckpt={model}", f"input={tiny_raw_session}", f"output={outs[label]}",
-                                                      f"paths.output_dir={tmp_path / 'h'}", "cities=[Samawah]",
-                                                      "probability_dtype=float16", *PRED]))
+        manifest = predict(
+            compose_config(
+                "predict",
+                [
+                    f"ckpt={model}",
+                    f"input={tiny_raw_session}",
+                    f"output={outs[label]}",
+                    f"paths.output_dir={tmp_path / 'h'}",
+                    "cities=[Samawah]",
+                    "probability_dtype=float16",
+                    *PRED,
+                ],
+            )
+        )
         assert manifest["status"] == "complete"
     probs = sorted((outs["ckpt"] / "scenes").glob("*_probability.tif"))
     assert probs
@@ -299,8 +398,15 @@ def test_aspp_guidance_pooling_written_for_onnx_equals_adaptive_average_pooling(
 
     x = torch.randn(2, 1, 37, 53)
     monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)  # the branch the exporter traces
-    for size in [(2, 2), (5, 7), (10, 13), (37, 53)]:  # sizes that do not divide the input's, and the identity
-        assert torch.allclose(aspp.adaptive_avg_pool2d(x, size), F.adaptive_avg_pool2d(x, size), atol=1e-6), size
+    for size in [
+        (2, 2),
+        (5, 7),
+        (10, 13),
+        (37, 53),
+    ]:  # sizes that do not divide the input's, and the identity
+        assert torch.allclose(aspp.adaptive_avg_pool2d(x, size), F.adaptive_avg_pool2d(x, size), atol=1e-6), (
+            size
+        )
 
 
 def test_split_decoder_concats_keeps_the_unets_values_and_leaves_the_checkpoint_network_alone():
@@ -309,13 +415,17 @@ def test_split_decoder_concats_keeps_the_unets_values_and_leaves_the_checkpoint_
 
     torch.manual_seed(0)
     net = UNet(3, 2, widths=[8, 16, 32, 64]).eval()
-    for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # statistics as after training
+    for bn in (
+        m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)
+    ):  # statistics as after training
         bn.running_mean.uniform_(-0.5, 0.5)
         bn.running_var.uniform_(0.5, 2.0)
         bn.weight.data.uniform_(0.5, 1.5)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     split = split_decoder_concats(net)
-    assert [type(b) for b in split.decoder] == [SplitUpBlock] * 3 and all(type(b) is UpBlock for b in net.decoder)
+    assert [type(b) for b in split.decoder] == [SplitUpBlock] * 3 and all(
+        type(b) is UpBlock for b in net.decoder
+    )
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     for shape in [(2, 3, 64, 64), (1, 3, 37, 50)]:  # a multiple of the size divisor, and odd sides
         x = torch.randn(shape)
@@ -348,8 +458,14 @@ def test_the_exported_unet_graph_has_no_decoder_concat(tmp_path):
         module = exported_module(net, prepare, rewrite=rewrite)
         assert isinstance(module, ExportedSegmentation)
         path = tmp_path / f"{rewrite}.onnx"
-        onnx_export(module, torch.from_numpy(synthetic_polarisations(1, 32, 32, 0.0, "linear")), path,
-                    "segmentation", 17, {"batch": "batch", "height": "size", "width": "size"})
+        onnx_export(
+            module,
+            torch.from_numpy(synthetic_polarisations(1, 32, 32, 0.0, "linear")),
+            path,
+            "segmentation",
+            17,
+            {"batch": "batch", "height": "size", "width": "size"},
+        )
         nodes = onnx.load(str(path)).graph.node
         conv_inputs = {name for node in nodes if node.op_type == "Conv" for name in node.input}
         concats_into_convs = sum(1 for n in nodes if n.op_type == "Concat" and n.output[0] in conv_inputs)

@@ -26,7 +26,9 @@ from unosat.training.run import run
 #: small heads (the MobileNetV2 backbone is the real one): fast models for the unit tests
 #: (rate 1: these tests train on 64 px inputs and 48 px crops, whose 1/32 features are 2 x 2; larger rates
 #: would leave ASPP taps on zero padding, which GSCNN refuses: tests/test_models_gscnn.py)
-SMALL = dict(aspp_channels=16, decoder_channels=16, low_level_channels=8, shape_channels=(8, 4, 4, 4), aspp_rates=(1,))
+SMALL = dict(
+    aspp_channels=16, decoder_channels=16, low_level_channels=8, shape_channels=(8, 4, 4, 4), aspp_rates=(1,)
+)
 GSCNN_RUN = ["model=gscnn", "loss=gscnn", "model.aspp_rates=[1]"]
 X = IGNORE_INDEX  # short for the tables below
 
@@ -112,8 +114,16 @@ def test_every_learnable_parameter_of_the_shape_stream_gets_a_gradient():
     loss = GSCNNLoss()(net(torch.randn(1, 3, 64, 64)), target)  # a batch of one trains too
     loss["loss"].backward()
     params = dict(net.shape_stream.named_parameters())
-    assert {"input_proj.weight", "res.0.conv1.weight", "reduce.2.weight", "gate_proj.0.weight",
-            "gates.2.gate.1.weight", "gates.2.gate.1.bias", "gates.2.conv.weight", "head.weight"} <= set(params)
+    assert {
+        "input_proj.weight",
+        "res.0.conv1.weight",
+        "reduce.2.weight",
+        "gate_proj.0.weight",
+        "gates.2.gate.1.weight",
+        "gates.2.gate.1.bias",
+        "gates.2.conv.weight",
+        "head.weight",
+    } <= set(params)
     assert not any(name.startswith("gate_proj.") and name.endswith(".bias") for name in params)
     assert all(gate.gate[3].bias is None for gate in net.shape_stream.gates)
     for name, p in params.items():
@@ -141,7 +151,13 @@ def test_resnet50_output_stride_8_feature_strides():
     assert net.stage_channels == (64, 256, 512, 1024, 2048)
     with torch.inference_mode():
         features = net(torch.randn(1, 3, 64, 64))
-    assert [tuple(f.shape[1:]) for f in features] == [(64, 32, 32), (256, 16, 16), (512, 8, 8), (1024, 8, 8), (2048, 8, 8)]
+    assert [tuple(f.shape[1:]) for f in features] == [
+        (64, 32, 32),
+        (256, 16, 16),
+        (512, 8, 8),
+        (1024, 8, 8),
+        (2048, 8, 8),
+    ]
     assert net.layer4[1].conv2.dilation == (4, 4) and net.layer3[1].conv2.dilation == (2, 2)
     assert net.layer3[0].conv2.stride == (1, 1) and net.layer2[0].conv2.stride == (2, 2)
     assert ResNet(3, blocks=(1, 1, 1, 1), output_stride=16).stage_strides == (2, 4, 8, 16, 16)
@@ -162,12 +178,17 @@ def test_pretrained_backbone_is_loaded_from_a_local_file_or_refused_clearly(tmp_
     lw = LWRefineNet(3)
     torch.save({"state_dict": lw.state_dict()}, tmp_path / "lw.pt")
     net = GSCNN(3, 2, pretrained=str(tmp_path / "lw.pt"), **SMALL)
-    torch.testing.assert_close(net.backbone.stages[6].blocks[0].project.conv.weight,
-                               lw.encoder.stages[6].blocks[0].project.conv.weight)
+    torch.testing.assert_close(
+        net.backbone.stages[6].blocks[0].project.conv.weight,
+        lw.encoder.stages[6].blocks[0].project.conv.weight,
+    )
     with pytest.raises(UnosatError, match=r"model.pretrained .*missing.pt: no such file"):
         GSCNN(3, 2, pretrained=str(tmp_path / "missing.pt"), **SMALL)
-    with pytest.raises(UnosatError, match=r"(?s)does not fit the MobileNetV2Encoder backbone \(5 input bands\).*"
-                                          r"stem.conv.weight: file \(32, 3, 3, 3\), model \(32, 5, 3, 3\)"):
+    with pytest.raises(
+        UnosatError,
+        match=r"(?s)does not fit the MobileNetV2Encoder backbone \(5 input bands\).*"
+        r"stem.conv.weight: file \(32, 3, 3, 3\), model \(32, 5, 3, 3\)",
+    ):
         GSCNN(5, 2, pretrained=str(tmp_path / "mbv2.pt"), **SMALL)
     with pytest.raises(UnosatError, match=r"(?s)does not fit the ResNet backbone.*missing keys"):
         load_backbone_weights(ResNet(3, blocks=(1, 1, 1, 1)), tmp_path / "mbv2.pt")
@@ -177,7 +198,9 @@ def test_bad_model_settings_are_user_errors():
     with pytest.raises(UnosatError, match="backbone 'vgg' is not one of mobilenetv2, resnet50"):
         GSCNN(3, 2, backbone="vgg")
     with pytest.raises(UnosatError, match=r"gradient_band='vv' is not a band of the dataset \(vh, hh\)"):
-        GSCNN(2, 2, input_recipe={"bands": ["vh", "hh"], "units": "db", "mean": [0, 0], "std": [1, 1]}, **SMALL)
+        GSCNN(
+            2, 2, input_recipe={"bands": ["vh", "hh"], "units": "db", "mean": [0, 0], "std": [1, 1]}, **SMALL
+        )
     with pytest.raises(UnosatError, match="shape_channels must be 4 positive widths"):
         GSCNN(3, 2, **{**SMALL, "shape_channels": [8, 4]})
 
@@ -201,7 +224,10 @@ def test_image_gradient_is_taken_on_the_unnormalised_band():
     db = -15 + 3 * torch.randn(2, 40, 36)
     db[:, 10:20, 8:24] += 8  # a bright building
     settings = dict(band="vv", db_floor=1e-3, sigma_px=1.0, scale_db=1.0)
-    maps = [gradient_for_recipe(_recipe("db", m, s), **settings)(_normalised(db, m, s)) for m, s in [(0, 1), (-15, 4), (3, 0.5)]]
+    maps = [
+        gradient_for_recipe(_recipe("db", m, s), **settings)(_normalised(db, m, s))
+        for m, s in [(0, 1), (-15, 4), (3, 0.5)]
+    ]
     assert maps[0].shape == (2, 1, 40, 36)
     torch.testing.assert_close(maps[1], maps[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(maps[2], maps[0], rtol=1e-4, atol=1e-4)
@@ -214,7 +240,9 @@ def test_image_gradient_is_taken_on_the_unnormalised_band():
     assert fallback.band_index == 0 and not fallback.denormalises
     # the model uses the recipe it is given, and nothing flows back through the map
     net = GSCNN(3, 2, input_recipe=_recipe("db", -15, 4), **SMALL)
-    assert net.image_gradient.band_index == 1 and net.image_gradient.mean == -15 and net.image_gradient.std == 4
+    assert (
+        net.image_gradient.band_index == 1 and net.image_gradient.mean == -15 and net.image_gradient.std == 4
+    )
     x = _normalised(db, -15, 4).requires_grad_()
     assert not net.image_gradient(x).requires_grad
 
@@ -272,7 +300,13 @@ def test_one_epoch_writes_a_six_column_prediction_grid(tiny_prepared_db, tmp_pat
     assert columns == [6]
     assert list((run_dir / "figures").glob("prediction_grid_epoch000.png"))
     metrics = pd.read_csv(run_dir / "csv" / "metrics.csv")
-    for column in ("train/seg_epoch", "train/edge_epoch", "train/attention_epoch", "train/dual_epoch", "val/dual"):
+    for column in (
+        "train/seg_epoch",
+        "train/edge_epoch",
+        "train/attention_epoch",
+        "train/dual_epoch",
+        "val/dual",
+    ):
         assert column in metrics.columns
     # the checkpoint carries the filled-in input recipe and rebuilds the model
     ckpt = load_checkpoint(Path(summary(run_dir)["best_checkpoint"]))

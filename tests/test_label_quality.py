@@ -34,11 +34,13 @@ def degraded(tiny_raw_session, tmp_path_factory):
         _rewrite(shifted.sources[pol][0], lambda a: np.roll(a, SHIFT, axis=(0, 1)))
     # dull: every pixel takes the median of the valid pixels (buildings no brighter than their surroundings)
     for pol in ("vh", "vv"):
+
         def flatten(a):
             valid = (a != 0) & (a != -99999)
             out = a.copy()
             out[valid] = np.median(a[valid]) * np.random.default_rng(0).gamma(4.4, 1 / 4.4, valid.sum())
             return out
+
         _rewrite(dull.sources[pol][0], flatten)
     out = root / "prepared"
     run(prepare_config(raw, out))
@@ -91,9 +93,21 @@ def test_clean_acquisitions_are_not_flagged_and_flags_reach_statistics_and_train
 
 
 def test_shift_reference_zero_and_tolerance():
-    records = [{"scene_id": f"s{i}", "city": "A", "pass": "ASC", "shift_rows": 0, "shift_cols": -1, "shift_score": 1.0,
-                "contrast_vv_db": 4.0} for i in range(3)]
+    records = [
+        {
+            "scene_id": f"s{i}",
+            "city": "A",
+            "pass": "ASC",
+            "shift_rows": 0,
+            "shift_cols": -1,
+            "shift_score": 1.0,
+            "contrast_vv_db": 4.0,
+        }
+        for i in range(3)
+    ]
     table = flag_acquisitions(records, QualityConfig())
     assert not table.quality_flag.any()  # the pass median is (0, -1)
     assert flag_acquisitions(records, QualityConfig(shift_reference="zero")).quality_flag.all()
-    assert not flag_acquisitions(records, QualityConfig(shift_reference="zero", shift_tolerance_px=1)).quality_flag.any()
+    assert not flag_acquisitions(
+        records, QualityConfig(shift_reference="zero", shift_tolerance_px=1)
+    ).quality_flag.any()

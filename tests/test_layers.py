@@ -18,14 +18,22 @@ PACKAGE = Path(unosat.__file__).parent
 
 #: (importing module, imported module) -> why the import crosses stages on purpose
 ALLOWED = {
-    ("unosat.data.datamodule", "unosat.prepare"):
-        "the data module prepares the bundled demo dataset on first use (prepare_data), by running prepare.py",
-    ("unosat.training.baseline", "unosat.data.tile_dataset"):
-        "training is fed by the data stage: the baseline is fitted on the training TileDataset",
-    ("unosat.export.run", "unosat.predict.ensemble"):
-        "export packages exactly the network predict.py loads, so it loads checkpoints with predict's loader",
-    ("unosat.baselines.vv_threshold_net", "unosat.training.baseline"):
-        "the baseline network is fitted by training's VV-threshold baseline (a lazy import, at fit time only)",
+    (
+        "unosat.data.datamodule",
+        "unosat.prepare",
+    ): "the data module prepares the bundled demo dataset on first use (prepare_data), by running prepare.py",
+    (
+        "unosat.training.baseline",
+        "unosat.data.tile_dataset",
+    ): "training is fed by the data stage: the baseline is fitted on the training TileDataset",
+    (
+        "unosat.export.run",
+        "unosat.predict.ensemble",
+    ): "export packages exactly the network predict.py loads, so it loads checkpoints with predict's loader",
+    (
+        "unosat.baselines.vv_threshold_net",
+        "unosat.training.baseline",
+    ): "the baseline network is fitted by training's VV-threshold baseline (a lazy import, at fit time only)",
 }
 
 
@@ -65,8 +73,9 @@ def cross_stage_imports() -> set[tuple[str, str]]:
 
 def test_no_stage_imports_a_sibling_stage():
     unexpected = sorted(cross_stage_imports() - set(ALLOWED))
-    assert not unexpected, "a stage module is imported from outside its stage; move what is shared one floor down:\n" + "\n".join(
-        f"  {a} imports {b}" for a, b in unexpected
+    assert not unexpected, (
+        "a stage module is imported from outside its stage; move what is shared one floor down:\n"
+        + "\n".join(f"  {a} imports {b}" for a, b in unexpected)
     )
 
 
@@ -77,6 +86,9 @@ def test_allow_list_has_no_stale_entries():
 
 def test_relative_imports_are_not_used():
     """The check above reads absolute imports only; keep it honest."""
-    relative = [str(p) for p in PACKAGE.rglob("*.py")
-                if any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(ast.parse(p.read_text())))]
+    relative = [
+        str(p)
+        for p in PACKAGE.rglob("*.py")
+        if any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(ast.parse(p.read_text())))
+    ]
     assert not relative, relative

@@ -8,8 +8,15 @@ import pytest
 from unosat.errors import UnosatError
 from unosat.prepare.lineage import STEPS, downstream, plan_steps, step_tokens, upstream
 
-SETTINGS = {"recipe": {"name": "3b"}, "discovery": {}, "labels": {}, "quality": {"ring_px": 3},
-            "tiling": {"train_size": 512}, "split": {"test_cities": ["Samawah"], "folds": {}}, "stats": {"min": 0.25}}
+SETTINGS = {
+    "recipe": {"name": "3b"},
+    "discovery": {},
+    "labels": {},
+    "quality": {"ring_px": 3},
+    "tiling": {"train_size": 512},
+    "split": {"test_cities": ["Samawah"], "folds": {}},
+    "stats": {"min": 0.25},
+}
 SCENES = ["a", "b"]
 
 
@@ -31,13 +38,21 @@ def test_the_declared_graph():
 
 def test_an_up_to_date_dataset_redoes_only_what_is_asked():
     assert plan_steps(["bands"], done_with(), SETTINGS, SCENES, overwrite=False) == ["bands"]
-    assert plan_steps(["stats", "report"], done_with(), SETTINGS, SCENES, overwrite=False) == ["stats", "report"]
+    assert plan_steps(["stats", "report"], done_with(), SETTINGS, SCENES, overwrite=False) == [
+        "stats",
+        "report",
+    ]
 
 
 def test_overwrite_redoes_every_step_downstream_that_was_done():
     previous = done_with(steps=("bands", "labels", "tiles", "stats"))
     assert plan_steps(["labels"], previous, SETTINGS, SCENES, overwrite=True) == ["labels", "stats"]
-    assert plan_steps(["bands"], previous, SETTINGS, SCENES, overwrite=True) == ["bands", "labels", "tiles", "stats"]
+    assert plan_steps(["bands"], previous, SETTINGS, SCENES, overwrite=True) == [
+        "bands",
+        "labels",
+        "tiles",
+        "stats",
+    ]
 
 
 def test_other_settings_or_scenes_redo_what_depends_on_them():
@@ -50,7 +65,9 @@ def test_fold_changes_do_not_touch_the_tiles():
     folds = changed(split={"test_cities": ["Samawah"], "folds": {"Mosul": 1}})
     assert plan_steps(["stats"], done_with(), folds, SCENES, overwrite=True) == ["stats", "report"]
     test_cities = changed(split={"test_cities": ["Mosul"], "folds": {}})
-    with pytest.raises(UnosatError, match=r"\['tiles'\] were done with other settings.*steps=\[tiles,stats,report\]"):
+    with pytest.raises(
+        UnosatError, match=r"\['tiles'\] were done with other settings.*steps=\[tiles,stats,report\]"
+    ):
         plan_steps(["stats"], done_with(), test_cities, SCENES, overwrite=True)
 
 

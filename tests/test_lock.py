@@ -27,8 +27,11 @@ def test_a_second_holder_is_refused_with_the_owner_and_its_start_time(tmp_path):
         with pytest.raises(UnosatError) as err:
             with output_lock(out, "second run"):
                 pass
-        assert re.fullmatch(rf"{re.escape(str(out))} is in use by process {os.getpid()} since "
-                            r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(first run\).*", str(err.value))
+        assert re.fullmatch(
+            rf"{re.escape(str(out))} is in use by process {os.getpid()} since "
+            r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(first run\).*",
+            str(err.value),
+        )
     assert not (out / LOCK_NAME).exists()  # released
     with output_lock(out):  # and free again
         pass
@@ -37,9 +40,17 @@ def test_a_second_holder_is_refused_with_the_owner_and_its_start_time(tmp_path):
 @pytest.mark.slow
 def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, caplog):
     out = tmp_path / "out"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from unosat.io.lock import output_lock\n"
-                               "with output_lock(sys.argv[1], 'killed run'):\n    time.sleep(600)", str(out)],
-                              cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from unosat.io.lock import output_lock\n"
+            "with output_lock(sys.argv[1], 'killed run'):\n    time.sleep(600)",
+            str(out),
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not (out / LOCK_NAME).exists():
         time.sleep(0.05)

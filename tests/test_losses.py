@@ -102,7 +102,9 @@ def test_soft_jaccard_by_hand_over_valid_pixels_only():
     iou_bg = 0.2 / (0.4 + 1 - 0.2)
     loss = SoftJaccardLoss(smooth=0.0)(logits, target)
     assert loss.item() == pytest.approx(1 - (iou_bd + iou_bg) / 2, rel=1e-6)
-    assert SoftJaccardLoss(classes=[1], smooth=0.0)(logits, target).item() == pytest.approx(1 - iou_bd, rel=1e-6)
+    assert SoftJaccardLoss(classes=[1], smooth=0.0)(logits, target).item() == pytest.approx(
+        1 - iou_bd, rel=1e-6
+    )
 
 
 def test_combined_loss_reports_terms_and_sums_them():
@@ -122,8 +124,9 @@ def test_pooled_jaccard_by_hand():
     # sums over both classes: I = 0.8 + 0.2, U = (1.6 + 1 - 0.8) + (0.4 + 1 - 0.2) = 1.8 + 1.2
     loss = SoftJaccardLoss(smooth=0.0, reduction="pooled")(logits, target)
     assert loss.item() == pytest.approx(1 - 1.0 / 3.0, rel=1e-6)
-    assert SoftJaccardLoss(classes=[1], smooth=0.0, reduction="pooled")(logits, target).item() == pytest.approx(
-        1 - 0.8 / 1.8, rel=1e-6)
+    assert SoftJaccardLoss(classes=[1], smooth=0.0, reduction="pooled")(
+        logits, target
+    ).item() == pytest.approx(1 - 0.8 / 1.8, rel=1e-6)
 
 
 def original_softmax_jaccard(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -158,10 +161,13 @@ def test_pooled_jaccard_is_the_originals_and_differs_from_per_class_with_rare_bu
 def test_jaccard_reduction_reaches_the_loss_and_is_checked():
     torch.manual_seed(5)
     logits, target = torch.randn(2, 2, 8, 8), (torch.rand(2, 8, 8) < 0.1).long()
-    out = CrossEntropyJaccardLoss(jaccard_weight=1.0, jaccard_smooth=0.0, jaccard_reduction="pooled")(logits, target)
+    out = CrossEntropyJaccardLoss(jaccard_weight=1.0, jaccard_smooth=0.0, jaccard_reduction="pooled")(
+        logits, target
+    )
     assert out["jaccard"].item() == pytest.approx(original_softmax_jaccard(logits, target).item(), rel=1e-5)
     with pytest.raises(UnosatError, match="jaccard_reduction must be one of"):
         CrossEntropyJaccardLoss(jaccard_weight=1.0, jaccard_reduction="mean")
+
 
 # ------------------------------------------------------------------------------------------ focal, Lovasz
 
@@ -174,7 +180,9 @@ def test_focal_with_gamma_0_is_weighted_cross_entropy_and_matches_a_hand_value()
     target = torch.randint(0, 2, (2, 6, 6))
     target[1, :2] = 255
     ref = F.cross_entropy(logits, target, weight=torch.tensor([0.3, 1.7]), ignore_index=255)
-    assert FocalLoss(gamma=0.0, class_weights=[0.3, 1.7])(logits, target).item() == pytest.approx(ref.item(), rel=1e-5)
+    assert FocalLoss(gamma=0.0, class_weights=[0.3, 1.7])(logits, target).item() == pytest.approx(
+        ref.item(), rel=1e-5
+    )
     # one building pixel at p = 0.9 and one ignored pixel: -(1 - 0.9)^2 log 0.9
     target = torch.tensor([[[1, 255]]])
     logits = logits_for(0.9, shape=(1, 1, 2))
@@ -221,8 +229,11 @@ def test_lovasz_softmax_equals_its_definition_and_is_one_minus_iou_on_hard_predi
     # hard (saturated) predictions: the extension is the set function, 1 - IoU per class
     pred = torch.randint(0, 2, (1, 5, 5))
     hard = torch.stack([(pred == 0).float(), (pred == 1).float()], dim=1) * 60.0
-    iou = [((pred == c) & (target == c)).sum().item() / ((pred == c) & (target != 255) | (target == c)).sum().item()
-           for c in (0, 1)]
+    iou = [
+        ((pred == c) & (target == c)).sum().item()
+        / ((pred == c) & (target != 255) | (target == c)).sum().item()
+        for c in (0, 1)
+    ]
     assert LovaszSoftmaxLoss()(hard, target).item() == pytest.approx(1 - sum(iou) / 2, abs=1e-5)
 
 

@@ -29,20 +29,28 @@ def bce_neg(logit: float) -> float:  # -log(1 - sigmoid(l))
 
 
 def test_edge_targets_on_a_known_mask():
-    mask = torch.tensor([[
-        [0, 0, 0, 0, 0, 0],
-        [0, 1, 1, 0, 0, 0],
-        [0, 1, 1, 0, X, 0],
-        [0, 0, 0, 0, 0, 0],
-        [0, 0, 0, 0, 0, 0],
-    ]])
-    expected = torch.tensor([[
-        [1, 1, 1, 1, 0, 0],
-        [1, 1, 1, 1, 0, 0],
-        [1, 1, 1, 1, X, 0],
-        [1, 1, 1, 1, 0, 0],
-        [0, 0, 0, 0, 0, 0],
-    ]])
+    mask = torch.tensor(
+        [
+            [
+                [0, 0, 0, 0, 0, 0],
+                [0, 1, 1, 0, 0, 0],
+                [0, 1, 1, 0, X, 0],
+                [0, 0, 0, 0, 0, 0],
+                [0, 0, 0, 0, 0, 0],
+            ]
+        ]
+    )
+    expected = torch.tensor(
+        [
+            [
+                [1, 1, 1, 1, 0, 0],
+                [1, 1, 1, 1, 0, 0],
+                [1, 1, 1, 1, X, 0],
+                [1, 1, 1, 1, 0, 0],
+                [0, 0, 0, 0, 0, 0],
+            ]
+        ]
+    )
     batch = torch.cat([mask, torch.full_like(mask, X), torch.zeros_like(mask)])
     edges = edge_targets(batch, radius=1)
     assert edges.dtype == torch.int64
@@ -50,7 +58,9 @@ def test_edge_targets_on_a_known_mask():
     assert (edges[1] == X).all() and (edges[2] == 0).all()
     # an ignored pixel between the classes makes no edge by itself; radius 2 reaches two pixels
     assert torch.equal(edge_targets(torch.tensor([[[0, 0, X, 1, 1]]]), 1), torch.tensor([[[0, 0, X, 0, 0]]]))
-    assert torch.equal(edge_targets(torch.tensor([[[0, 0, 0, 1, 1, 1]]]), 2), torch.tensor([[[0, 1, 1, 1, 1, 0]]]))
+    assert torch.equal(
+        edge_targets(torch.tensor([[[0, 0, 0, 1, 1, 1]]]), 2), torch.tensor([[[0, 1, 1, 1, 1, 0]]])
+    )
     with pytest.raises(UnosatError, match="edge_radius must be a whole number of pixels >= 1"):
         edge_targets(mask, 0)
 
@@ -62,7 +72,9 @@ def test_each_loss_term_against_a_hand_computed_value():
     # one row of 6 pixels: target 0 0 0 0 1 ignore -> edges 0 0 0 1 1 ignore (5 valid: 2 edge, 3 not)
     target = torch.tensor([[[0, 0, 0, 0, 1, X]]])
     seg = torch.tensor([[[[2.0, 0.0, 1.0, -1.0, 0.5, 3.0]], [[0.0, 1.0, -1.0, 1.0, 2.0, 0.0]]]])
-    edge = torch.tensor([[[[2.0, -1.0, 0.5, 3.0, -2.0, 4.0]]]])  # sigmoid > 0.8 at pixels 0, 3 (and 5, ignored)
+    edge = torch.tensor(
+        [[[[2.0, -1.0, 0.5, 3.0, -2.0, 4.0]]]]
+    )  # sigmoid > 0.8 at pixels 0, 3 (and 5, ignored)
     weights = (1.0, 3.0)
     loss = GSCNNLoss(class_weights=weights, dual_weight=0.0)
     terms = loss((seg, edge), target)
@@ -78,7 +90,9 @@ def test_each_loss_term_against_a_hand_computed_value():
     assert terms["attention"].item() == pytest.approx((w[0] * ce(0) + w[3] * ce(3)) / (w[0] + w[3]), rel=1e-5)
     # class balanced: edge pixels weighted by the non-edge fraction 3/5, the others by 2/5; mean over 5 pixels
     e = edge[0, 0, 0].tolist()
-    hand = (3 / 5 * (bce_pos(e[3]) + bce_pos(e[4])) + 2 / 5 * (bce_neg(e[0]) + bce_neg(e[1]) + bce_neg(e[2]))) / 5
+    hand = (
+        3 / 5 * (bce_pos(e[3]) + bce_pos(e[4])) + 2 / 5 * (bce_neg(e[0]) + bce_neg(e[1]) + bce_neg(e[2]))
+    ) / 5
     assert terms["edge"].item() == pytest.approx(hand, rel=1e-5)
     assert balanced_edge_bce(edge, edge_targets(target)).item() == pytest.approx(hand, rel=1e-5)
     total = terms["seg"] + 20 * terms["edge"] + terms["attention"]
@@ -92,7 +106,9 @@ def test_dual_term_is_zero_for_the_ground_truth_and_the_l1_of_boundaries_otherwi
     target = torch.zeros(2, 16, 16, dtype=torch.int64)
     target[:, 4:9, 3:12] = 1
     target[1, 12:] = X
-    confident = 50.0 * (2.0 * F.one_hot(torch.where(target == X, 0, target), 2).permute(0, 3, 1, 2).float() - 1)
+    confident = 50.0 * (
+        2.0 * F.one_hot(torch.where(target == X, 0, target), 2).permute(0, 3, 1, 2).float() - 1
+    )
     loss = GSCNNLoss()
     assert loss((confident, torch.zeros(2, 1, 16, 16)), target)["dual"].item() == pytest.approx(0.0, abs=1e-6)
     # one row, classes 0 1 1 against a prediction 0 0 1: per class the boundary maps are (1, 0, 0) (true) and
@@ -113,7 +129,9 @@ def test_dual_term_is_zero_for_the_ground_truth_and_the_l1_of_boundaries_otherwi
     shifted[0, :, 17:] = 1
     shifted_logits = 50.0 * (2.0 * F.one_hot(shifted, 2).permute(0, 3, 1, 2).float() - 1)
     # predicted boundary at column 16, true at 15: L1 1 on both, over 32 rows x 2 classes each -> 1
-    assert loss((shifted_logits, torch.zeros(1, 1, 32, 32)), big)["dual"].item() == pytest.approx(1.0, rel=1e-5)
+    assert loss((shifted_logits, torch.zeros(1, 1, 32, 32)), big)["dual"].item() == pytest.approx(
+        1.0, rel=1e-5
+    )
     # a real gradient: a step of 1 is 1, a diagonal corner sqrt(2), and it flows back to the probabilities
     step = torch.tensor([[[[0.0, 0.0], [0.0, 1.0]]]], requires_grad=True)
     mag = boundary_magnitude(step)

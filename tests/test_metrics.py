@@ -34,4 +34,6 @@ def test_torchmetrics_confusion_ignores_255_like_numpy():
     tp = np.sum((pred == 1) & (target == 1) & valid)
     fp = np.sum((pred == 1) & (target == 0) & valid)
     fn = np.sum((pred == 0) & (target == 1) & valid)
-    assert scores_from_confusion(metric.compute().numpy())["iou_building"] == pytest.approx(tp / (tp + fp + fn))
+    assert scores_from_confusion(metric.compute().numpy())["iou_building"] == pytest.approx(
+        tp / (tp + fp + fn)
+    )

@@ -33,9 +33,24 @@ def test_training_logs_to_a_local_mlflow_store_and_the_checkpoint_knows_the_run(
 @pytest.mark.slow
 def test_resumed_run_continues_the_mlflow_run(tiny_prepared_db, tmp_path):
     run(train_cfg(tiny_prepared_db, tmp_path, "logger=mlflow", run_name="first"))
-    first = load_checkpoint(tmp_path / "logs" / "train" / "runs" / "first" / "checkpoints" / "last.ckpt")["unosat"]["mlflow"]
-    run(train_cfg(tiny_prepared_db, tmp_path, "logger=mlflow", "trainer.max_epochs=2", "ckpt_path=last", run_name="second"))
-    second = load_checkpoint(tmp_path / "logs" / "train" / "runs" / "second" / "checkpoints" / "last.ckpt")["unosat"]["mlflow"]
+    first = load_checkpoint(tmp_path / "logs" / "train" / "runs" / "first" / "checkpoints" / "last.ckpt")[
+        "unosat"
+    ]["mlflow"]
+    run(
+        train_cfg(
+            tiny_prepared_db,
+            tmp_path,
+            "logger=mlflow",
+            "trainer.max_epochs=2",
+            "ckpt_path=last",
+            run_name="second",
+        )
+    )
+    second = load_checkpoint(tmp_path / "logs" / "train" / "runs" / "second" / "checkpoints" / "last.ckpt")[
+        "unosat"
+    ]["mlflow"]
     assert second == first
-    history = mlflow.tracking.MlflowClient(first["tracking_uri"]).get_metric_history(first["run_id"], "val/iou_building")
+    history = mlflow.tracking.MlflowClient(first["tracking_uri"]).get_metric_history(
+        first["run_id"], "val/iou_building"
+    )
     assert len(history) == 2  # epoch 0 from the first run, epoch 1 from the resumed one

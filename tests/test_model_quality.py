@@ -24,11 +24,31 @@ def load_benchmark():
 
 
 #: the fastest settings that still train, predict and score: one window per tiny scene
-FAST = ["--seeds", "0", "--epochs", "1", "--epoch-length", "4", "--pixel-samples", "2000", "--pixel-windows", "3", "7",
-        "--overrides", "data.batch_size=4", "data.val_batch_size=16", "data.augment.0.height=48",
-        "data.augment.0.width=48", "trainer.num_sanity_val_steps=0", "++trainer.limit_val_batches=1",
-        "~callbacks.prediction_grid", "~callbacks.learning_rate_monitor",
-        "--predict-overrides", "window.size=224", "window.overlap=16"]
+FAST = [
+    "--seeds",
+    "0",
+    "--epochs",
+    "1",
+    "--epoch-length",
+    "4",
+    "--pixel-samples",
+    "2000",
+    "--pixel-windows",
+    "3",
+    "7",
+    "--overrides",
+    "data.batch_size=4",
+    "data.val_batch_size=16",
+    "data.augment.0.height=48",
+    "data.augment.0.width=48",
+    "trainer.num_sanity_val_steps=0",
+    "++trainer.limit_val_batches=1",
+    "~callbacks.prediction_grid",
+    "~callbacks.learning_rate_monitor",
+    "--predict-overrides",
+    "window.size=224",
+    "window.overlap=16",
+]
 
 
 def fmt_pair(values: list[float]) -> str:
@@ -58,8 +78,17 @@ def direct_vv_confusion(data, fold: int, threshold_db: float) -> np.ndarray:
 @pytest.mark.slow
 def test_benchmark_end_to_end_on_the_tiny_demo(tiny_prepared_db, tmp_path, capsys):
     bench = load_benchmark()
-    argv = ["--data", str(tiny_prepared_db), "--workdir", str(tmp_path / "work"), "--config", "lw",
-            "model=lwrefinenet", "model.output_stride=4", *FAST]  # the cheapest network
+    argv = [
+        "--data",
+        str(tiny_prepared_db),
+        "--workdir",
+        str(tmp_path / "work"),
+        "--config",
+        "lw",
+        "model=lwrefinenet",
+        "model.output_stride=4",
+        *FAST,
+    ]  # the cheapest network
     report = bench.main(argv)
     out = capsys.readouterr().out
     runs = report["runs"]
@@ -76,7 +105,9 @@ def test_benchmark_end_to_end_on_the_tiny_demo(tiny_prepared_db, tmp_path, capsy
         direct_iou.append(confusion[1, 1] / (confusion[1, 1] + confusion[0, 1] + confusion[1, 0]))
         assert r["val"]["iou"] == pytest.approx(direct_iou[-1], abs=1e-12)
     mean, std = statistics.fmean(direct_iou), statistics.stdev(direct_iou)
-    assert f"{mean:.3f} ± {std:.3f}" in next(line for line in out.splitlines() if line.startswith("| VV threshold"))
+    assert f"{mean:.3f} ± {std:.3f}" in next(
+        line for line in out.splitlines() if line.startswith("| VV threshold")
+    )
 
     # every method scored on the same pixels: per fold on the validation city, and on the test city
     assert report["same_pixels_problems"] == []
@@ -101,15 +132,22 @@ def test_benchmark_end_to_end_on_the_tiny_demo(tiny_prepared_db, tmp_path, capsy
     # the validation city's multi-date product under both aggregations: the union of 2 dates (vote N-1 of N)
     # holds every pixel whose mean probability is >= 0.5, so it never predicts fewer building pixels
     for r in runs:
-        predicted = {m: r["val_city"][m]["confusion"][0][1] + r["val_city"][m]["confusion"][1][1] for m in ("mean", "vote")}
+        predicted = {
+            m: r["val_city"][m]["confusion"][0][1] + r["val_city"][m]["confusion"][1][1]
+            for m in ("mean", "vote")
+        }
         assert predicted["vote"] >= predicted["mean"], r["label"]
         assert r["val_city"]["mean"]["products"] == report["folds"][r["fold"]]  # one city product, not scenes
     lw = [r for r in runs if r["label"] == "lw"]
-    agg_line = next(line for line in out.split("multi-date city product")[1].splitlines() if line.startswith("| lw "))
+    agg_line = next(
+        line for line in out.split("multi-date city product")[1].splitlines() if line.startswith("| lw ")
+    )
     assert fmt_pair([r["val_city"]["vote"]["object_f1"] for r in lw]) in agg_line
     assert (tmp_path / "work" / "model_quality.json").is_file()
     assert "| lw " in out and "same pixels for every method: yes" in out
-    ceilings = {r["val"]["object_f1_ceiling"] for r in runs if r["fold"] == 0}  # the labels' own, not a model's
+    ceilings = {
+        r["val"]["object_f1_ceiling"] for r in runs if r["fold"] == 0
+    }  # the labels' own, not a model's
     assert len(ceilings) == 1 and 0.0 < ceilings.pop() <= 1.0
     ceiling_line = next(line for line in out.splitlines() if line.startswith("object F1 ceiling"))
     assert f"test {runs[0]['test']['object_f1_ceiling']:.3f}" in ceiling_line
@@ -135,10 +173,26 @@ def test_a_configuration_that_does_not_compose_is_a_clear_error(tiny_prepared_db
     # the time limit reaches Lightning as DD:HH:MM:SS, and composes
     assert bench.max_time(3) == "00:00:03:00" and bench.max_time(0.01) == "00:00:00:01"
     assert bench.max_time(60 * 24 + 90.5) == "01:01:30:30"
-    job = {"overrides": [], "fold": 0, "seed": 0, "dir": str(tmp_path / "job"),
-           "settings": {"data": str(tiny_prepared_db), "train_folds": [0, 2], "epochs": 1, "epoch_length": 4,
-                        "max_minutes": 2.5, "overrides": [], "predict_overrides": []}}
+    job = {
+        "overrides": [],
+        "fold": 0,
+        "seed": 0,
+        "dir": str(tmp_path / "job"),
+        "settings": {
+            "data": str(tiny_prepared_db),
+            "train_folds": [0, 2],
+            "epochs": 1,
+            "epoch_length": 4,
+            "max_minutes": 2.5,
+            "overrides": [],
+            "predict_overrides": [],
+        },
+    }
     from unosat.config import compose_config
 
     cfg = compose_config("train", bench.training_overrides(job))
-    assert cfg.trainer.max_time == "00:00:02:30" and list(cfg.data.train_folds) == [2] and list(cfg.data.val_folds) == [0]
+    assert (
+        cfg.trainer.max_time == "00:00:02:30"
+        and list(cfg.data.train_folds) == [2]
+        and list(cfg.data.val_folds) == [0]
+    )

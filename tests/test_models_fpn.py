@@ -34,12 +34,15 @@ def test_parameter_count_derived_from_the_table(fpn: FPN) -> None:
         sum(ci * p + p for ci in c)  # lateral 1x1 with bias
         + 4 * (9 * p * p + p)  # smooth 3x3 with bias
         + 4 * conv_bn_relu(p, s, 3)  # segment
-        + s * f2 + 64 * f2  # adapt_1_4, lateral_1_2 (the stem's 64 channels)
+        + s * f2
+        + 64 * f2  # adapt_1_4, lateral_1_2 (the stem's 64 channels)
         + conv_bn_relu(f2, f2, 3)  # refine_1_2
         + f2 * f1  # adapt_1_2
-        + conv_bn_relu(3, f1, 3) + conv_bn_relu(f1, f1, 3)  # input_branch
+        + conv_bn_relu(3, f1, 3)
+        + conv_bn_relu(f1, f1, 3)  # input_branch
         + conv_bn_relu(f1, f1, 3)  # refine_1_1
-        + f1 * 2 + 2  # classifier_1_1
+        + f1 * 2
+        + 2  # classifier_1_1
     )
     assert n_params(fpn.backbone) == n_params(resnet50(3)) == 23_508_032
     assert n_params(fpn) - n_params(fpn.backbone) == decoder == 1_396_850
@@ -79,9 +82,15 @@ def test_pretrained_backbone_and_bad_settings(tmp_path) -> None:
 
 def test_registered_and_rebuilt_from_a_spec() -> None:
     assert NETWORKS["fpn"] is FPN
-    net = build_network({"name": "fpn", "args": {"in_channels": 5, "num_classes": 2, "pretrained": "/x.pt",
-                                                 "fine_channels": [8, 8]}})
-    assert isinstance(net, FPN) and net.in_channels == 5  # pretrained (a local file) is not read from a checkpoint
+    net = build_network(
+        {
+            "name": "fpn",
+            "args": {"in_channels": 5, "num_classes": 2, "pretrained": "/x.pt", "fine_channels": [8, 8]},
+        }
+    )
+    assert (
+        isinstance(net, FPN) and net.in_channels == 5
+    )  # pretrained (a local file) is not read from a checkpoint
 
 
 @pytest.mark.slow  # trains the network for 60-150 steps

@@ -24,8 +24,15 @@ UNIT = Normalization((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 SEGMENTATION = {
     "unet": lambda: UNet(3, 2, widths=(8, 16, 32, 64)),
     "lwrefinenet": lambda: LWRefineNet(3, 2, output_stride=1),
-    "gscnn": lambda: GSCNN(3, 2, output_stride=1, aspp_channels=16, decoder_channels=16, low_level_channels=8,
-                           shape_channels=(8, 4, 4, 4)),
+    "gscnn": lambda: GSCNN(
+        3,
+        2,
+        output_stride=1,
+        aspp_channels=16,
+        decoder_channels=16,
+        low_level_channels=8,
+        shape_channels=(8, 4, 4, 4),
+    ),
     "fpn": lambda: FPN(3, 2, pyramid_channels=16, segmentation_channels=8, fine_channels=(8, 8)),
 }
 
@@ -81,7 +88,9 @@ def test_a_window_size_off_the_divisor_predicts_every_pixel_in_place() -> None:
     rng = np.random.default_rng(0)
     stack = rng.normal(0, 1, (3, 70, 95)).astype(np.float32)
     net = DivisorNet()
-    ensemble = Ensemble([LoadedModel("divisor", net, RECIPE, UNIT)], Runtime(None, channels_last=False), "none")
+    ensemble = Ensemble(
+        [LoadedModel("divisor", net, RECIPE, UNIT)], Runtime(None, channels_last=False), "none"
+    )
     config = WindowConfig(size=42, overlap=10, batch_size=3)
     prob = np.concatenate([p for _, p in predict_scene(ArrayReader(stack, RECIPE), ensemble, config)])
     assert set(net.seen) == {(48, 48)}

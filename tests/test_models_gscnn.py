@@ -26,9 +26,12 @@ def test_full_resolution_head_parameters_derived_by_hand() -> None:
     quarter = dec * classes + classes  # the 1x1 classifier of output stride 4
     head = (
         dec * fine  # adapt_1_4, no bias
-        + (9 * c_in * fine + 2 * fine) + (9 * fine * fine + 2 * fine)  # input_branch: two 3x3 conv + BN
-        + 9 * (fine + 1) * fine + 2 * fine  # refine_1_1 over [fine, fused edge map]
-        + fine * classes + classes  # classifier_1_1
+        + (9 * c_in * fine + 2 * fine)
+        + (9 * fine * fine + 2 * fine)  # input_branch: two 3x3 conv + BN
+        + 9 * (fine + 1) * fine
+        + 2 * fine  # refine_1_1 over [fine, fused edge map]
+        + fine * classes
+        + classes  # classifier_1_1
     )
     kw = dict(aspp_channels=128, decoder_channels=dec, shape_channels=(16, 8, 4, 4), fine_channels=fine)
     s4, s1 = GSCNN(c_in, classes, output_stride=4, **kw), GSCNN(c_in, classes, output_stride=1, **kw)
@@ -61,7 +64,9 @@ def test_the_full_resolution_head_sees_single_pixels() -> None:
         x2 = x.clone()
         x2[0, :, 30, 41] += 5.0
         diff = (net(x2)[0] - base).abs().sum(dim=1)[0]
-    assert divmod(int(diff.argmax()), 64)[0] in range(28, 33) and divmod(int(diff.argmax()), 64)[1] in range(39, 44)
+    assert divmod(int(diff.argmax()), 64)[0] in range(28, 33) and divmod(int(diff.argmax()), 64)[1] in range(
+        39, 44
+    )
 
 
 # ---------------------------------------------------------------------------------------------- ASPP taps
@@ -101,8 +106,11 @@ def test_every_aspp_tap_gets_a_gradient_at_the_training_crop() -> None:
 
 def test_a_combination_with_dead_taps_is_refused_when_training() -> None:
     net = GSCNN(3, 2, aspp_rates=(6, 12, 18), output_stride=1, **SMALL).train()
-    with pytest.raises(UnosatError, match=r"aspp_rates \[6, 12, 18\]: a 192 x 192 px training crop gives 6 x 6 px "
-                                          r"features .*dilation\(s\) \[6, 12, 18\]"):
+    with pytest.raises(
+        UnosatError,
+        match=r"aspp_rates \[6, 12, 18\]: a 192 x 192 px training crop gives 6 x 6 px "
+        r"features .*dilation\(s\) \[6, 12, 18\]",
+    ):
         net(torch.randn(1, 3, 192, 192))
     with pytest.raises(UnosatError, match=r"dilation\(s\) \[12, 18\]"):
         net(torch.randn(1, 3, 320, 416))  # 10 x 13 features: rate 6 trains, 12 and 18 do not
@@ -123,8 +131,15 @@ def test_resnet50_config_rates_train_at_the_default_crop() -> None:
 def test_overfits_one_tile(tiny_spec) -> None:
     x, y = building_tile(tiny_spec, size=64)  # 64 px: 2 x 2 features at the ASPP, so rate 1
     torch.manual_seed(0)
-    net = GSCNN(3, 2, output_stride=1, aspp_rates=(1,), aspp_channels=64, decoder_channels=64,
-                shape_channels=(16, 8, 4, 4))
+    net = GSCNN(
+        3,
+        2,
+        output_stride=1,
+        aspp_rates=(1,),
+        aspp_channels=64,
+        decoder_channels=64,
+        shape_channels=(16, 8, 4, 4),
+    )
     assert overfit(net, x, y, steps=100, lr=1e-2) > 0.95
 
 

@@ -392,9 +392,11 @@ def test_stride_1_parameter_count_and_new_keys(model_s1: LWRefineNet) -> None:
         + 16 * c2  # lateral_16 (MobileNetV2's first stage: 16 channels at 1/2)
         + 4 * c2 * c2  # crp_1_2
         + c2 * c1  # adapt_1_2
-        + (3 * c1 * 9 + 2 * c1) + (c1 * c1 * 9 + 2 * c1)  # input_branch: two 3x3 conv + BN
+        + (3 * c1 * 9 + 2 * c1)
+        + (c1 * c1 * 9 + 2 * c1)  # input_branch: two 3x3 conv + BN
         + 4 * c1 * c1  # crp_1_1
-        + c1 * 2 * 9 + 2  # classifier_1_1
+        + c1 * 2 * 9
+        + 2  # classifier_1_1
     )
     assert n_params(model_s1) == 3_240_770 - quarter_classifier + added == 3_286_882
     assert new_full_resolution_keys(model_s1) == NEW_KEYS_STRIDE_1
@@ -439,7 +441,9 @@ def test_config_default_is_stride_1_and_old_specs_rebuild_at_stride_4() -> None:
     assert cfg.model.output_stride == 1 and cfg.model._target_ == "unosat.models.LWRefineNet"
     assert OmegaConf.to_container(cfg.model.fine_channels) == [64, 32]
     # a checkpoint saved before output_stride existed stores no such argument: it rebuilds as trained
-    old = build_network({"name": "lwrefinenet", "args": {"in_channels": 3, "num_classes": 2, "upsample_mode": "bicubic"}})
+    old = build_network(
+        {"name": "lwrefinenet", "args": {"in_channels": 3, "num_classes": 2, "upsample_mode": "bicubic"}}
+    )
     assert old.output_stride == 4 and hasattr(old.decoder, "classifier")
 
 
@@ -464,8 +468,10 @@ def test_reference_checkpoint_loads_into_the_shared_layers_at_stride_1() -> None
     # the original-layout model's, loaded from the same checkpoint.
     net4 = load_reference_state_dict(LWRefineNet(output_stride=4).eval(), ref)
     seen: dict[int, torch.Tensor] = {}
-    hooks = [m.decoder.crp_1_4.register_forward_hook(lambda _m, _i, out, s=stride: seen.__setitem__(s, out))
-             for m, stride in ((net, 1), (net4, 4))]
+    hooks = [
+        m.decoder.crp_1_4.register_forward_hook(lambda _m, _i, out, s=stride: seen.__setitem__(s, out))
+        for m, stride in ((net, 1), (net4, 4))
+    ]
     x = torch.randn(1, 3, 70, 58)
     with torch.inference_mode():
         out1 = net(x)

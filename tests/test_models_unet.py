@@ -28,8 +28,14 @@ def test_parameter_counts_from_the_table() -> None:
     decoder = sum(double_conv(widths[k + 1] + widths[k], widths[k]) for k in range(len(widths) - 1))
     classifier = 16 * 2 + 2
     net = UNet(in_channels=3, num_classes=2)
-    assert (n_params(net.encoder), n_params(net.decoder), n_params(net.classifier)) == (encoder, decoder, classifier)
-    assert encoder + decoder + classifier == 1_964_114 == n_params(net)  # the figure in the docstring and config
+    assert (n_params(net.encoder), n_params(net.decoder), n_params(net.classifier)) == (
+        encoder,
+        decoder,
+        classifier,
+    )
+    assert (
+        encoder + decoder + classifier == 1_964_114 == n_params(net)
+    )  # the figure in the docstring and config
     assert 1_000_000 < n_params(net) < 2_000_000
 
 
@@ -44,7 +50,10 @@ def test_size_divisor_and_level_sizes() -> None:
     net = UNet(widths=(8, 16, 32))
     assert net.size_divisor == 4
     sizes = []
-    hooks = [block.register_forward_hook(lambda _m, _i, out: sizes.append(tuple(out.shape[-2:]))) for block in net.encoder]
+    hooks = [
+        block.register_forward_hook(lambda _m, _i, out: sizes.append(tuple(out.shape[-2:])))
+        for block in net.encoder
+    ]
     net.eval()(torch.randn(1, 3, 20, 36))
     for h in hooks:
         h.remove()
@@ -67,7 +76,9 @@ def test_bad_widths_are_refused() -> None:
 
 def test_registered_and_rebuilt_from_a_spec() -> None:
     assert NETWORKS["unet"] is UNet
-    spec = network_spec({"_target_": "unosat.models.UNet", "in_channels": 2, "num_classes": 2, "widths": [8, 16]})
+    spec = network_spec(
+        {"_target_": "unosat.models.UNet", "in_channels": 2, "num_classes": 2, "widths": [8, 16]}
+    )
     assert spec == {"name": "unet", "args": {"in_channels": 2, "num_classes": 2, "widths": [8, 16]}}
     net = build_network(spec)
     assert isinstance(net, UNet) and net.widths == (8, 16) and net.in_channels == 2
@@ -93,7 +104,10 @@ def test_trains_through_train_py_and_its_checkpoint_rebuilds(tiny_prepared_db, t
     run(train_cfg(tiny_prepared_db, tmp_path, "model=unet", "model.widths=[8,16,32]", "baseline=false"))
     out = summary(tmp_path / "logs" / "train" / "runs" / "run")
     ckpt = load_checkpoint(Path(out["best_checkpoint"]))
-    assert ckpt["unosat"]["model"] == {"name": "unet", "args": {"in_channels": 3, "num_classes": 2, "widths": [8, 16, 32]}}
+    assert ckpt["unosat"]["model"] == {
+        "name": "unet",
+        "args": {"in_channels": 3, "num_classes": 2, "widths": [8, 16, 32]},
+    }
     net = build_model(ckpt).eval()
     assert isinstance(net, UNet) and net.widths == (8, 16, 32)
     with torch.inference_mode():

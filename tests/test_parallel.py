@@ -74,15 +74,24 @@ def running(pid: int) -> bool:
 def test_killing_the_main_process_ends_its_workers_and_leaks_no_semaphore(tmp_path):
     names = tmp_path / "semaphores.txt"
     names.touch()
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(names)], cwd=REPO, start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, str(names)],
+        cwd=REPO,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 60
         workers: list[int] = []
         while time.time() < deadline and len(workers) < 2:
             time.sleep(0.2)
-            workers = [p for p in children_of(proc.pid) if "worker_main" in Path(f"/proc/{p}/cmdline").read_text()
-                       or "multiprocessing" in Path(f"/proc/{p}/cmdline").read_text()]
+            workers = [
+                p
+                for p in children_of(proc.pid)
+                if "worker_main" in Path(f"/proc/{p}/cmdline").read_text()
+                or "multiprocessing" in Path(f"/proc/{p}/cmdline").read_text()
+            ]
         assert len(workers) >= 2, "the workers did not start"
         time.sleep(1.0)  # the workers are inside their 60 s tasks
         os.kill(proc.pid, signal.SIGKILL)

@@ -21,9 +21,9 @@ def test_mean_and_vote_by_hand_with_nodata():
     assert np.isnan(mean_probability(probs)[0, 3])
     np.testing.assert_array_equal(threshold_mask(mean_probability(probs), 0.5), [[1, 1, 0, 255]])
 
-    masks = np.array([[[1, 1, 0, 255, 1, 255]],
-                      [[1, 0, 0, 255, 255, 1]],
-                      [[1, 1, 1, 255, 255, 255]]], dtype=np.uint8)
+    masks = np.array(
+        [[[1, 1, 0, 255, 1, 255]], [[1, 0, 0, 255, 255, 1]], [[1, 1, 1, 255, 255, 255]]], dtype=np.uint8
+    )
     # k = 2 of 3: (3 votes) (2) (1) (no date) (1 of 1 date with data: needs min(2, 1)) (1 of 1)
     np.testing.assert_array_equal(vote(masks, 2), [[1, 1, 0, 255, 1, 1]])
     np.testing.assert_array_equal(vote(masks, 3), [[1, 0, 0, 255, 1, 1]])
@@ -31,7 +31,10 @@ def test_mean_and_vote_by_hand_with_nodata():
     agg = AggregateConfig(method="vote", min_votes=-1)
     assert [agg.votes_needed(n) for n in (1, 2, 3, 4)] == [1, 1, 2, 3]  # N-1 of N, at least 1
     assert AggregateConfig(min_votes=0).votes_needed(4) == 4
-    assert AggregateConfig(min_votes=2).votes_needed(4) == 2 and AggregateConfig(min_votes=9).votes_needed(4) == 4
+    assert (
+        AggregateConfig(min_votes=2).votes_needed(4) == 2
+        and AggregateConfig(min_votes=9).votes_needed(4) == 4
+    )
 
 
 def test_the_default_city_product_is_the_mean_and_the_vote_of_two_dates_is_their_union():

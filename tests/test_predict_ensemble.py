@@ -28,8 +28,9 @@ def test_the_ensemble_of_toy_models_is_the_mean_of_their_probabilities():
 
 
 @pytest.mark.slow
-def test_ensemble_averages_the_probabilities_of_checkpoints_with_their_own_recipes(demo_run, best_ckpt, tiny_raw_session,
-                                                                                    tmp_path):
+def test_ensemble_averages_the_probabilities_of_checkpoints_with_their_own_recipes(
+    demo_run, best_ckpt, tiny_raw_session, tmp_path
+):
     other = torch.load(best_ckpt, weights_only=True)
     g = torch.Generator().manual_seed(0)
     for k, v in other["state_dict"].items():

@@ -25,9 +25,19 @@ def gate_ckpt(tiny_prepared_db, tmp_path_factory) -> Path:
     from unosat.training.run import run as train
 
     root = tmp_path_factory.mktemp("gate")
-    train(train_cfg(tiny_prepared_db, root, "model=tile_classifier", "debug=limit", "trainer.max_epochs=1",
-                    "logger=csv", "model.window_px=32",
-                    "data.augment.0.height=${model.window_px}", "data.augment.0.width=${model.window_px}"))
+    train(
+        train_cfg(
+            tiny_prepared_db,
+            root,
+            "model=tile_classifier",
+            "debug=limit",
+            "trainer.max_epochs=1",
+            "logger=csv",
+            "model.window_px=32",
+            "data.augment.0.height=${model.window_px}",
+            "data.augment.0.width=${model.window_px}",
+        )
+    )
     return next((root / "logs" / "train" / "runs" / "run" / "checkpoints").glob("best-*.ckpt"))
 
 
@@ -39,7 +49,9 @@ def test_gate_cells_cover_the_window():
     x = np.arange(2 * 1 * 80 * 40, dtype=np.float32).reshape(2, 1, 80, 40)
     cells = window_cells(x, 32)
     assert cells.shape == (2, 3 * 2, 1, 32, 32)
-    np.testing.assert_array_equal(cells[1, 5], x[1, :, 48:80, 8:40])  # last row, last column: bottom-right corner
+    np.testing.assert_array_equal(
+        cells[1, 5], x[1, :, 48:80, 8:40]
+    )  # last row, last column: bottom-right corner
     assert window_cells(x, None).shape == (2, 1, 1, 80, 40)
 
 
@@ -56,30 +68,50 @@ def test_gate_skips_a_window_only_when_every_cell_is_empty():
             assert x.shape[-2:] == (16, 16)
             return (x.amax(dim=(1, 2, 3)) > 0.5).float()[:, None] * 20 - 10
 
-    model = LoadedModel("bright", BrightPixelClassifier(), BandRecipe("vv", ("vv",), "db"), Normalization(mean=(0.0,), std=(1.0,)))
+    model = LoadedModel(
+        "bright",
+        BrightPixelClassifier(),
+        BandRecipe("vv", ("vv",), "db"),
+        Normalization(mean=(0.0,), std=(1.0,)),
+    )
     gate = TileGate(model, threshold=0.5, runtime=Runtime(channels_last=False), group=0)
     x = np.zeros((4, 1, 48, 48), dtype=np.float32)
-    x[1, 0, 47, 47] = 1.0   # bottom-right corner cell
-    x[2, 0, 20, 30] = 1.0   # a middle cell
-    x[3] = 0.4              # dim everywhere: no building
-    batch = WindowBatch(rows=np.zeros(4, int), cols=np.zeros(4, int), valid=np.ones((4, 48, 48), bool), inputs=[x])
+    x[1, 0, 47, 47] = 1.0  # bottom-right corner cell
+    x[2, 0, 20, 30] = 1.0  # a middle cell
+    x[3] = 0.4  # dim everywhere: no building
+    batch = WindowBatch(
+        rows=np.zeros(4, int), cols=np.zeros(4, int), valid=np.ones((4, 48, 48), bool), inputs=[x]
+    )
     assert gate(batch).tolist() == [True, False, False, True]
     assert gate.probabilities[1] > 0.99 and gate.probabilities[0] < 0.01
 
 
 def _gated(out: Path, best_ckpt: Path, tiny_raw_session: Path, *overrides: str) -> dict:
-    return run(predict_cfg(out, f"ckpt={best_ckpt}", f"input={tiny_raw_session}", "cities=[Samawah]",
-                           "vectorize=false", *overrides))
+    return run(
+        predict_cfg(
+            out,
+            f"ckpt={best_ckpt}",
+            f"input={tiny_raw_session}",
+            "cities=[Samawah]",
+            "vectorize=false",
+            *overrides,
+        )
+    )
 
 
 @pytest.mark.slow
-def test_gate_that_calls_every_window_empty_writes_background_without_segmenting(best_ckpt, gate_ckpt, tiny_raw_session,
-                                                                                   tmp_path):
-    manifest = _gated(tmp_path / "out", best_ckpt, tiny_raw_session, f"gate.ckpt={gate_ckpt}", "gate.threshold=1.0")
+def test_gate_that_calls_every_window_empty_writes_background_without_segmenting(
+    best_ckpt, gate_ckpt, tiny_raw_session, tmp_path
+):
+    manifest = _gated(
+        tmp_path / "out", best_ckpt, tiny_raw_session, f"gate.ckpt={gate_ckpt}", "gate.threshold=1.0"
+    )
     assert manifest["gate"]["threshold"] == 1.0 and manifest["settings"]["gate"]["sha256"]
     for rec in manifest["scenes"]:
         assert rec["windows_predicted"] == 0 and rec["forward_passes"] == 0
-        assert rec["windows_skipped"]["TileGate"] == rec["windows"] - rec["windows_skipped"].get("NodataSkip", 0)
+        assert rec["windows_skipped"]["TileGate"] == rec["windows"] - rec["windows_skipped"].get(
+            "NodataSkip", 0
+        )
         with rasterio.open(rec["probability"]) as src:
             prob = src.read(1)
         with rasterio.open(rec["mask"]) as src:
@@ -92,7 +124,9 @@ def test_gate_that_calls_every_window_empty_writes_background_without_segmenting
 @pytest.mark.slow
 def test_gate_that_skips_nothing_changes_nothing(best_ckpt, gate_ckpt, tiny_raw_session, tmp_path):
     plain = _gated(tmp_path / "plain", best_ckpt, tiny_raw_session)
-    gated = _gated(tmp_path / "gated", best_ckpt, tiny_raw_session, f"gate.ckpt={gate_ckpt}", "gate.threshold=0.0")
+    gated = _gated(
+        tmp_path / "gated", best_ckpt, tiny_raw_session, f"gate.ckpt={gate_ckpt}", "gate.threshold=0.0"
+    )
     for a, b in zip(plain["scenes"], gated["scenes"]):
         assert b["windows_skipped"].get("TileGate", 0) == 0
         with rasterio.open(a["probability"]) as sa, rasterio.open(b["probability"]) as sb:

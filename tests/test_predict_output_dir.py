@@ -23,33 +23,45 @@ def finished_run(trained_log_dir, tiny_raw_session, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_a_rerun_with_the_same_settings_skips_finished_scenes(finished_run, trained_log_dir, tiny_raw_session, tmp_path):
+def test_a_rerun_with_the_same_settings_skips_finished_scenes(
+    finished_run, trained_log_dir, tiny_raw_session, tmp_path
+):
     before = {p: p.stat().st_mtime_ns for p in (finished_run / "scenes").iterdir()}
     demo = tmp_path / "demo"
     demo.mkdir()
     (demo / "raw").symlink_to(tiny_raw_session, target_is_directory=True)
-    manifest = run(predict_cfg(finished_run, f"paths.demo_dir={demo}", *DEMO_RUN_OVERRIDES, log_dir=trained_log_dir))
+    manifest = run(
+        predict_cfg(finished_run, f"paths.demo_dir={demo}", *DEMO_RUN_OVERRIDES, log_dir=trained_log_dir)
+    )
     assert manifest["resumed"] and all(s["skipped"] for s in manifest["scenes"])
     assert before == {p: p.stat().st_mtime_ns for p in (finished_run / "scenes").iterdir()}
 
 
 @pytest.mark.slow
-def test_an_output_made_with_other_settings_or_not_a_prediction_is_refused(finished_run, best_ckpt, tiny_raw_session,
-                                                                           tmp_path):
+def test_an_output_made_with_other_settings_or_not_a_prediction_is_refused(
+    finished_run, best_ckpt, tiny_raw_session, tmp_path
+):
     common = [f"ckpt={best_ckpt}", f"input={tiny_raw_session}", "cities=[Samawah]"]
-    with pytest.raises(UnosatError, match=r"holds a prediction made with other settings .*tta: 'none' -> 'flips'.*overwrite=true"):
+    with pytest.raises(
+        UnosatError,
+        match=r"holds a prediction made with other settings .*tta: 'none' -> 'flips'.*overwrite=true",
+    ):
         run(predict_cfg(finished_run, *common, "tta=flips"))
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(UnosatError, match=r"foreign is not empty and holds no predict.json: it is not a unosat prediction"):
+    with pytest.raises(
+        UnosatError, match=r"foreign is not empty and holds no predict.json: it is not a unosat prediction"
+    ):
         run(predict_cfg(foreign, *common))
     run(predict_cfg(foreign, *common, "overwrite=true", "aggregate.method=none", "vectorize=false"))
     assert (foreign / "notes.txt").read_text() == "mine" and (foreign / "predict.json").is_file()
 
 
 @pytest.mark.slow
-def test_a_failed_prediction_records_why_and_the_same_command_runs_after_the_fix(best_ckpt, tiny_raw, tmp_path):
+def test_a_failed_prediction_records_why_and_the_same_command_runs_after_the_fix(
+    best_ckpt, tiny_raw, tmp_path
+):
     scene = next(s for s in discover_scenes(tiny_raw) if s.scene_id == SAMAWAH[1])
     good = scene.vv.read_bytes()
     scene.vv.write_bytes(good[: len(good) * 2 // 3])  # a truncated input
@@ -58,7 +70,11 @@ def test_a_failed_prediction_records_why_and_the_same_command_runs_after_the_fix
     with pytest.raises(UnosatError, match=rf"{scene.vv.name}"):
         run(predict_cfg(out, *args))
     manifest = json.loads((out / "predict.json").read_text())
-    assert manifest["status"] == "failed" and scene.vv.name in manifest["reason"] and "\n" not in manifest["reason"]
+    assert (
+        manifest["status"] == "failed"
+        and scene.vv.name in manifest["reason"]
+        and "\n" not in manifest["reason"]
+    )
     scene.vv.write_bytes(good)  # the fix
     assert run(predict_cfg(out, *args))["status"] == "complete"  # the same command, no overwrite=true
 
@@ -69,7 +85,10 @@ def test_a_failed_prediction_records_why_and_the_same_command_runs_after_the_fix
     with pytest.raises(UnosatError, match="model.ckpt: not a readable PyTorch checkpoint"):
         run(predict_cfg(out, *args))
     manifest = json.loads((out / "predict.json").read_text())
-    assert manifest["status"] == "failed" and "model.ckpt: not a readable PyTorch checkpoint" in manifest["reason"]
+    assert (
+        manifest["status"] == "failed"
+        and "model.ckpt: not a readable PyTorch checkpoint" in manifest["reason"]
+    )
     shutil.copy(best_ckpt, bad)  # the fix: the right file under the same name
     assert run(predict_cfg(out, *args))["status"] == "complete"
 

@@ -21,8 +21,14 @@ from unosat.predict.run import run
 
 
 def cli(args: list[str], **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "predict.py", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "predict.py", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def cli_args(out: Path, *extra: str) -> list[str]:
@@ -36,14 +42,19 @@ def resumed_run(best_ckpt, tiny_raw_session, tmp_path_factory) -> tuple[Path, di
     args = cli_args(out, f"ckpt={best_ckpt}", f"input={tiny_raw_session}")
     proc = cli(args)
     deadline = time.monotonic() + 120
-    while not list((out / "scenes").glob("*_mask.tif")) and proc.poll() is None and time.monotonic() < deadline:
+    while (
+        not list((out / "scenes").glob("*_mask.tif")) and proc.poll() is None and time.monotonic() < deadline
+    ):
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     interrupted = {p.name: p.stat().st_mtime_ns for p in (out / "scenes").glob("*.tif")}
     state = json.loads((out / "predict.json").read_text())["status"]
-    manifest = run(compose_config("predict", [a for a in args if not a.startswith("hydra.")]
-                                  + [f"paths.output_dir={out.parent}"]))
+    manifest = run(
+        compose_config(
+            "predict", [a for a in args if not a.startswith("hydra.")] + [f"paths.output_dir={out.parent}"]
+        )
+    )
     return out, {"interrupted": interrupted, "status_after_kill": state, "manifest": manifest}
 
 
@@ -63,17 +74,28 @@ def test_an_interrupted_prediction_resumes_scene_by_scene(resumed_run, demo_run)
     assert len(list((out / "scenes").glob("*_mask.tif"))) == 6 and not list(out.rglob(".*tmp-*"))
     for sid in SAMAWAH:  # the same pixels as an uninterrupted run with the same settings
         for kind in ("probability", "mask"):
-            np.testing.assert_array_equal(read_band(out / "scenes" / f"{sid}_{kind}.tif"),
-                                          read_band(demo_run / "scenes" / f"{sid}_{kind}.tif"))
+            np.testing.assert_array_equal(
+                read_band(out / "scenes" / f"{sid}_{kind}.tif"),
+                read_band(demo_run / "scenes" / f"{sid}_{kind}.tif"),
+            )
 
 
 @pytest.mark.slow
 def test_two_cpu_processes_predict_what_one_does(resumed_run, best_ckpt, tiny_raw_session, tmp_path):
     single, _ = resumed_run
     out = tmp_path / "ddp"
-    proc = cli(cli_args(out, f"ckpt={best_ckpt}", f"input={tiny_raw_session}", "trainer=ddp", "trainer.accelerator=cpu",
-                        "trainer.devices=2", "trainer.precision=32-true"),
-               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = cli(
+        cli_args(
+            out,
+            f"ckpt={best_ckpt}",
+            f"input={tiny_raw_session}",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.precision=32-true",
+        ),
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-3000:]
     manifest = json.loads((out / "predict.json").read_text())
@@ -105,8 +127,11 @@ def test_two_runs_on_one_output_refuse_each_other_cleanly(best_ckpt, tiny_raw_se
         first.send_signal(signal.SIGCONT)
     assert second.returncode == 1
     lines = [line for line in stderr.splitlines() if line.strip()]
-    assert re.fullmatch(rf"error: {re.escape(str(out))} is in use by process {first.pid} since "
-                        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC .*", lines[-1]), stderr[-2000:]
+    assert re.fullmatch(
+        rf"error: {re.escape(str(out))} is in use by process {first.pid} since "
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC .*",
+        lines[-1],
+    ), stderr[-2000:]
     assert "Traceback" not in stderr
     _, stderr = first.communicate(timeout=300)
     assert first.returncode == 0, stderr[-2000:]

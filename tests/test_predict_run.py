@@ -17,7 +17,9 @@ from unosat.scenes import discover_scenes
 
 
 @pytest.mark.slow
-def test_default_run_predicts_the_demo_test_cities_as_cogs_on_the_input_grid(demo_run, tiny_raw_session, best_ckpt):
+def test_default_run_predicts_the_demo_test_cities_as_cogs_on_the_input_grid(
+    demo_run, tiny_raw_session, best_ckpt
+):
     manifest = json.loads((demo_run / "predict.json").read_text())
     assert manifest["status"] == "complete"
     assert [s["scene_id"] for s in manifest["scenes"]] == list(SAMAWAH)  # the tiny demo's only test city
@@ -43,17 +45,23 @@ def test_default_run_predicts_the_demo_test_cities_as_cogs_on_the_input_grid(dem
         assert nodata.any() and ((prob == 255) == nodata).all() and ((mask == 255) == nodata).all()
         # the mask thresholds the float probability, and the stored value keeps that side of 0.5 everywhere
         np.testing.assert_array_equal(mask[~nodata], decode_probability(prob)[~nodata] >= 0.5)
-        assert decode_probability(prob)[~nodata].std() > 0.05 and 0 < mask[~nodata].mean() < 1  # a map, not a constant
+        assert (
+            decode_probability(prob)[~nodata].std() > 0.05 and 0 < mask[~nodata].mean() < 1
+        )  # a map, not a constant
     # city products: the mean of the dates' stored probabilities >= 0.5 (each stored value on its date's side
     # of the threshold), on the same grid, and polygons
-    probs = np.stack([decode_probability(read_band(demo_run / "scenes" / f"{sid}_probability.tif")) for sid in SAMAWAH])
+    probs = np.stack(
+        [decode_probability(read_band(demo_run / "scenes" / f"{sid}_probability.tif")) for sid in SAMAWAH]
+    )
     city = read_band(demo_run / "cities" / "Samawah_mask.tif")
     np.testing.assert_array_equal(city, threshold_mask(mean_probability(probs), 0.5))
     masks = np.stack([read_band(demo_run / "scenes" / f"{sid}_mask.tif") for sid in SAMAWAH])
     assert (city[(masks == 0).all(axis=0)] == 0).all() and (city[(masks == 1).all(axis=0)] == 1).all()
     expected = {f"{name}_{kind}.tif" for name in (*SAMAWAH, "Samawah") for kind in ("probability", "mask")}
     assert {p.name for p in demo_run.rglob("*.tif")} == expected  # every raster output was checked above
-    assert (demo_run / "cities" / "Samawah_buildings.gpkg").is_file() and manifest["products"][0]["polygons_count"] > 0
+    assert (demo_run / "cities" / "Samawah_buildings.gpkg").is_file() and manifest["products"][0][
+        "polygons_count"
+    ] > 0
     # evaluation against the label vectors, and a quicklook
     evaluation = json.loads((demo_run / "evaluation.json").read_text())
     assert evaluation == manifest["evaluation"] and list(evaluation["cities"]) == ["Samawah"]

@@ -33,6 +33,9 @@ def test_checkpoint_missing_or_not_unosat(tiny_raw_session, tmp_path):
 
 @pytest.mark.slow
 def test_checkpoint_recipe_must_match_a_prepared_dataset(best_ckpt, tiny_prepared, tmp_path):
-    with pytest.raises(UnosatError, match=r"best-.*ckpt was trained on band recipe 'db' but the prepared dataset .* holds "
-                                          r"recipe '3b' \(units db vs linear\).*input=<raw dir>"):
+    with pytest.raises(
+        UnosatError,
+        match=r"best-.*ckpt was trained on band recipe 'db' but the prepared dataset .* holds "
+        r"recipe '3b' \(units db vs linear\).*input=<raw dir>",
+    ):
         run(predict_cfg(tmp_path / "o", f"ckpt={best_ckpt}", f"input={tiny_prepared}"))

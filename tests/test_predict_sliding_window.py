@@ -26,11 +26,11 @@ from unosat.predict.sliding_window import NodataSkip, WindowConfig, axis_layout,
 
 LAYOUTS = [
     (75, 130, WindowConfig(size=32, overlap=12, batch_size=3)),
-    (64, 64, WindowConfig(size=32, overlap=8, margin=0, batch_size=2)),       # windows fit exactly
-    (20, 27, WindowConfig(size=32, overlap=8, batch_size=2)),                 # scene smaller than a window
-    (50, 90, WindowConfig(size=32, overlap=0, margin=0, batch_size=4)),       # no overlap
+    (64, 64, WindowConfig(size=32, overlap=8, margin=0, batch_size=2)),  # windows fit exactly
+    (20, 27, WindowConfig(size=32, overlap=8, batch_size=2)),  # scene smaller than a window
+    (50, 90, WindowConfig(size=32, overlap=0, margin=0, batch_size=4)),  # no overlap
     (70, 41, WindowConfig(size=24, overlap=10, edge=2, pad_mode="constant")),  # zero weight at inner edges
-    (1, 40, WindowConfig(size=16, overlap=4, margin=3)),                      # a single row
+    (1, 40, WindowConfig(size=16, overlap=4, margin=3)),  # a single row
 ]
 
 
@@ -116,7 +116,9 @@ def test_a_skip_predicate_can_call_windows_empty_without_running_the_network():
 
     stack = random_stack(60, 70, seed=5)
     counting = CountingNet(ConstantNet(0.9))
-    prob, stats = predict_array(stack, [counting], WindowConfig(size=32, overlap=8), skips=(NodataSkip(), Everything()))
+    prob, stats = predict_array(
+        stack, [counting], WindowConfig(size=32, overlap=8), skips=(NodataSkip(), Everything())
+    )
     valid = np.isfinite(stack).all(axis=0)
     assert counting.calls == 0 and stats.predicted == 0
     assert (prob[valid] == 0).all() and np.isnan(prob[~valid]).all()
@@ -141,7 +143,9 @@ def test_lwrefinenet_windows_blend_into_its_single_forward_pass(best_ckpt, tiny_
         stack = src.read()
     ensemble = Ensemble([model], Runtime(None, channels_last=True), "none")
     whole = ensemble.probability([model.normalization.apply(stack, channel_axis=0)[None]])[0]
-    cfg = WindowConfig(size=96, overlap=48, edge=8, margin=0, batch_size=4)  # no margin: the same border as one pass
+    cfg = WindowConfig(
+        size=96, overlap=48, edge=8, margin=0, batch_size=4
+    )  # no margin: the same border as one pass
     prob = np.concatenate([p for _, p in predict_scene(ArrayReader(stack, model.recipe), ensemble, cfg)])
     inner = (slice(8, -8), slice(8, -8))
     diff = np.abs(prob - whole)[inner][np.isfinite(stack).all(axis=0)[inner]]

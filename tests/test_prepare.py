@@ -33,7 +33,11 @@ def read(path: Path) -> np.ndarray:
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -44,8 +48,11 @@ def test_layout_and_georeferencing(tiny_prepared, tiny_raw_session):
     scenes = discover_scenes(tiny_raw_session)
     assert ds.manifest["scenes"] == [s.scene_id for s in scenes]
     for s in scenes:
-        with rasterio.open(s.vv) as raw, rasterio.open(ds.bands_path(s.scene_id)) as stack, \
-                rasterio.open(ds.mask_path(s.scene_id)) as mask:
+        with (
+            rasterio.open(s.vv) as raw,
+            rasterio.open(ds.bands_path(s.scene_id)) as stack,
+            rasterio.open(ds.mask_path(s.scene_id)) as mask,
+        ):
             assert stack.crs == raw.crs == mask.crs
             assert stack.transform == raw.transform == mask.transform
             assert (stack.count, stack.dtypes[0], mask.dtypes[0]) == (3, "float32", "uint8")
@@ -69,8 +76,14 @@ def test_stack_values_equal_the_recipe_on_the_raw_files(tiny_raw, tmp_path, reci
     stack = read(ds.bands_path(scene.scene_id))
     np.testing.assert_array_equal(stack[:, valid], expected[:, valid])
     assert np.isnan(stack[:, ~valid]).all()
-    assert ds.recipe.bands == {"3b": ("vh", "vv", "mean"), "db": ("vh", "vv", "mean"),
-                               "5b": ("vh", "vv", "mean", "diff", "norm")}[recipe]
+    assert (
+        ds.recipe.bands
+        == {
+            "3b": ("vh", "vv", "mean"),
+            "db": ("vh", "vv", "mean"),
+            "5b": ("vh", "vv", "mean", "diff", "norm"),
+        }[recipe]
+    )
 
 
 def test_rasterization_equals_rasterio_on_the_same_geometries(tiny_prepared, tiny_raw_session):
@@ -79,8 +92,14 @@ def test_rasterization_equals_rasterio_on_the_same_geometries(tiny_prepared, tin
         label = _label_file(tiny_raw_session, scene)
         with rasterio.open(scene.vv) as src:
             polys = gpd.read_file(label).to_crs(src.crs)
-            expected = rasterize(((g, 1) for g in polys.geometry), out_shape=src.shape, transform=src.transform,
-                                 all_touched=False, fill=0, dtype="uint8")
+            expected = rasterize(
+                ((g, 1) for g in polys.geometry),
+                out_shape=src.shape,
+                transform=src.transform,
+                all_touched=False,
+                fill=0,
+                dtype="uint8",
+            )
         stack = read(ds.bands_path(scene.scene_id))
         mask = read(ds.mask_path(scene.scene_id))[0]
         nodata = np.isnan(stack[0])
@@ -90,7 +109,11 @@ def test_rasterization_equals_rasterio_on_the_same_geometries(tiny_prepared, tin
 
 
 def _label_file(raw: Path, scene) -> Path:
-    found = [p for p in (raw / "labels").iterdir() if p.stem == f"{scene.mgrs}_{scene.city}" and p.suffix in (".shp", ".gpkg", ".geojson")]
+    found = [
+        p
+        for p in (raw / "labels").iterdir()
+        if p.stem == f"{scene.mgrs}_{scene.city}" and p.suffix in (".shp", ".gpkg", ".geojson")
+    ]
     assert len(found) == 1
     return found[0]
 
@@ -303,16 +326,32 @@ def test_raw_dir_missing_or_empty(tmp_path):
 def test_unknown_step_and_unknown_config_key(tiny_raw, tmp_path):
     with pytest.raises(UnosatError, match="unknown step"):
         run(prepare_config(tiny_raw, tmp_path / "out", "steps=[bands,colour]"))
-    proc = subprocess.run([sys.executable, "prepare.py", f"raw_dir={tiny_raw}", f"out_dir={tmp_path / 'o'}", "no_such_key=1"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "prepare.py", f"raw_dir={tiny_raw}", f"out_dir={tmp_path / 'o'}", "no_such_key=1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert "Key 'no_such_key' is not in struct" in proc.stderr + proc.stdout
 
 
 @pytest.mark.slow
 def test_entry_point_prints_one_clear_error_line(tmp_path):
-    proc = subprocess.run([sys.executable, "prepare.py", f"raw_dir={tmp_path / 'nowhere'}", f"out_dir={tmp_path / 'o'}",
-                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "prepare.py",
+            f"raw_dir={tmp_path / 'nowhere'}",
+            f"out_dir={tmp_path / 'o'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: raw_dir")
     assert "Traceback" not in proc.stderr
@@ -336,7 +375,9 @@ def test_rerun_skips_finished_work_and_raw_inputs_are_untouched(tiny_raw, tmp_pa
 def test_other_settings_are_refused_without_overwrite(tiny_raw, tmp_path):
     out = tmp_path / "out"
     run(prepare_config(tiny_raw, out, "steps=[bands]"))
-    with pytest.raises(UnosatError, match=r"dataset.json holds a dataset made with other settings \(.*recipe.*overwrite=true"):
+    with pytest.raises(
+        UnosatError, match=r"dataset.json holds a dataset made with other settings \(.*recipe.*overwrite=true"
+    ):
         run(prepare_config(tiny_raw, out, "steps=[bands]", "bands=db"))
     run(prepare_config(tiny_raw, out, "steps=[bands]", "bands=db", "overwrite=true"))
     assert PreparedDataset(out).recipe.units == "db"
@@ -350,8 +391,15 @@ def test_out_dir_inside_raw_dir_is_refused(tiny_raw):
 @pytest.mark.slow
 def test_interrupted_run_completes_when_run_again(tiny_raw, tmp_path):
     out, clean = tmp_path / "out", tmp_path / "clean"
-    args = [sys.executable, "prepare.py", f"raw_dir={tiny_raw}", f"out_dir={out}", *TINY_PREPARE,
-            f"hydra.run.dir={tmp_path / 'run'}", "steps=[bands,labels,tiles,stats]"]
+    args = [
+        sys.executable,
+        "prepare.py",
+        f"raw_dir={tiny_raw}",
+        f"out_dir={out}",
+        *TINY_PREPARE,
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "steps=[bands,labels,tiles,stats]",
+    ]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not list((out / "bands").glob("*.tif")):
@@ -367,7 +415,9 @@ def test_interrupted_run_completes_when_run_again(tiny_raw, tmp_path):
         for p in (clean / sub).glob("*.tif"):
             np.testing.assert_array_equal(read(out / sub / p.name), read(p))
     pd.testing.assert_frame_equal(pd.read_csv(out / "statistics.csv"), pd.read_csv(clean / "statistics.csv"))
-    assert json.loads((out / "normalization.json").read_text()) == json.loads((clean / "normalization.json").read_text())
+    assert json.loads((out / "normalization.json").read_text()) == json.loads(
+        (clean / "normalization.json").read_text()
+    )
 
 
 def test_raster_labels_are_aligned_to_the_scene_grid(tiny_raw, tmp_path, tiny_prepared):
@@ -376,8 +426,16 @@ def test_raster_labels_are_aligned_to_the_scene_grid(tiny_raw, tmp_path, tiny_pr
     scene = discover_scenes(tiny_raw)[0]
     mask = read(ds.mask_path(scene.scene_id))[0]
     with rasterio.open(scene.vv) as src:
-        profile = dict(driver="GTiff", width=src.width, height=src.height, count=1, dtype="uint8",
-                       crs=src.crs, transform=src.transform, nodata=200)
+        profile = dict(
+            driver="GTiff",
+            width=src.width,
+            height=src.height,
+            count=1,
+            dtype="uint8",
+            crs=src.crs,
+            transform=src.transform,
+            nodata=200,
+        )
     label_dir = tmp_path / "masks"
     label_dir.mkdir()
     raster = np.where(mask == 255, 0, mask).astype("uint8")
@@ -402,16 +460,23 @@ def test_multiband_layout_with_band_order(tiny_raw, tmp_path):
     multi.mkdir(parents=True)
     with rasterio.open(scene.vv) as vv, rasterio.open(scene.vh) as vh:
         profile = vv.profile | {"count": 2}
-        with rasterio.open(multi / f"S1_{scene.mgrs}_{scene.date}_{scene.orbit_pass}.tif", "w", **profile) as dst:
+        with rasterio.open(
+            multi / f"S1_{scene.mgrs}_{scene.date}_{scene.orbit_pass}.tif", "w", **profile
+        ) as dst:
             dst.write(np.stack([vv.read(1), vh.read(1)]))
-    config = DiscoveryConfig(layout="multiband", band_order=("vv", "vh"),
-                             pattern=r"(?i)^s1_(?P<mgrs>\d{2}[a-z]{3})_(?P<date>\d{8})(?:_(?P<pass>asc|des))?\.tiff?$")
+    config = DiscoveryConfig(
+        layout="multiband",
+        band_order=("vv", "vh"),
+        pattern=r"(?i)^s1_(?P<mgrs>\d{2}[a-z]{3})_(?P<date>\d{8})(?:_(?P<pass>asc|des))?\.tiff?$",
+    )
     found = discover_scenes(tmp_path / "multi", config)
     assert len(found) == 1 and found[0].sources["vv"][1] == 1 and found[0].sources["vh"][1] == 2
     with rasterio.open(found[0].vv) as src:
         stack, _, _ = polarisations_to_stack(src.read(2), src.read(1), BandRecipe())
-    np.testing.assert_array_equal(np.nan_to_num(stack, nan=-1),
-                                  np.nan_to_num(polarisations_to_stack(read(scene.vh)[0], read(scene.vv)[0], BandRecipe())[0], nan=-1))
+    np.testing.assert_array_equal(
+        np.nan_to_num(stack, nan=-1),
+        np.nan_to_num(polarisations_to_stack(read(scene.vh)[0], read(scene.vv)[0], BandRecipe())[0], nan=-1),
+    )
 
 
 # ------------------------------------------------------------------- step dependencies
@@ -475,8 +540,14 @@ def test_an_out_of_date_step_that_is_not_redone_is_refused_by_name(tiny_raw_sess
     out = tmp_path / "out"
     run(prepare_config(tiny_raw_session, out, "steps=[bands,labels,tiles,stats,report]"))
     before = json.loads((out / "dataset.json").read_text())
-    with pytest.raises(UnosatError, match=r"step\(s\) \['stats'\] were done with other settings.*steps=\[stats,report\]"):
-        run(prepare_config(tiny_raw_session, out, "overwrite=true", "stats.min_valid_fraction=0.5", "steps=[report]"))
+    with pytest.raises(
+        UnosatError, match=r"step\(s\) \['stats'\] were done with other settings.*steps=\[stats,report\]"
+    ):
+        run(
+            prepare_config(
+                tiny_raw_session, out, "overwrite=true", "stats.min_valid_fraction=0.5", "steps=[report]"
+            )
+        )
     assert json.loads((out / "dataset.json").read_text()) == before  # refused before touching anything
 
 

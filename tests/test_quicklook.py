@@ -20,8 +20,18 @@ SHAPE = (300, 240)  # rows, cols: with max_px=100 the decimation factor is 3 and
 
 
 def write_raster(path, array, nodata, dtype="float32"):
-    with rasterio.open(path, "w", driver="GTiff", width=array.shape[1], height=array.shape[0], count=1,
-                       dtype=dtype, crs=CRS, transform=TRANSFORM, nodata=nodata) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=array.shape[1],
+        height=array.shape[0],
+        count=1,
+        dtype=dtype,
+        crs=CRS,
+        transform=TRANSFORM,
+        nodata=nodata,
+    ) as dst:
         dst.write(array.astype(dtype), 1)
     return path
 
@@ -50,7 +60,9 @@ def test_outlines_are_drawn_where_the_polygons_are(tmp_path, scene):
     # predicted box, 35 and 65 for the true box, rows 40 and 70 for both
     predicted = gpd.GeoSeries([px_box(61.5, 121.5, 151.5, 211.5)], crs=CRS)
     truth_file = tmp_path / "truth.gpkg"
-    gpd.GeoDataFrame(geometry=[px_box(106.5, 121.5, 196.5, 211.5)], crs=CRS).to_crs("EPSG:4326").to_file(truth_file)
+    gpd.GeoDataFrame(geometry=[px_box(106.5, 121.5, 196.5, 211.5)], crs=CRS).to_crs("EPSG:4326").to_file(
+        truth_file
+    )
     out = tmp_path / "ql" / "scene.png"
     quicklook(scene, 1, "linear", out, predicted=predicted, truth=truth_file, max_px=100, title="T")
     image = png(out)

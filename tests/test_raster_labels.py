@@ -30,8 +30,18 @@ SCENE_TRANSFORM = Affine(DEG, 0, 44.0, 0, -DEG, 33.0)
 
 def write(path: Path, array: np.ndarray, transform: Affine, nodata=None, crs=WGS84) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(path, "w", driver="GTiff", width=array.shape[1], height=array.shape[0], count=1,
-                       dtype=array.dtype, crs=crs, transform=transform, nodata=nodata) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=array.shape[1],
+        height=array.shape[0],
+        count=1,
+        dtype=array.dtype,
+        crs=crs,
+        transform=transform,
+        nodata=nodata,
+    ) as dst:
         dst.write(array, 1)
     return path
 
@@ -48,7 +58,9 @@ def scene_4326(tmp_path) -> Path:
 
 
 def labels_config(raw: Path, out: Path, *overrides: str):
-    return prepare_config(raw, out, "labels=raster", "steps=[bands,labels]", "split.test_cities=[]", *overrides)
+    return prepare_config(
+        raw, out, "labels=raster", "steps=[bands,labels]", "split.test_cities=[]", *overrides
+    )
 
 
 def prepared_mask(out: Path) -> np.ndarray:
@@ -107,7 +119,9 @@ def test_grids_are_compared_in_pixels_not_crs_units():
     nudged = Grid(WGS84, Affine(DEG, 0, 44.0 + DEG / 1000, 0, -DEG, 33.0), COLS, ROWS)  # 1/1000 px
     assert scene.differences(nudged) == []
     utm = Grid(CRS.from_epsg(32638), Affine(10, 0, 5e5, 0, -10, 4e6), COLS, ROWS)
-    assert utm.differences(Grid(utm.crs, Affine(10, 0, 5e5 + 0.05, 0, -10, 4e6), COLS, ROWS)) == []  # 1/200 px
+    assert (
+        utm.differences(Grid(utm.crs, Affine(10, 0, 5e5 + 0.05, 0, -10, 4e6), COLS, ROWS)) == []
+    )  # 1/200 px
     assert utm.differences(Grid(utm.crs, Affine(10, 0, 5e5 + 0.5, 0, -10, 4e6), COLS, ROWS))  # 1/20 px
 
 
@@ -132,7 +146,7 @@ def test_labels_that_cover_part_of_the_scene_leave_the_rest_ignored(scene_4326, 
     write(scene_4326 / f"{SCENE_ID}_mask.tif", label, SCENE_TRANSFORM, nodata=None)  # the top half only
     prepare(labels_config(scene_4326, tmp_path / "out"))
     got = prepared_mask(tmp_path / "out")
-    assert (got[: ROWS // 2] == 1).all() and (got[ROWS // 2:] == 255).all()
+    assert (got[: ROWS // 2] == 1).all() and (got[ROWS // 2 :] == 255).all()
 
 
 # ------------------------------------------------------------------------- evaluate=true with raster labels
@@ -181,47 +195,80 @@ def evaluate_run(tmp_path: Path, ckpt: Path, input_dir: Path, out: str, *overrid
     from unosat.config import compose_config
     from unosat.predict.run import run
 
-    cfg = compose_config("predict", [f"ckpt={ckpt}", f"input={input_dir}", f"output={tmp_path / out}",
-                                     f"paths.output_dir={tmp_path / 'hydra'}", "cities=[Samawah]", "evaluate=true",
-                                     "window.size=96", "window.overlap=32", "window.batch_size=4",
-                                     "cog.blocksize=128", "block_rows=64", *overrides])
+    cfg = compose_config(
+        "predict",
+        [
+            f"ckpt={ckpt}",
+            f"input={input_dir}",
+            f"output={tmp_path / out}",
+            f"paths.output_dir={tmp_path / 'hydra'}",
+            "cities=[Samawah]",
+            "evaluate=true",
+            "window.size=96",
+            "window.overlap=32",
+            "window.batch_size=4",
+            "cog.blocksize=128",
+            "block_rows=64",
+            *overrides,
+        ],
+    )
     return run(cfg)
 
 
 @pytest.mark.slow
-def test_evaluate_accepts_label_rasters_and_prepared_masks(tiny_raw_session, tiny_prepared_db, label_rasters,
-                                                           tmp_path):
+def test_evaluate_accepts_label_rasters_and_prepared_masks(
+    tiny_raw_session, tiny_prepared_db, label_rasters, tmp_path
+):
     """The same prediction scored against the label vectors, the same labels as rasters, and the prepared
     masks: the same pixel confusion (all are the polygons burnt on the scene grid, nodata left out). Scene by
     scene: a city product would be scored against its first acquisition's raster, whose nodata differs."""
     from conftest import toy_checkpoint
 
-    ckpt = toy_checkpoint(tmp_path / "toy.ckpt", {"units": "linear", "nodata_values": [0.0, -99999.0],
-                                                   "file_nodata": True})
+    ckpt = toy_checkpoint(
+        tmp_path / "toy.ckpt", {"units": "linear", "nodata_values": [0.0, -99999.0], "file_nodata": True}
+    )
     per_scene = "aggregate.method=none"
     vector = evaluate_run(tmp_path, ckpt, tiny_raw_session, "vector", per_scene)["evaluation"]["overall"]
-    raster = evaluate_run(tmp_path, ckpt, tiny_raw_session, "raster", per_scene, "labels=raster",
-                          f"labels.dirs=[{label_rasters}]")["evaluation"]["overall"]
-    prepared = evaluate_run(tmp_path, ckpt, tiny_prepared_db, "prepared", per_scene,
-                            "labels=prepared")["evaluation"]["overall"]
+    raster = evaluate_run(
+        tmp_path,
+        ckpt,
+        tiny_raw_session,
+        "raster",
+        per_scene,
+        "labels=raster",
+        f"labels.dirs=[{label_rasters}]",
+    )["evaluation"]["overall"]
+    prepared = evaluate_run(tmp_path, ckpt, tiny_prepared_db, "prepared", per_scene, "labels=prepared")[
+        "evaluation"
+    ]["overall"]
     assert vector["counts"]["true_building_pixels"] > 0
     assert raster["pixel"]["confusion"] == vector["pixel"]["confusion"] == prepared["pixel"]["confusion"]
     assert raster["object"] == prepared["object"]
 
 
 @pytest.mark.slow
-def test_every_input_is_checked_before_predicting(tiny_raw_session, tiny_prepared_db, label_rasters, tmp_path):
+def test_every_input_is_checked_before_predicting(
+    tiny_raw_session, tiny_prepared_db, label_rasters, tmp_path
+):
     import shutil
 
     from conftest import toy_checkpoint
 
-    ckpt = toy_checkpoint(tmp_path / "toy.ckpt", {"units": "linear", "nodata_values": [0.0, -99999.0],
-                                                   "file_nodata": True})
+    ckpt = toy_checkpoint(
+        tmp_path / "toy.ckpt", {"units": "linear", "nodata_values": [0.0, -99999.0], "file_nodata": True}
+    )
     partial = Path(shutil.copytree(label_rasters, tmp_path / "partial"))
     next(partial.glob("38RNV_*_DES_mask.tif")).unlink()  # the second Samawah acquisition lacks its labels
     with pytest.raises(UnosatError, match=r"no label raster 38RNV_.*_DES_mask.tif for scene"):
-        evaluate_run(tmp_path, ckpt, tiny_raw_session, "out", "labels=raster", f"labels.dirs=[{partial}]",
-                     "aggregate.method=none")
+        evaluate_run(
+            tmp_path,
+            ckpt,
+            tiny_raw_session,
+            "out",
+            "labels=raster",
+            f"labels.dirs=[{partial}]",
+            "aggregate.method=none",
+        )
     with pytest.raises(UnosatError, match="labels=prepared scores against a prepared dataset's masks"):
         evaluate_run(tmp_path, ckpt, tiny_raw_session, "out", "labels=prepared")
     no_crs = tmp_path / "no_crs"

@@ -25,8 +25,15 @@ from unosat.raw_input import RawInput, UnitsCheck, units_verdict
 PYROSAR_NODATA = -99.0
 CITY = "Samawah"
 #: small windows for the tiny demo's 160 x 192 px scenes
-PRED = ["window.size=96", "window.overlap=32", "window.batch_size=4", "cog.blocksize=128", "block_rows=64",
-        "vectorize=false", "aggregate.method=none"]
+PRED = [
+    "window.size=96",
+    "window.overlap=32",
+    "window.batch_size=4",
+    "cog.blocksize=128",
+    "block_rows=64",
+    "vectorize=false",
+    "aggregate.method=none",
+]
 
 
 def rewrite(src_dir: Path, dst_dir: Path, convert, nodata: float | None, city: str = CITY) -> Path:
@@ -56,7 +63,9 @@ def rewrite(src_dir: Path, dst_dir: Path, convert, nodata: float | None, city: s
 @pytest.fixture(scope="module")
 def db_raw(tiny_raw_session, tmp_path_factory) -> Path:
     """Samawah in dB, nodata wedge -99 with a nodata tag of -99 (pyroSAR's convention)."""
-    return rewrite(tiny_raw_session, tmp_path_factory.mktemp("db") / "raw", lambda v: to_db(v), PYROSAR_NODATA)
+    return rewrite(
+        tiny_raw_session, tmp_path_factory.mktemp("db") / "raw", lambda v: to_db(v), PYROSAR_NODATA
+    )
 
 
 def stack_of(out: Path) -> np.ndarray:
@@ -119,7 +128,9 @@ def test_the_files_own_nodata_tag_is_nodata_and_db_is_read_right(db_raw, tiny_ra
     prepare(prepare_config(db_raw, tmp_path / "db", "steps=[bands]", "discovery.units=db", "bands=db"))
     stack = stack_of(tmp_path / "db")
     assert np.array_equal(np.isnan(stack).all(axis=0), tagged)
-    assert np.allclose(stack[0][~tagged], vh[~tagged], atol=1e-4) and np.allclose(stack[1][~tagged], vv[~tagged], atol=1e-4)
+    assert np.allclose(stack[0][~tagged], vh[~tagged], atol=1e-4) and np.allclose(
+        stack[1][~tagged], vv[~tagged], atol=1e-4
+    )
     # the same scene prepared from the original linear files gives the same VH and VV in dB (not the mean band:
     # the dB files lost the negative thermal-noise residues, clamped to -80 dB)
     linear = rewrite(tiny_raw_session, tmp_path / "lin_raw", lambda v: v, 0.0)
@@ -128,8 +139,16 @@ def test_the_files_own_nodata_tag_is_nodata_and_db_is_read_right(db_raw, tiny_ra
 
 
 def test_without_file_nodata_the_tag_is_ignored(db_raw, tmp_path):
-    prepare(prepare_config(db_raw, tmp_path / "out", "steps=[bands]", "discovery.units=db", "bands=db",
-                           "discovery.file_nodata=false"))
+    prepare(
+        prepare_config(
+            db_raw,
+            tmp_path / "out",
+            "steps=[bands]",
+            "discovery.units=db",
+            "bands=db",
+            "discovery.file_nodata=false",
+        )
+    )
     vh, _ = raw_pair(db_raw)
     stack = stack_of(tmp_path / "out")
     assert np.isfinite(stack[0][vh == PYROSAR_NODATA]).all()  # -99 dB read as backscatter
@@ -147,7 +166,11 @@ def test_zero_is_valid_backscatter_in_db_but_nodata_in_linear_inputs(db_raw, tmp
     stack = stack_of(tmp_path / "out")
     assert np.allclose(stack[0][rows[:50], cols[:50]], 0.0)
     settings = PreparedDataset(tmp_path / "out").manifest["settings"]["discovery"]
-    assert settings["nodata_values"] == [-99999.0] and settings["units"] == "db" and settings["file_nodata"] is True
+    assert (
+        settings["nodata_values"] == [-99999.0]
+        and settings["units"] == "db"
+        and settings["file_nodata"] is True
+    )
     assert PreparedDataset(tmp_path / "out").raw_input() == RawInput("db", (-99999.0,), True)
 
 
@@ -159,7 +182,11 @@ def test_the_data_recipe_records_the_raw_input_settings(tiny_prepared_db):
 
     dm = UnosatDataModule(tiny_prepared_db, epoch_length=8)
     dm.setup()
-    assert dm.data_recipe()["raw_input"] == {"units": "linear", "nodata_values": [0.0, -99999.0], "file_nodata": True}
+    assert dm.data_recipe()["raw_input"] == {
+        "units": "linear",
+        "nodata_values": [0.0, -99999.0],
+        "file_nodata": True,
+    }
 
 
 DB_INPUT = {"units": "db", "nodata_values": [-99999.0], "file_nodata": True}
@@ -168,8 +195,17 @@ DB_INPUT = {"units": "db", "nodata_values": [-99999.0], "file_nodata": True}
 def predict(tmp_path: Path, ckpt: Path, raw: Path, out: str, *overrides: str) -> dict:
     from unosat.predict.run import run
 
-    cfg = compose_config("predict", [f"ckpt={ckpt}", f"input={raw}", f"output={tmp_path / out}",
-                                     f"paths.output_dir={tmp_path / 'hydra'}", *PRED, *overrides])
+    cfg = compose_config(
+        "predict",
+        [
+            f"ckpt={ckpt}",
+            f"input={raw}",
+            f"output={tmp_path / out}",
+            f"paths.output_dir={tmp_path / 'hydra'}",
+            *PRED,
+            *overrides,
+        ],
+    )
     return run(cfg)
 
 
@@ -179,7 +215,9 @@ def probability(manifest: dict) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_predict_reads_raw_scenes_with_the_checkpoints_settings_by_default(db_raw, tiny_raw_session, tmp_path):
+def test_predict_reads_raw_scenes_with_the_checkpoints_settings_by_default(
+    db_raw, tiny_raw_session, tmp_path
+):
     ckpt = toy_checkpoint(tmp_path / "db.ckpt", DB_INPUT)
     manifest = predict(tmp_path, ckpt, db_raw, "out_db")
     vh, vv = raw_pair(db_raw)
@@ -187,8 +225,15 @@ def test_predict_reads_raw_scenes_with_the_checkpoints_settings_by_default(db_ra
     assert np.array_equal(prob == 255, (vh == PYROSAR_NODATA) | (vv == PYROSAR_NODATA))  # the tag is nodata
     # the same model on the same scene in linear units (the checkpoint's settings overridden on purpose)
     linear = rewrite(tiny_raw_session, tmp_path / "lin_raw", lambda v: v, 0.0)
-    other = predict(tmp_path, ckpt, linear, "out_lin", "discovery.units=linear", "discovery.nodata_values=[0]",
-                    "input_mismatch=allow")
+    other = predict(
+        tmp_path,
+        ckpt,
+        linear,
+        "out_lin",
+        "discovery.units=linear",
+        "discovery.nodata_values=[0]",
+        "input_mismatch=allow",
+    )
     assert np.abs(probability(other).astype(int) - prob.astype(int)).max() <= 1
 
 
@@ -205,8 +250,9 @@ def test_predict_refuses_settings_that_differ_from_the_checkpoints(db_raw, tiny_
 
 
 def test_a_linear_checkpoint_on_db_files_is_refused_before_predicting(db_raw, tmp_path):
-    ckpt = toy_checkpoint(tmp_path / "lin.ckpt", {"units": "linear", "nodata_values": [0.0, -99999.0],
-                                                   "file_nodata": True})
+    ckpt = toy_checkpoint(
+        tmp_path / "lin.ckpt", {"units": "linear", "nodata_values": [0.0, -99999.0], "file_nodata": True}
+    )
     with pytest.raises(UnosatError, match="discovery.units=db"):
         predict(tmp_path, ckpt, db_raw, "out")
     assert nothing_predicted(tmp_path / "out")
@@ -218,8 +264,16 @@ def test_checkpoints_that_disagree_need_explicit_settings(db_raw, tmp_path):
     b = toy_checkpoint(tmp_path / "b.ckpt", {**DB_INPUT, "nodata_values": [-99999.0, 0.0]})
     with pytest.raises(UnosatError, match="different settings"):
         predict(tmp_path, f"[{a},{b}]", db_raw, "out")
-    manifest = predict(tmp_path, f"[{a},{b}]", db_raw, "out", "discovery.units=db", "discovery.nodata_values=[-99999]",
-                       "discovery.file_nodata=true", "input_mismatch=allow")
+    manifest = predict(
+        tmp_path,
+        f"[{a},{b}]",
+        db_raw,
+        "out",
+        "discovery.units=db",
+        "discovery.nodata_values=[-99999]",
+        "discovery.file_nodata=true",
+        "input_mismatch=allow",
+    )
     assert manifest["status"] == "complete"
 
 
@@ -229,4 +283,8 @@ def test_an_older_checkpoint_without_raw_input_settings_uses_the_config(db_raw, 
     with pytest.raises(UnosatError, match="discovery.units=db"):  # default linear: the check catches dB files
         predict(tmp_path, ckpt, db_raw, "out")
     manifest = predict(tmp_path, ckpt, db_raw, "out2", "discovery.units=db")
-    assert json.loads((tmp_path / "out2" / "predict.json").read_text())["status"] == manifest["status"] == "complete"
+    assert (
+        json.loads((tmp_path / "out2" / "predict.json").read_text())["status"]
+        == manifest["status"]
+        == "complete"
+    )

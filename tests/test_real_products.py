@@ -29,22 +29,37 @@ PRED = ["window.size=64", "window.overlap=16", "window.batch_size=2", "cog.block
 
 
 def area_labels(path: Path, crs, transform) -> Path:
-    boxes = [shapely.box(*(transform * (c0, r1)), *(transform * (c1, r0))) for r0, c0, r1, c1 in
-             [(5, 5, 12, 15), (30, 40, 36, 52)]]
+    boxes = [
+        shapely.box(*(transform * (c0, r1)), *(transform * (c1, r0)))
+        for r0, c0, r1, c1 in [(5, 5, 12, 15), (30, 40, 36, 52)]
+    ]
     gpd.GeoDataFrame({"DN": [255, 255]}, geometry=boxes, crs=crs).to_file(path, engine="pyogrio")
     return path
 
 
 def toy(tmp_path: Path, units: str) -> Path:
     nodata = [0.0, -99999.0] if units == "linear" else [-99999.0]
-    return toy_checkpoint(tmp_path / f"toy_{units}.ckpt", {"units": units, "nodata_values": nodata, "file_nodata": True})
+    return toy_checkpoint(
+        tmp_path / f"toy_{units}.ckpt", {"units": units, "nodata_values": nodata, "file_nodata": True}
+    )
 
 
 def predict(tmp_path: Path, ckpt: Path, raw: Path, *overrides: str) -> dict:
     from unosat.predict.run import run
 
-    return run(compose_config("predict", [f"ckpt={ckpt}", f"input={raw}", f"output={tmp_path / 'pred'}",
-                                          f"paths.output_dir={tmp_path / 'hydra'}", *PRED, *overrides]))
+    return run(
+        compose_config(
+            "predict",
+            [
+                f"ckpt={ckpt}",
+                f"input={raw}",
+                f"output={tmp_path / 'pred'}",
+                f"paths.output_dir={tmp_path / 'hydra'}",
+                *PRED,
+                *overrides,
+            ],
+        )
+    )
 
 
 def assert_on_grid(path: str, crs, transform) -> None:
@@ -75,11 +90,25 @@ def test_hyp3_rtc_pair_found_prepared_and_predicted(hyp3_raw, tmp_path):
 
     discovery = instantiate(compose_config("prepare", ["discovery=hyp3"]).discovery)
     (scene,) = discover_scenes(hyp3_raw, discovery)
-    assert (scene.city, scene.mgrs, scene.date, scene.time, scene.orbit_pass) == ("Mosul", "7370", "20190917", "030900", None)
+    assert (scene.city, scene.mgrs, scene.date, scene.time, scene.orbit_pass) == (
+        "Mosul",
+        "7370",
+        "20190917",
+        "030900",
+        None,
+    )
     assert scene.scene_id == "7370_20190917t030900" and scene.vv.name == f"{HYP3}_VV.tif"
     out = tmp_path / "prepared"
-    prepare(prepare_config(hyp3_raw, out, "discovery=hyp3", "labels.template='{city}'", "split.test_cities=[]",
-                           "steps=[bands,labels]"))
+    prepare(
+        prepare_config(
+            hyp3_raw,
+            out,
+            "discovery=hyp3",
+            "labels.template='{city}'",
+            "split.test_cities=[]",
+            "steps=[bands,labels]",
+        )
+    )
     with rasterio.open(PreparedDataset(out).mask_path(scene.scene_id)) as src:
         mask = src.read(1)
     assert mask[5:12, 5:15].all() and mask.sum() == 7 * 10 + 6 * 12
@@ -98,8 +127,9 @@ def test_hyp3_product_without_an_area_folder_says_how_to_name_areas(hyp3_raw, tm
     discovery = instantiate(compose_config("prepare", ["discovery=hyp3"]).discovery)
     with pytest.raises(UnosatError, match="discovery.area=scene"):
         discover_scenes(flat, discovery)
-    (scene,) = discover_scenes(flat, instantiate(compose_config("prepare", ["discovery=hyp3",
-                                                                          "discovery.area=scene"]).discovery))
+    (scene,) = discover_scenes(
+        flat, instantiate(compose_config("prepare", ["discovery=hyp3", "discovery.area=scene"]).discovery)
+    )
     assert scene.city == scene.scene_id == "7370_20190917t030900"
 
 
@@ -107,9 +137,15 @@ def test_hyp3_product_without_an_area_folder_says_how_to_name_areas(hyp3_raw, tm
 
 
 def stac_item(folder: Path, item_id: str, when: str, state: str, assets: dict) -> Path:
-    item = {"type": "Feature", "stac_version": "1.0.0", "id": item_id,
-            "properties": {"datetime": when, "sat:orbit_state": state, "platform": "SENTINEL-1A"},
-            "geometry": None, "links": [], "assets": assets}
+    item = {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": item_id,
+        "properties": {"datetime": when, "sat:orbit_state": state, "platform": "SENTINEL-1A"},
+        "geometry": None,
+        "links": [],
+        "assets": assets,
+    }
     path = folder / f"{item_id}.json"
     path.write_text(json.dumps(item))
     return path
@@ -123,9 +159,17 @@ def stac_raw(tmp_path) -> Path:
     pols = backscatter(1)
     for pol in ("vv", "vh"):
         write(folder / f"{pol}.tif", [pols[pol]], UTM, UTM_TRANSFORM, driver="COG")
-    stac_item(folder, item_id, "2020-01-04T03:09:12.345Z", "descending",
-              {"vv": {"href": "vv.tif", "type": "image/tiff; application=geotiff; profile=cloud-optimized"},
-               "vh": {"href": "./vh.tif"}, "thumbnail": {"href": "preview.png"}})
+    stac_item(
+        folder,
+        item_id,
+        "2020-01-04T03:09:12.345Z",
+        "descending",
+        {
+            "vv": {"href": "vv.tif", "type": "image/tiff; application=geotiff; profile=cloud-optimized"},
+            "vh": {"href": "./vh.tif"},
+            "thumbnail": {"href": "preview.png"},
+        },
+    )
     (raw / "catalog.json").write_text(json.dumps({"type": "Catalog", "id": "local", "links": []}))
     area_labels(raw / "Najaf.gpkg", UTM, UTM_TRANSFORM)
     return raw
@@ -137,11 +181,21 @@ def test_stac_item_with_two_cog_assets_found_prepared_and_predicted(stac_raw, tm
 
     (scene,) = discover_scenes(stac_raw, instantiate(compose_config("prepare", ["discovery=stac"]).discovery))
     assert (scene.city, scene.date, scene.time, scene.orbit_pass) == ("Najaf", "20200104", "030912", "DES")
-    assert scene.scene_id == ("S1A-IW-GRDH-1SDV-20200104T030912-20200104T030937-030656-038357-RTC_20200104t030912_DES")
+    assert scene.scene_id == (
+        "S1A-IW-GRDH-1SDV-20200104T030912-20200104T030937-030656-038357-RTC_20200104t030912_DES"
+    )
     assert scene.vv.name == "vv.tif" and scene.vh.name == "vh.tif"
     out = tmp_path / "prepared"
-    prepare(prepare_config(stac_raw, out, "discovery=stac", "labels.template='{city}'", "split.test_cities=[]",
-                           "steps=[bands,labels]"))
+    prepare(
+        prepare_config(
+            stac_raw,
+            out,
+            "discovery=stac",
+            "labels.template='{city}'",
+            "split.test_cities=[]",
+            "steps=[bands,labels]",
+        )
+    )
     assert PreparedDataset(out).mask_path(scene.scene_id).is_file()
     manifest = predict(tmp_path, toy(tmp_path, "linear"), stac_raw, "discovery=stac")
     assert_on_grid(manifest["scenes"][0]["probability"], UTM, UTM_TRANSFORM)
@@ -178,7 +232,14 @@ def chip_raw(tmp_path) -> Path:
     label = np.zeros((ROWS, COLS), dtype="int16")
     label[20:40, 10:30] = 1
     label[:6, :] = -1
-    write(raw / "LabelHand" / "Ghana_103272_LabelHand.tif", [label], WGS84, DEG_TRANSFORM, nodata=-1, dtype="int16")
+    write(
+        raw / "LabelHand" / "Ghana_103272_LabelHand.tif",
+        [label],
+        WGS84,
+        DEG_TRANSFORM,
+        nodata=-1,
+        dtype="int16",
+    )
     return raw
 
 
@@ -186,11 +247,28 @@ def chip_raw(tmp_path) -> Path:
 def test_sen1floods11_chip_found_prepared_and_predicted(chip_raw, tmp_path):
     from hydra.utils import instantiate
 
-    (scene,) = discover_scenes(chip_raw, instantiate(compose_config("prepare", ["discovery=sen1floods11"]).discovery))
-    assert (scene.city, scene.scene_id, scene.sources["vv"][1], scene.sources["vh"][1]) == ("Ghana", "103272", 1, 2)
+    (scene,) = discover_scenes(
+        chip_raw, instantiate(compose_config("prepare", ["discovery=sen1floods11"]).discovery)
+    )
+    assert (scene.city, scene.scene_id, scene.sources["vv"][1], scene.sources["vh"][1]) == (
+        "Ghana",
+        "103272",
+        1,
+        2,
+    )
     out = tmp_path / "prepared"
-    prepare(prepare_config(chip_raw, out, "discovery=sen1floods11", "bands=db", "labels=raster",
-                           "labels.template='{city}_{id}_LabelHand.tif'", "split.test_cities=[]", "steps=[bands,labels]"))
+    prepare(
+        prepare_config(
+            chip_raw,
+            out,
+            "discovery=sen1floods11",
+            "bands=db",
+            "labels=raster",
+            "labels.template='{city}_{id}_LabelHand.tif'",
+            "split.test_cities=[]",
+            "steps=[bands,labels]",
+        )
+    )
     dataset = PreparedDataset(out)
     with rasterio.open(dataset.bands_path("103272")) as src:
         stack = src.read()
@@ -210,7 +288,9 @@ def test_scenes_prepared_without_labels_are_marked_and_refused_by_training(hyp3_
 
     (hyp3_raw / "Mosul.gpkg").unlink()  # nothing to learn from: prediction only
     out = tmp_path / "prepared"
-    prepare(prepare_config(hyp3_raw, out, "discovery=hyp3", "labels=none", "bands=db", "split.test_cities=[]"))
+    prepare(
+        prepare_config(hyp3_raw, out, "discovery=hyp3", "labels=none", "bands=db", "split.test_cities=[]")
+    )
     dataset = PreparedDataset(out)
     (scene_id,) = dataset.manifest["scenes"]
     with rasterio.open(dataset.mask_path(scene_id)) as src:
@@ -238,7 +318,10 @@ def test_a_pattern_may_match_the_relative_path(tmp_path):
     with pytest.raises(UnosatError, match="discovery.match=path"):
         discover_scenes(raw, DiscoveryConfig(pattern=pattern))  # matched against the file name: nothing
     scenes = discover_scenes(raw, DiscoveryConfig(pattern=pattern, match="path"))
-    assert [(s.city, s.scene_id) for s in scenes] == [("Najaf", "ORBIT079_20200104"), ("Najaf", "ORBIT079_20200116")]
+    assert [(s.city, s.scene_id) for s in scenes] == [
+        ("Najaf", "ORBIT079_20200104"),
+        ("Najaf", "ORBIT079_20200116"),
+    ]
     assert scenes[0].vv == raw / "Najaf" / "orbit079" / "20200104" / "iw-vv.tiff"
 
 
@@ -265,13 +348,22 @@ def vv_only_checkpoint(path: Path) -> Path:
 
     torch.manual_seed(0)
     net = LWRefineNet(1, 2)
-    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
-                "unosat": {"model": {"name": "lwrefinenet", "args": {"in_channels": 1, "num_classes": 2}},
-                           "data": {"recipe": {"name": "vv_db", "bands": ["vv"], "units": "db", "db_floor": 1e-8},
-                                    "normalization": {"mean": [-10.0], "std": [6.0], "fill": 0.0},
-                                    "classes": ["background", "building"],
-                                    "raw_input": {"units": "db", "nodata_values": [-99999.0], "file_nodata": True}},
-                           "task": "segmentation"}}, path)
+    torch.save(
+        {
+            "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+            "unosat": {
+                "model": {"name": "lwrefinenet", "args": {"in_channels": 1, "num_classes": 2}},
+                "data": {
+                    "recipe": {"name": "vv_db", "bands": ["vv"], "units": "db", "db_floor": 1e-8},
+                    "normalization": {"mean": [-10.0], "std": [6.0], "fill": 0.0},
+                    "classes": ["background", "building"],
+                    "raw_input": {"units": "db", "nodata_values": [-99999.0], "file_nodata": True},
+                },
+                "task": "segmentation",
+            },
+        },
+        path,
+    )
     return path
 
 
@@ -288,7 +380,10 @@ def test_a_vv_only_pyrosar_file_is_found_prepared_and_predicted(vv_only_raw, tmp
         prepare(prepare_config(vv_only_raw, tmp_path / "refused", *vv_only, "bands=db", "steps=[bands]"))
     out = tmp_path / "prepared"
     prepare(prepare_config(vv_only_raw, out, *vv_only, "bands=vv_db", "labels=none", "split.test_cities=[]"))
-    with rasterio.open(PreparedDataset(out).bands_path(scene.scene_id)) as src, rasterio.open(scene.vv) as raw:
+    with (
+        rasterio.open(PreparedDataset(out).bands_path(scene.scene_id)) as src,
+        rasterio.open(scene.vv) as raw,
+    ):
         stack, vv = src.read(1), raw.read(1)
     assert src.count == 1
     np.testing.assert_array_equal(np.isnan(stack), vv == -99.0)
@@ -310,10 +405,20 @@ def test_a_multiband_db_file_with_a_nodata_tag(tmp_path):
     pols["vv"][:, :10] = pols["vh"][:, :10] = -32768.0
     pols["vv"][40, 40] = 0.0  # 0 dB: valid
     raw = tmp_path / "raw"
-    write(raw / "Ghana" / "Ghana_200001_S1Hand.tif", [pols["vv"], pols["vh"]], WGS84, DEG_TRANSFORM, nodata=-32768.0)
-    (scene,) = discover_scenes(raw, instantiate(compose_config("prepare", ["discovery=sen1floods11"]).discovery))
+    write(
+        raw / "Ghana" / "Ghana_200001_S1Hand.tif",
+        [pols["vv"], pols["vh"]],
+        WGS84,
+        DEG_TRANSFORM,
+        nodata=-32768.0,
+    )
+    (scene,) = discover_scenes(
+        raw, instantiate(compose_config("prepare", ["discovery=sen1floods11"]).discovery)
+    )
     out = tmp_path / "prepared"
-    prepare(prepare_config(raw, out, "discovery=sen1floods11", "bands=db", "labels=none", "split.test_cities=[]"))
+    prepare(
+        prepare_config(raw, out, "discovery=sen1floods11", "bands=db", "labels=none", "split.test_cities=[]")
+    )
     with rasterio.open(PreparedDataset(out).bands_path(scene.scene_id)) as src:
         stack = src.read()
     assert np.isnan(stack[:, :, :10]).all() and np.isfinite(stack[:, :, 10:]).all()

@@ -37,7 +37,10 @@ def test_bins_weight_tiles_by_target_ratio():
 def test_ranks_draw_disjoint_shares_of_the_same_sample():
     weights = np.linspace(0.1, 1.0, 50)
     single = list(DistributedWeightedSampler(_Sized(50), weights, num_samples=40, seed=7))
-    shares = [list(DistributedWeightedSampler(_Sized(50), weights, 40, num_replicas=2, rank=r, seed=7)) for r in (0, 1)]
+    shares = [
+        list(DistributedWeightedSampler(_Sized(50), weights, 40, num_replicas=2, rank=r, seed=7))
+        for r in (0, 1)
+    ]
     assert len(shares[0]) == len(shares[1]) == 20
     # interleaving the ranks' shares gives back the single-process sample, position by position
     assert [x for pair in zip(*shares) for x in pair] == single

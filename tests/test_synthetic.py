@@ -97,7 +97,8 @@ def test_layout_and_file_names(tiny_spec, tiny_raw_session):
 def test_discover_scenes_finds_every_scene(tiny_spec, tiny_raw_session):
     found = discover_scenes(tiny_raw_session)
     expected = {
-        (c.name, c.mgrs, a.date, a.time, a.orbit_pass): scene_paths(tiny_raw_session, c, a) for c, a in _scenes(tiny_spec)
+        (c.name, c.mgrs, a.date, a.time, a.orbit_pass): scene_paths(tiny_raw_session, c, a)
+        for c, a in _scenes(tiny_spec)
     }
     assert len(found) == len(expected)
     for scene in found:
@@ -110,8 +111,13 @@ def test_generate_skips_existing_and_refuses_foreign_dirs(tiny_spec, tiny_raw_se
     stamp = {p: p.stat().st_mtime_ns for p in tiny_raw_session.rglob("*")}
     assert generate_demo(tiny_raw_session, tiny_spec) == tiny_raw_session
     assert "other settings" not in caplog.text
-    assert generate_demo(tiny_raw_session, dataclasses.replace(tiny_spec, hamlets_per_km2=0.5)) == tiny_raw_session
-    assert "generated with other settings (hamlets_per_km2 differ" in caplog.text  # kept, but the user is told
+    assert (
+        generate_demo(tiny_raw_session, dataclasses.replace(tiny_spec, hamlets_per_km2=0.5))
+        == tiny_raw_session
+    )
+    assert (
+        "generated with other settings (hamlets_per_km2 differ" in caplog.text
+    )  # kept, but the user is told
     assert {p: p.stat().st_mtime_ns for p in tiny_raw_session.rglob("*")} == stamp
     foreign = tmp_path / "mine"
     foreign.mkdir()
@@ -198,7 +204,10 @@ def test_wedge_is_exact_nodata_and_valid_pixels_go_negative(tiny_spec, tiny_raw_
 
 def test_same_seed_same_bytes_other_seed_other_scenes(tiny_spec, tiny_raw_session, tmp_path):
     def digests(root: Path) -> dict[str, str]:
-        return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*.tif")}
+        return {
+            p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in root.rglob("*.tif")
+        }
 
     again = generate_demo(tmp_path / "again", tiny_spec)
     assert digests(again) == digests(tiny_raw_session)
@@ -244,7 +253,10 @@ def test_rendered_scene_has_enl_4_4_over_homogeneous_areas(default_layouts):
     assert ratio.mean() == pytest.approx(1.0, abs=0.02)
     # a homogeneous 64 x 64 patch of bare soil, as one would measure ENL in an image (isolated buildings and
     # their layover/shadow left out)
-    classes, plain = scene["landcover"], plain | (scene["valid"] & (scene["landcover"] == LandCover.BARE_SOIL))
+    classes, plain = (
+        scene["landcover"],
+        plain | (scene["valid"] & (scene["landcover"] == LandCover.BARE_SOIL)),
+    )
     plain &= ~scene["buildings"] & ~scene["layover"] & ~scene["shadow"]
     for r in range(0, spec.height - 64, 32):
         for c in range(0, spec.width - 64, 32):
@@ -252,7 +264,9 @@ def test_rendered_scene_has_enl_4_4_over_homogeneous_areas(default_layouts):
             if np.all(classes[patch] == LandCover.BARE_SOIL) and np.mean(plain[patch]) > 0.95:
                 sigma0 = scene["sigma0_vv"][patch][plain[patch]]
                 assert sigma0.std() / sigma0.mean() < 0.1  # mild variation of the mean inside a class
-                assert equivalent_number_of_looks(scene["vv"][patch][plain[patch]]) == pytest.approx(4.4, rel=0.15)
+                assert equivalent_number_of_looks(scene["vv"][patch][plain[patch]]) == pytest.approx(
+                    4.4, rel=0.15
+                )
                 return
     pytest.fail("no homogeneous bare-soil patch in the scene")
 
@@ -313,8 +327,14 @@ def test_double_bounce_layover_and_shadow_follow_the_pass(tiny_spec):
         sensor_side = west_of if acq.ascending else east_of  # pixels with a building on their far side
         assert np.all(sensor_side[scene["layover"]]) and not np.any(scene["shadow"] & sensor_side)
         ratio = west / east if acq.ascending else east / west
-        assert ratio > 5, (acq.key, west, east)  # layover (+4 dB) on the sensor side, shadow (-20 dB) opposite
-        town = (scene["landcover"] == LandCover.TOWN) & valid & ~building & ~scene["layover"] & ~scene["shadow"]
+        assert ratio > 5, (
+            acq.key,
+            west,
+            east,
+        )  # layover (+4 dB) on the sensor side, shadow (-20 dB) opposite
+        town = (
+            (scene["landcover"] == LandCover.TOWN) & valid & ~building & ~scene["layover"] & ~scene["shadow"]
+        )
         db_vv = 10 * np.log10(np.median(vv[building & valid]))
         db_vh = 10 * np.log10(np.median(scene["vh"][building & valid]))
         assert np.median(vv[building & valid]) > 2 * np.median(vv[town])  # double bounce over town clutter
@@ -376,10 +396,23 @@ def test_default_yaml_knobs_are_the_dataclass_defaults():
         ({"crs": "EPSG:4326"}, "projected"),
         ({"wedge_fraction": [0.2, 0.1]}, "min <= max"),
         ({"building_size_m": [5.0, 50.0]}, "below one pixel"),
-        ({"cities": [{"name": "Mosul", "mgrs": "38SLF", "acquisitions": ["ASC_2015-04-26"]}]}, "ASC_20150426t145805"),
+        (
+            {"cities": [{"name": "Mosul", "mgrs": "38SLF", "acquisitions": ["ASC_2015-04-26"]}]},
+            "ASC_20150426t145805",
+        ),
         ({"cities": [{"name": "Mosul", "mgrs": "XYZ", "acquisitions": ["ASC_20150426t145805"]}]}, "MGRS"),
-        ({"cities": [{"name": "A", "mgrs": "38SLF", "acquisitions": ["ASC_20150426t145805"]}] * 2}, "more than one"),
-        ({"cities": [{"name": "A", "mgrs": "38SLF", "acquisitions": ["DES_20150426t030000"], "role": "val"}]}, "role"),
+        (
+            {"cities": [{"name": "A", "mgrs": "38SLF", "acquisitions": ["ASC_20150426t145805"]}] * 2},
+            "more than one",
+        ),
+        (
+            {
+                "cities": [
+                    {"name": "A", "mgrs": "38SLF", "acquisitions": ["DES_20150426t030000"], "role": "val"}
+                ]
+            },
+            "role",
+        ),
     ],
 )
 def test_spec_errors_are_user_errors(change, message):
@@ -419,5 +452,9 @@ def test_default_demo_has_windows_without_buildings(default_layouts):
     spec, layouts = default_layouts
     for name, layout in layouts.items():
         b = layout.buildings
-        windows = [b[r:r + 256, c:c + 256].any() for r in range(0, spec.height, 256) for c in range(0, spec.width, 256)]
+        windows = [
+            b[r : r + 256, c : c + 256].any()
+            for r in range(0, spec.height, 256)
+            for c in range(0, spec.width, 256)
+        ]
         assert 0.1 <= windows.count(False) / len(windows) <= 0.6, name

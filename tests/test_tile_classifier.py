@@ -49,9 +49,18 @@ def test_bce_by_hand():
 
 @pytest.mark.slow
 def test_trains_with_train_py_and_logs_precision_recall_auroc(tiny_prepared_db, tmp_path):
-    cfg = train_cfg(tiny_prepared_db, tmp_path, "model=tile_classifier", "trainer.max_epochs=2", "model.window_px=32",
-                    "data.augment.0.height=${model.window_px}", "data.augment.0.width=${model.window_px}")
-    assert cfg.data.augment[0].height == 32 and cfg.data.val_augment[0].height == 32  # trained and judged at 32 px
+    cfg = train_cfg(
+        tiny_prepared_db,
+        tmp_path,
+        "model=tile_classifier",
+        "trainer.max_epochs=2",
+        "model.window_px=32",
+        "data.augment.0.height=${model.window_px}",
+        "data.augment.0.width=${model.window_px}",
+    )
+    assert (
+        cfg.data.augment[0].height == 32 and cfg.data.val_augment[0].height == 32
+    )  # trained and judged at 32 px
     value = run(cfg)
     run_dir = tmp_path / "logs" / "train" / "runs" / "run"
     metrics = pd.read_csv(run_dir / "csv" / "metrics.csv")
@@ -64,24 +73,35 @@ def test_trains_with_train_py_and_logs_precision_recall_auroc(tiny_prepared_db, 
     assert not list((run_dir / "figures").glob("prediction_grid*"))  # no segmentation grid for a classifier
 
 
-@pytest.mark.parametrize("overrides, module_class, task", [
-    ([], SegmentationModule, "segmentation"),
-    (["model=tile_classifier"], TileClassificationModule, "tile_classification"),
-])
+@pytest.mark.parametrize(
+    "overrides, module_class, task",
+    [
+        ([], SegmentationModule, "segmentation"),
+        (["model=tile_classifier"], TileClassificationModule, "tile_classification"),
+    ],
+)
 def test_the_model_config_chooses_the_lightning_module(overrides, module_class, task):
     cfg = compose_config("train", overrides)
     module = instantiate(cfg.module, _partial_=True)(
-        net=TileClassifier(in_channels=3), loss=TileBCELoss(), optimizer=None, metadata={"model": "spec"})
+        net=TileClassifier(in_channels=3), loss=TileBCELoss(), optimizer=None, metadata={"model": "spec"}
+    )
     assert type(module) is module_class
-    assert module.metadata == {"model": "spec", "task": task}  # what checkpoints record for predict and export
+    assert module.metadata == {
+        "model": "spec",
+        "task": task,
+    }  # what checkpoints record for predict and export
     if task == "tile_classification":
         assert module.threshold == 0.5
 
 
 def test_a_module_that_does_not_fit_the_network_is_refused():
     cfg = compose_config("train", ["model=tile_classifier", "module=segmentation"])
-    module = instantiate(cfg.module, _partial_=True)(net=TileClassifier(in_channels=3), loss=TileBCELoss(),
-                                                     optimizer=None)
-    with pytest.raises(UnosatError, match="the module unosat.training.module.SegmentationModule trains segmentation, "
-                                          "but the network TileClassifier predicts tile classification"):
+    module = instantiate(cfg.module, _partial_=True)(
+        net=TileClassifier(in_channels=3), loss=TileBCELoss(), optimizer=None
+    )
+    with pytest.raises(
+        UnosatError,
+        match="the module unosat.training.module.SegmentationModule trains segmentation, "
+        "but the network TileClassifier predicts tile classification",
+    ):
         check_module_fits_network(module, module.net, cfg.module._target_)

@@ -47,8 +47,11 @@ def test_test_tiles_are_clipped_to_a_scene_smaller_than_the_test_size():
     assert [(w.col_off, w.row_off, w.width, w.height) for w in windows] == [(0, 0, 1024, 1024)]
     # clipped to the shorter side: square tiles with a constant stride along the longer one
     windows = tile_windows(1000, 2500, "test", TilingConfig(test_size=2048))
-    assert [(w.col_off, w.row_off, w.width, w.height) for w in windows] == [(0, 0, 1000, 1000), (1000, 0, 1000, 1000),
-                                                                            (2000, 0, 1000, 1000)]
+    assert [(w.col_off, w.row_off, w.width, w.height) for w in windows] == [
+        (0, 0, 1000, 1000),
+        (1000, 0, 1000, 1000),
+        (2000, 0, 1000, 1000),
+    ]
 
 
 def test_every_pixel_is_in_a_train_tile_2d():

@@ -17,7 +17,14 @@ PREDICT = ["cities=[Samawah]", "evaluate=true"]
 
 
 def _trained(tiny_prepared_db, tmp_path, logger: str):
-    train(train_cfg(tiny_prepared_db, tmp_path, f"logger={logger}", *(["logger.wandb.mode=offline"] if logger == "wandb" else [])))
+    train(
+        train_cfg(
+            tiny_prepared_db,
+            tmp_path,
+            f"logger={logger}",
+            *(["logger.wandb.mode=offline"] if logger == "wandb" else []),
+        )
+    )
     return tmp_path / "logs" / "train" / "runs" / "run" / "checkpoints" / "last.ckpt"
 
 
@@ -25,9 +32,14 @@ def test_evaluation_goes_to_the_checkpoints_mlflow_run(tiny_prepared_db, tiny_ra
     mlflow = pytest.importorskip("mlflow")
     ckpt = _trained(tiny_prepared_db, tmp_path, "mlflow")
     meta = load_checkpoint(ckpt)["unosat"]["mlflow"]
-    manifest = predict(predict_cfg(tmp_path / "pred", f"ckpt={ckpt}", f"input={tiny_raw_session}", *PREDICT,
-                                   "tracking.mlflow=true"))
-    assert manifest["tracking"] == [{"tracker": "mlflow", "run_id": meta["run_id"], "tracking_uri": meta["tracking_uri"]}]
+    manifest = predict(
+        predict_cfg(
+            tmp_path / "pred", f"ckpt={ckpt}", f"input={tiny_raw_session}", *PREDICT, "tracking.mlflow=true"
+        )
+    )
+    assert manifest["tracking"] == [
+        {"tracker": "mlflow", "run_id": meta["run_id"], "tracking_uri": meta["tracking_uri"]}
+    ]
     client = mlflow.tracking.MlflowClient(meta["tracking_uri"])
     metrics = client.get_run(meta["run_id"]).data.metrics
     overall = manifest["evaluation"]["overall"]
@@ -40,7 +52,9 @@ def test_evaluation_goes_to_the_checkpoints_wandb_run_offline(tiny_prepared_db, 
     ckpt = _trained(tiny_prepared_db, tmp_path, "wandb")
     run_id = load_checkpoint(ckpt)["unosat"]["wandb_run_id"]
     out = tmp_path / "pred"
-    manifest = predict(predict_cfg(out, f"ckpt={ckpt}", f"input={tiny_raw_session}", *PREDICT, "tracking.wandb=true"))
+    manifest = predict(
+        predict_cfg(out, f"ckpt={ckpt}", f"input={tiny_raw_session}", *PREDICT, "tracking.wandb=true")
+    )
     assert manifest["tracking"] == [{"tracker": "wandb", "run_id": run_id, "mode": "offline"}]
     runs = list((out / "wandb").glob(f"offline-run-*-{run_id}"))
     assert runs and (runs[0] / f"run-{run_id}.wandb").stat().st_size > 0
@@ -49,7 +63,13 @@ def test_evaluation_goes_to_the_checkpoints_wandb_run_offline(tiny_prepared_db, 
 def test_tracking_needs_evaluation_and_an_mlflow_run(best_ckpt, tiny_raw_session, tmp_path):
     ckpt = best_ckpt  # trained with logger=none
     with pytest.raises(UnosatError, match="need evaluate=true"):
-        predict(predict_cfg(tmp_path / "a", f"ckpt={ckpt}", f"input={tiny_raw_session}", "tracking.mlflow=true"))
+        predict(
+            predict_cfg(tmp_path / "a", f"ckpt={ckpt}", f"input={tiny_raw_session}", "tracking.mlflow=true")
+        )
     pytest.importorskip("mlflow")
     with pytest.raises(UnosatError, match="was not trained with logger=mlflow"):
-        predict(predict_cfg(tmp_path / "b", f"ckpt={ckpt}", f"input={tiny_raw_session}", *PREDICT, "tracking.mlflow=true"))
+        predict(
+            predict_cfg(
+                tmp_path / "b", f"ckpt={ckpt}", f"input={tiny_raw_session}", *PREDICT, "tracking.mlflow=true"
+            )
+        )

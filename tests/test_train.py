@@ -22,8 +22,14 @@ from unosat.training.run import run
 
 
 def cli(args: list[str], tmp_path: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env={**__import__("os").environ, "WANDB_MODE": "offline"})
+    proc = subprocess.run(
+        [sys.executable, "train.py", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**__import__("os").environ, "WANDB_MODE": "offline"},
+    )
     if proc.returncode != 0:
         print(proc.stdout[-3000:], proc.stderr[-5000:])
     return proc
@@ -48,8 +54,14 @@ def test_fast_dev_run(tiny_prepared_db, tmp_path):
 @pytest.mark.slow
 def test_debug_overfit_reaches_its_criterion(tiny_prepared_db, tmp_path, caplog):
     # the demo's own figure is in conf/debug/overfit.yaml (75 s, loss ratio 0.13); here on the tiny demo
-    cfg = train_cfg(tiny_prepared_db, tmp_path, "debug=overfit", "trainer.max_epochs=40", "data.batch_size=8",
-                    "baseline=false")
+    cfg = train_cfg(
+        tiny_prepared_db,
+        tmp_path,
+        "debug=overfit",
+        "trainer.max_epochs=40",
+        "data.batch_size=8",
+        "baseline=false",
+    )
     assert cfg.trainer.overfit_batches == 3 and not cfg.scheduler and cfg.optimizer.lr == 3e-3
     with caplog.at_level("INFO", logger="unosat.training.overfit_check"):
         run(cfg)
@@ -66,7 +78,9 @@ def test_training_run_writes_checkpoints_grid_baseline_and_returns_the_metric(ti
     out = summary(run_dir)
     metrics = pd.read_csv(run_dir / "csv" / "metrics.csv")
     # the value returned is the best epoch's validation building IoU, as logged
-    assert value == pytest.approx(out["best_score"]) and value == pytest.approx(metrics["val/iou_building"].max())
+    assert value == pytest.approx(out["best_score"]) and value == pytest.approx(
+        metrics["val/iou_building"].max()
+    )
     # the baseline is what it says: building IoU on the validation pixels (each counted once) of "VV (dB) >=
     # its threshold", recomputed here pixel by pixel
     from unosat.bands import to_db
@@ -91,14 +105,27 @@ def test_training_run_writes_checkpoints_grid_baseline_and_returns_the_metric(ti
     # the checkpoint carries the data recipe and loads without unpickling code
     ckpt = load_checkpoint(best)
     data = ckpt["unosat"]["data"]
-    assert data["recipe"]["units"] == "db" and data["tile_size"] == 64 and len(data["normalization"]["mean"]) == 3
+    assert (
+        data["recipe"]["units"] == "db"
+        and data["tile_size"] == 64
+        and len(data["normalization"]["mean"]) == 3
+    )
     assert ckpt["unosat"]["model"]["name"] == "unet" and "_target_" not in ckpt["unosat"]["model"]["args"]
     torch.load(best, weights_only=True)
     assert list((run_dir / "figures").glob("prediction_grid_epoch*.png"))
     assert list((run_dir / "figures").glob("val_confusion_epoch*.png"))
     assert (run_dir / "config_resolved.yaml").is_file()
-    for column in ("val/iou_building", "val/iou_background", "val/miou", "val/precision_building",
-                   "val/recall_building", "val/f1_building", "train/ce_epoch", "train/iou_building", "lr-AdamW"):
+    for column in (
+        "val/iou_building",
+        "val/iou_background",
+        "val/miou",
+        "val/precision_building",
+        "val/recall_building",
+        "val/f1_building",
+        "train/ce_epoch",
+        "train/iou_building",
+        "lr-AdamW",
+    ):
         assert column in metrics.columns
 
 
@@ -116,13 +143,28 @@ def test_same_seed_gives_the_same_first_epoch_losses(tiny_prepared_db, tmp_path)
 
 @pytest.mark.slow
 def test_resume_continues_epoch_optimizer_schedule_and_wandb_run(tiny_prepared_db, tmp_path):
-    first = train_cfg(tiny_prepared_db, tmp_path, "trainer.max_epochs=1", "logger=wandb", "logger.wandb.mode=offline",
-                      "optimizer=sgd", run_name="first")
+    first = train_cfg(
+        tiny_prepared_db,
+        tmp_path,
+        "trainer.max_epochs=1",
+        "logger=wandb",
+        "logger.wandb.mode=offline",
+        "optimizer=sgd",
+        run_name="first",
+    )
     run(first)
     last = tmp_path / "logs" / "train" / "runs" / "first" / "checkpoints" / "last.ckpt"
     c1 = load_checkpoint(last)
-    second = train_cfg(tiny_prepared_db, tmp_path, "trainer.max_epochs=2", "logger=wandb", "logger.wandb.mode=offline",
-                       "optimizer=sgd", "ckpt_path=last", run_name="second")
+    second = train_cfg(
+        tiny_prepared_db,
+        tmp_path,
+        "trainer.max_epochs=2",
+        "logger=wandb",
+        "logger.wandb.mode=offline",
+        "optimizer=sgd",
+        "ckpt_path=last",
+        run_name="second",
+    )
     run(second)
     c2 = load_checkpoint(tmp_path / "logs" / "train" / "runs" / "second" / "checkpoints" / "last.ckpt")
     assert c1["epoch"] == 0 and c2["epoch"] == 1
@@ -130,7 +172,9 @@ def test_resume_continues_epoch_optimizer_schedule_and_wandb_run(tiny_prepared_d
     assert c2["unosat"]["wandb_run_id"] == c1["unosat"]["wandb_run_id"]
     # the poly schedule went on from step 2 (of 4 now), it did not restart at lr0
     assert c2["lr_schedulers"][0]["last_epoch"] == c2["global_step"]
-    lrs = pd.read_csv(tmp_path / "logs" / "train" / "runs" / "second" / "csv" / "metrics.csv")[["step", "lr-SGD"]].dropna()
+    lrs = pd.read_csv(tmp_path / "logs" / "train" / "runs" / "second" / "csv" / "metrics.csv")[
+        ["step", "lr-SGD"]
+    ].dropna()
     first_lr = lrs.sort_values("step")["lr-SGD"].iloc[0]
     assert first_lr == pytest.approx(0.05 * (1 - 2 / 4) ** 0.9, rel=1e-6)
     # the optimizer state (momentum buffers) was restored and updated
@@ -146,8 +190,11 @@ def test_resume_skips_a_truncated_last_ckpt_and_refuses_a_finished_run(tiny_prep
     run(train_cfg(tiny_prepared_db, tmp_path, "baseline=false", run_name="first"))
     folder = tmp_path / "logs" / "train" / "runs" / "first" / "checkpoints"
     # the 1-epoch run is finished: resuming it trains nothing, and says so in one line
-    with pytest.raises(UnosatError, match=r"last.ckpt: this run already finished \(1 of its 1 epochs\); to train longer "
-                                          r"set trainer.max_epochs above 1"):
+    with pytest.raises(
+        UnosatError,
+        match=r"last.ckpt: this run already finished \(1 of its 1 epochs\); to train longer "
+        r"set trainer.max_epochs above 1",
+    ):
         run(train_cfg(tiny_prepared_db, tmp_path, "ckpt_path=last", run_name="again"))
     best = next(folder.glob("best-*.ckpt"))
     with pytest.raises(UnosatError, match=r"completed 1 epoch\(s\), not fewer than trainer.max_epochs=1"):
@@ -159,8 +206,16 @@ def test_resume_skips_a_truncated_last_ckpt_and_refuses_a_finished_run(tiny_prep
     last = folder / "last.ckpt"
     last.write_bytes(last.read_bytes()[:5000])
     with caplog.at_level(logging.WARNING):
-        run(train_cfg(tiny_prepared_db, tmp_path, "ckpt_path=last", "trainer.max_epochs=2", "baseline=false",
-                      run_name="second"))
+        run(
+            train_cfg(
+                tiny_prepared_db,
+                tmp_path,
+                "ckpt_path=last",
+                "trainer.max_epochs=2",
+                "baseline=false",
+                run_name="second",
+            )
+        )
     assert f"skipping {last}: not a readable PyTorch checkpoint" in caplog.text
     assert f"using {best}, the newest checkpoint that loads (1 newer one(s) skipped)" in caplog.text
     resumed = load_checkpoint(tmp_path / "logs" / "train" / "runs" / "second" / "checkpoints" / "last.ckpt")
@@ -168,8 +223,9 @@ def test_resume_skips_a_truncated_last_ckpt_and_refuses_a_finished_run(tiny_prep
 
 
 @pytest.mark.slow
-def test_resume_last_with_only_a_leftover_temporary_starts_from_scratch_with_a_warning(tiny_prepared_db, tmp_path,
-                                                                                      caplog):
+def test_resume_last_with_only_a_leftover_temporary_starts_from_scratch_with_a_warning(
+    tiny_prepared_db, tmp_path, caplog
+):
     import logging
 
     # a kill during the very first checkpoint write leaves only the temporary file of the atomic write
@@ -178,7 +234,11 @@ def test_resume_last_with_only_a_leftover_temporary_starts_from_scratch_with_a_w
     leftover = folder / ".last.ckpt.tmp-4242-abcd.ckpt"
     leftover.write_bytes(b"PK\x03\x04 partial")
     with caplog.at_level(logging.WARNING):
-        run(train_cfg(tiny_prepared_db, tmp_path, "ckpt_path=last", "seed=5", "baseline=false", run_name="resumed"))
+        run(
+            train_cfg(
+                tiny_prepared_db, tmp_path, "ckpt_path=last", "seed=5", "baseline=false", run_name="resumed"
+            )
+        )
     assert (f"no checkpoint that loads (skipped: {leftover}); starting from scratch") in caplog.text
     resumed = load_checkpoint(tmp_path / "logs" / "train" / "runs" / "resumed" / "checkpoints" / "last.ckpt")
     # a fresh start equals a run that was never interrupted (same seed)
@@ -191,15 +251,23 @@ def test_resume_last_with_only_a_leftover_temporary_starts_from_scratch_with_a_w
         run(train_cfg(tiny_prepared_db, tmp_path / "empty", "ckpt_path=best", run_name="b"))
     with pytest.raises(UnosatError, match=r"none of the 1 checkpoint\(s\) loads"):
         (tmp_path / "x" / "logs" / "train" / "runs" / "k" / "checkpoints").mkdir(parents=True)
-        (tmp_path / "x" / "logs" / "train" / "runs" / "k" / "checkpoints" / "last.ckpt").write_bytes(b"broken")
-        run(train_cfg(tiny_prepared_db, tmp_path / "x", "ckpt_path=last", "train=false", "test=true", run_name="t"))
+        (tmp_path / "x" / "logs" / "train" / "runs" / "k" / "checkpoints" / "last.ckpt").write_bytes(
+            b"broken"
+        )
+        run(
+            train_cfg(
+                tiny_prepared_db, tmp_path / "x", "ckpt_path=last", "train=false", "test=true", run_name="t"
+            )
+        )
     with pytest.raises(UnosatError, match=r"broken.ckpt: not a readable PyTorch checkpoint"):
         (tmp_path / "broken.ckpt").write_bytes(b"PK\x03\x04")
         run(train_cfg(tiny_prepared_db, tmp_path, f"ckpt_path={tmp_path / 'broken.ckpt'}", run_name="named"))
 
 
 @pytest.mark.slow
-def test_test_only_scores_the_checkpoint_weights_as_a_direct_evaluation(best_ckpt, tiny_prepared_db, tmp_path, capsys):
+def test_test_only_scores_the_checkpoint_weights_as_a_direct_evaluation(
+    best_ckpt, tiny_prepared_db, tmp_path, capsys
+):
     from hydra.utils import instantiate
 
     from unosat.checkpoint import build_model
@@ -232,18 +300,33 @@ def test_test_only_scores_the_checkpoint_weights_as_a_direct_evaluation(best_ckp
     # a network that calls every pixel background would pass with any weights: shift the final layer's
     # building bias so that about half the test pixels are called building, then score those weights
     ckpt = torch.load(best, weights_only=True)
-    key = [k for k, v in ckpt["state_dict"].items() if k.startswith("net.") and k.endswith("bias") and v.shape == (2,)][-1]
+    key = [
+        k
+        for k, v in ckpt["state_dict"].items()
+        if k.startswith("net.") and k.endswith("bias") and v.shape == (2,)
+    ][-1]
     ckpt["state_dict"][key][1] -= float(np.median(direct_evaluation(best)[1]))
     shifted = tmp_path / "shifted.ckpt"
     torch.save(ckpt, shifted)
     confusion, _ = direct_evaluation(shifted)
-    assert confusion[1].sum() > 0 and confusion[:, 1].sum() > 0.3 * confusion.sum()  # buildings, predicted too
+    assert (
+        confusion[1].sum() > 0 and confusion[:, 1].sum() > 0.3 * confusion.sum()
+    )  # buildings, predicted too
     direct = scores_from_confusion(confusion)
     assert 0.0 < direct["iou_building"] < 1.0
 
     capsys.readouterr()
-    value = run(train_cfg(tiny_prepared_db, tmp_path, *model, "train=false", "test=true", f"ckpt_path={shifted}",
-                          run_name="test"))
+    value = run(
+        train_cfg(
+            tiny_prepared_db,
+            tmp_path,
+            *model,
+            "train=false",
+            "test=true",
+            f"ckpt_path={shifted}",
+            run_name="test",
+        )
+    )
     out = summary(tmp_path / "logs" / "train" / "runs" / "test")
     assert out["test_checkpoint"] == str(shifted) and value == out["test_metrics"]["test/iou_building"]
     for key in ("iou_building", "iou_background", "precision_building", "recall_building"):
@@ -252,8 +335,18 @@ def test_test_only_scores_the_checkpoint_weights_as_a_direct_evaluation(best_ckp
     assert "test scores (test split, 5 tiles, weights: " in printed
     assert re.search(rf"^  iou_building +{value:.4f}$", printed, re.M)
     # another seed (other initial weights) scores the same: the weights come from the checkpoint
-    reseeded = run(train_cfg(tiny_prepared_db, tmp_path, *model, "train=false", "test=true", f"ckpt_path={shifted}",
-                             "seed=5", run_name="test2"))
+    reseeded = run(
+        train_cfg(
+            tiny_prepared_db,
+            tmp_path,
+            *model,
+            "train=false",
+            "test=true",
+            f"ckpt_path={shifted}",
+            "seed=5",
+            run_name="test2",
+        )
+    )
     assert reseeded == pytest.approx(value, abs=1e-9)
 
 
@@ -274,10 +367,16 @@ def test_five_band_dataset_trains(tiny_raw_session, tmp_path):
 @pytest.mark.slow  # generates and prepares the demo, then trains
 def test_demo_is_prepared_on_first_use(tmp_path):
     demo = tmp_path / "demo"
-    overrides = [f"paths.demo_dir={demo}", f"data.dir={demo}/prepared_db",
-                 "data.prepare_overrides=[" + ",".join(f"'{o}'" for o in ["bands=db", *TINY_PREPARE]) + "]", "debug=fdr"]
-    cfg = compose_config("train", [f"paths.log_dir={tmp_path / 'logs'}", f"paths.output_dir={tmp_path / 'out'}",
-                                   *FAST, *overrides])
+    overrides = [
+        f"paths.demo_dir={demo}",
+        f"data.dir={demo}/prepared_db",
+        "data.prepare_overrides=[" + ",".join(f"'{o}'" for o in ["bands=db", *TINY_PREPARE]) + "]",
+        "debug=fdr",
+    ]
+    cfg = compose_config(
+        "train",
+        [f"paths.log_dir={tmp_path / 'logs'}", f"paths.output_dir={tmp_path / 'out'}", *FAST, *overrides],
+    )
     run(cfg)
     assert (demo / "raw" / "demo.json").is_file()
     assert (demo / "prepared_db" / "statistics.csv").is_file()
@@ -304,7 +403,15 @@ def test_band_count_mismatch(tiny_prepared_db, tmp_path):
 
 @pytest.mark.slow
 def test_label_smoothing_outside_range(tiny_prepared_db, tmp_path):
-    proc = cli([f"data.dir={tiny_prepared_db}", f"hydra.run.dir={tmp_path / 'r'}", "loss.label_smoothing=1.2", *FAST], tmp_path)
+    proc = cli(
+        [
+            f"data.dir={tiny_prepared_db}",
+            f"hydra.run.dir={tmp_path / 'r'}",
+            "loss.label_smoothing=1.2",
+            *FAST,
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == "error: loss.label_smoothing must be in [0, 1), got 1.2"
 
@@ -337,22 +444,46 @@ def test_crafted_checkpoints_given_to_ckpt_path_end_with_one_line(tiny_prepared_
 
     victim = tmp_path / "victim.txt"
     weights = {f"net.{k}": v for k, v in LWRefineNet(3, 2).state_dict().items()}
-    meta = {"model": {"name": "lwrefinenet", "args": {"in_channels": 3, "num_classes": 2}}, "data": {},
-            "task": "segmentation"}
+    meta = {
+        "model": {"name": "lwrefinenet", "args": {"in_channels": 3, "num_classes": 2}},
+        "data": {},
+        "task": "segmentation",
+    }
     empty = tmp_path / "empty.ckpt"
     empty.write_bytes(b"")
     nested = tmp_path / "nested.ckpt"
-    torch.save({"state_dict": weights, "unosat": {**meta, "model": {
-        "_target_": "unosat.models.LWRefineNet", "in_channels": {"_target_": "builtins.open", "file": str(victim),
-                                                                 "mode": "w"}}}}, nested)
+    torch.save(
+        {
+            "state_dict": weights,
+            "unosat": {
+                **meta,
+                "model": {
+                    "_target_": "unosat.models.LWRefineNet",
+                    "in_channels": {"_target_": "builtins.open", "file": str(victim), "mode": "w"},
+                },
+            },
+        },
+        nested,
+    )
     missing = tmp_path / "missing.ckpt"
     torch.save({"state_dict": dict(list(weights.items())[::2]), "unosat": meta}, missing)
-    cases = {empty: "not a readable PyTorch checkpoint", nested: "keys starting with '_'",
-             missing: "its weights do not fit the model of this run"}
+    cases = {
+        empty: "not a readable PyTorch checkpoint",
+        nested: "keys starting with '_'",
+        missing: "its weights do not fit the model of this run",
+    }
     for path, message in cases.items():
         with pytest.raises(SystemExit) as exit_info:
-            exit_on_user_error(run)(train_cfg(tiny_prepared_db, tmp_path, f"ckpt_path={path}", "model=lwrefinenet",
-                                              "model.output_stride=4", run_name=path.stem))
+            exit_on_user_error(run)(
+                train_cfg(
+                    tiny_prepared_db,
+                    tmp_path,
+                    f"ckpt_path={path}",
+                    "model=lwrefinenet",
+                    "model.output_stride=4",
+                    run_name=path.stem,
+                )
+            )
         assert exit_info.value.code == 1
         lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
         assert lines[-1].startswith(f"error: {path}: ") and message in lines[-1], lines[-3:]
@@ -379,9 +510,20 @@ def test_two_runs_cannot_resume_one_run_at_once(tmp_path):
 @pytest.mark.slow
 def test_multirun_runs_each_job_in_its_own_directory(tiny_prepared_db, tmp_path):
     sweep = tmp_path / "sweep"
-    proc = cli(["-m", f"data.dir={tiny_prepared_db}", f"hydra.sweep.dir={sweep}", "optimizer.lr=0.001,0.004",
-                "loss.label_smoothing=0,0.05", *[o for o in FAST if not o.startswith("trainer.max")], "debug=limit",
-                "trainer.max_epochs=1", "data.num_workers=0"], tmp_path)
+    proc = cli(
+        [
+            "-m",
+            f"data.dir={tiny_prepared_db}",
+            f"hydra.sweep.dir={sweep}",
+            "optimizer.lr=0.001,0.004",
+            "loss.label_smoothing=0,0.05",
+            *[o for o in FAST if not o.startswith("trainer.max")],
+            "debug=limit",
+            "trainer.max_epochs=1",
+            "data.num_workers=0",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
     assert [p.name for p in jobs] == ["0", "1", "2", "3"]
@@ -401,11 +543,20 @@ def test_multirun_runs_each_job_in_its_own_directory(tiny_prepared_db, tmp_path)
 def test_optuna_sweep_records_trials_and_survives_a_failed_one(tiny_prepared_db, tmp_path):
     pytest.importorskip("optuna")
     sweep = tmp_path / "optuna"
-    args = ["-m", "hparams_search=optuna", f"data.dir={tiny_prepared_db}", f"hydra.sweep.dir={sweep}",
-            # the grid: each value once, the failing one last or not (the sweep goes on either way)
-            "hydra.sweeper.n_trials=2", "hydra/sweeper/sampler=grid",
-            "~search_space", "+search_space={loss.label_smoothing:'choice(0.0,1.5)'}",
-            *[o for o in FAST if not o.startswith("trainer.max")], "debug=limit", "trainer.max_epochs=1"]
+    args = [
+        "-m",
+        "hparams_search=optuna",
+        f"data.dir={tiny_prepared_db}",
+        f"hydra.sweep.dir={sweep}",
+        # the grid: each value once, the failing one last or not (the sweep goes on either way)
+        "hydra.sweeper.n_trials=2",
+        "hydra/sweeper/sampler=grid",
+        "~search_space",
+        "+search_space={loss.label_smoothing:'choice(0.0,1.5)'}",
+        *[o for o in FAST if not o.startswith("trainer.max")],
+        "debug=limit",
+        "trainer.max_epochs=1",
+    ]
     proc = cli(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     db = sweep / "optuna.db"
@@ -413,7 +564,10 @@ def test_optuna_sweep_records_trials_and_survives_a_failed_one(tiny_prepared_db,
     states = [r[0] for r in sqlite3.connect(db).execute("select state from trials order by number")]
     assert sorted(states) == ["COMPLETE", "FAIL"]
     results = OmegaConf.load(sweep / "optimization_results.yaml")
-    assert results.best_params == {"loss.label_smoothing": 0.0} and results.trials == {"COMPLETE": 1, "FAIL": 1}
+    assert results.best_params == {"loss.label_smoothing": 0.0} and results.trials == {
+        "COMPLETE": 1,
+        "FAIL": 1,
+    }
     assert results.best_value == summary(sweep / str(results.best_trial))["best_score"]
     assert "label_smoothing must be in [0, 1)" in proc.stderr + proc.stdout
 
@@ -424,7 +578,9 @@ def test_an_interrupted_optuna_study_finishes_its_n_trials_on_rerun(tiny_prepare
     sweep = tmp_path / "optuna"
     sweep.mkdir()
     # what a sweep killed during its second trial leaves: trial 0 complete (job directory 0), trial 1 RUNNING
-    study = optuna.create_study(study_name="unosat", storage=f"sqlite:///{sweep}/optuna.db", direction="maximize")
+    study = optuna.create_study(
+        study_name="unosat", storage=f"sqlite:///{sweep}/optuna.db", direction="maximize"
+    )
     done = study.ask()
     done.suggest_categorical("loss.label_smoothing", [0.0, 0.05])
     study.tell(done, 0.25)
@@ -432,12 +588,25 @@ def test_an_interrupted_optuna_study_finishes_its_n_trials_on_rerun(tiny_prepare
     for job in ("0", "1"):
         (sweep / job).mkdir()
         (sweep / job / "earlier.txt").write_text(f"job {job} of the killed sweep")
-    args = ["-m", "hparams_search=optuna", f"data.dir={tiny_prepared_db}", f"hydra.sweep.dir={sweep}",
-            "hydra.sweeper.n_trials=3", "~search_space", "+search_space={loss.label_smoothing:'choice(0.0,0.05)'}",
-            *[o for o in FAST if not o.startswith("trainer.max")], "debug=limit", "trainer.max_epochs=1"]
+    args = [
+        "-m",
+        "hparams_search=optuna",
+        f"data.dir={tiny_prepared_db}",
+        f"hydra.sweep.dir={sweep}",
+        "hydra.sweeper.n_trials=3",
+        "~search_space",
+        "+search_space={loss.label_smoothing:'choice(0.0,0.05)'}",
+        *[o for o in FAST if not o.startswith("trainer.max")],
+        "debug=limit",
+        "trainer.max_epochs=1",
+    ]
     proc = cli(args, tmp_path, timeout=1200)  # two trials; 5 min on 2 heavily shared cores
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = sqlite3.connect(sweep / "optuna.db").execute("select number, state from trials order by number").fetchall()
+    rows = (
+        sqlite3.connect(sweep / "optuna.db")
+        .execute("select number, state from trials order by number")
+        .fetchall()
+    )
     # the killed trial is FAIL, and only the 2 missing trials ran: 3 results in all
     assert rows == [(0, "COMPLETE"), (1, "FAIL"), (2, "COMPLETE"), (3, "COMPLETE")]
     # the new jobs were numbered after the earlier ones: nothing written into directories 0 and 1
@@ -455,11 +624,26 @@ def test_an_interrupted_optuna_study_finishes_its_n_trials_on_rerun(tiny_prepare
 def _ddp_args(data_dir: Path, run_dir: Path) -> list[str]:
     # default callbacks (checkpoints, prediction grid, learning-rate monitor) and the progress bar stay on: the
     # DDP hang came from a reduction that only rank 0's progress bar started. 2 epochs of 2 optimizer steps.
-    return [f"data.dir={data_dir}", f"hydra.run.dir={run_dir}", "seed=3", "data.augment=[]", "data.epoch_length=4",
-            "data.batch_size=1", "data.val_batch_size=2", "trainer.max_epochs=2", "logger=csv", "baseline=false",
-            "trainer.precision=32-true", "optimizer=sgd", "optimizer.lr=0.01", "optimizer.nesterov=false",
-            "loss.class_weights=[0.1,2.0]", "trainer.deterministic=true", "callbacks.prediction_grid.num_tiles=2",
-            "++trainer.log_every_n_steps=1"]
+    return [
+        f"data.dir={data_dir}",
+        f"hydra.run.dir={run_dir}",
+        "seed=3",
+        "data.augment=[]",
+        "data.epoch_length=4",
+        "data.batch_size=1",
+        "data.val_batch_size=2",
+        "trainer.max_epochs=2",
+        "logger=csv",
+        "baseline=false",
+        "trainer.precision=32-true",
+        "optimizer=sgd",
+        "optimizer.lr=0.01",
+        "optimizer.nesterov=false",
+        "loss.class_weights=[0.1,2.0]",
+        "trainer.deterministic=true",
+        "callbacks.prediction_grid.num_tiles=2",
+        "++trainer.log_every_n_steps=1",
+    ]
 
 
 def epoch_metrics(run_dir: Path, keys: tuple[str, ...]) -> pd.DataFrame:
@@ -473,13 +657,26 @@ def test_ddp_with_two_cpu_processes_and_the_progress_bar_matches_one_process(tin
     # The reference sees what DDP does per optimizer step: samples 2k and 2k+1 of the same weighted draw, one
     # per forward pass (batch norm normalises each sample on its own in both), gradients averaged (gradient
     # accumulation over 2 batches of 1 here, the all-reduce over 2 ranks there).
-    single = cli([*_ddp_args(tiny_prepared_db, tmp_path / "single"), "trainer.accumulate_grad_batches=2"], tmp_path,
-                 timeout=1200)
+    single = cli(
+        [*_ddp_args(tiny_prepared_db, tmp_path / "single"), "trainer.accumulate_grad_batches=2"],
+        tmp_path,
+        timeout=1200,
+    )
     assert single.returncode == 0
-    ddp = cli([*_ddp_args(tiny_prepared_db, tmp_path / "ddp"), "trainer=ddp", "trainer.accelerator=cpu",
-               "trainer.devices=2"], tmp_path, timeout=1200)
+    ddp = cli(
+        [
+            *_ddp_args(tiny_prepared_db, tmp_path / "ddp"),
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+        ],
+        tmp_path,
+        timeout=1200,
+    )
     assert ddp.returncode == 0
-    assert "batch norm is not synchronised across ranks" in ddp.stdout + ddp.stderr  # sync_batchnorm: auto, CPU
+    assert (
+        "batch norm is not synchronised across ranks" in ddp.stdout + ddp.stderr
+    )  # sync_batchnorm: auto, CPU
     # one output directory for both ranks, 2 epochs, checkpoints of both
     assert not (tmp_path / "ddp" / "logs").exists() and (tmp_path / "ddp" / "summary.json").is_file()
     last = {k: load_checkpoint(tmp_path / k / "checkpoints" / "last.ckpt") for k in ("single", "ddp")}
@@ -500,14 +697,28 @@ def test_ddp_with_two_cpu_processes_and_the_progress_bar_matches_one_process(tin
     # 0.5-1.9 % in the training loss after 16: the reason this test takes 4 plain-momentum steps.
     for name, weight in last["single"]["state_dict"].items():
         if torch.is_floating_point(weight) and "running_" not in name:
-            np.testing.assert_allclose(last["ddp"]["state_dict"][name], weight, atol=2e-3, rtol=0, err_msg=name)
+            np.testing.assert_allclose(
+                last["ddp"]["state_dict"][name], weight, atol=2e-3, rtol=0, err_msg=name
+            )
     # Validation: under DDP each rank scores its own share of the validation tiles (no padding, nothing twice)
     # and the confusion matrices are summed; the batch-norm running statistics are rank 0's (from its own
     # samples), so the validation scores differ from the single process's by design. What must hold: the
     # logged building IoU is that of the same weights scored by one process on the same tiles.
-    rescored = cli([f"data.dir={tiny_prepared_db}", f"hydra.run.dir={tmp_path / 'rescored'}", "data.val_batch_size=2",
-                    "logger=csv", "baseline=false", "loss.class_weights=[0.1,2.0]", "train=false", "test=true",
-                    "test_split=val", f"ckpt_path={tmp_path / 'ddp' / 'checkpoints' / 'last.ckpt'}"], tmp_path)
+    rescored = cli(
+        [
+            f"data.dir={tiny_prepared_db}",
+            f"hydra.run.dir={tmp_path / 'rescored'}",
+            "data.val_batch_size=2",
+            "logger=csv",
+            "baseline=false",
+            "loss.class_weights=[0.1,2.0]",
+            "train=false",
+            "test=true",
+            "test_split=val",
+            f"ckpt_path={tmp_path / 'ddp' / 'checkpoints' / 'last.ckpt'}",
+        ],
+        tmp_path,
+    )
     assert rescored.returncode == 0
     metrics = summary(tmp_path / "rescored")["test_metrics"]
     assert metrics["test/iou_building"] > 0
@@ -525,7 +736,12 @@ def test_original_experiments_use_the_originals_values():
     from unosat.losses import CrossEntropyJaccardLoss
 
     ce = compose_config("train", ["experiment=unosat_ce"])
-    assert (ce.optimizer.lr, ce.optimizer.weight_decay, ce.optimizer.momentum, ce.optimizer.nesterov) == (0.05, 5e-4, 0.9, True)
+    assert (ce.optimizer.lr, ce.optimizer.weight_decay, ce.optimizer.momentum, ce.optimizer.nesterov) == (
+        0.05,
+        5e-4,
+        0.9,
+        True,
+    )
     assert (ce.data.batch_size, ce.trainer.accumulate_grad_batches, ce.trainer.max_epochs) == (22, 1, 100)
     assert list(ce.data.val_folds) == [2] and list(ce.data.train_folds) == [0, 1, 3]
     assert list(ce.loss.class_weights) == [0.1, 2.0] and ce.scheduler.schedule.power == 0.9

@@ -24,8 +24,19 @@ FOUR = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
 
 
 def write_raster(path, array, dtype="uint8", nodata=255, transform=TRANSFORM, crs=CRS, **options):
-    with rasterio.open(path, "w", driver="GTiff", width=array.shape[1], height=array.shape[0], count=1,
-                       dtype=dtype, crs=crs, transform=transform, nodata=nodata, **options) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=array.shape[1],
+        height=array.shape[0],
+        count=1,
+        dtype=dtype,
+        crs=crs,
+        transform=transform,
+        nodata=nodata,
+        **options,
+    ) as dst:
         dst.write(array.astype(dtype), 1)
     return path
 
@@ -35,8 +46,14 @@ def burn(geoms, shape, transform=TRANSFORM) -> np.ndarray:
     geoms = [g for g in geoms if not g.is_empty]
     if not geoms:
         return np.zeros(shape, dtype=np.uint8)
-    return rasterize(((g, 1) for g in geoms), out_shape=shape, transform=transform, all_touched=False,
-                     merge_alg=MergeAlg.add, dtype="uint8")
+    return rasterize(
+        ((g, 1) for g in geoms),
+        out_shape=shape,
+        transform=transform,
+        all_touched=False,
+        merge_alg=MergeAlg.add,
+        dtype="uint8",
+    )
 
 
 def random_mask(seed: int, shape=(61, 53), density=0.42) -> np.ndarray:
@@ -128,8 +145,9 @@ def test_attributes_area_mean_probability_and_dates(tmp_path):
     p[rng.random(mask.shape) < 0.05] = np.nan  # nodata probabilities are left out of the mean
     prob = write_raster(tmp_path / "prob.tif", encode_probability(p, "uint8"))
     # float16 probabilities are stored in Float32 bands with NBITS=16 (GDAL has no float16 type here)
-    prob16 = write_raster(tmp_path / "prob16.tif", encode_probability(p, "float16"), dtype="float32", nodata=np.nan,
-                          NBITS=16)
+    prob16 = write_raster(
+        tmp_path / "prob16.tif", encode_probability(p, "float16"), dtype="float32", nodata=np.nan, NBITS=16
+    )
     dates = [np.where(rng.random(mask.shape) < f, 1, 0).astype(np.uint8) for f in (0.02, 0.2, 0.6)]
     dates[2][:5] = 255
     date_paths = [write_raster(tmp_path / f"date{i}.tif", d) for i, d in enumerate(dates)]
@@ -138,7 +156,9 @@ def test_attributes_area_mean_probability_and_dates(tmp_path):
 
     for prob_path in (prob, prob16):
         out = tmp_path / f"{prob_path.stem}.gpkg"
-        n = vectorize(mask_path, out, VectorizeConfig(block_rows=7), prob_path=prob_path, date_mask_paths=date_paths)
+        n = vectorize(
+            mask_path, out, VectorizeConfig(block_rows=7), prob_path=prob_path, date_mask_paths=date_paths
+        )
         frame = gpd.read_file(out)
         assert n == len(frame) > 50
         values = decoded if prob_path == prob else decode_probability(encode_probability(p, "float16"))
@@ -183,7 +203,10 @@ def test_simplification_keeps_valid_polygons_and_pixel_areas(tmp_path):
     a, b = gpd.read_file(exact), gpd.read_file(simple)
     assert len(a) == len(b)
     assert shapely.is_valid(b.geometry.values).all()
-    assert shapely.get_num_coordinates(b.geometry.values).sum() < shapely.get_num_coordinates(a.geometry.values).sum()
+    assert (
+        shapely.get_num_coordinates(b.geometry.values).sum()
+        < shapely.get_num_coordinates(a.geometry.values).sum()
+    )
     np.testing.assert_array_equal(a["area_m2"], b["area_m2"])  # pixel areas, not simplified outlines
 
 
@@ -210,12 +233,16 @@ def test_areas_are_geodesic_on_a_geographic_grid(tmp_path):
     mask_path = write_raster(tmp_path / "mask4326.tif", mask, transform=transform, crs="EPSG:4326")
     vectorize(mask_path, tmp_path / "geo.gpkg", VectorizeConfig(block_rows=3))
     frame = gpd.read_file(tmp_path / "geo.gpkg")
-    expected = gpd.GeoSeries(frame.geometry, crs="EPSG:4326").to_crs(CRS).area.iloc[0]  # ~ 36 x 9.2 m x 11.1 m
+    expected = (
+        gpd.GeoSeries(frame.geometry, crs="EPSG:4326").to_crs(CRS).area.iloc[0]
+    )  # ~ 36 x 9.2 m x 11.1 m
     assert len(frame) == 1
     assert frame["area_m2"].iloc[0] == pytest.approx(expected, rel=1e-3)
 
 
-@pytest.mark.parametrize("driver,name", [("GPKG", "b.gpkg"), ("ESRI Shapefile", "b.shp"), ("geojson", "b.geojson")])
+@pytest.mark.parametrize(
+    "driver,name", [("GPKG", "b.gpkg"), ("ESRI Shapefile", "b.shp"), ("geojson", "b.geojson")]
+)
 def test_drivers_write_the_same_polygons_atomically(tmp_path, driver, name):
     import geopandas as gpd
 
@@ -254,7 +281,9 @@ def vectorize_reference(tmp_path, mask_path, prob):
     return out
 
 
-@pytest.mark.parametrize("driver,name", [("GPKG", "e.gpkg"), ("ESRI Shapefile", "e.shp"), ("GeoJSON", "e.geojson")])
+@pytest.mark.parametrize(
+    "driver,name", [("GPKG", "e.gpkg"), ("ESRI Shapefile", "e.shp"), ("GeoJSON", "e.geojson")]
+)
 def test_a_mask_without_buildings_gives_an_empty_file(tmp_path, driver, name):
     mask = np.zeros((20, 30), dtype=np.uint8)
     mask[:, :4] = 255
@@ -301,8 +330,10 @@ def test_simplify_tolerance_and_min_area_are_metres_in_a_geographic_crs(tmp_path
     vectorize(mask_path, tmp_path / "simple.gpkg", VectorizeConfig(block_rows=7, simplify_tolerance=7.5))
     exact, simple = (gpd.read_file(tmp_path / n).to_crs(CRS) for n in ("exact.gpkg", "simple.gpkg"))
     assert len(exact) == len(simple) and shapely.is_valid(simple.geometry.values).all()
-    assert shapely.get_num_coordinates(simple.geometry.values).sum() < 0.8 * shapely.get_num_coordinates(
-        exact.geometry.values).sum()
+    assert (
+        shapely.get_num_coordinates(simple.geometry.values).sum()
+        < 0.8 * shapely.get_num_coordinates(exact.geometry.values).sum()
+    )
     moved = shapely.hausdorff_distance(exact.geometry.values, simple.geometry.values)
     assert 2.0 < moved.max() <= 7.5 * 1.25
     np.testing.assert_array_equal(exact["area_m2"], simple["area_m2"])

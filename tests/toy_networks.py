@@ -88,7 +88,9 @@ def predict_array(stack: np.ndarray, nets, window: WindowConfig, tta: str = "non
     stats = SceneStats()
     blocks = list(predict_scene(ArrayReader(stack, RECIPE), ensemble, window, skips, stats))
     starts = [r for r, _ in blocks]
-    assert starts[0] == 0 and all(b == a + blocks[i][1].shape[0] for i, (a, b) in enumerate(zip(starts, starts[1:])))
+    assert starts[0] == 0 and all(
+        b == a + blocks[i][1].shape[0] for i, (a, b) in enumerate(zip(starts, starts[1:]))
+    )
     prob = np.concatenate([b for _, b in blocks])
     assert prob.shape == stack.shape[1:]
     return prob, stats

@@ -15,8 +15,9 @@ from matplotlib.figure import Figure
 from unosat.io.atomic import atomic_path
 
 
-def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] | None = None,
-             squeeze: bool = True) -> tuple[Figure, Any]:
+def subplots(
+    nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] | None = None, squeeze: bool = True
+) -> tuple[Figure, Any]:
     """A figure drawn by the Agg canvas and its axes, as ``plt.subplots`` returns them."""
     fig = Figure(figsize=figsize)
     FigureCanvasAgg(fig)

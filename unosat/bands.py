@@ -104,8 +104,10 @@ class BandRecipe:
         polarisation the recipe does not need may be None."""
         missing = [p for p, a in (("vh", vh), ("vv", vv)) if a is None and p in self.needs()]
         if missing:
-            raise UnosatError(f"band recipe '{self.name}' {list(self.bands)} needs {missing[0].upper()}, which this "
-                              "scene does not have")
+            raise UnosatError(
+                f"band recipe '{self.name}' {list(self.bands)} needs {missing[0].upper()}, which this "
+                "scene does not have"
+            )
         vh = np.asarray(vh, dtype=np.float32) if vh is not None else None
         vv = np.asarray(vv, dtype=np.float32) if vv is not None else None
         shape = (vv if vv is not None else vh).shape
@@ -119,7 +121,9 @@ class BandRecipe:
     def polarisation_indices(self) -> tuple[int, int]:
         """Indices of the ``vh`` and ``vv`` bands in the stack; error if the recipe lacks either."""
         if "vh" not in self.bands or "vv" not in self.bands:
-            raise UnosatError(f"band recipe '{self.name}' {list(self.bands)} does not hold both 'vh' and 'vv'")
+            raise UnosatError(
+                f"band recipe '{self.name}' {list(self.bands)} does not hold both 'vh' and 'vv'"
+            )
         return self.bands.index("vh"), self.bands.index("vv")
 
     def polarisations(self, stack: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -135,7 +139,9 @@ class BandRecipe:
 
     @classmethod
     def from_dict(cls, d: dict) -> BandRecipe:
-        return cls(name=d["name"], bands=tuple(d["bands"]), units=d["units"], db_floor=float(d.get("db_floor", 1e-8)))
+        return cls(
+            name=d["name"], bands=tuple(d["bands"]), units=d["units"], db_floor=float(d.get("db_floor", 1e-8))
+        )
 
     def differences(self, other: BandRecipe) -> list[str]:
         """What differs between two recipes, in words (empty when the stacks they make are the same)."""
@@ -149,8 +155,12 @@ class BandRecipe:
         return out
 
 
-def valid_pixels(vh: np.ndarray | None, vv: np.ndarray | None, nodata_values: Sequence[float],
-                 vv_nodata_values: Sequence[float] | None = None) -> np.ndarray:
+def valid_pixels(
+    vh: np.ndarray | None,
+    vv: np.ndarray | None,
+    nodata_values: Sequence[float],
+    vv_nodata_values: Sequence[float] | None = None,
+) -> np.ndarray:
     """Boolean mask of pixels that hold data in both polarisations.
 
     A pixel is nodata when either polarisation is NaN, infinite, or equal to one of its nodata values:

@@ -37,7 +37,9 @@ def load_checkpoint(path: Path | str) -> dict:
     path = Path(path)
     checkpoint = load_weights_only(path)
     if not isinstance(checkpoint, dict) or "unosat" not in checkpoint or "state_dict" not in checkpoint:
-        raise UnosatError(f"{path}: not a unosat checkpoint (no 'unosat' metadata); train one with python train.py")
+        raise UnosatError(
+            f"{path}: not a unosat checkpoint (no 'unosat' metadata); train one with python train.py"
+        )
     meta = checkpoint["unosat"]
     if not isinstance(meta, dict) or not isinstance(checkpoint["state_dict"], dict):
         raise UnosatError(f"{path}: malformed unosat checkpoint (metadata or state_dict is not a dict)")
@@ -68,8 +70,11 @@ def build_model(checkpoint: dict, path: Path | str = "checkpoint") -> nn.Module:
         net = build_network(spec)
     except UnosatError as err:
         raise UnosatError(f"{path}: {err}") from None
-    state = {k[len(NET_PREFIX):]: v for k, v in checkpoint["state_dict"].items()
-             if isinstance(k, str) and k.startswith(NET_PREFIX)}
+    state = {
+        k[len(NET_PREFIX) :]: v
+        for k, v in checkpoint["state_dict"].items()
+        if isinstance(k, str) and k.startswith(NET_PREFIX)
+    }
     try:
         net.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, AttributeError, ValueError) as err:
@@ -83,12 +88,21 @@ def check_weights(checkpoint: dict, expected: dict, path: Path | str) -> None:
     state = checkpoint["state_dict"]
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in expected if k in state and (not torch.is_tensor(state[k]) or state[k].shape != expected[k].shape)]
+    wrong = [
+        k
+        for k in expected
+        if k in state and (not torch.is_tensor(state[k]) or state[k].shape != expected[k].shape)
+    ]
     if missing or unexpected or wrong:
-        parts = [f"{len(keys)} {what} (such as {', '.join(map(str, keys[:3]))})"
-                 for keys, what in ((missing, "missing"), (unexpected, "unexpected"), (wrong, "of another shape")) if keys]
-        raise UnosatError(f"{path}: its weights do not fit the model of this run: {'; '.join(parts)} "
-                          f"of {len(expected)} entries")
+        parts = [
+            f"{len(keys)} {what} (such as {', '.join(map(str, keys[:3]))})"
+            for keys, what in ((missing, "missing"), (unexpected, "unexpected"), (wrong, "of another shape"))
+            if keys
+        ]
+        raise UnosatError(
+            f"{path}: its weights do not fit the model of this run: {'; '.join(parts)} "
+            f"of {len(expected)} entries"
+        )
 
 
 def describe_model(spec: dict) -> str:
@@ -108,9 +122,11 @@ def check_same_model(checkpoint: dict, spec: dict, path: Path | str) -> None:
         mine, theirs = effective_args(saved), effective_args(spec)
         differ = [k for k in keys if (k in mine or k in theirs) and mine.get(k) != theirs.get(k)]
     if differ:
-        raise UnosatError(f"checkpoint {path} was trained with {describe_model(saved)}, but this run builds "
-                          f"{describe_model(spec)} (differs in {', '.join(differ)}); choose the matching model=... "
-                          "or another checkpoint")
+        raise UnosatError(
+            f"checkpoint {path} was trained with {describe_model(saved)}, but this run builds "
+            f"{describe_model(spec)} (differs in {', '.join(differ)}); choose the matching model=... "
+            "or another checkpoint"
+        )
 
 
 def checkpoint_files(directories: list[Path], pattern: str) -> tuple[list[Path], list[Path]]:
@@ -130,8 +146,13 @@ def checkpoint_files(directories: list[Path], pattern: str) -> tuple[list[Path],
     return found, sorted(temporaries)
 
 
-def newest_loadable(candidates: list[Path], what: str, temporaries: list[Path] = (),
-                    fresh_start: bool = False, task: str | None = None) -> tuple[Path | None, dict | None]:
+def newest_loadable(
+    candidates: list[Path],
+    what: str,
+    temporaries: list[Path] = (),
+    fresh_start: bool = False,
+    task: str | None = None,
+) -> tuple[Path | None, dict | None]:
     """The first of ``candidates`` (newest first) that :func:`load_checkpoint` reads (and, when ``task`` is
     given, whose :func:`recorded_task` is ``task``), and its content.
 
@@ -143,7 +164,9 @@ def newest_loadable(candidates: list[Path], what: str, temporaries: list[Path] =
     logs/train``).
     """
     for tmp in temporaries:
-        log.warning("%s: ignoring %s, a temporary file left by a checkpoint write that was interrupted", what, tmp)
+        log.warning(
+            "%s: ignoring %s, a temporary file left by a checkpoint write that was interrupted", what, tmp
+        )
     skipped: list[str] = []
     for path in candidates:
         try:
@@ -157,15 +180,22 @@ def newest_loadable(candidates: list[Path], what: str, temporaries: list[Path] =
             log.info("%s: skipping %s", what, skipped[-1])
             continue
         if skipped:
-            log.warning("%s: using %s, the newest checkpoint that loads (%d newer one(s) skipped)", what, path,
-                        len(skipped))
+            log.warning(
+                "%s: using %s, the newest checkpoint that loads (%d newer one(s) skipped)",
+                what,
+                path,
+                len(skipped),
+            )
         else:
             log.info("%s: using %s, the newest checkpoint", what, path)
         return path, checkpoint
     if fresh_start:
         files = [str(p) for p in (*candidates, *temporaries)]
-        log.warning("%s: no checkpoint that loads%s; starting from scratch", what,
-                    f" (skipped: {', '.join(files)})" if files else "")
+        log.warning(
+            "%s: no checkpoint that loads%s; starting from scratch",
+            what,
+            f" (skipped: {', '.join(files)})" if files else "",
+        )
         return None, None
     if not candidates:
         raise UnosatError(f"{what}: no checkpoint found")
@@ -179,18 +209,26 @@ def best_of_latest_run(log_dir: Path | str, task: str = DEFAULT_TASK) -> Path:
     another task (a tile classifier) and files that do not load are skipped; :class:`UnosatError` when
     nothing is left."""
     runs = Path(log_dir) / "train" / "runs"
-    candidates, temporaries = checkpoint_files(sorted(Path(log_dir).glob(TRAINING_RUN_CHECKPOINTS)), "best-*.ckpt")
+    candidates, temporaries = checkpoint_files(
+        sorted(Path(log_dir).glob(TRAINING_RUN_CHECKPOINTS)), "best-*.ckpt"
+    )
     if not candidates:
-        raise UnosatError(f"ckpt=null: no best-*.ckpt of a training run under {runs}; train one with python train.py, "
-                          "or pass ckpt=PATH")
-    path, _ = newest_loadable(candidates, f"ckpt=null (the best checkpoint of the latest training run under {runs})",
-                              temporaries, task=task)
+        raise UnosatError(
+            f"ckpt=null: no best-*.ckpt of a training run under {runs}; train one with python train.py, "
+            "or pass ckpt=PATH"
+        )
+    path, _ = newest_loadable(
+        candidates,
+        f"ckpt=null (the best checkpoint of the latest training run under {runs})",
+        temporaries,
+        task=task,
+    )
     return path
 
 
 def epochs_completed(checkpoint: dict) -> int:
-    """How many training epochs a Lightning checkpoint has finished (its fit loop's processed epochs: a checkpoint written at an epoch's end
-    counts that epoch; one written during an epoch does not)."""
+    """How many training epochs a Lightning checkpoint has finished (its fit loop's processed epochs: a
+    checkpoint written at an epoch's end counts that epoch; one written during an epoch does not)."""
     try:
         return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
     except (KeyError, TypeError, ValueError):

@@ -40,11 +40,15 @@ def class_names(names: Sequence[str] | None, where: str = "classes.names") -> tu
         raise UnosatError(f"{where} must be a list of two names [background, target], got {names!r}")
     out = tuple(str(n) for n in names)
     if len(out) != 2:
-        raise UnosatError(f"{where} must name two classes [background, target] (masks hold 0 and 1), got {list(out)}")
+        raise UnosatError(
+            f"{where} must name two classes [background, target] (masks hold 0 and 1), got {list(out)}"
+        )
     bad = [n for n in out if not NAME_PATTERN.match(n)]
     if bad:
-        raise UnosatError(f"{where}: class name(s) {bad} must start with a letter and hold only letters, digits, "
-                          "'_' or '-' (at most 40 characters): they become metric keys and file names")
+        raise UnosatError(
+            f"{where}: class name(s) {bad} must start with a letter and hold only letters, digits, "
+            "'_' or '-' (at most 40 characters): they become metric keys and file names"
+        )
     if out[0] == out[1]:
         raise UnosatError(f"{where}: the two classes need different names, got {list(out)}")
     return out

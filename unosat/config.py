@@ -26,8 +26,8 @@ RESOLVER = "unosat"
 #: What ``${unosat:NAME}`` gives: values the code defines once (:mod:`unosat.classes`) and configs pass on
 #: (``conf/classes/default.yaml``), so that no YAML file restates them.
 CODE_VALUES: dict[str, int] = {
-    "ignore_index": IGNORE_INDEX,      # mask value of ignored pixels (nodata, padding)
-    "num_classes": len(CLASS_NAMES),   # masks hold 0 (background) and 1 (the target)
+    "ignore_index": IGNORE_INDEX,  # mask value of ignored pixels (nodata, padding)
+    "num_classes": len(CLASS_NAMES),  # masks hold 0 (background) and 1 (the target)
 }
 
 

@@ -63,17 +63,28 @@ def label_areas(raw_dir: Path, config: AreaLabels) -> list[LabelArea]:
     ``field``, or two files name the same area.
     """
     dirs = [Path(d).expanduser() for d in config.dirs] or [Path(raw_dir)]
-    files = sorted({p for d in dirs if d.is_dir() for p in d.rglob("*")
-                    if p.is_file() and p.suffix.lower() in config.suffixes and not p.name.startswith(".")})
+    files = sorted(
+        {
+            p
+            for d in dirs
+            if d.is_dir()
+            for p in d.rglob("*")
+            if p.is_file() and p.suffix.lower() in config.suffixes and not p.name.startswith(".")
+        }
+    )
     if not files:
-        raise UnosatError(f"discovery.area=label: no label file ({', '.join(config.suffixes)}) under "
-                          f"{', '.join(map(str, dirs))}; set discovery.area_labels.dirs")
+        raise UnosatError(
+            f"discovery.area=label: no label file ({', '.join(config.suffixes)}) under "
+            f"{', '.join(map(str, dirs))}; set discovery.area_labels.dirs"
+        )
     areas: dict[str, LabelArea] = {}
     for path in files:
         for area in _file_areas(str(path), path.stat().st_mtime, config.field):
             if area.name in areas:
-                raise UnosatError(f"discovery.area=label: area '{area.name}' is named by two label files: "
-                                  f"{areas[area.name].path} and {area.path}")
+                raise UnosatError(
+                    f"discovery.area=label: area '{area.name}' is named by two label files: "
+                    f"{areas[area.name].path} and {area.path}"
+                )
             areas[area.name] = area
     return [areas[k] for k in sorted(areas)]
 
@@ -90,13 +101,19 @@ def _file_areas(path: str, mtime: float, field: str | None) -> tuple[LabelArea, 
     if field is None:
         return (LabelArea(Path(path).stem, Path(path), crs, np.asarray(frame.geometry.values, dtype=object)),)
     if field not in frame.columns:
-        raise UnosatError(f"{path}: no attribute '{field}' (discovery.area_labels.field); it has "
-                          f"{sorted(c for c in frame.columns if c != frame.geometry.name)}")
+        raise UnosatError(
+            f"{path}: no attribute '{field}' (discovery.area_labels.field); it has "
+            f"{sorted(c for c in frame.columns if c != frame.geometry.name)}"
+        )
     values = frame[field]
     if values.isna().any():
-        raise UnosatError(f"{path}: {int(values.isna().sum())} feature(s) have no '{field}': each needs an area name")
-    return tuple(LabelArea(str(v), Path(path), crs, np.asarray(frame.geometry[values == v].values, dtype=object))
-                 for v in sorted(values.unique(), key=str))
+        raise UnosatError(
+            f"{path}: {int(values.isna().sum())} feature(s) have no '{field}': each needs an area name"
+        )
+    return tuple(
+        LabelArea(str(v), Path(path), crs, np.asarray(frame.geometry[values == v].values, dtype=object))
+        for v in sorted(values.unique(), key=str)
+    )
 
 
 def scene_area(files: Sequence[Path], areas: Sequence[LabelArea]) -> str:
@@ -119,15 +136,21 @@ def scene_area(files: Sequence[Path], areas: Sequence[LabelArea]) -> str:
         raise UnosatError(f"{path}: the raster has no CRS: its area cannot be found from the label files")
     hits = []
     for area in areas:
-        box = shapely.box(*transform_bounds(crs, rasterio.crs.CRS.from_wkt(area.crs), *bounds, densify_pts=21))
+        box = shapely.box(
+            *transform_bounds(crs, rasterio.crs.CRS.from_wkt(area.crs), *bounds, densify_pts=21)
+        )
         if shapely.intersects(box, area.geoms).any():
             hits.append(area)
     if len(hits) == 1:
         return hits[0].name
     if not hits:
-        raise UnosatError(f"{path}: no label polygon of the {len(areas)} area(s) "
-                          f"{[a.name for a in areas][:8]} meets this scene, so discovery.area=label cannot name its "
-                          "area (use discovery.area=scene for unlabelled scenes)")
-    raise UnosatError(f"{path}: the label polygons of several areas meet this scene: "
-                      f"{[f'{a.name} ({a.path.name})' for a in hits]}; one scene belongs to one area (use "
-                      "discovery.area=folder or discovery.area=scene)")
+        raise UnosatError(
+            f"{path}: no label polygon of the {len(areas)} area(s) "
+            f"{[a.name for a in areas][:8]} meets this scene, so discovery.area=label cannot name its "
+            "area (use discovery.area=scene for unlabelled scenes)"
+        )
+    raise UnosatError(
+        f"{path}: the label polygons of several areas meet this scene: "
+        f"{[f'{a.name} ({a.path.name})' for a in hits]}; one scene belongs to one area (use "
+        "discovery.area=folder or discovery.area=scene)"
+    )

@@ -13,7 +13,9 @@ import numpy as np
 from unosat.classes import CLASS_NAMES, TARGET
 
 
-def scores_from_confusion(confusion, class_names: Sequence[str] = CLASS_NAMES, positive: int = TARGET) -> dict[str, float]:
+def scores_from_confusion(
+    confusion, class_names: Sequence[str] = CLASS_NAMES, positive: int = TARGET
+) -> dict[str, float]:
     """IoU per class, mean IoU, pixel accuracy, and precision/recall/F1 of the ``positive`` class.
 
     A ratio whose denominator is 0 (class absent and never predicted) is NaN, except precision/recall/F1
@@ -39,9 +41,13 @@ def scores_from_confusion(confusion, class_names: Sequence[str] = CLASS_NAMES, p
     return out
 
 
-def confusion_matrix(target: np.ndarray, prediction: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
+def confusion_matrix(
+    target: np.ndarray, prediction: np.ndarray, num_classes: int, ignore_index: int
+) -> np.ndarray:
     """``(num_classes, num_classes)`` int64 counts over pixels whose target is not ``ignore_index``."""
     valid = target != ignore_index
     t = target[valid].astype(np.int64)
     p = prediction[valid].astype(np.int64)
-    return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes
+    )

@@ -112,8 +112,11 @@ class PreparedDataset:
 
     def scenes(self) -> pd.DataFrame:
         self.require("scenes.csv")
-        return pd.read_csv(self.scenes_csv, dtype={"scene_id": str, "city": str, "date": str, "time": str, "pass": str,
-                                                   "mgrs": str}, keep_default_na=False)
+        return pd.read_csv(
+            self.scenes_csv,
+            dtype={"scene_id": str, "city": str, "date": str, "time": str, "pass": str, "mgrs": str},
+            keep_default_na=False,
+        )
 
     def statistics(self) -> pd.DataFrame:
         """``statistics.csv``, every value checked (see :func:`read_statistics`)."""
@@ -153,7 +156,16 @@ def read_table(path: Path | str) -> pd.DataFrame:
     """Read a tile/scene table written by preparation, with identity columns kept as strings."""
     return pd.read_csv(
         path,
-        dtype={"scene_id": str, "city": str, "mgrs": str, "date": str, "time": str, "pass": str, "scheme": str, "split": str},
+        dtype={
+            "scene_id": str,
+            "city": str,
+            "mgrs": str,
+            "date": str,
+            "time": str,
+            "pass": str,
+            "scheme": str,
+            "split": str,
+        },
         keep_default_na=False,
     )
 
@@ -163,8 +175,21 @@ TEXT_COLUMNS = ("tile_id", "scene_id", "city", "mgrs", "date", "time", "pass", "
 BOOLEAN_COLUMNS = ("constant", "skip", "quality_flag")
 #: per-band statistics are empty for a tile without a valid pixel
 BAND_STATISTIC_SUFFIXES = ("_min", "_max", "_mean", "_std")
-REQUIRED_STATISTICS = ("tile_id", "scene_id", "city", "scheme", "row_off", "col_off", "height", "width", "n_valid",
-                       "target_ratio", "fold", "split", "skip")
+REQUIRED_STATISTICS = (
+    "tile_id",
+    "scene_id",
+    "city",
+    "scheme",
+    "row_off",
+    "col_off",
+    "height",
+    "width",
+    "n_valid",
+    "target_ratio",
+    "fold",
+    "split",
+    "skip",
+)
 BOOLEAN_TEXT = {"true": True, "false": False, "1": True, "0": False}
 
 
@@ -184,8 +209,10 @@ def read_statistics(path: Path | str) -> pd.DataFrame:
         bad_at = err.start
     if bad_at is not None:
         line = raw[:bad_at].count(b"\n") + 1
-        raise UnosatError(f"{path}: line {line} is not text (binary or corrupted bytes); "
-                          "run python prepare.py steps=[stats] overwrite=true to remake it")
+        raise UnosatError(
+            f"{path}: line {line} is not text (binary or corrupted bytes); "
+            "run python prepare.py steps=[stats] overwrite=true to remake it"
+        )
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
@@ -199,8 +226,10 @@ def read_statistics(path: Path | str) -> pd.DataFrame:
         for number, line in enumerate(lines, start=1):
             fields = line.rstrip("\r\n").count(",") + 1
             if line.strip() and fields != width and '"' not in line:
-                raise UnosatError(f"{path}: line {number} has {fields} fields, the header {width} (a truncated or "
-                                  "damaged row)")
+                raise UnosatError(
+                    f"{path}: line {number} has {fields} fields, the header {width} (a truncated or "
+                    "damaged row)"
+                )
 
     def fail(index, column: str, problem: str):
         tile = table.at[index, "tile_id"]
@@ -230,7 +259,11 @@ def read_statistics(path: Path | str) -> pd.DataFrame:
         if column in out.columns:
             whole = out[column] == out[column].round()
             if not whole.all():
-                fail((~whole).idxmax(), column, f"is {table.at[(~whole).idxmax(), column]!r}, not a whole number")
+                fail(
+                    (~whole).idxmax(),
+                    column,
+                    f"is {table.at[(~whole).idxmax(), column]!r}, not a whole number",
+                )
             out[column] = out[column].astype(int)
     return out
 
@@ -257,20 +290,29 @@ def check_consistency(dataset: PreparedDataset, steps: tuple[str, ...] = TRAININ
     where = f"{dataset.root}: prepare it again with python prepare.py out_dir={dataset.root} overwrite=true"
     missing = [s for s in steps if s not in manifest.get("steps_done", [])]
     if missing:
-        raise UnosatError(f"{dataset.manifest_path}: step(s) {missing} are not done (an interrupted or partial "
-                          f"preparation); run python prepare.py out_dir={dataset.root} steps=[{','.join(missing)}]")
+        raise UnosatError(
+            f"{dataset.manifest_path}: step(s) {missing} are not done (an interrupted or partial "
+            f"preparation); run python prepare.py out_dir={dataset.root} steps=[{','.join(missing)}]"
+        )
     if "stats" in steps:
         norm = json.loads(dataset.normalization_json.read_text())
-        if list(norm.get("bands", recipe.bands)) != list(recipe.bands) or norm.get("units", recipe.units) != recipe.units \
-                or len(norm.get("mean", [])) != recipe.count:
-            raise UnosatError(f"{dataset.normalization_json}: holds the normalisation of bands {norm.get('bands')} "
-                              f"({norm.get('units')}), but the dataset's recipe '{recipe.name}' has bands "
-                              f"{list(recipe.bands)} ({recipe.units}); {where}")
+        if (
+            list(norm.get("bands", recipe.bands)) != list(recipe.bands)
+            or norm.get("units", recipe.units) != recipe.units
+            or len(norm.get("mean", [])) != recipe.count
+        ):
+            raise UnosatError(
+                f"{dataset.normalization_json}: holds the normalisation of bands {norm.get('bands')} "
+                f"({norm.get('units')}), but the dataset's recipe '{recipe.name}' has bands "
+                f"{list(recipe.bands)} ({recipe.units}); {where}"
+            )
         header = dataset.statistics_csv.open(errors="replace").readline().strip().split(",")
         lacking = [f"{b}_mean" for b in recipe.bands if f"{b}_mean" not in header]
         if lacking:
-            raise UnosatError(f"{dataset.statistics_csv}: no column {lacking} for the recipe '{recipe.name}' "
-                              f"(bands {list(recipe.bands)}); {where}")
+            raise UnosatError(
+                f"{dataset.statistics_csv}: no column {lacking} for the recipe '{recipe.name}' "
+                f"(bands {list(recipe.bands)}); {where}"
+            )
     for scene_id in manifest.get("scenes", []):
         stack_path = dataset.bands_path(scene_id)
         with open_raster(stack_path) as src:
@@ -278,8 +320,10 @@ def check_consistency(dataset: PreparedDataset, steps: tuple[str, ...] = TRAININ
         stack_params = stored_params(stack_path) or {}
         if count != recipe.count or stack_params.get("recipe") != recipe.to_dict():
             made = stack_params.get("recipe", {}).get("name", "an unrecorded recipe")
-            raise UnosatError(f"{stack_path}: holds {count} band(s) of recipe '{made}', but {dataset.manifest_path.name} "
-                              f"records recipe '{recipe.name}' ({recipe.count} bands: {', '.join(recipe.bands)}); {where}")
+            raise UnosatError(
+                f"{stack_path}: holds {count} band(s) of recipe '{made}', but {dataset.manifest_path.name} "
+                f"records recipe '{recipe.name}' ({recipe.count} bands: {', '.join(recipe.bands)}); {where}"
+            )
         made_from = {"bands": digest(stack_params)}
         mask_path = dataset.mask_path(scene_id)
         checks = []
@@ -293,5 +337,7 @@ def check_consistency(dataset: PreparedDataset, steps: tuple[str, ...] = TRAININ
             for key in keys:
                 if params is not None and key in made_from and params.get(key) != made_from[key]:
                     source = stack_path.name if key == "bands" else f"masks/{mask_path.name}"
-                    raise UnosatError(f"{path}: this {what} was made from another {key} file than {source} "
-                                      f"(recipe '{recipe.name}'); {where}")
+                    raise UnosatError(
+                        f"{path}: this {what} was made from another {key} file than {source} "
+                        f"(recipe '{recipe.name}'); {where}"
+                    )

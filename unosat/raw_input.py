@@ -65,7 +65,11 @@ class RawInput:
         object.__setattr__(self, "file_nodata", bool(self.file_nodata))
 
     def to_dict(self) -> dict:
-        return {"units": self.units, "nodata_values": list(self.nodata_values), "file_nodata": self.file_nodata}
+        return {
+            "units": self.units,
+            "nodata_values": list(self.nodata_values),
+            "file_nodata": self.file_nodata,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping) -> RawInput:
@@ -73,8 +77,11 @@ class RawInput:
         (what those datasets were made with)."""
         units = str(d.get("units", "linear"))
         values = d.get("nodata_values")
-        return cls(units, tuple(values) if values is not None else default_nodata(units),
-                   bool(d.get("file_nodata", False)))
+        return cls(
+            units,
+            tuple(values) if values is not None else default_nodata(units),
+            bool(d.get("file_nodata", False)),
+        )
 
     def differences(self, other: RawInput) -> list[str]:
         """What differs, in words naming the ``discovery`` keys (empty when the same)."""
@@ -90,7 +97,12 @@ class RawInput:
     def nodata_of(self, tag: float | None) -> tuple[float, ...]:
         """Nodata values of one file whose own nodata tag is ``tag`` (NaN tags are covered by the
         finiteness test)."""
-        if self.file_nodata and tag is not None and math.isfinite(tag) and float(tag) not in self.nodata_values:
+        if (
+            self.file_nodata
+            and tag is not None
+            and math.isfinite(tag)
+            and float(tag) not in self.nodata_values
+        ):
             return (*self.nodata_values, float(tag))
         return self.nodata_values
 
@@ -130,20 +142,29 @@ def units_verdict(values: np.ndarray, units: str, check: UnitsCheck) -> str | No
     if units == "linear":
         negative = float(np.mean(values < 0))
         if negative > check.linear_max_negative:
-            return (f"{negative:.0%} of its valid values are negative (median {np.median(values):.3g}): linear power is "
-                    "not negative, these look like dB")
+            return (
+                f"{negative:.0%} of its valid values are negative (median {np.median(values):.3g}): linear power is "
+                "not negative, these look like dB"
+            )
     else:
         unit = float(np.mean((values >= 0) & (values <= 1)))
         if unit > check.db_max_unit_interval:
             zeros = float(np.mean(values == 0))
-            hint = (f"; {zeros:.0%} of them are exactly 0: if 0 marks missing data, add it to discovery.nodata_values"
-                    if zeros > 0.1 else "")
-            return (f"{unit:.0%} of its valid values lie in [0, 1] (median {np.median(values):.3g}): dB backscatter is "
-                    f"mostly negative, these look like linear power{hint}")
+            hint = (
+                f"; {zeros:.0%} of them are exactly 0: if 0 marks missing data, add it to discovery.nodata_values"
+                if zeros > 0.1
+                else ""
+            )
+            return (
+                f"{unit:.0%} of its valid values lie in [0, 1] (median {np.median(values):.3g}): dB backscatter is "
+                f"mostly negative, these look like linear power{hint}"
+            )
     return None
 
 
-def check_file_units(path, band: int, raw: RawInput, check: UnitsCheck, setting: str = "discovery.units") -> None:
+def check_file_units(
+    path, band: int, raw: RawInput, check: UnitsCheck, setting: str = "discovery.units"
+) -> None:
     """Refuse a file whose values contradict ``raw.units`` (reads a decimated sample of band ``band``).
 
     The message names the file, what was seen, and the setting to change.
@@ -157,11 +178,15 @@ def check_file_units(path, band: int, raw: RawInput, check: UnitsCheck, setting:
     with open_raster(path) as src:
         step = max(1, math.ceil(max(src.height, src.width) / max(1, check.sample_px)))
         shape = (max(1, src.height // step), max(1, src.width // step))
-        values = read_window(src, None, band, out_shape=shape, resampling=Resampling.nearest).astype(np.float64)
+        values = read_window(src, None, band, out_shape=shape, resampling=Resampling.nearest).astype(
+            np.float64
+        )
         tag = src.nodatavals[band - 1] if band - 1 < len(src.nodatavals) else None
     values = values[file_valid(values, raw.nodata_of(tag))]
     why = units_verdict(values, raw.units, check)
     if why:
         other = "db" if raw.units == "linear" else "linear"
-        raise UnosatError(f"{path}: read as {raw.units} ({setting}={raw.units}) but {why}; set {setting}={other} "
-                          f"(or discovery.units_check.enabled=false if these values are right)")
+        raise UnosatError(
+            f"{path}: read as {raw.units} ({setting}={raw.units}) but {why}; set {setting}={other} "
+            f"(or discovery.units_check.enabled=false if these values are right)"
+        )

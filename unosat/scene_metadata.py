@@ -35,11 +35,22 @@ from unosat.errors import UnosatError
 #: where missing fields may come from, in the order tried
 SOURCES = ("tags", "sidecar")
 #: orbit pass spellings -> ASC / DES
-PASS_VALUES = {"A": "ASC", "ASC": "ASC", "ASCENDING": "ASC", "D": "DES", "DES": "DES", "DSC": "DES",
-               "DESCENDING": "DES"}
+PASS_VALUES = {
+    "A": "ASC",
+    "ASC": "ASC",
+    "ASCENDING": "ASC",
+    "D": "DES",
+    "DES": "DES",
+    "DSC": "DES",
+    "DESCENDING": "DES",
+}
 #: month abbreviations of SNAP's ``17-SEP-2019 03:09:00.123456``
-_MONTHS = {m: i for i, m in enumerate(("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV",
-                                       "DEC"), start=1)}
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"), start=1
+    )
+}
 _POL_SUFFIX = re.compile(r"(?i)[_-](vv|vh|hh|hv)$")
 
 
@@ -56,26 +67,45 @@ class MetadataConfig:
 
     sources: tuple[str, ...] = SOURCES
     datetime_keys: tuple[str, ...] = (
-        "ACQUISITION_START_TIME", "acquisition_start", "first_line_time", "startTime", "start_time",
-        "start_datetime", "sensing_start", "system:time_start", "datetime", "acquisition_date", "date",
+        "ACQUISITION_START_TIME",
+        "acquisition_start",
+        "first_line_time",
+        "startTime",
+        "start_time",
+        "start_datetime",
+        "sensing_start",
+        "system:time_start",
+        "datetime",
+        "acquisition_date",
+        "date",
     )
     pass_keys: tuple[str, ...] = (
-        "PASS", "orbit_pass", "ORBIT_DIRECTION", "orbitDirection", "flight_direction", "flightDirection",
-        "orbitProperties_pass", "sat:orbit_state", "orbit_state",
+        "PASS",
+        "orbit_pass",
+        "ORBIT_DIRECTION",
+        "orbitDirection",
+        "flight_direction",
+        "flightDirection",
+        "orbitProperties_pass",
+        "sat:orbit_state",
+        "orbit_state",
     )
 
     def __post_init__(self):
         sources = tuple(str(s).lower() for s in self.sources)
         unknown = [s for s in sources if s not in SOURCES]
         if unknown:
-            raise UnosatError(f"discovery.metadata.sources: unknown source(s) {unknown}; choose among {list(SOURCES)}")
+            raise UnosatError(
+                f"discovery.metadata.sources: unknown source(s) {unknown}; choose among {list(SOURCES)}"
+            )
         object.__setattr__(self, "sources", sources)
         object.__setattr__(self, "datetime_keys", tuple(str(k) for k in self.datetime_keys))
         object.__setattr__(self, "pass_keys", tuple(str(k) for k in self.pass_keys))
 
 
-def read_scene_metadata(paths: Sequence[Path], wanted: Sequence[str], date: str | None,
-                        config: MetadataConfig) -> dict[str, str]:
+def read_scene_metadata(
+    paths: Sequence[Path], wanted: Sequence[str], date: str | None, config: MetadataConfig
+) -> dict[str, str]:
     """The ``wanted`` fields (of ``date``, ``time``, ``pass``) found in the metadata of ``paths`` (a scene's
     files), as discovery names them: ``date`` ``YYYYMMDD``, ``time`` ``HHMMSS``, ``pass`` ``ASC``/``DES``.
 
@@ -112,7 +142,9 @@ def _metadata_of(path: Path, source: str):
         try:
             data = json.loads(sidecar.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise UnosatError(f"{sidecar}: unreadable metadata sidecar ({str(err).splitlines()[0]})") from None
+            raise UnosatError(
+                f"{sidecar}: unreadable metadata sidecar ({str(err).splitlines()[0]})"
+            ) from None
         if isinstance(data, Mapping):
             yield data, f"{sidecar} (key"
             if isinstance(data.get("properties"), Mapping):
@@ -138,7 +170,9 @@ def _lookup(values: Mapping, keys: Sequence[str]):
     return None, None
 
 
-def _take(values: Mapping, where: str, wanted: Sequence[str], date: str | None, found: dict, config: MetadataConfig):
+def _take(
+    values: Mapping, where: str, wanted: Sequence[str], date: str | None, found: dict, config: MetadataConfig
+):
     if ("date" in wanted and "date" not in found) or ("time" in wanted and "time" not in found):
         key, value = _lookup(values, config.datetime_keys)
         if key is not None:
@@ -157,8 +191,10 @@ def parse_pass(value, where: str) -> str:
     """``ASC`` or ``DES`` from an orbit-pass spelling; :class:`UnosatError` naming ``where`` otherwise."""
     text = str(value).strip().upper()
     if text not in PASS_VALUES:
-        raise UnosatError(f"{where}: orbit pass '{value}' is not ascending or descending (ASCENDING/DESCENDING, "
-                          "ASC/DES, A/D)")
+        raise UnosatError(
+            f"{where}: orbit pass '{value}' is not ascending or descending (ASCENDING/DESCENDING, "
+            "ASC/DES, A/D)"
+        )
     return PASS_VALUES[text]
 
 
@@ -174,10 +210,14 @@ def parse_datetime(value, where: str) -> tuple[str, str | None]:
         when = datetime.fromtimestamp(float(text) / 1000, tz=timezone.utc)
     elif m := re.fullmatch(r"(\d{8})(?:[T_ ]?(\d{6})(?:\.\d+)?Z?)?", text):
         has_time = m.group(2) is not None
-        when = _checked(lambda: datetime.strptime(m.group(1) + (m.group(2) or "000000"), "%Y%m%d%H%M%S"), text, where)
+        when = _checked(
+            lambda: datetime.strptime(m.group(1) + (m.group(2) or "000000"), "%Y%m%d%H%M%S"), text, where
+        )
     elif m := re.fullmatch(r"(\d{4}):(\d{2}):(\d{2}) (\d{2}):(\d{2}):(\d{2})", text):  # TIFF's form
         when = _checked(lambda: datetime(*map(int, m.groups())), text, where)
-    elif m := re.fullmatch(r"(\d{1,2})-([A-Za-z]{3})-(\d{4})(?:[ T](\d{2}):(\d{2}):(\d{2})(?:\.\d+)?)?", text):  # SNAP
+    elif m := re.fullmatch(
+        r"(\d{1,2})-([A-Za-z]{3})-(\d{4})(?:[ T](\d{2}):(\d{2}):(\d{2})(?:\.\d+)?)?", text
+    ):  # SNAP
         month = _MONTHS.get(m.group(2).upper())
         if month is None:
             raise UnosatError(f"{where}: '{value}' is not a date (unknown month '{m.group(2)}')")
@@ -197,5 +237,7 @@ def _checked(make, text: str, where: str) -> datetime:
     try:
         return make()
     except ValueError:
-        raise UnosatError(f"{where}: '{text}' is not a date-time (ISO 8601, YYYYMMDD[THHMMSS], YYYY:MM:DD HH:MM:SS, "
-                          "DD-MON-YYYY HH:MM:SS or milliseconds since 1970)") from None
+        raise UnosatError(
+            f"{where}: '{text}' is not a date-time (ISO 8601, YYYYMMDD[THHMMSS], YYYY:MM:DD HH:MM:SS, "
+            "DD-MON-YYYY HH:MM:SS or milliseconds since 1970)"
+        ) from None

@@ -160,22 +160,34 @@ class DiscoveryConfig:
         object.__setattr__(self, "band_order", tuple(self.band_order))
         object.__setattr__(self, "polarisations", tuple(str(p).lower() for p in self.polarisations))
         if not self.polarisations or not set(self.polarisations) <= set(POLARISATIONS):
-            raise UnosatError(f"discovery.polarisations must list vh and/or vv, got {list(self.polarisations)}")
+            raise UnosatError(
+                f"discovery.polarisations must list vh and/or vv, got {list(self.polarisations)}"
+            )
         object.__setattr__(self, "exclude", tuple(self.exclude))
         if self.nodata_values is not None:
             object.__setattr__(self, "nodata_values", tuple(float(v) for v in self.nodata_values))
         for name, kind in (("area_labels", AreaLabels), ("metadata", MetadataConfig)):
             value = getattr(self, name)
             if isinstance(value, Mapping):
-                object.__setattr__(self, name, kind(**{k: v for k, v in value.items() if not str(k).startswith("_")}))
+                object.__setattr__(
+                    self, name, kind(**{k: v for k, v in value.items() if not str(k).startswith("_")})
+                )
         if isinstance(self.units_check, Mapping):
-            object.__setattr__(self, "units_check", UnitsCheck(**{k: v for k, v in self.units_check.items()
-                                                                  if not str(k).startswith("_")}))
+            object.__setattr__(
+                self,
+                "units_check",
+                UnitsCheck(**{k: v for k, v in self.units_check.items() if not str(k).startswith("_")}),
+            )
         if self.units is not None:
             check_units_name(self.units, "discovery.units")
-        object.__setattr__(self, "stac_assets", {str(k).lower(): [str(v).lower() for v in
-                                                                   ([vs] if isinstance(vs, str) else vs)]
-                                                 for k, vs in dict(self.stac_assets).items()})
+        object.__setattr__(
+            self,
+            "stac_assets",
+            {
+                str(k).lower(): [str(v).lower() for v in ([vs] if isinstance(vs, str) else vs)]
+                for k, vs in dict(self.stac_assets).items()
+            },
+        )
         if self.layout not in LAYOUTS:
             raise UnosatError(f"discovery.layout must be one of {list(LAYOUTS)}, got '{self.layout}'")
         if self.match not in ("name", "path"):
@@ -193,20 +205,29 @@ class DiscoveryConfig:
             if not {"mgrs", "id"} & set(rx.groupindex):
                 missing.add("mgrs or id")
             if missing:
-                raise UnosatError(f"discovery.pattern lacks the named group(s) {sorted(missing)}: {self.pattern}")
+                raise UnosatError(
+                    f"discovery.pattern lacks the named group(s) {sorted(missing)}: {self.pattern}"
+                )
         else:
             lacking = [p for p in POLARISATIONS if not self.stac_assets.get(p)]
             if lacking:
                 raise UnosatError(f"discovery.stac_assets names no asset key for {lacking}")
         if self.area == "folder" and "city" not in rx.groupindex and "city" not in crx.groupindex:
-            raise UnosatError("discovery: neither pattern nor city_pattern has a named group 'city' (or set "
-                              "discovery.area=scene)")
+            raise UnosatError(
+                "discovery: neither pattern nor city_pattern has a named group 'city' (or set "
+                "discovery.area=scene)"
+            )
         if self.layout == "multiband":
             order = [b.lower() for b in self.band_order]
-            if len(order) != len(set(order)) or not set(self.polarisations) <= set(order) or not set(order) <= set(POLARISATIONS):
-                raise UnosatError(f"discovery.band_order must name each of {list(self.polarisations)} once (and only vh/vv), "
-                                  f"got {list(self.band_order)}")
-
+            if (
+                len(order) != len(set(order))
+                or not set(self.polarisations) <= set(order)
+                or not set(order) <= set(POLARISATIONS)
+            ):
+                raise UnosatError(
+                    f"discovery.band_order must name each of {list(self.polarisations)} once (and only vh/vv), "
+                    f"got {list(self.band_order)}"
+                )
 
     def raw_input(self, fallback: RawInput | None = None) -> RawInput:
         """The raw-input settings; unset ``units`` / ``nodata_values`` come from ``fallback`` (e.g. a
@@ -218,13 +239,18 @@ class DiscoveryConfig:
             nodata = fallback.nodata_values
         else:
             nodata = default_nodata(units)
-        file_nodata = self.file_nodata if self.file_nodata is not None else (fallback.file_nodata if fallback else True)
+        file_nodata = (
+            self.file_nodata if self.file_nodata is not None else (fallback.file_nodata if fallback else True)
+        )
         return RawInput(units, nodata, file_nodata)
 
     def settings(self) -> dict:
         """What a prepared dataset records of its discovery (the raw-input settings resolved)."""
-        out = {k: v for k, v in asdict(self).items()
-               if k not in ("exclude", "units_check", "stac_assets", "area_labels", "metadata")}
+        out = {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("exclude", "units_check", "stac_assets", "area_labels", "metadata")
+        }
         return out | self.raw_input().to_dict()
 
 
@@ -293,15 +319,22 @@ def discover_scenes(raw_dir: Path | str, config: DiscoveryConfig | None = None) 
             raise UnosatError(f"raw_dir {raw_dir} holds no {what} files")
         raise UnosatError(
             f"raw_dir {raw_dir}: none of its {n_files} {what} files matches discovery.pattern {config.pattern}"
-            + (" (matched against the file name; discovery.match=path matches the relative path)"
-               if config.match == "name" else "")
+            + (
+                " (matched against the file name; discovery.match=path matches the relative path)"
+                if config.match == "name"
+                else ""
+            )
         )
     if config.area == "scene":  # each scene is its own area, named by its identity
-        groups = {(Scene("", mgrs, date, time, pss, {}).scene_id, mgrs, date, time, pss): src
-                  for (_, mgrs, date, time, pss), src in groups.items()}
+        groups = {
+            (Scene("", mgrs, date, time, pss, {}).scene_id, mgrs, date, time, pss): src
+            for (_, mgrs, date, time, pss), src in groups.items()
+        }
     elif config.area == "label":  # the label file whose polygons meet the scene
         areas = label_areas(raw_dir, config.area_labels)
-        groups = {(area_of_scene([p for p, _ in src.values()], areas), *key[1:]): src for key, src in groups.items()}
+        groups = {
+            (area_of_scene([p for p, _ in src.values()], areas), *key[1:]): src for key, src in groups.items()
+        }
 
     scenes = []
     for (city, mgrs, date, time, orbit_pass), sources in groups.items():
@@ -309,11 +342,14 @@ def discover_scenes(raw_dir: Path | str, config: DiscoveryConfig | None = None) 
             if pol not in sources:
                 other_pol = "vv" if pol == "vh" else "vh"
                 if other_pol not in sources:  # a single-polarisation scene of the other polarisation
-                    raise UnosatError(f"{next(iter(sources.values()))[0]}: no {pol.upper()} for this scene; "
-                                      f"discovery.polarisations={list(config.polarisations)} requires it")
+                    raise UnosatError(
+                        f"{next(iter(sources.values()))[0]}: no {pol.upper()} for this scene; "
+                        f"discovery.polarisations={list(config.polarisations)} requires it"
+                    )
                 raise UnosatError(
                     f"{sources[other_pol][0]}: no matching {pol.upper()} file for this {other_pol.upper()} file "
-                    f"(expected the same name with '{pol}' in place of '{other_pol}'; for {other_pol.upper()}-only data "
+                    f"(expected the same name with '{pol}' in place of '{other_pol}'; "
+                    f"for {other_pol.upper()}-only data "
                     f"set discovery.polarisations=[{other_pol}] and bands={other_pol}_db or bands={other_pol})"
                 )
         scenes.append(Scene(city, mgrs, date, time, orbit_pass, dict(sources)))
@@ -334,8 +370,10 @@ def scene_area(config: DiscoveryConfig, groups: dict, rel: str, path: Path) -> s
         return groups["city"]
     cm = re.search(config.city_pattern, rel)
     if not cm or not cm.group("city"):
-        raise UnosatError(f"{path}: cannot tell the city from its path with city_pattern '{config.city_pattern}' "
-                          "(or set discovery.area=scene: one area per scene)")
+        raise UnosatError(
+            f"{path}: cannot tell the city from its path with city_pattern '{config.city_pattern}' "
+            "(or set discovery.area=scene: one area per scene)"
+        )
     return cm.group("city")
 
 
@@ -350,8 +388,14 @@ def find_label_file(search_dirs: Sequence[Path | str], template: str, scene: Sce
     for d in search_dirs:
         d = Path(d)
         if d.is_dir():
-            found += [p for p in d.rglob(f"{stem}.*") if p.is_file() and p.suffix.lower() not in VECTOR_SIDECARS
-                      and p.suffix not in RASTER_SUFFIXES and not p.name.startswith(".")]
+            found += [
+                p
+                for p in d.rglob(f"{stem}.*")
+                if p.is_file()
+                and p.suffix.lower() not in VECTOR_SIDECARS
+                and p.suffix not in RASTER_SUFFIXES
+                and not p.name.startswith(".")
+            ]
     found = sorted(set(found))
     if len(found) > 1:
         raise UnosatError(f"several label files for {scene.city} ({scene.mgrs}): {[str(p) for p in found]}")
@@ -381,7 +425,9 @@ def scene_grid(scene: Scene) -> Grid:
         path, band = scene.sources[pol]
         with open_raster(path) as src:
             if band > src.count:
-                raise UnosatError(f"{path}: has {src.count} band(s), the {pol.upper()} band {band} does not exist")
+                raise UnosatError(
+                    f"{path}: has {src.count} band(s), the {pol.upper()} band {band} does not exist"
+                )
             grids[pol] = Grid.of(src)
     for pol, grid in grids.items():
         if grid.crs is None:
@@ -402,9 +448,11 @@ def check_scene_polarisations(scene: Scene, recipe: BandRecipe, what: str = "ban
     missing = [p for p in recipe.needs() if p not in scene.sources]
     if missing:
         has = "/".join(p.upper() for p in sorted(scene.sources))
-        raise UnosatError(f"scene {scene.scene_id} ({next(iter(scene.sources.values()))[0]}) has only {has}, but {what} "
-                          f"'{recipe.name}' {list(recipe.bands)} needs {missing[0].upper()}: use bands={has.lower()}_db "
-                          f"or bands={has.lower()} for single-polarisation data")
+        raise UnosatError(
+            f"scene {scene.scene_id} ({next(iter(scene.sources.values()))[0]}) has only {has}, but {what} "
+            f"'{recipe.name}' {list(recipe.bands)} needs {missing[0].upper()}: use bands={has.lower()}_db "
+            f"or bands={has.lower()} for single-polarisation data"
+        )
 
 
 def scene_nodata(scene: Scene, raw: RawInput) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -421,7 +469,9 @@ def scene_nodata(scene: Scene, raw: RawInput) -> tuple[tuple[float, ...], tuple[
     return out[0], out[1]
 
 
-def check_scene_units(scene: Scene, raw: RawInput, check: UnitsCheck, setting: str = "discovery.units") -> None:
+def check_scene_units(
+    scene: Scene, raw: RawInput, check: UnitsCheck, setting: str = "discovery.units"
+) -> None:
     """Refuse a scene whose files' values contradict ``raw.units`` (see :func:`unosat.raw_input.check_file_units`)."""
     for path, band in sorted(set(scene.sources.values())):
         check_file_units(path, band, raw, check, setting)

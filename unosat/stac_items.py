@@ -60,7 +60,11 @@ def read_item(path: Path, assets: dict[str, list[str]]) -> StacItem | None:
         item = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    if not isinstance(item, dict) or item.get("type") != "Feature" or not isinstance(item.get("assets"), dict):
+    if (
+        not isinstance(item, dict)
+        or item.get("type") != "Feature"
+        or not isinstance(item.get("assets"), dict)
+    ):
         return None
     props = item.get("properties") or {}
     stamp = props.get("datetime") or props.get("start_datetime")
@@ -76,11 +80,15 @@ def read_item(path: Path, assets: dict[str, list[str]]) -> StacItem | None:
     for pol, names in assets.items():
         key = next((keys[n] for n in names if n in keys), None)
         if key is None:
-            raise UnosatError(f"{path}: STAC item has no {pol.upper()} asset (looked for keys {names}; it has "
-                              f"{sorted(item['assets'])}); set discovery.stac_assets.{pol}")
+            raise UnosatError(
+                f"{path}: STAC item has no {pol.upper()} asset (looked for keys {names}; it has "
+                f"{sorted(item['assets'])}); set discovery.stac_assets.{pol}"
+            )
         sources[pol] = (asset_path(path, item["assets"][key], key), 1)
     identity = re.sub(r"[^A-Za-z0-9-]+", "-", str(item.get("id") or Path(path).stem)).strip("-")
-    return StacItem(identity, when.strftime("%Y%m%d"), when.strftime("%H%M%S"), ORBIT_STATES.get(state), sources)
+    return StacItem(
+        identity, when.strftime("%Y%m%d"), when.strftime("%H%M%S"), ORBIT_STATES.get(state), sources
+    )
 
 
 def asset_path(item_path: Path, asset: dict, key: str) -> Path:
@@ -90,8 +98,10 @@ def asset_path(item_path: Path, asset: dict, key: str) -> Path:
         raise UnosatError(f"{item_path}: asset '{key}' has no href")
     parsed = urlparse(href)
     if parsed.scheme in ("http", "https", "s3", "gs", "az"):
-        raise UnosatError(f"{item_path}: asset '{key}' is remote ({href}); unosat reads local files only: download the "
-                          "assets and point their hrefs at the local files (relative to the item)")
+        raise UnosatError(
+            f"{item_path}: asset '{key}' is remote ({href}); unosat reads local files only: download the "
+            "assets and point their hrefs at the local files (relative to the item)"
+        )
     local = Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(href)
     local = local if local.is_absolute() else (Path(item_path).parent / local)
     if not local.is_file():

@@ -83,22 +83,31 @@ def parse_search_space(overrides: Iterable[str]) -> SearchSpace:
             if isinstance(value.start, int) and isinstance(value.end, int):
                 space.distributions[key] = od.IntDistribution(value.start, value.end, log=log_scale)
             else:
-                space.distributions[key] = od.FloatDistribution(float(value.start), float(value.end), log=log_scale)
+                space.distributions[key] = od.FloatDistribution(
+                    float(value.start), float(value.end), log=log_scale
+                )
         elif override.is_range_sweep():
             items = list(override.sweep_iterator())
             if not items:
                 raise UnosatError(f"search space: '{line}' is an empty range")
-            if all(isinstance(x, int) and not isinstance(x, bool) for x in (value.start, value.stop, value.step)):
-                space.distributions[key] = od.IntDistribution(items[0], items[-1], step=value.step) if value.step > 0 \
+            if all(
+                isinstance(x, int) and not isinstance(x, bool) for x in (value.start, value.stop, value.step)
+            ):
+                space.distributions[key] = (
+                    od.IntDistribution(items[0], items[-1], step=value.step)
+                    if value.step > 0
                     else od.CategoricalDistribution(items)
+                )
             else:
                 space.distributions[key] = od.CategoricalDistribution(items)
         else:  # choice(a,b) or a,b
             items = list(override.sweep_iterator())
             bad = [x for x in items if not isinstance(x, (str, int, float, bool, type(None)))]
             if bad:
-                raise UnosatError(f"search space: '{line}': Optuna chooses among numbers, strings, booleans and "
-                                  f"null, not {bad[0]!r}")
+                raise UnosatError(
+                    f"search space: '{line}': Optuna chooses among numbers, strings, booleans and "
+                    f"null, not {bad[0]!r}"
+                )
             space.distributions[key] = od.CategoricalDistribution(items)
     return space
 
@@ -134,8 +143,10 @@ def grid_of(space: SearchSpace) -> dict[str, list]:
         elif isinstance(dist, IntDistribution) and not dist.log:
             grid[key] = list(range(dist.low, dist.high + 1, dist.step))
         else:
-            raise UnosatError(f"hydra/sweeper/sampler=grid needs choice() or range() for every parameter; "
-                              f"{key} is an interval (use another sampler, or choice/range)")
+            raise UnosatError(
+                f"hydra/sweeper/sampler=grid needs choice() or range() for every parameter; "
+                f"{key} is an interval (use another sampler, or choice/range)"
+            )
     return grid
 
 
@@ -149,7 +160,11 @@ def resume_study(study, name: str) -> tuple[int, int]:
     for trial in trials:
         if trial.state == TrialState.RUNNING:
             study.tell(trial.number, state=TrialState.FAIL)
-            log.warning("study '%s': trial %d was left RUNNING by an interrupted sweep; marked FAIL", name, trial.number)
+            log.warning(
+                "study '%s': trial %d was left RUNNING by an interrupted sweep; marked FAIL",
+                name,
+                trial.number,
+            )
     finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     return len(trials), finished
 
@@ -169,8 +184,10 @@ def attach_trial(storage: str, study_name: str, number: int, pruner: Any = None)
     if frozen is None:
         raise UnosatError(f"optuna.storage {storage}: study '{study_name}' has no trial {number}")
     if frozen.state != TrialState.RUNNING:
-        raise UnosatError(f"optuna.storage {storage}: trial {number} of study '{study_name}' is {frozen.state.name}, "
-                          "not RUNNING: it cannot be reported to")
+        raise UnosatError(
+            f"optuna.storage {storage}: trial {number} of study '{study_name}' is {frozen.state.name}, "
+            "not RUNNING: it cannot be reported to"
+        )
     return optuna.trial.Trial(study, frozen._trial_id)
 
 
@@ -195,9 +212,9 @@ class StudySettings:
     n_trials: int
     n_jobs: int = 1
     max_failure_rate: float = 1.0
-    sampler: Mapping | None = None   # a config with _target_ (an optuna sampler); None: TPE
-    pruner: Mapping | None = None    # a config with _target_ (an optuna pruner); None: no pruning
-    params: Mapping | None = None    # the search space (override key -> grammar)
+    sampler: Mapping | None = None  # a config with _target_ (an optuna sampler); None: TPE
+    pruner: Mapping | None = None  # a config with _target_ (an optuna pruner); None: no pruning
+    params: Mapping | None = None  # the search space (override key -> grammar)
 
 
 #: launch(list of each job's overrides, number of the first job) -> one result per job: an object with
@@ -223,8 +240,12 @@ def build_sampler(config: Mapping | None, space: SearchSpace, trials_so_far: int
         kwargs["search_space"] = grid_of(space)
     if kwargs.get("seed") is not None and trials_so_far:
         kwargs["seed"] = int(kwargs["seed"]) + trials_so_far
-        log.info("sampler %s reseeded with %d (seed + %d trials already in the study): no replay of earlier draws",
-                 cls.__name__, kwargs["seed"], trials_so_far)
+        log.info(
+            "sampler %s reseeded with %d (seed + %d trials already in the study): no replay of earlier draws",
+            cls.__name__,
+            kwargs["seed"],
+            trials_so_far,
+        )
     return cls(**kwargs)
 
 
@@ -250,9 +271,12 @@ def identity_overrides(settings: StudySettings, number: int) -> list[str]:
     the trial; none without a storage (a job cannot reach an in-memory study) or without a pruner."""
     if settings.storage is None or not settings.pruner:
         return []
-    return [f"++optuna.trial={number}", f"++optuna.storage={override_value(settings.storage)}",
-            f"++optuna.study_name={override_value(settings.study_name)}",
-            f"++optuna.pruner={override_value(dict(settings.pruner))}"]
+    return [
+        f"++optuna.trial={number}",
+        f"++optuna.storage={override_value(settings.storage)}",
+        f"++optuna.study_name={override_value(settings.study_name)}",
+        f"++optuna.pruner={override_value(dict(settings.pruner))}",
+    ]
 
 
 def run_study(settings: StudySettings, arguments: Sequence[str], launch: Launch) -> Any:
@@ -265,28 +289,55 @@ def run_study(settings: StudySettings, arguments: Sequence[str], launch: Launch)
     from optuna.trial import TrialState
 
     if settings.direction not in ("maximize", "minimize"):
-        raise UnosatError(f"hydra.sweeper.direction must be maximize or minimize (optimized_mode=max|min), got "
-                          f"'{settings.direction}'")
+        raise UnosatError(
+            f"hydra.sweeper.direction must be maximize or minimize (optimized_mode=max|min), got "
+            f"'{settings.direction}'"
+        )
     space = parse_search_space([*params_as_overrides(settings.params), *arguments])
     if not space.distributions:
-        raise UnosatError("hparams_search=optuna: the search space is empty (search_space in "
-                          "conf/hparams_search/optuna.yaml, or a sweep override such as optimizer.lr='interval(1e-4,1e-2)')")
+        raise UnosatError(
+            "hparams_search=optuna: the search space is empty (search_space in "
+            "conf/hparams_search/optuna.yaml, or a sweep override such as optimizer.lr='interval(1e-4,1e-2)')"
+        )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=settings.study_name, storage=settings.storage,
-                                direction=settings.direction, load_if_exists=True)
+    study = optuna.create_study(
+        study_name=settings.study_name,
+        storage=settings.storage,
+        direction=settings.direction,
+        load_if_exists=True,
+    )
     stored = study.direction.name.lower()
     if stored != settings.direction:
-        raise UnosatError(f"study '{settings.study_name}' in {settings.storage} was created to {stored}; "
-                          f"this sweep would {settings.direction} (optimized_mode): use another hydra.sweep.dir")
+        raise UnosatError(
+            f"study '{settings.study_name}' in {settings.storage} was created to {stored}; "
+            f"this sweep would {settings.direction} (optimized_mode): use another hydra.sweep.dir"
+        )
     existing, finished = resume_study(study, settings.study_name)
     if existing:
-        log.info("resuming study '%s' (%s): %d trial(s) in it, %d finished, %d to run", settings.study_name,
-                 settings.storage, existing, finished, max(0, settings.n_trials - finished))
+        log.info(
+            "resuming study '%s' (%s): %d trial(s) in it, %d finished, %d to run",
+            settings.study_name,
+            settings.storage,
+            existing,
+            finished,
+            max(0, settings.n_trials - finished),
+        )
     sampler = build_sampler(settings.sampler, space, existing)
-    study = optuna.load_study(study_name=settings.study_name, storage=settings.storage, sampler=sampler,
-                              pruner=build_pruner(settings.pruner)) if settings.storage else \
-        optuna.create_study(study_name=settings.study_name, direction=settings.direction, sampler=sampler,
-                            pruner=build_pruner(settings.pruner))
+    study = (
+        optuna.load_study(
+            study_name=settings.study_name,
+            storage=settings.storage,
+            sampler=sampler,
+            pruner=build_pruner(settings.pruner),
+        )
+        if settings.storage
+        else optuna.create_study(
+            study_name=settings.study_name,
+            direction=settings.direction,
+            sampler=sampler,
+            pruner=build_pruner(settings.pruner),
+        )
+    )
     grid = isinstance(sampler, optuna.samplers.GridSampler)
     remaining = settings.n_trials - finished
     launched = failed = 0
@@ -294,12 +345,20 @@ def run_study(settings: StudySettings, arguments: Sequence[str], launch: Launch)
         if grid and sampler.is_exhausted(study):
             log.info("the grid is exhausted: every combination has been tried")
             break
-        trials = [study.ask(fixed_distributions=space.distributions) for _ in range(min(settings.n_jobs, remaining))]
-        jobs = [[*space.fixed, *(f"{k}={override_value(v)}" for k, v in t.params.items()),
-                 *identity_overrides(settings, t.number)] for t in trials]
+        trials = [
+            study.ask(fixed_distributions=space.distributions) for _ in range(min(settings.n_jobs, remaining))
+        ]
+        jobs = [
+            [
+                *space.fixed,
+                *(f"{k}={override_value(v)}" for k, v in t.params.items()),
+                *identity_overrides(settings, t.number),
+            ]
+            for t in trials
+        ]
         numbers = [t.number for t in trials]
         if numbers == list(range(numbers[0], numbers[0] + len(numbers))):
-            results = list(launch(jobs, numbers[0]))   # job n is trial n: its own directory
+            results = list(launch(jobs, numbers[0]))  # job n is trial n: its own directory
         else:  # another process asked trials in between: launch one by one, each job numbered as its trial
             results = [r for job, n in zip(jobs, numbers) for r in launch([job], n)]
         for trial, result in zip(trials, results):
@@ -309,8 +368,10 @@ def run_study(settings: StudySettings, arguments: Sequence[str], launch: Launch)
             failed += state == TrialState.FAIL
             remaining -= state != TrialState.FAIL
         if launched and failed / launched > settings.max_failure_rate:
-            raise UnosatError(f"{failed} of {launched} trials failed, more than hydra.sweeper.max_failure_rate="
-                              f"{settings.max_failure_rate}")
+            raise UnosatError(
+                f"{failed} of {launched} trials failed, more than hydra.sweeper.max_failure_rate="
+                f"{settings.max_failure_rate}"
+            )
     return study
 
 
@@ -326,7 +387,12 @@ def job_outcome(study, trial, result) -> tuple[Any, float | None]:
     except optuna.TrialPruned:
         return TrialState.PRUNED, None
     except Exception as err:  # the job's own error; a sweep goes on
-        log.warning("trial %d failed: %s: %s", trial.number, type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+        log.warning(
+            "trial %d failed: %s: %s",
+            trial.number,
+            type(err).__name__,
+            str(err).splitlines()[0] if str(err) else "",
+        )
         return TrialState.FAIL, None
     epoch = pruned_at(study, trial)
     if epoch is not None:
@@ -334,7 +400,9 @@ def job_outcome(study, trial, result) -> tuple[Any, float | None]:
     try:
         value = float(value)
     except (TypeError, ValueError):
-        log.warning("trial %d failed: the job returned %r, not a number (optimized_metric)", trial.number, value)
+        log.warning(
+            "trial %d failed: the job returned %r, not a number (optimized_metric)", trial.number, value
+        )
         return TrialState.FAIL, None
     if not math.isfinite(value):
         log.warning("trial %d failed: the job returned %s", trial.number, value)
@@ -357,7 +425,12 @@ def tell(study, trial, state, value: float | None) -> None:
     if state == TrialState.COMPLETE:
         log.info("trial %d: %s %.6g with %s", trial.number, study.direction.name.lower(), value, trial.params)
     elif state == TrialState.PRUNED:
-        log.info("trial %d: pruned%s with %s", trial.number, "" if value is None else f" at epoch {value:.0f}", trial.params)
+        log.info(
+            "trial %d: pruned%s with %s",
+            trial.number,
+            "" if value is None else f" at epoch {value:.0f}",
+            trial.params,
+        )
     else:
         log.info("trial %d: FAIL with %s", trial.number, trial.params)
 
@@ -367,9 +440,13 @@ def results_summary(study) -> dict:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    out: dict[str, Any] = {"name": study.study_name, "direction": study.direction.name.lower(),
-                           "trials": {s.name: sum(t.state == s for t in trials) for s in TrialState
-                                      if any(t.state == s for t in trials)}}
+    out: dict[str, Any] = {
+        "name": study.study_name,
+        "direction": study.direction.name.lower(),
+        "trials": {
+            s.name: sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)
+        },
+    }
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete:
         best = study.best_trial

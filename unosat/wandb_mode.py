@@ -61,7 +61,9 @@ def resolve_wandb_mode(mode: str = "auto") -> str:
         env = None
     if env:
         if env not in WANDB_MODES:
-            raise UnosatError(f"environment variable WANDB_MODE={env!r} is not a W&B mode ({', '.join(WANDB_MODES)})")
+            raise UnosatError(
+                f"environment variable WANDB_MODE={env!r} is not a W&B mode ({', '.join(WANDB_MODES)})"
+            )
         return "offline" if env == "dryrun" else env
     if wandb_logged_in() and host_reachable(wandb_host()):
         return "online"

@@ -33,8 +33,10 @@ WATCHDOG_PERIOD_S = 0.5
 #: seconds a worker gets to exit after its input is closed, before it is killed
 STOP_GRACE_S = 2.0
 PR_SET_PDEATHSIG = 1
-_BOOTSTRAP = ("import pickle, sys; sys.path[:0] = pickle.load(sys.stdin.buffer); "
-              "from unosat.worker_pool import worker_main; worker_main(int(sys.argv[1]))")
+_BOOTSTRAP = (
+    "import pickle, sys; sys.path[:0] = pickle.load(sys.stdin.buffer); "
+    "from unosat.worker_pool import worker_main; worker_main(int(sys.argv[1]))"
+)
 
 
 class WorkerPool:
@@ -43,8 +45,12 @@ class WorkerPool:
     def __init__(self, n: int):
         self.procs: list[subprocess.Popen] = []
         for _ in range(n):
-            proc = subprocess.Popen([sys.executable, "-c", _BOOTSTRAP, str(os.getpid())], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, close_fds=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _BOOTSTRAP, str(os.getpid())],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                close_fds=True,
+            )
             proc.stdin.write(pickle.dumps(list(sys.path)))
             proc.stdin.flush()
             self.procs.append(proc)
@@ -55,7 +61,9 @@ class WorkerPool:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def map(self, func: Callable[[T], R], items: Sequence[T], progress: Callable[[int], object] = lambda n: None) -> list[R]:
+    def map(
+        self, func: Callable[[T], R], items: Sequence[T], progress: Callable[[int], object] = lambda n: None
+    ) -> list[R]:
         results: list = [None] * len(items)
         todo = list(enumerate(items))[::-1]
         busy: dict[int, int] = {}  # worker index -> item index
@@ -79,8 +87,10 @@ class WorkerPool:
                         ok, payload = pickle.load(self.procs[w].stdout)
                     except (EOFError, pickle.UnpicklingError):
                         code = self.procs[w].wait()
-                        raise RuntimeError(f"a worker process died (exit status {code}) while preparing item "
-                                           f"{busy.get(w)} of {len(items)}: {items[busy[w]]!r}"[:500]) from None
+                        raise RuntimeError(
+                            f"a worker process died (exit status {code}) while preparing item "
+                            f"{busy.get(w)} of {len(items)}: {items[busy[w]]!r}"[:500]
+                        ) from None
                     index = busy.pop(w)
                     if not ok:
                         error, remote = payload

@@ -22,24 +22,42 @@ log = logging.getLogger(__name__)
 class UnosatOptunaSweeper(Sweeper):
     """Runs (or resumes) an Optuna study, one Hydra job per trial; see :func:`unosat.sweeps.run_study`."""
 
-    def __init__(self, study_name: str, storage: str | None, direction: str, n_trials: int, n_jobs: int = 1,
-                 max_failure_rate: float = 1.0, sampler: Any = None, pruner: Any = None, params: Any = None) -> None:
+    def __init__(
+        self,
+        study_name: str,
+        storage: str | None,
+        direction: str,
+        n_trials: int,
+        n_jobs: int = 1,
+        max_failure_rate: float = 1.0,
+        sampler: Any = None,
+        pruner: Any = None,
+        params: Any = None,
+    ) -> None:
         def plain(node: Any) -> Any:
             return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
         from unosat.sweeps import StudySettings
 
-        self.settings = StudySettings(study_name=str(study_name), storage=None if storage is None else str(storage),
-                                      direction=str(direction), n_trials=int(n_trials), n_jobs=max(1, int(n_jobs)),
-                                      max_failure_rate=float(max_failure_rate), sampler=plain(sampler),
-                                      pruner=plain(pruner), params=plain(params))
+        self.settings = StudySettings(
+            study_name=str(study_name),
+            storage=None if storage is None else str(storage),
+            direction=str(direction),
+            n_trials=int(n_trials),
+            n_jobs=max(1, int(n_jobs)),
+            max_failure_rate=float(max_failure_rate),
+            sampler=plain(sampler),
+            pruner=plain(pruner),
+            params=plain(params),
+        )
         self.launcher = None
         self.config: DictConfig | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
-        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
-                                                                task_function=task_function, config=config)
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
 
     def sweep(self, arguments: list[str]) -> Any:
         from unosat.io.atomic import write_text_atomic
@@ -53,10 +71,19 @@ class UnosatOptunaSweeper(Sweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config))
-        study = run_study(self.settings, list(arguments),
-                          lambda jobs, first: self.launcher.launch(jobs, initial_job_idx=first))
+        study = run_study(
+            self.settings,
+            list(arguments),
+            lambda jobs, first: self.launcher.launch(jobs, initial_job_idx=first),
+        )
         results = results_summary(study)
-        write_text_atomic(sweep_dir / "optimization_results.yaml", OmegaConf.to_yaml(OmegaConf.create(results)))
-        log.info("study '%s': %s; best: %s", study.study_name, results["trials"],
-                 {k: results[k] for k in ("best_trial", "best_value", "best_params") if k in results} or "none")
+        write_text_atomic(
+            sweep_dir / "optimization_results.yaml", OmegaConf.to_yaml(OmegaConf.create(results))
+        )
+        log.info(
+            "study '%s': %s; best: %s",
+            study.study_name,
+            results["trials"],
+            {k: results[k] for k in ("best_trial", "best_value", "best_params") if k in results} or "none",
+        )
         return study

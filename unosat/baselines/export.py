@@ -20,7 +20,9 @@ from unosat.io.atomic import atomic_path
 from unosat.models.registry import check_plain, spec_from_checkpoint
 
 
-def save_baseline_checkpoint(path: Path | str, net: nn.Module, spec: dict, data_recipe: dict, info: dict) -> Path:
+def save_baseline_checkpoint(
+    path: Path | str, net: nn.Module, spec: dict, data_recipe: dict, info: dict
+) -> Path:
     """Write ``net`` (built from ``spec``) as a unosat checkpoint at ``path``; return the path.
 
     ``spec`` is validated as a checkpoint's would be (registered name, plain-data arguments), ``info`` must

@@ -46,8 +46,9 @@ class PixelLogisticRegression(nn.Module):
 
     task = "segmentation"
 
-    def __init__(self, in_channels: int, windows: Sequence[int] | None = None,
-                 num_classes: int = len(CLASS_NAMES)) -> None:
+    def __init__(
+        self, in_channels: int, windows: Sequence[int] | None = None, num_classes: int = len(CLASS_NAMES)
+    ) -> None:
         super().__init__()
         if int(num_classes) != len(CLASS_NAMES):
             raise UnosatError(f"pixel classifier: num_classes must be {len(CLASS_NAMES)}, got {num_classes}")
@@ -63,7 +64,10 @@ class PixelLogisticRegression(nn.Module):
 
     def spec(self) -> dict:
         """The registry spec a checkpoint stores for this network (its coefficients are in the state dict)."""
-        return {"name": "pixel_logistic", "args": {"in_channels": self.in_channels, "windows": list(self.windows)}}
+        return {
+            "name": "pixel_logistic",
+            "args": {"in_channels": self.in_channels, "windows": list(self.windows)},
+        }
 
     @property
     def num_features(self) -> int:
@@ -80,8 +84,9 @@ class PixelLogisticRegression(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             f = self.features(x.float())
             shape = (1, -1, 1, 1)
-            z = (((f - self.feature_mean.view(shape)) / self.feature_std.view(shape)) * self.weight.view(shape)).sum(
-                dim=1, keepdim=True) + self.bias
+            z = (
+                ((f - self.feature_mean.view(shape)) / self.feature_std.view(shape)) * self.weight.view(shape)
+            ).sum(dim=1, keepdim=True) + self.bias
             return torch.cat([torch.zeros_like(z), z], dim=1).contiguous()
 
     def set_coefficients(self, mean: np.ndarray, std: np.ndarray, weight: np.ndarray, bias: float) -> None:
@@ -89,7 +94,9 @@ class PixelLogisticRegression(nn.Module):
         for name, value in (("feature_mean", mean), ("feature_std", std), ("weight", weight)):
             value = np.asarray(value, dtype=np.float32).reshape(-1)
             if value.shape != (self.num_features,):
-                raise UnosatError(f"pixel classifier: {name} has {value.size} values, expected {self.num_features}")
+                raise UnosatError(
+                    f"pixel classifier: {name} has {value.size} values, expected {self.num_features}"
+                )
             getattr(self, name).copy_(torch.from_numpy(value))
         self.bias.fill_(float(bias))
 
@@ -105,12 +112,18 @@ class PixelClassifierFit:
     converged: bool
 
     def to_dict(self) -> dict:
-        return {"samples": self.samples, "building_fraction": self.building_fraction, "train_iou": self.train_iou,
-                "decision_threshold": self.decision_threshold, "converged": self.converged}
+        return {
+            "samples": self.samples,
+            "building_fraction": self.building_fraction,
+            "train_iou": self.train_iou,
+            "decision_threshold": self.decision_threshold,
+            "converged": self.converged,
+        }
 
 
-def sample_pixels(dataset, net: PixelLogisticRegression, samples: int, rng: np.random.Generator
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def sample_pixels(
+    dataset, net: PixelLogisticRegression, samples: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """``(X (n, F) float32, y (n,) int64)``: the features of up to ``ceil(samples / len(dataset))`` random
     valid pixels of every tile of ``dataset`` (a :class:`~unosat.data.tile_dataset.TileDataset` without
     augmentation: items with ``image`` (C, H, W) normalised and ``mask`` (H, W))."""
@@ -147,9 +160,15 @@ def best_iou_threshold(decision: np.ndarray, y: np.ndarray) -> tuple[float, floa
     return float(d[k]), float(iou[k])
 
 
-def fit_pixel_classifier(dataset, in_channels: int, windows: Sequence[int] | None = None, samples: int = 200_000,
-                         seed: int = 0, regularization_c: float = 1.0, max_iter: int = 1000
-                         ) -> tuple[PixelLogisticRegression, PixelClassifierFit]:
+def fit_pixel_classifier(
+    dataset,
+    in_channels: int,
+    windows: Sequence[int] | None = None,
+    samples: int = 200_000,
+    seed: int = 0,
+    regularization_c: float = 1.0,
+    max_iter: int = 1000,
+) -> tuple[PixelLogisticRegression, PixelClassifierFit]:
     """Fit a :class:`PixelLogisticRegression` on ``samples`` random valid pixels of ``dataset`` (see
     :func:`sample_pixels`); ``seed`` draws the pixels and seeds scikit-learn. Needs scikit-learn
     (``pip install -e ".[dev]"``)."""
@@ -157,14 +176,18 @@ def fit_pixel_classifier(dataset, in_channels: int, windows: Sequence[int] | Non
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.linear_model import LogisticRegression
     except ImportError:
-        raise UnosatError("the pixel-classifier baseline needs scikit-learn: pip install -e \".[dev]\"") from None
+        raise UnosatError(
+            'the pixel-classifier baseline needs scikit-learn: pip install -e ".[dev]"'
+        ) from None
     import warnings
 
     net = PixelLogisticRegression(in_channels, windows)
     x, y = sample_pixels(dataset, net, int(samples), np.random.default_rng(seed))
     if y.min() == y.max():
-        raise UnosatError(f"pixel classifier: the {len(y)} sampled training pixels are all "
-                          f"{CLASS_NAMES[int(y[0])]}; nothing to learn")
+        raise UnosatError(
+            f"pixel classifier: the {len(y)} sampled training pixels are all "
+            f"{CLASS_NAMES[int(y[0])]}; nothing to learn"
+        )
     mean = x.mean(axis=0, dtype=np.float64)
     std = x.std(axis=0, dtype=np.float64)
     std[~(std > 0)] = 1.0

@@ -39,21 +39,37 @@ class VVThresholdNet(nn.Module):
 
     task = "segmentation"
 
-    def __init__(self, in_channels: int, threshold_db: float = 0.0, input_recipe: dict | None = None,
-                 band: str = "vv", confidence: float = 10.0, num_classes: int = len(CLASS_NAMES)) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        threshold_db: float = 0.0,
+        input_recipe: dict | None = None,
+        band: str = "vv",
+        confidence: float = 10.0,
+        num_classes: int = len(CLASS_NAMES),
+    ) -> None:
         super().__init__()
         if int(num_classes) != len(CLASS_NAMES):
-            raise UnosatError(f"VV-threshold baseline: num_classes must be {len(CLASS_NAMES)}, got {num_classes}")
+            raise UnosatError(
+                f"VV-threshold baseline: num_classes must be {len(CLASS_NAMES)}, got {num_classes}"
+            )
         if not float(confidence) > 0:
             raise UnosatError(f"VV-threshold baseline: confidence must be positive, got {confidence}")
         if input_recipe is not None and len(input_recipe.get("bands", ())) != int(in_channels):
-            raise UnosatError(f"VV-threshold baseline: in_channels={in_channels} but the recipe has bands "
-                              f"{input_recipe.get('bands')}")
+            raise UnosatError(
+                f"VV-threshold baseline: in_channels={in_channels} but the recipe has bands "
+                f"{input_recipe.get('bands')}"
+            )
         self.in_channels = int(in_channels)
         self.threshold_db = float(threshold_db)
         self.confidence = float(confidence)
-        self.args = {"in_channels": self.in_channels, "threshold_db": self.threshold_db,
-                     "input_recipe": input_recipe, "band": band, "confidence": self.confidence}
+        self.args = {
+            "in_channels": self.in_channels,
+            "threshold_db": self.threshold_db,
+            "input_recipe": input_recipe,
+            "band": band,
+            "confidence": self.confidence,
+        }
         # used only for its band_db (un-normalise, to dB, floor); sigma 0: no smoothing
         self.band_db = gradient_for_recipe(input_recipe, band, DB_FLOOR, 0.0, 1.0).band_db
 
@@ -83,7 +99,16 @@ def fit_vv_threshold_net(datamodule) -> tuple[VVThresholdNet, dict]:
     recipe, norm = datamodule.recipe, datamodule.normalization
     band = "vv" if "vv" in recipe.bands else recipe.bands[0]  # as vv_threshold_baseline chooses it
     base = vv_threshold_baseline(datamodule.train_dataset, datamodule.val_dataset, band_name=band)
-    input_recipe = {"bands": list(recipe.bands), "units": recipe.units, "mean": list(norm.mean), "std": list(norm.std)}
+    input_recipe = {
+        "bands": list(recipe.bands),
+        "units": recipe.units,
+        "mean": list(norm.mean),
+        "std": list(norm.std),
+    }
     net = VVThresholdNet(recipe.count, base.threshold_db, input_recipe, band)
-    return net, {"band": band, "threshold_db": base.threshold_db, "train_tiles_iou": base.train_iou,
-                 "val_tiles_iou": base.val_iou}
+    return net, {
+        "band": band,
+        "threshold_db": base.threshold_db,
+        "train_tiles_iou": base.train_iou,
+        "val_tiles_iou": base.val_iou,
+    }

@@ -124,25 +124,39 @@ class UnosatDataModule(pl.LightningDataModule):
             from unosat.prepare import run as prepare
 
             log.info("preparing the demo dataset in %s (first use)", self.dir)
-            prepare(compose_config("prepare", [f"paths.demo_dir={self.demo_dir}", f"out_dir={self.dir}",
-                                               f"classes.names=[{','.join(self.class_names)}]",
-                                               *self.prepare_overrides]))
+            prepare(
+                compose_config(
+                    "prepare",
+                    [
+                        f"paths.demo_dir={self.demo_dir}",
+                        f"out_dir={self.dir}",
+                        f"classes.names=[{','.join(self.class_names)}]",
+                        *self.prepare_overrides,
+                    ],
+                )
+            )
 
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
             return
         self.layout.require("statistics.csv", "bands", "masks")
         if self.layout.manifest.get("settings", {}).get("labels", {}).get("source") == "none":
-            raise UnosatError(f"{self.dir} was prepared without labels (labels=none): its scenes serve prediction "
-                              "(python predict.py input=<raw scenes>), not training; prepare them with labels=vector "
-                              "or labels=raster to train")
+            raise UnosatError(
+                f"{self.dir} was prepared without labels (labels=none): its scenes serve prediction "
+                "(python predict.py input=<raw scenes>), not training; prepare them with labels=vector "
+                "or labels=raster to train"
+            )
         check_consistency(self.layout)  # every file describes the recorded recipe
-        recorded = class_names_checked(self.layout.manifest.get("classes"), f"{self.layout.manifest_path} classes")
+        recorded = class_names_checked(
+            self.layout.manifest.get("classes"), f"{self.layout.manifest_path} classes"
+        )
         if recorded != self.class_names:
-            raise UnosatError(f"{self.layout.manifest_path}: the dataset was prepared with classes {list(recorded)}, "
-                              f"not {list(self.class_names)}; train with classes.names=[{','.join(recorded)}], or "
-                              f"rename them: python prepare.py out_dir={self.dir} classes.names="
-                              f"[{','.join(self.class_names)}] steps=[report]")
+            raise UnosatError(
+                f"{self.layout.manifest_path}: the dataset was prepared with classes {list(recorded)}, "
+                f"not {list(self.class_names)}; train with classes.names=[{','.join(recorded)}], or "
+                f"rename them: python prepare.py out_dir={self.dir} classes.names="
+                f"[{','.join(self.class_names)}] steps=[report]"
+            )
         stats = self.layout.statistics()
         self.recipe: BandRecipe = self.layout.recipe
         self.tile_size = int(self.layout.manifest["settings"]["tiling"]["train_size"])
@@ -157,7 +171,9 @@ class UnosatDataModule(pl.LightningDataModule):
             unknown = [f for f in folds if f not in cities_of]
             if unknown:
                 listing = ", ".join(f"{f}: {'/'.join(c)}" for f, c in cities_of.items())
-                raise UnosatError(f"{name}: fold(s) {unknown} name no city in {self.dir}; its folds are {{{listing}}}")
+                raise UnosatError(
+                    f"{name}: fold(s) {unknown} name no city in {self.dir}; its folds are {{{listing}}}"
+                )
         if not train:
             raise UnosatError(f"data.train_folds is empty (available folds {available}, val_folds {val})")
         overlap = sorted(set(train) & set(val))
@@ -168,13 +184,17 @@ class UnosatDataModule(pl.LightningDataModule):
         usable = stats[~stats["skip"].astype(bool)]
         if self.exclude_flagged:
             if "quality_flag" not in usable.columns:
-                raise UnosatError(f"data.exclude_flagged=true but {self.dir} has no label-quality flags: "
-                                  "run python prepare.py steps=[quality,stats] on it first")
+                raise UnosatError(
+                    f"data.exclude_flagged=true but {self.dir} has no label-quality flags: "
+                    "run python prepare.py steps=[quality,stats] on it first"
+                )
             usable = usable[~usable["quality_flag"].astype(bool)]
         in_train = usable[(usable["scheme"] == "train") & (usable["split"] == "train")]
         self.train_tiles = in_train[in_train["fold"].isin(train)].reset_index(drop=True)
         self.val_tiles = in_train[in_train["fold"].isin(val)].reset_index(drop=True)
-        self.test_tiles = usable[(usable["split"] == "test") & (usable["scheme"] == self.test_scheme)].reset_index(drop=True)
+        self.test_tiles = usable[
+            (usable["split"] == "test") & (usable["scheme"] == self.test_scheme)
+        ].reset_index(drop=True)
         if self.train_tiles.empty or self.val_tiles.empty:
             raise UnosatError(f"{self.dir}: no usable tile in train folds {train} or val folds {val}")
 
@@ -183,29 +203,63 @@ class UnosatDataModule(pl.LightningDataModule):
             self.recipe.polarisation_indices()  # the noise needs VH and VV in the stack
         train_tf = compose(self.augment, seed=self.seed)
         val_tf = compose(self.val_augment, seed=self.seed)
-        self.train_dataset = TileDataset(self.dir, self.train_tiles, self.recipe, self.normalization, train_tf,
-                                         self.speckle, seed=self.seed)
-        self.val_dataset = TileDataset(self.dir, self.val_tiles, self.recipe, self.normalization, val_tf, seed=self.seed,
-                                       count_once=self.count_once)
-        self.test_dataset = TileDataset(self.dir, self.test_tiles, self.recipe, self.normalization, val_tf, seed=self.seed,
-                                        count_once=self.count_once)
+        self.train_dataset = TileDataset(
+            self.dir,
+            self.train_tiles,
+            self.recipe,
+            self.normalization,
+            train_tf,
+            self.speckle,
+            seed=self.seed,
+        )
+        self.val_dataset = TileDataset(
+            self.dir,
+            self.val_tiles,
+            self.recipe,
+            self.normalization,
+            val_tf,
+            seed=self.seed,
+            count_once=self.count_once,
+        )
+        self.test_dataset = TileDataset(
+            self.dir,
+            self.test_tiles,
+            self.recipe,
+            self.normalization,
+            val_tf,
+            seed=self.seed,
+            count_once=self.count_once,
+        )
         self.weights = tile_weights(self.train_tiles["target_ratio"], **self.sampling)
-        log.info("tiles: train %d (folds %s), val %d (folds %s), test %d; normalisation %s",
-                 len(self.train_tiles), train, len(self.val_tiles), list(val), len(self.test_tiles), self.normalization)
+        log.info(
+            "tiles: train %d (folds %s), val %d (folds %s), test %d; normalisation %s",
+            len(self.train_tiles),
+            train,
+            len(self.val_tiles),
+            list(val),
+            len(self.test_tiles),
+            self.normalization,
+        )
         self._ready = True
 
     def _normalization(self, train_tiles: pd.DataFrame) -> Normalization:
         cfg = self.normalization_config
         if isinstance(cfg, str):
             if cfg != "dataset":
-                raise UnosatError(f"data.normalization must be 'dataset' or {{mean: [...], std: [...]}}, got '{cfg}'")
+                raise UnosatError(
+                    f"data.normalization must be 'dataset' or {{mean: [...], std: [...]}}, got '{cfg}'"
+                )
             folds = sorted(int(f) for f in train_tiles["fold"].unique())
-            return pooled_normalization(train_tiles, self.recipe.bands, source=f"train tiles of folds {folds}")
+            return pooled_normalization(
+                train_tiles, self.recipe.bands, source=f"train tiles of folds {folds}"
+            )
         mean, std = list(cfg["mean"]), list(cfg["std"])
         if len(mean) == 1 and len(std) == 1:
             mean, std = mean * self.recipe.count, std * self.recipe.count
         if len(mean) != self.recipe.count:
-            raise UnosatError(f"data.normalization has {len(mean)} values but the dataset has {self.recipe.count} bands")
+            raise UnosatError(
+                f"data.normalization has {len(mean)} values but the dataset has {self.recipe.count} bands"
+            )
         return Normalization(tuple(mean), tuple(std), source="config")
 
     def data_recipe(self) -> dict:
@@ -231,16 +285,29 @@ class UnosatDataModule(pl.LightningDataModule):
         return trainer.world_size, trainer.global_rank
 
     def _loader(self, dataset, batch_size: int, sampler, shuffle: bool = False) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=shuffle,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.persistent_workers, drop_last=False,
-                          worker_init_fn=seed_worker if self.num_workers > 0 else None)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            drop_last=False,
+            worker_init_fn=seed_worker if self.num_workers > 0 else None,
+        )
 
     def train_dataloader(self) -> DataLoader:
         world, rank = self._world()
         self.train_dataset.rank = rank
-        sampler = DistributedWeightedSampler(self.train_dataset, self.weights, self.epoch_length or len(self.train_dataset),
-                                             num_replicas=world, rank=rank, seed=self.seed)
+        sampler = DistributedWeightedSampler(
+            self.train_dataset,
+            self.weights,
+            self.epoch_length or len(self.train_dataset),
+            num_replicas=world,
+            rank=rank,
+            seed=self.seed,
+        )
         return self._loader(self.train_dataset, self.batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:

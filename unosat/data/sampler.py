@@ -36,7 +36,9 @@ def tile_weights(
     if bins is not None:
         bins = np.asarray(bins, dtype=np.float64)
         if bin_weights is None or len(bin_weights) != len(bins) - 1:
-            raise UnosatError(f"sampling: {len(bins)} bin edges need {len(bins) - 1} bin_weights, got {bin_weights}")
+            raise UnosatError(
+                f"sampling: {len(bins)} bin edges need {len(bins) - 1} bin_weights, got {bin_weights}"
+            )
         if np.any(np.diff(bins) <= 0):
             raise UnosatError(f"sampling.bins must increase strictly, got {list(bins)}")
         which = np.clip(np.searchsorted(bins, ratio, side="right") - 1, 0, len(bins) - 2)
@@ -66,9 +68,18 @@ class DistributedWeightedSampler(DistributedSampler):
     and calls :meth:`set_epoch` every epoch. With ``num_replicas=1`` it is a plain weighted sampler.
     """
 
-    def __init__(self, dataset: Dataset, weights: Sequence[float], num_samples: int | None = None,
-                 num_replicas: int = 1, rank: int = 0, seed: int = 0):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+    def __init__(
+        self,
+        dataset: Dataset,
+        weights: Sequence[float],
+        num_samples: int | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False
+        )
         self.weights = torch.as_tensor(np.asarray(weights), dtype=torch.float64)
         if len(self.weights) != len(dataset):
             raise ValueError(f"{len(self.weights)} weights for {len(dataset)} tiles")

@@ -43,7 +43,9 @@ class TileReader:
             self._open[scene_id] = (_Source(bands, np.nan), _Source(mask, IGNORE_INDEX))
         return self._open[scene_id]
 
-    def read(self, scene_id: str, row_off: int, col_off: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    def read(
+        self, scene_id: str, row_off: int, col_off: int, height: int, width: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Image and mask of a window; the mask is 255 wherever a band is not finite (NaN or +-inf is nodata)."""
         bands, mask = self._sources(scene_id)
         image = bands.read(row_off, col_off, height, width)
@@ -75,7 +77,9 @@ class _Source:
 
     def read(self, row_off: int, col_off: int, height: int, width: int) -> np.ndarray:
         if self.array is None:
-            data = self.dataset.read(window=Window(col_off, row_off, width, height), boundless=True, fill_value=self.fill)
+            data = self.dataset.read(
+                window=Window(col_off, row_off, width, height), boundless=True, fill_value=self.fill
+            )
             return np.ascontiguousarray(data.transpose(1, 2, 0))
         r0, c0 = max(row_off, 0), max(col_off, 0)
         r1, c1 = min(row_off + height, self.height), min(col_off + width, self.width)
@@ -95,15 +99,24 @@ def overlapping_tiles(tiles: pd.DataFrame) -> list[np.ndarray]:
         idx = group.index.to_numpy()
         r0, c0 = group["row_off"].to_numpy(), group["col_off"].to_numpy()
         r1, c1 = r0 + group["height"].to_numpy(), c0 + group["width"].to_numpy()
-        overlap = ((r0[:, None] < r1[None]) & (r0[None] < r1[:, None]) & (c0[:, None] < c1[None]) & (c0[None] < c1[:, None]))
+        overlap = (
+            (r0[:, None] < r1[None])
+            & (r0[None] < r1[:, None])
+            & (c0[:, None] < c1[None])
+            & (c0[None] < c1[:, None])
+        )
         np.fill_diagonal(overlap, False)
         for k, i in enumerate(idx):
             out[i] = idx[overlap[k]]
     return out
 
 
-def owned_pixels(window: tuple[int, int, int, int], others: list[tuple[int, int, int, int]], index: int,
-                 other_indices: np.ndarray) -> np.ndarray:
+def owned_pixels(
+    window: tuple[int, int, int, int],
+    others: list[tuple[int, int, int, int]],
+    index: int,
+    other_indices: np.ndarray,
+) -> np.ndarray:
     """``(h, w)`` bool: the pixels of ``window`` (row_off, col_off, height, width) that this tile *owns*.
 
     A pixel covered by several tiles of one scene belongs to the one whose centre is nearest (Euclidean, from
@@ -127,7 +140,9 @@ def owned_pixels(window: tuple[int, int, int, int], others: list[tuple[int, int,
 
 def derived_seed(*entropy: int) -> int:
     """A 32-bit seed mixed from integers (numpy ``SeedSequence``): distinct inputs give unrelated seeds."""
-    return int(np.random.SeedSequence([int(e) % 2**63 for e in entropy]).generate_state(1, dtype=np.uint32)[0])
+    return int(
+        np.random.SeedSequence([int(e) % 2**63 for e in entropy]).generate_state(1, dtype=np.uint32)[0]
+    )
 
 
 def seed_worker(worker_id: int) -> None:
@@ -175,7 +190,9 @@ class TileDataset(Dataset):
     ):
         self.reader = TileReader(root)
         self.tiles = tiles.reset_index(drop=True)
-        self._windows = self.tiles[["scene_id", "row_off", "col_off", "height", "width"]].to_records(index=False)
+        self._windows = self.tiles[["scene_id", "row_off", "col_off", "height", "width"]].to_records(
+            index=False
+        )
         self.recipe = recipe
         self.normalization = normalization
         self.transform = transform

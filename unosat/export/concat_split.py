@@ -36,7 +36,9 @@ class SplitUpBlock(nn.Module):
         super().__init__()
         first = block.conv[0]
         if not isinstance(first, nn.Conv2d) or first.bias is not None or first.groups != 1:
-            raise TypeError("SplitUpBlock needs an UpBlock whose first layer is a bias-free, ungrouped Conv2d")
+            raise TypeError(
+                "SplitUpBlock needs an UpBlock whose first layer is a bias-free, ungrouped Conv2d"
+            )
         weight = first.weight.detach()
         self.conv_up = self._part(first, weight[:, :deep_channels])
         self.conv_skip = self._part(first, weight[:, deep_channels:])
@@ -44,8 +46,15 @@ class SplitUpBlock(nn.Module):
 
     @staticmethod
     def _part(conv: nn.Conv2d, weight: torch.Tensor) -> nn.Conv2d:
-        part = nn.Conv2d(weight.shape[1], conv.out_channels, conv.kernel_size, stride=conv.stride,
-                         padding=conv.padding, dilation=conv.dilation, bias=False)
+        part = nn.Conv2d(
+            weight.shape[1],
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            bias=False,
+        )
         part.weight.data.copy_(weight)
         return part
 

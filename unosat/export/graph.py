@@ -59,8 +59,13 @@ class PolarisationInput(nn.Module):
         input_units: ``linear`` or ``db``: the units of the VH/VV the model is given.
     """
 
-    def __init__(self, recipe: BandRecipe, normalization: Normalization, nodata_values: Sequence[float] = DEFAULT_NODATA["linear"],
-                 input_units: str = "linear") -> None:
+    def __init__(
+        self,
+        recipe: BandRecipe,
+        normalization: Normalization,
+        nodata_values: Sequence[float] = DEFAULT_NODATA["linear"],
+        input_units: str = "linear",
+    ) -> None:
         super().__init__()
         if input_units not in UNITS:
             raise UnosatError(f"export input_units must be one of {UNITS}, got '{input_units}'")
@@ -68,7 +73,9 @@ class PolarisationInput(nn.Module):
         if missing:
             raise UnosatError(f"band recipe '{recipe.name}': bands {missing} have no exportable formula")
         if normalization.count != recipe.count:
-            raise UnosatError(f"normalisation has {normalization.count} bands but recipe '{recipe.name}' has {recipe.count}")
+            raise UnosatError(
+                f"normalisation has {normalization.count} bands but recipe '{recipe.name}' has {recipe.count}"
+            )
         self.recipe = recipe
         self.input_units = input_units
         self.nodata_values = tuple(float(v) for v in nodata_values)
@@ -114,8 +121,12 @@ class ExportedSegmentation(nn.Module):
     """VH, VV ``(N, 2, H, W)`` -> class probabilities ``(N, num_classes, H, W)`` (softmax of the segmentation
     logits, :func:`class_probabilities`)."""
 
-    def __init__(self, net: nn.Module, prepare: PolarisationInput,
-                 probabilities: Callable[[torch.Tensor], torch.Tensor] = class_probabilities) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        prepare: PolarisationInput,
+        probabilities: Callable[[torch.Tensor], torch.Tensor] = class_probabilities,
+    ) -> None:
         super().__init__()
         self.prepare = prepare
         self.net = net

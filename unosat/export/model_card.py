@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-BAND_WORDS = {"vh": "VH", "vv": "VV", "mean": "(VH + VV) / 2", "diff": "VV - VH", "norm": "sqrt(VH² + VV²)",
-              "product": "VV · VH", "ratio": "VV / VH"}
+BAND_WORDS = {
+    "vh": "VH",
+    "vv": "VV",
+    "mean": "(VH + VV) / 2",
+    "diff": "VV - VH",
+    "norm": "sqrt(VH² + VV²)",
+    "product": "VV · VH",
+    "ratio": "VV / VH",
+}
 
 
 def _recipe_words(recipe: dict) -> str:
     bands = ", ".join(BAND_WORDS.get(b, b) for b in recipe["bands"])
-    units = "in dB (10·log10, values below {:g} clamped)".format(recipe.get("db_floor", 1e-8)) \
-        if recipe["units"] == "db" else "in linear power"
+    units = (
+        "in dB (10·log10, values below {:g} clamped)".format(recipe.get("db_floor", 1e-8))
+        if recipe["units"] == "db"
+        else "in linear power"
+    )
     return f"{bands}, {units}"
 
 

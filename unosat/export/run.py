@@ -48,18 +48,24 @@ def require_onnx() -> tuple[Any, Any]:
         import onnx
         import onnxruntime
     except ImportError as err:
-        raise UnosatError(f"ONNX export needs onnx and onnxruntime ({err.name} is missing): "
-                          'pip install -e ".[export]"') from None
+        raise UnosatError(
+            f'ONNX export needs onnx and onnxruntime ({err.name} is missing): pip install -e ".[export]"'
+        ) from None
     return onnx, onnxruntime
 
 
-def synthetic_polarisations(batch: int, rows: int, cols: int, nodata: float | None, units: str,
-                            seed: int = 0) -> np.ndarray:
+def synthetic_polarisations(
+    batch: int, rows: int, cols: int, nodata: float | None, units: str, seed: int = 0
+) -> np.ndarray:
     """``(batch, 2, rows, cols)`` float32 VH, VV like Sentinel-1 sigma0 (gamma speckle around -20 / -10 dB,
     bright 4 px blocks), a nodata corner (``nodata`` or NaN), in ``units``: export and check input."""
     rng = np.random.default_rng(seed)
     level = np.array([0.01, 0.1], dtype=np.float32)[None, :, None, None]
-    bright = (rng.random((batch, 1, rows // 4 + 1, cols // 4 + 1)) < 0.15).repeat(4, 2).repeat(4, 3)[:, :, :rows, :cols]
+    bright = (
+        (rng.random((batch, 1, rows // 4 + 1, cols // 4 + 1)) < 0.15)
+        .repeat(4, 2)
+        .repeat(4, 3)[:, :, :rows, :cols]
+    )
     x = level * np.where(bright, 30.0, 1.0) * rng.gamma(4.4, 1 / 4.4, (batch, 2, rows, cols))
     x = x.astype(np.float32)
     if units == "db":
@@ -68,22 +74,39 @@ def synthetic_polarisations(batch: int, rows: int, cols: int, nodata: float | No
     return x
 
 
-def onnx_export(module: torch.nn.Module, sample: torch.Tensor, path: Path, task: str, opset: int,
-                axes: dict) -> None:
+def onnx_export(
+    module: torch.nn.Module, sample: torch.Tensor, path: Path, task: str, opset: int, axes: dict
+) -> None:
     """Trace ``module`` on ``sample`` into ``path`` (TorchScript-based exporter: no onnxscript needed), with
     dynamic batch and spatial axes named by ``axes`` (``batch``, ``height``, ``width``)."""
     spatial = {0: axes["batch"], 2: axes["height"], 3: axes["width"]}
-    dynamic = {INPUT_NAME: spatial,
-               OUTPUT_NAMES[task]: spatial if task == "segmentation" else {0: axes["batch"]}}
+    dynamic = {
+        INPUT_NAME: spatial,
+        OUTPUT_NAMES[task]: spatial if task == "segmentation" else {0: axes["batch"]},
+    }
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's deprecation notice and tracer warnings about shapes
-        torch.onnx.export(module, (sample,), str(path), dynamo=False, opset_version=int(opset),
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAMES[task]], dynamic_axes=dynamic,
-                          do_constant_folding=True)
+        torch.onnx.export(
+            module,
+            (sample,),
+            str(path),
+            dynamo=False,
+            opset_version=int(opset),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAMES[task]],
+            dynamic_axes=dynamic,
+            do_constant_folding=True,
+        )
 
 
-def check_against_torch(path: Path, module: torch.nn.Module, sizes: list[tuple[int, int]], nodata: float | None,
-                        units: str, tolerance: float) -> float:
+def check_against_torch(
+    path: Path,
+    module: torch.nn.Module,
+    sizes: list[tuple[int, int]],
+    nodata: float | None,
+    units: str,
+    tolerance: float,
+) -> float:
     """Largest absolute difference between onnxruntime on ``path`` and ``module`` over synthetic inputs of
     ``sizes``; :class:`UnosatError` when above ``tolerance``."""
     _, ort = require_onnx()
@@ -95,33 +118,53 @@ def check_against_torch(path: Path, module: torch.nn.Module, sizes: list[tuple[i
             expected = module(torch.from_numpy(x)).numpy()
         got = session.run(None, {INPUT_NAME: x})[0]
         if got.shape != expected.shape:
-            raise UnosatError(f"{path}: onnxruntime returns {got.shape} for a {x.shape} input, torch {expected.shape}")
+            raise UnosatError(
+                f"{path}: onnxruntime returns {got.shape} for a {x.shape} input, torch {expected.shape}"
+            )
         diff = float(np.nanmax(np.abs(got - expected))) if got.size else 0.0
         if not np.isfinite(got).all() or diff > tolerance:
-            raise UnosatError(f"export check failed: onnxruntime and torch differ by {diff:.3g} (> check.tolerance "
-                              f"{tolerance}) on a {rows} x {cols} input; nothing written")
+            raise UnosatError(
+                f"export check failed: onnxruntime and torch differ by {diff:.3g} (> check.tolerance "
+                f"{tolerance}) on a {rows} x {cols} input; nothing written"
+            )
         worst = max(worst, diff)
     return worst
 
 
-def metadata_for(model: LoadedModel, task: str, settings: DeepnessSettings, input_units: str,
-                 nodata_values: list[float]) -> dict:
+def metadata_for(
+    model: LoadedModel, task: str, settings: DeepnessSettings, input_units: str, nodata_values: list[float]
+) -> dict:
     """Deepness's keys and unosat's for ``model`` (values before JSON encoding)."""
     meta = deepness_metadata(task, model.classes, len(INPUT_BANDS), settings)
-    meta.update({
-        "unosat_format": FORMAT, "unosat_format_version": FORMAT_VERSION, "unosat_task": task,
-        "unosat_input": {"bands": list(INPUT_BANDS), "units": input_units, "nodata_values": nodata_values,
-                         "layout": "NCHW float32", "name": INPUT_NAME},
-        "unosat_output": {"name": OUTPUT_NAMES[task],
-                          "what": "softmax class probabilities (N, classes, H, W)" if task == "segmentation"
-                          else f"probability that the window holds {model.classes[TARGET]} pixels (N, 1)"},
-        "unosat_recipe": model.recipe.to_dict(),
-        "unosat_normalization": {k: v for k, v in model.normalization.to_dict().items() if k != "source"},
-        "unosat_model": model.model,
-        "unosat_checkpoint": {"name": model.path.name if model.path else model.name, "sha256": model.sha256},
-        # predict.py pads windows (mirrored) to multiples of this and crops back, as for the checkpoint
-        "unosat_size_divisor": size_divisor(model.net),
-    })
+    meta.update(
+        {
+            "unosat_format": FORMAT,
+            "unosat_format_version": FORMAT_VERSION,
+            "unosat_task": task,
+            "unosat_input": {
+                "bands": list(INPUT_BANDS),
+                "units": input_units,
+                "nodata_values": nodata_values,
+                "layout": "NCHW float32",
+                "name": INPUT_NAME,
+            },
+            "unosat_output": {
+                "name": OUTPUT_NAMES[task],
+                "what": "softmax class probabilities (N, classes, H, W)"
+                if task == "segmentation"
+                else f"probability that the window holds {model.classes[TARGET]} pixels (N, 1)",
+            },
+            "unosat_recipe": model.recipe.to_dict(),
+            "unosat_normalization": {k: v for k, v in model.normalization.to_dict().items() if k != "source"},
+            "unosat_model": model.model,
+            "unosat_checkpoint": {
+                "name": model.path.name if model.path else model.name,
+                "sha256": model.sha256,
+            },
+            # predict.py pads windows (mirrored) to multiples of this and crops back, as for the checkpoint
+            "unosat_size_divisor": size_divisor(model.net),
+        }
+    )
     window_px = getattr(model.net, "window_px", None)
     if task == "tile_classification":
         meta["unosat_window_px"] = window_px
@@ -134,7 +177,11 @@ def resolve_paths(cfg: DictConfig) -> tuple[Path, Path, Path]:
         ckpt = best_of_latest_run(Path(cfg.paths.log_dir).expanduser())
     else:
         ckpt = Path(str(cfg.ckpt)).expanduser()
-    output = Path(str(cfg.output)).expanduser() if cfg.get("output") not in (None, "") else ckpt.with_suffix(".onnx")
+    output = (
+        Path(str(cfg.output)).expanduser()
+        if cfg.get("output") not in (None, "")
+        else ckpt.with_suffix(".onnx")
+    )
     if output.suffix != ".onnx":
         raise UnosatError(f"output {output}: an ONNX model's file name must end in .onnx")
     return ckpt, output, output.with_suffix(".md")
@@ -160,7 +207,9 @@ def run(cfg: DictConfig) -> dict:
     module = exported_module(model.net, prepare)
     reference = exported_module(model.net, prepare, rewrite=False)  # the network as trained, checked against
     nodata = nodata_values[0] if nodata_values else None
-    trace = synthetic_polarisations(int(cfg.trace.batch), int(cfg.trace.size), int(cfg.trace.size), nodata, units)
+    trace = synthetic_polarisations(
+        int(cfg.trace.batch), int(cfg.trace.size), int(cfg.trace.size), nodata, units
+    )
     sizes = [(int(r), int(c)) for r, c in cfg.check.sizes]
     meta = metadata_for(model, task, settings, units, nodata_values)
 
@@ -171,14 +220,31 @@ def run(cfg: DictConfig) -> dict:
         for key, value in encode(meta).items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
-        proto.producer_name, proto.doc_string = "unosat", f"{model.model['name']} from {ckpt.name}: {OUTPUT_NAMES[task]}"
+        proto.producer_name, proto.doc_string = (
+            "unosat",
+            f"{model.model['name']} from {ckpt.name}: {OUTPUT_NAMES[task]}",
+        )
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
         max_diff = check_against_torch(tmp, reference, sizes, nodata, units, float(cfg.check.tolerance))
-    summary = {"checkpoint": str(ckpt), "output": str(output), "model_card": str(card), "task": task,
-               "model": model.model, "opset": int(cfg.opset), "check_sizes": sizes, "check_max_abs_diff": max_diff,
-               "bytes": output.stat().st_size}
+    summary = {
+        "checkpoint": str(ckpt),
+        "output": str(output),
+        "model_card": str(card),
+        "task": task,
+        "model": model.model,
+        "opset": int(cfg.opset),
+        "check_sizes": sizes,
+        "check_max_abs_diff": max_diff,
+        "bytes": output.stat().st_size,
+    }
     write_text_atomic(card, model_card(meta, summary, output.name))
-    log.info("exported %s (%s) to %s; onnxruntime matches torch within %.2g on %s", ckpt.name, model.model["name"],
-             output, max_diff, sizes)
+    log.info(
+        "exported %s (%s) to %s; onnxruntime matches torch within %.2g on %s",
+        ckpt.name,
+        model.model["name"],
+        output,
+        max_diff,
+        sizes,
+    )
     return summary

@@ -50,18 +50,25 @@ class CogOptions:
         if self.compress.lower() not in COMPRESSIONS:
             raise UnosatError(f"cog.compress must be one of {COMPRESSIONS}, got '{self.compress}'")
         if self.blocksize < MIN_BLOCKSIZE or self.blocksize % BLOCK_MULTIPLE:
-            raise UnosatError(f"cog.blocksize must be a multiple of {BLOCK_MULTIPLE} and at least {MIN_BLOCKSIZE}, "
-                              f"got {self.blocksize}")
+            raise UnosatError(
+                f"cog.blocksize must be a multiple of {BLOCK_MULTIPLE} and at least {MIN_BLOCKSIZE}, "
+                f"got {self.blocksize}"
+            )
 
 
-def tiled_profile(grid: Grid, count: int, dtype: str, nodata: float | int | None, blocksize: int,
-                  nbits: int | None = None) -> dict:
+def tiled_profile(
+    grid: Grid, count: int, dtype: str, nodata: float | int | None, blocksize: int, nbits: int | None = None
+) -> dict:
     """Profile of the uncompressed, internally tiled GeoTIFF that rows are streamed into.
 
     ``nbits=16`` with ``dtype='float32'`` stores IEEE half floats (GDAL 3.10 has no Float16 type).
     """
     profile = geotiff_profile(grid, count, dtype, nodata) | {
-        "tiled": True, "blockxsize": blocksize, "blockysize": blocksize, "interleave": "band"}
+        "tiled": True,
+        "blockxsize": blocksize,
+        "blockysize": blocksize,
+        "interleave": "band",
+    }
     if nbits is not None:
         profile["NBITS"] = nbits
     return profile
@@ -73,7 +80,9 @@ def cog_creation_options(options: CogOptions, categorical: bool, nbits: int | No
         "BLOCKSIZE": options.blocksize,
         "COMPRESS": options.compress.upper(),
         "OVERVIEWS": "AUTO",
-        "RESAMPLING": (options.mask_overview_resampling if categorical else options.overview_resampling).upper(),
+        "RESAMPLING": (
+            options.mask_overview_resampling if categorical else options.overview_resampling
+        ).upper(),
         "BIGTIFF": "IF_SAFER",
     }
     if options.predictor and options.compress.lower() != "none":
@@ -124,9 +133,17 @@ class CogRowWriter:
     row written, the COG is copied to ``path`` atomically; on an error nothing appears at ``path``.
     """
 
-    def __init__(self, path: Path | str, grid: Grid, dtype: str, nodata: float | int | None, options: CogOptions,
-                 categorical: bool = False, tags: dict[str, str] | None = None,
-                 band_descriptions: list[str] | None = None):
+    def __init__(
+        self,
+        path: Path | str,
+        grid: Grid,
+        dtype: str,
+        nodata: float | int | None,
+        options: CogOptions,
+        categorical: bool = False,
+        tags: dict[str, str] | None = None,
+        band_descriptions: list[str] | None = None,
+    ):
         self.path = Path(path)
         self.height, self.width = grid.height, grid.width
         self.profile = tiled_profile(grid, 1, dtype, nodata, options.blocksize)

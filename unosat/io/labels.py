@@ -63,10 +63,11 @@ class LabelsConfig:
         if self.positive_values is not None:
             object.__setattr__(self, "positive_values", tuple(float(v) for v in self.positive_values))
             if not self.positive_values:
-                raise UnosatError("labels.positive_values is empty: list the label values of the target class, or null")
+                raise UnosatError(
+                    "labels.positive_values is empty: list the label values of the target class, or null"
+                )
         if self.source not in LABEL_SOURCES:
             raise UnosatError(f"labels.source must be one of {list(LABEL_SOURCES)}, got '{self.source}'")
-
 
 
 class Unlabelled:
@@ -98,8 +99,10 @@ class VectorBurner:
         self.n_polygons = int(len(self.tree.query(scene_box, predicate="intersects")))
         self.intersects = self.n_polygons > 0
         if not self.intersects:
-            message = (f"{path}: no label polygon intersects scene {scene_id} (scene bounds {grid.bounds}, "
-                       f"labels {tuple(polygons.total_bounds)} in {grid.crs}); its mask is all background")
+            message = (
+                f"{path}: no label polygon intersects scene {scene_id} (scene bounds {grid.bounds}, "
+                f"labels {tuple(polygons.total_bounds)} in {grid.crs}); its mask is all background"
+            )
             logging.getLogger(__name__).warning(message)
             warnings.warn(message, stacklevel=2)
 
@@ -135,11 +138,15 @@ class RasterAligner:
     so that e.g. an untagged -1 "unknown" never silently becomes a building.
     """
 
-    def __init__(self, path: Path, grid: Grid, nodata: float | None, positive_values: tuple[float, ...] | None = None):
+    def __init__(
+        self, path: Path, grid: Grid, nodata: float | None, positive_values: tuple[float, ...] | None = None
+    ):
         self.path = Path(path)
         self.grid = grid
         self._nodata_cfg = nodata
-        self.positive_values = tuple(float(v) for v in positive_values) if positive_values is not None else None
+        self.positive_values = (
+            tuple(float(v) for v in positive_values) if positive_values is not None else None
+        )
         self.n_polygons = 0
         self.intersects = True
 
@@ -152,9 +159,16 @@ class RasterAligner:
         self.nodata = self._nodata_cfg if self._nodata_cfg is not None else src.nodata
         self.warped = bool(Grid.of(src).differences(self.grid))
         if self.warped:  # band 2 is the coverage: 0 where the label raster does not reach
-            self.src = WarpedVRT(src, crs=self.grid.crs, transform=self.grid.transform, width=self.grid.width,
-                                 height=self.grid.height, resampling=Resampling.nearest, src_nodata=self.nodata,
-                                 add_alpha=True)
+            self.src = WarpedVRT(
+                src,
+                crs=self.grid.crs,
+                transform=self.grid.transform,
+                width=self.grid.width,
+                height=self.grid.height,
+                resampling=Resampling.nearest,
+                src_nodata=self.nodata,
+                add_alpha=True,
+            )
         else:
             self.src = src
         return self
@@ -184,9 +198,11 @@ class RasterAligner:
                 raise UnosatError(
                     f"{self.path}: the label raster holds values {found[:5].tolist()}"
                     f"{' (and more)' if len(found) > 5 else ''} besides 0 (background), 1 (target) and its nodata "
-                    f"({self.nodata if self.nodata is not None else 'none: no nodata tag, labels.raster_nodata null'}); "
+                    f"({self.nodata if self.nodata is not None else 'none: no nodata tag, labels.raster_nodata null'}"
+                    "); "
                     "set labels.raster_nodata=<value> if a value means unknown, or labels.positive_values=[...] "
-                    "to say which values are the target (the others are background)")
+                    "to say which values are the target (the others are background)"
+                )
         else:
             target = np.isin(values, self.positive_values)
         mask = target.astype(np.uint8) * TARGET

@@ -67,9 +67,11 @@ def output_lock(directory: Path | str, what: str = "run") -> Iterator[Path]:
             since = owner.get("since", "an unknown time")
             host = owner.get("host")
             where = f" on {host}" if host and host != socket.gethostname() else ""
-            raise UnosatError(f"{directory} is in use by process {pid}{where} since {since} "
-                              f"({owner.get('what', 'another run')}); wait for it to finish or choose another "
-                              "directory") from None
+            raise UnosatError(
+                f"{directory} is in use by process {pid}{where} since {since} "
+                f"({owner.get('what', 'another run')}); wait for it to finish or choose another "
+                "directory"
+            ) from None
         # the file may have been removed (and re-created by a third run) between open and flock: retry
         try:
             same = os.path.samestat(os.fstat(fd), os.stat(path))
@@ -80,10 +82,18 @@ def output_lock(directory: Path | str, what: str = "run") -> Iterator[Path]:
         os.close(fd)
     previous = _read_owner(fd)
     if previous.get("pid"):
-        log.warning("%s: taking over the lock of process %s (since %s), which is no longer running", directory,
-                    previous.get("pid"), previous.get("since", "?"))
-    owner = {"pid": os.getpid(), "host": socket.gethostname(), "what": what,
-             "since": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")}
+        log.warning(
+            "%s: taking over the lock of process %s (since %s), which is no longer running",
+            directory,
+            previous.get("pid"),
+            previous.get("since", "?"),
+        )
+    owner = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "what": what,
+        "since": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+    }
     os.ftruncate(fd, 0)
     os.lseek(fd, 0, os.SEEK_SET)
     os.write(fd, json.dumps(owner).encode())

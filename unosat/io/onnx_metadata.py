@@ -60,11 +60,15 @@ class DeepnessSettings:
 
     def __post_init__(self):
         if not self.resolution_cm > 0 or self.tile_px <= 0 or not 0 <= self.overlap_px < self.tile_px:
-            raise UnosatError(f"deepness settings: resolution_cm and tile_px must be positive and 0 <= overlap_px < "
-                              f"tile_px, got {self.resolution_cm}, {self.tile_px}, {self.overlap_px}")
+            raise UnosatError(
+                f"deepness settings: resolution_cm and tile_px must be positive and 0 <= overlap_px < "
+                f"tile_px, got {self.resolution_cm}, {self.tile_px}, {self.overlap_px}"
+            )
         if not 0.0 <= self.threshold <= 1.0 or self.small_segment_px < 0:
-            raise UnosatError(f"deepness settings: threshold must be in [0, 1] and small_segment_px >= 0, got "
-                              f"{self.threshold}, {self.small_segment_px}")
+            raise UnosatError(
+                f"deepness settings: threshold must be in [0, 1] and small_segment_px >= 0, got "
+                f"{self.threshold}, {self.small_segment_px}"
+            )
 
     @property
     def overlap_percent(self) -> int:
@@ -72,22 +76,26 @@ class DeepnessSettings:
         return int(math.ceil(100.0 * self.overlap_px / self.tile_px))
 
 
-def deepness_metadata(task: str, class_names: Sequence[str], input_channels: int, settings: DeepnessSettings) -> dict:
+def deepness_metadata(
+    task: str, class_names: Sequence[str], input_channels: int, settings: DeepnessSettings
+) -> dict:
     """The Deepness keys (values not yet JSON-encoded). No ``model_type`` for a tile classifier."""
     out: dict[str, Any] = {}
     if task == "segmentation":
         out["model_type"] = "Segmentor"
-    out.update({
-        "class_names": {str(i): name for i, name in enumerate(class_names)},
-        "resolution": float(settings.resolution_cm),
-        "tiles_size": int(settings.tile_px),
-        "tile_size": int(settings.tile_px),
-        "tiles_overlap": settings.overlap_percent,
-        "standardization_mean": [0.0] * input_channels,
-        "standardization_std": [1.0 / DEEPNESS_SCALE] * input_channels,
-        "seg_thresh": float(settings.threshold),
-        "seg_small_segment": int(settings.small_segment_px),
-    })
+    out.update(
+        {
+            "class_names": {str(i): name for i, name in enumerate(class_names)},
+            "resolution": float(settings.resolution_cm),
+            "tiles_size": int(settings.tile_px),
+            "tile_size": int(settings.tile_px),
+            "tiles_overlap": settings.overlap_percent,
+            "standardization_mean": [0.0] * input_channels,
+            "standardization_std": [1.0 / DEEPNESS_SCALE] * input_channels,
+            "seg_thresh": float(settings.threshold),
+            "seg_small_segment": int(settings.small_segment_px),
+        }
+    )
     return out
 
 
@@ -107,22 +115,36 @@ def decode(props: Mapping[str, str], where: str) -> dict[str, Any]:
     return out
 
 
-REQUIRED = ("unosat_format", "unosat_format_version", "unosat_task", "unosat_input", "unosat_recipe",
-            "unosat_normalization", "unosat_model", "class_names")
+REQUIRED = (
+    "unosat_format",
+    "unosat_format_version",
+    "unosat_task",
+    "unosat_input",
+    "unosat_recipe",
+    "unosat_normalization",
+    "unosat_model",
+    "class_names",
+)
 
 
 def read_metadata(props: Mapping[str, str], where: str) -> dict[str, Any]:
     """The decoded metadata of a unosat ONNX export; :class:`UnosatError` naming ``where`` when the file was not
     written by ``python -m unosat.export`` (or by a newer format version)."""
     if props.get("unosat_format") is None:
-        raise UnosatError(f"{where}: not a unosat ONNX export (no unosat_format metadata); export one with "
-                          "python -m unosat.export ckpt=... output=model.onnx")
+        raise UnosatError(
+            f"{where}: not a unosat ONNX export (no unosat_format metadata); export one with "
+            "python -m unosat.export ckpt=... output=model.onnx"
+        )
     meta = decode(props, where)
     missing = [k for k in REQUIRED if k not in meta]
     if meta.get("unosat_format") != FORMAT or missing:
-        raise UnosatError(f"{where}: malformed unosat ONNX metadata (format {meta.get('unosat_format')!r}, missing "
-                          f"{missing})")
+        raise UnosatError(
+            f"{where}: malformed unosat ONNX metadata (format {meta.get('unosat_format')!r}, missing "
+            f"{missing})"
+        )
     if not isinstance(meta["unosat_format_version"], int) or meta["unosat_format_version"] > FORMAT_VERSION:
-        raise UnosatError(f"{where}: unosat ONNX format version {meta['unosat_format_version']!r} is newer than this "
-                          f"unosat reads ({FORMAT_VERSION}); update unosat")
+        raise UnosatError(
+            f"{where}: unosat ONNX format version {meta['unosat_format_version']!r} is newer than this "
+            f"unosat reads ({FORMAT_VERSION}); update unosat"
+        )
     return meta

@@ -68,16 +68,23 @@ def needs_work(path: Path, params: dict[str, Any], overwrite: bool) -> bool:
     return True  # not reached: refuse_other_settings raises for parameters that differ
 
 
-def differing_keys(recorded: Mapping[str, Any], current: Mapping[str, Any],
-                   keys: Iterable[str] | None = None) -> list[str]:
+def differing_keys(
+    recorded: Mapping[str, Any], current: Mapping[str, Any], keys: Iterable[str] | None = None
+) -> list[str]:
     """The sorted keys whose values differ between ``recorded`` and ``current`` settings; ``keys``: the keys
     compared (None: every key of either; a key missing from one side has the value None there)."""
     compared = set(recorded) | set(current) if keys is None else set(keys)
     return sorted(k for k in compared if recorded.get(k) != current.get(k))
 
 
-def refuse_other_settings(path: Path | str, what: str, recorded: Mapping[str, Any], current: Mapping[str, Any],
-                          remedy: str, keys: Iterable[str] | None = None) -> None:
+def refuse_other_settings(
+    path: Path | str,
+    what: str,
+    recorded: Mapping[str, Any],
+    current: Mapping[str, Any],
+    remedy: str,
+    keys: Iterable[str] | None = None,
+) -> None:
     """Raise :class:`UnosatError` when ``recorded`` (read from the file ``path``, which holds ``what``, e.g.
     "a prediction") and ``current`` settings differ in ``keys`` (None: any key), naming the file and each
     differing key with the recorded and the current value, then ``remedy``::

@@ -71,7 +71,9 @@ class Grid:
         pixel = self.pixel_size
         if pixel <= 0:
             return math.inf
-        return max(math.hypot(*(np.subtract(self.transform * c, other.transform * c))) for c in corners) / pixel
+        return (
+            max(math.hypot(*(np.subtract(self.transform * c, other.transform * c))) for c in corners) / pixel
+        )
 
     def differences(self, other: Grid, tolerance_px: float = GRID_TOLERANCE_PX) -> list[str]:
         """What differs between two grids, in words (empty when they are the same grid).
@@ -87,8 +89,10 @@ class Grid:
             out.append(f"size {self.width}x{self.height} vs {other.width}x{other.height} px")
         offset = self.offset_px(other)
         if offset > tolerance_px:
-            out.append(f"transform {tuple(self.transform)[:6]} vs {tuple(other.transform)[:6]} (corners up to "
-                       f"{offset:.3g} px apart)")
+            out.append(
+                f"transform {tuple(self.transform)[:6]} vs {tuple(other.transform)[:6]} (corners up to "
+                f"{offset:.3g} px apart)"
+            )
         return out
 
 
@@ -118,7 +122,9 @@ def read_window(src: rasterio.io.DatasetReader, window: Window, indexes=None, **
     try:
         return src.read(indexes, window=window, **kwargs)
     except RasterioError as err:
-        raise UnosatError(f"{src.name}: cannot read pixels, the file is truncated or corrupt ({first_line(err)})") from None
+        raise UnosatError(
+            f"{src.name}: cannot read pixels, the file is truncated or corrupt ({first_line(err)})"
+        ) from None
 
 
 def row_windows(width: int, height: int, rows: int) -> list[Window]:
@@ -181,7 +187,11 @@ def memmap_geotiff(path: Path | str) -> np.ndarray | None:
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
-            if page.compression != 1 or page.is_tiled or (page.samplesperpixel > 1 and page.planarconfig != 1):
+            if (
+                page.compression != 1
+                or page.is_tiled
+                or (page.samplesperpixel > 1 and page.planarconfig != 1)
+            ):
                 return None
             offsets = np.asarray(page.dataoffsets, dtype=np.int64)
             counts = np.asarray(page.databytecounts, dtype=np.int64)
@@ -229,7 +239,9 @@ def write_rows(
             next_row = 0
             for row_off, block in blocks:
                 if row_off != next_row:
-                    raise ValueError(f"blocks must come top to bottom: expected row {next_row}, got {row_off}")
+                    raise ValueError(
+                        f"blocks must come top to bottom: expected row {next_row}, got {row_off}"
+                    )
                 dst.write(block, window=Window(0, row_off, profile["width"], block.shape[-2]))
                 next_row = row_off + block.shape[-2]
             if next_row != profile["height"]:

@@ -42,7 +42,9 @@ def read_label_frame(path: Path | str) -> gpd.GeoDataFrame:
     if len(frame) == 0:
         raise UnosatError(f"{path}: the label file is empty (no features)")
     if frame.crs is None:
-        raise UnosatError(f"{path}: the label file has no CRS (add a .prj or set one, e.g. with ogr2ogr -a_srs)")
+        raise UnosatError(
+            f"{path}: the label file has no CRS (add a .prj or set one, e.g. with ogr2ogr -a_srs)"
+        )
     return frame
 
 

@@ -28,5 +28,7 @@ def load_weights_only(path: Path | str, map_location: Any = "cpu") -> object:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # UnpicklingError, RuntimeError (zip), EOFError...
-        raise UnosatError(f"{path}: not a readable PyTorch checkpoint (empty, truncated, or holding pickled objects "
-                          f"that torch.load(weights_only=True) does not load, for safety: {first_line(err)})") from None
+        raise UnosatError(
+            f"{path}: not a readable PyTorch checkpoint (empty, truncated, or holding pickled objects "
+            f"that torch.load(weights_only=True) does not load, for safety: {first_line(err)})"
+        ) from None

@@ -10,5 +10,13 @@ from unosat.losses.jaccard import SoftJaccardLoss
 from unosat.losses.lovasz import LovaszSoftmaxLoss
 from unosat.losses.weighted_sum import WeightedSumLoss
 
-__all__ = ["CrossEntropyJaccardLoss", "FocalLoss", "GSCNNLoss", "LovaszSoftmaxLoss", "SmoothedCrossEntropy",
-           "SoftJaccardLoss", "WeightedSumLoss", "edge_targets"]
+__all__ = [
+    "CrossEntropyJaccardLoss",
+    "FocalLoss",
+    "GSCNNLoss",
+    "LovaszSoftmaxLoss",
+    "SmoothedCrossEntropy",
+    "SoftJaccardLoss",
+    "WeightedSumLoss",
+    "edge_targets",
+]

@@ -22,14 +22,22 @@ class CrossEntropyJaccardLoss(nn.Module):
     ``jaccard``) for logging.
     """
 
-    def __init__(self, class_weights: Sequence[float] | None = None, label_smoothing: float = 0.0,
-                 jaccard_weight: float = 0.0, jaccard_classes: Sequence[int] | None = None,
-                 jaccard_smooth: float = 1.0, ignore_index: int = IGNORE_INDEX,
-                 jaccard_reduction: str = "per_class"):
+    def __init__(
+        self,
+        class_weights: Sequence[float] | None = None,
+        label_smoothing: float = 0.0,
+        jaccard_weight: float = 0.0,
+        jaccard_classes: Sequence[int] | None = None,
+        jaccard_smooth: float = 1.0,
+        ignore_index: int = IGNORE_INDEX,
+        jaccard_reduction: str = "per_class",
+    ):
         super().__init__()
         self.ce = SmoothedCrossEntropy(class_weights, label_smoothing, ignore_index)
         self.jaccard_weight = float(jaccard_weight)
-        jaccard = SoftJaccardLoss(jaccard_classes, jaccard_smooth, ignore_index, jaccard_reduction)  # checks the settings
+        jaccard = SoftJaccardLoss(
+            jaccard_classes, jaccard_smooth, ignore_index, jaccard_reduction
+        )  # checks the settings
         self.jaccard = jaccard if self.jaccard_weight else None
 
     def forward(self, logits: torch.Tensor | tuple, target: torch.Tensor, **_) -> dict[str, torch.Tensor]:

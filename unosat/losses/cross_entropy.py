@@ -41,26 +41,36 @@ class SmoothedCrossEntropy(nn.Module):
     Input: logits ``(N, C, H, W)``, target ``(N, H, W)`` int64. Output: a scalar (0 when no pixel is valid).
     """
 
-    def __init__(self, class_weights: Sequence[float] | None = None, label_smoothing: float = 0.0,
-                 ignore_index: int = IGNORE_INDEX):
+    def __init__(
+        self,
+        class_weights: Sequence[float] | None = None,
+        label_smoothing: float = 0.0,
+        ignore_index: int = IGNORE_INDEX,
+    ):
         super().__init__()
         self.label_smoothing = check_smoothing(label_smoothing)
         self.ignore_index = int(ignore_index)
         weights = None if class_weights is None else torch.as_tensor(list(class_weights), dtype=torch.float32)
         if weights is not None and (weights.ndim != 1 or (weights < 0).any()):
-            raise UnosatError(f"loss.class_weights must be non-negative, one per class, got {list(class_weights)}")
+            raise UnosatError(
+                f"loss.class_weights must be non-negative, one per class, got {list(class_weights)}"
+            )
         self.register_buffer("class_weights", weights, persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         num_classes = logits.shape[1]
         if self.class_weights is not None and len(self.class_weights) != num_classes:
-            raise UnosatError(f"loss.class_weights has {len(self.class_weights)} values for {num_classes} classes")
+            raise UnosatError(
+                f"loss.class_weights has {len(self.class_weights)} values for {num_classes} classes"
+            )
         valid = target != self.ignore_index
         log_p = F.log_softmax(logits.float(), dim=1)
         safe_target = torch.where(valid, target, torch.zeros_like(target))
         nll = -log_p.gather(1, safe_target.unsqueeze(1)).squeeze(1)  # (N, H, W)
-        per_pixel = nll if self.label_smoothing == 0 else (
-            (1.0 - self.label_smoothing) * nll + self.label_smoothing * (-log_p.mean(dim=1))
+        per_pixel = (
+            nll
+            if self.label_smoothing == 0
+            else ((1.0 - self.label_smoothing) * nll + self.label_smoothing * (-log_p.mean(dim=1)))
         )
         weight = valid.to(per_pixel.dtype)
         if self.class_weights is not None:

@@ -33,8 +33,12 @@ class FocalLoss(nn.Module):
     Input: logits ``(N, C, H, W)``, target ``(N, H, W)`` int64. Output: a scalar (0 when no pixel is valid).
     """
 
-    def __init__(self, gamma: float = 2.0, class_weights: Sequence[float] | None = None,
-                 ignore_index: int = IGNORE_INDEX):
+    def __init__(
+        self,
+        gamma: float = 2.0,
+        class_weights: Sequence[float] | None = None,
+        ignore_index: int = IGNORE_INDEX,
+    ):
         super().__init__()
         if float(gamma) < 0:
             raise UnosatError(f"loss gamma must be >= 0, got {gamma}")
@@ -42,7 +46,9 @@ class FocalLoss(nn.Module):
         self.ignore_index = int(ignore_index)
         weights = None if class_weights is None else torch.as_tensor(list(class_weights), dtype=torch.float32)
         if weights is not None and (weights.ndim != 1 or (weights < 0).any()):
-            raise UnosatError(f"loss class_weights must be non-negative, one per class, got {list(class_weights)}")
+            raise UnosatError(
+                f"loss class_weights must be non-negative, one per class, got {list(class_weights)}"
+            )
         self.register_buffer("class_weights", weights, persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -53,7 +59,9 @@ class FocalLoss(nn.Module):
         weight = valid.to(per_pixel.dtype)
         if self.class_weights is not None:
             if len(self.class_weights) != logits.shape[1]:
-                raise UnosatError(f"loss class_weights has {len(self.class_weights)} values for {logits.shape[1]} classes")
+                raise UnosatError(
+                    f"loss class_weights has {len(self.class_weights)} values for {logits.shape[1]} classes"
+                )
             weight = weight * self.class_weights.to(per_pixel.dtype)[safe_target.squeeze(1)]
         total = weight.sum()
         if total == 0:

@@ -41,7 +41,9 @@ BOUNDARY_THRESHOLD = 1e-8  # a boundary element: gradient magnitude at least thi
 DUAL_EPS = 1e-10  # added to the boundary element counts (the official code's ``eps``)
 
 
-def balanced_edge_bce(edge_logits: torch.Tensor, edges: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def balanced_edge_bce(
+    edge_logits: torch.Tensor, edges: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
     """Class-balanced BCE (see the module docstring). edge_logits (N, 1, H, W), edges (N, H, W) in {0, 1, ignore}."""
     logits = edge_logits[:, 0].float()
     valid = edges != ignore_index
@@ -62,7 +64,7 @@ def boundary_magnitude(y: torch.Tensor) -> torch.Tensor:
     """
     gx = F.pad(y[..., :, 1:] - y[..., :, :-1], (0, 1, 0, 0))
     gy = F.pad(y[..., 1:, :] - y[..., :-1, :], (0, 0, 0, 1))
-    return torch.sqrt(gx * gx + gy * gy + GRADIENT_EPS) - GRADIENT_EPS ** 0.5
+    return torch.sqrt(gx * gx + gy * gy + GRADIENT_EPS) - GRADIENT_EPS**0.5
 
 
 def gradient_valid(valid: torch.Tensor) -> torch.Tensor:
@@ -73,7 +75,9 @@ def gradient_valid(valid: torch.Tensor) -> torch.Tensor:
     return v * right * down
 
 
-def dual_task_loss(probabilities: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def dual_task_loss(
+    probabilities: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
     """The dual-task regulariser with the paper's normalisation (its official ``DualTaskLoss``).
 
     With ``g`` the boundary maps of the soft segmentation (N, C, H, W) and ``g_hat`` those of the one-hot
@@ -95,8 +99,9 @@ def dual_task_loss(probabilities: torch.Tensor, target: torch.Tensor, ignore_ind
     diff = (g - g_hat).abs() * weight
     predicted = (g.detach() >= BOUNDARY_THRESHOLD).to(diff.dtype) * weight
     true = (g_hat >= BOUNDARY_THRESHOLD).to(diff.dtype) * weight
-    return (0.5 * (diff * predicted).sum() / (predicted.sum() + DUAL_EPS)
-            + 0.5 * (diff * true).sum() / (true.sum() + DUAL_EPS))
+    return 0.5 * (diff * predicted).sum() / (predicted.sum() + DUAL_EPS) + 0.5 * (diff * true).sum() / (
+        true.sum() + DUAL_EPS
+    )
 
 
 class GSCNNLoss(nn.Module):
@@ -114,15 +119,28 @@ class GSCNNLoss(nn.Module):
     target (N, H, W) int64 -> ``{"loss", "seg", "edge", "attention", "dual"}`` (scalars).
     """
 
-    def __init__(self, class_weights: Sequence[float] | None = None, label_smoothing: float = 0.0,
-                 ignore_index: int = IGNORE_INDEX, seg_weight: float = 1.0, edge_weight: float = 20.0,
-                 attention_weight: float = 1.0, dual_weight: float = 1.0, attention_threshold: float = 0.8,
-                 gumbel_tau: float = 0.5, edge_radius: int = 1):
+    def __init__(
+        self,
+        class_weights: Sequence[float] | None = None,
+        label_smoothing: float = 0.0,
+        ignore_index: int = IGNORE_INDEX,
+        seg_weight: float = 1.0,
+        edge_weight: float = 20.0,
+        attention_weight: float = 1.0,
+        dual_weight: float = 1.0,
+        attention_threshold: float = 0.8,
+        gumbel_tau: float = 0.5,
+        edge_radius: int = 1,
+    ):
         super().__init__()
         self.ce = SmoothedCrossEntropy(class_weights, label_smoothing, ignore_index)
         self.ignore_index = int(ignore_index)
-        self.weights = {"seg": float(seg_weight), "edge": float(edge_weight), "attention": float(attention_weight),
-                        "dual": float(dual_weight)}
+        self.weights = {
+            "seg": float(seg_weight),
+            "edge": float(edge_weight),
+            "attention": float(attention_weight),
+            "dual": float(dual_weight),
+        }
         if any(w < 0 for w in self.weights.values()):
             raise UnosatError(f"loss term weights must be non-negative, got {self.weights}")
         if not 0.0 <= attention_threshold < 1.0:
@@ -134,11 +152,14 @@ class GSCNNLoss(nn.Module):
         edge_targets(torch.zeros(1, 1, 1, dtype=torch.int64), edge_radius)  # checks the radius now
         self.edge_radius = int(edge_radius)
 
-    def forward(self, output: tuple[torch.Tensor, torch.Tensor] | torch.Tensor, target: torch.Tensor,
-                **_) -> dict[str, torch.Tensor]:
+    def forward(
+        self, output: tuple[torch.Tensor, torch.Tensor] | torch.Tensor, target: torch.Tensor, **_
+    ) -> dict[str, torch.Tensor]:
         if not isinstance(output, tuple | list) or len(output) < 2:
-            raise UnosatError("loss=gscnn needs a model that returns (segmentation logits, edge logits), such as "
-                              "model=gscnn; this model returns a single tensor")
+            raise UnosatError(
+                "loss=gscnn needs a model that returns (segmentation logits, edge logits), such as "
+                "model=gscnn; this model returns a single tensor"
+            )
         seg_logits, edge_logits = output[0], output[1]
         edges = edge_targets(target, self.edge_radius, self.ignore_index)
         near_edge = torch.sigmoid(edge_logits.detach()[:, 0].float()) > self.attention_threshold

@@ -39,8 +39,13 @@ class SoftJaccardLoss(nn.Module):
         reduction: ``per_class`` (mean of the classes' IoUs) or ``pooled`` (ratio of the sums, the original's).
     """
 
-    def __init__(self, classes: Sequence[int] | None = None, smooth: float = 1.0, ignore_index: int = IGNORE_INDEX,
-                 reduction: str = "per_class"):
+    def __init__(
+        self,
+        classes: Sequence[int] | None = None,
+        smooth: float = 1.0,
+        ignore_index: int = IGNORE_INDEX,
+        reduction: str = "per_class",
+    ):
         super().__init__()
         if reduction not in REDUCTIONS:
             raise UnosatError(f"loss.jaccard_reduction must be one of {REDUCTIONS}, got '{reduction}'")
@@ -51,9 +56,15 @@ class SoftJaccardLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         num_classes = logits.shape[1]
-        valid = (target != self.ignore_index).unsqueeze(1).to(logits.dtype if logits.is_floating_point() else torch.float32)
+        valid = (
+            (target != self.ignore_index)
+            .unsqueeze(1)
+            .to(logits.dtype if logits.is_floating_point() else torch.float32)
+        )
         probs = F.softmax(logits.float(), dim=1) * valid
-        onehot = F.one_hot(torch.where(target == self.ignore_index, 0, target), num_classes).permute(0, 3, 1, 2)
+        onehot = F.one_hot(torch.where(target == self.ignore_index, 0, target), num_classes).permute(
+            0, 3, 1, 2
+        )
         onehot = onehot.to(probs.dtype) * valid
         dims = (0, 2, 3)
         inter = (probs * onehot).sum(dims)

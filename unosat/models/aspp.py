@@ -63,8 +63,14 @@ class ConvBNReLU(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=dilation * (kernel_size // 2),
-                              dilation=dilation, bias=False)
+        self.conv = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            padding=dilation * (kernel_size // 2),
+            dilation=dilation,
+            bias=False,
+        )
         self.bn = nn.BatchNorm2d(out_channels)
         self.act = nn.ReLU(inplace=True)
 
@@ -92,8 +98,13 @@ class ASPP(nn.Module):
         guidance_channels: channels of an extra guidance input (1 for GSCNN's edge map; 0: none).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, rates: Sequence[int] = (6, 12, 18),
-                 guidance_channels: int = 0) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        rates: Sequence[int] = (6, 12, 18),
+        guidance_channels: int = 0,
+    ) -> None:
         super().__init__()
         rates = tuple(int(r) for r in rates)
         if any(r < 1 for r in rates):
@@ -102,7 +113,9 @@ class ASPP(nn.Module):
         self.guidance_channels = int(guidance_channels)
         self.pool = ImagePooling(in_channels, out_channels)
         self.conv1x1 = ConvBNReLU(in_channels, out_channels, kernel_size=1)
-        self.atrous = nn.ModuleList(ConvBNReLU(in_channels, out_channels, kernel_size=3, dilation=r) for r in rates)
+        self.atrous = nn.ModuleList(
+            ConvBNReLU(in_channels, out_channels, kernel_size=3, dilation=r) for r in rates
+        )
         self.guidance = ConvBNReLU(self.guidance_channels, out_channels) if self.guidance_channels else None
         branches = 2 + len(rates) + (1 if self.guidance is not None else 0)
         self.project = ConvBNReLU(branches * out_channels, out_channels, kernel_size=1)

@@ -75,17 +75,27 @@ class FPN(nn.Module):
 
     size_divisor = BACKBONE_OUTPUT_STRIDE
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 2, pretrained: str | None = None,
-                 pyramid_channels: int = 128, segmentation_channels: int = 64,
-                 fine_channels: Sequence[int] = FINE_CHANNELS) -> None:
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 2,
+        pretrained: str | None = None,
+        pyramid_channels: int = 128,
+        segmentation_channels: int = 64,
+        fine_channels: Sequence[int] = FINE_CHANNELS,
+    ) -> None:
         super().__init__()
         if in_channels is None or in_channels < 1 or num_classes < 1:
-            raise UnosatError(f"model needs at least one input band and one class, got in_channels={in_channels}, "
-                              f"num_classes={num_classes}")
+            raise UnosatError(
+                f"model needs at least one input band and one class, got in_channels={in_channels}, "
+                f"num_classes={num_classes}"
+            )
         fine = tuple(int(c) for c in fine_channels)
         if len(fine) != 2 or min(fine) < 1 or pyramid_channels < 1 or segmentation_channels < 1:
-            raise UnosatError(f"model pyramid_channels, segmentation_channels must be positive and fine_channels 2 "
-                              f"positive widths, got {pyramid_channels}, {segmentation_channels}, {list(fine)}")
+            raise UnosatError(
+                f"model pyramid_channels, segmentation_channels must be positive and fine_channels 2 "
+                f"positive widths, got {pyramid_channels}, {segmentation_channels}, {list(fine)}"
+            )
         self.in_channels = int(in_channels)
         self.num_classes = int(num_classes)
         p, s, (f2, f1) = int(pyramid_channels), int(segmentation_channels), fine
@@ -98,8 +108,9 @@ class FPN(nn.Module):
         self.lateral_1_2 = nn.Conv2d(stem_channels, f2, kernel_size=1, bias=False)
         self.refine_1_2 = ConvBNReLU(f2, f2, kernel_size=3)
         self.adapt_1_2 = nn.Conv2d(f2, f1, kernel_size=1, bias=False)
-        self.input_branch = nn.Sequential(ConvBNReLU(self.in_channels, f1, kernel_size=3),
-                                          ConvBNReLU(f1, f1, kernel_size=3))
+        self.input_branch = nn.Sequential(
+            ConvBNReLU(self.in_channels, f1, kernel_size=3), ConvBNReLU(f1, f1, kernel_size=3)
+        )
         self.refine_1_1 = ConvBNReLU(f1, f1, kernel_size=3)
         self.classifier_1_1 = nn.Conv2d(f1, self.num_classes, kernel_size=1)
         self.reset_decoder()
@@ -119,8 +130,10 @@ class FPN(nn.Module):
             top = self.lateral[k](c[k]) + upsample(top, c[k])
             pyramid.insert(0, top)
         quarter = pyramid[0]
-        merged = sum(upsample(seg(smooth(level)), quarter)
-                     for level, smooth, seg in zip(pyramid, self.smooth, self.segment))
+        merged = sum(
+            upsample(seg(smooth(level)), quarter)
+            for level, smooth, seg in zip(pyramid, self.smooth, self.segment)
+        )
         half = self.refine_1_2(F.relu(self.lateral_1_2(stem) + upsample(self.adapt_1_4(merged), stem)))
         full = self.input_branch(x)
         full = self.refine_1_1(F.relu(full + upsample(self.adapt_1_2(half), full)))

@@ -87,16 +87,22 @@ class BackboneTaps(NamedTuple):
 
 
 class BackboneSpec(NamedTuple):
-    build: Callable[[int], nn.Module]  # in_channels -> module with forward -> list, stage_channels, stage_strides
+    build: Callable[
+        [int], nn.Module
+    ]  # in_channels -> module with forward -> list, stage_channels, stage_strides
     taps: BackboneTaps
 
 
 BACKBONES: dict[str, BackboneSpec] = {
     # features: stem 1/2, 16@1/2, 24@1/4, 32@1/8, 64@1/16, 96@1/16, 160@1/32, 320@1/32
-    "mobilenetv2": BackboneSpec(MobileNetV2Encoder, BackboneTaps(shape_input=1, low_level=2, gates=(3, 5, 7), deep=7)),
+    "mobilenetv2": BackboneSpec(
+        MobileNetV2Encoder, BackboneTaps(shape_input=1, low_level=2, gates=(3, 5, 7), deep=7)
+    ),
     # features: stem 64@1/2, 256@1/4, 512@1/8, 1024@1/8, 2048@1/8
-    "resnet50": BackboneSpec(lambda c: resnet50(c, output_stride=8),
-                             BackboneTaps(shape_input=0, low_level=1, gates=(2, 3, 4), deep=4)),
+    "resnet50": BackboneSpec(
+        lambda c: resnet50(c, output_stride=8),
+        BackboneTaps(shape_input=0, low_level=1, gates=(2, 3, 4), deep=4),
+    ),
 }
 
 
@@ -112,23 +118,34 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
         UnosatError: the file is missing or unreadable, or its tensors do not fit the backbone exactly.
     """
     if not Path(path).is_file():
-        raise UnosatError(f"model.pretrained {path}: no such file (a local state_dict; nothing is downloaded)")
+        raise UnosatError(
+            f"model.pretrained {path}: no such file (a local state_dict; nothing is downloaded)"
+        )
     state = dict(unwrap_state_dict(read_state_source(path), str(path)))
     state = {k.removeprefix(DATA_PARALLEL_PREFIX): v for k, v in state.items()}
     for prefix in BACKBONE_PREFIXES:
         if any(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             break
     state = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIX)}
     ours = backbone.state_dict()
     missing = sorted(set(ours) - set(state))
     unexpected = sorted(set(state) - set(ours))
-    mismatched = [f"{k}: file {tuple(state[k].shape)}, model {tuple(ours[k].shape)}"
-                  for k in ours if k in state and state[k].shape != ours[k].shape]
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)}, model {tuple(ours[k].shape)}"
+        for k in ours
+        if k in state and state[k].shape != ours[k].shape
+    ]
     if missing or unexpected or mismatched:
-        lines = [f"model.pretrained {path} does not fit the {type(backbone).__name__} backbone "
-                 f"({backbone.in_channels} input bands):"]
-        for what, items in (("shape mismatches", mismatched), ("missing keys", missing), ("unexpected keys", unexpected)):
+        lines = [
+            f"model.pretrained {path} does not fit the {type(backbone).__name__} backbone "
+            f"({backbone.in_channels} input bands):"
+        ]
+        for what, items in (
+            ("shape mismatches", mismatched),
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+        ):
             if items:
                 more = f" ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
                 lines.append(f"{what} ({len(items)}): {', '.join(items[:_MAX_LISTED])}{more}")
@@ -204,19 +221,27 @@ class ShapeStream(nn.Module):
         super().__init__()
         channels = [int(c) for c in channels]
         if len(channels) != SHAPE_GATES + 1 or min(channels) < 1 or len(gate_channels) != SHAPE_GATES:
-            raise UnosatError(f"model shape_channels must be {SHAPE_GATES + 1} positive widths, got {channels}")
+            raise UnosatError(
+                f"model shape_channels must be {SHAPE_GATES + 1} positive widths, got {channels}"
+            )
         self.input_proj = nn.Conv2d(input_channels, channels[0], kernel_size=1, bias=False)
         self.res = nn.ModuleList(ResidualBlock(c) for c in channels[:-1])
-        self.reduce = nn.ModuleList(nn.Conv2d(a, b, kernel_size=1, bias=False) for a, b in zip(channels[:-1], channels[1:]))
+        self.reduce = nn.ModuleList(
+            nn.Conv2d(a, b, kernel_size=1, bias=False) for a, b in zip(channels[:-1], channels[1:])
+        )
         # no bias: the projection feeds the gate's BatchNorm, which removes any constant shift
         self.gate_proj = nn.ModuleList(nn.Conv2d(c, 1, kernel_size=1, bias=False) for c in gate_channels)
         self.gates = nn.ModuleList(GatedConv2d(c) for c in channels[1:])
         self.head = nn.Conv2d(channels[-1], 1, kernel_size=1)
 
-    def forward(self, start: torch.Tensor, gate_features: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+    def forward(
+        self, start: torch.Tensor, gate_features: Sequence[torch.Tensor], size: Sequence[int]
+    ) -> torch.Tensor:
         """start (N, input_channels, h, w), 3 gate features (N, gate_channels[i], h_i, w_i) -> (N, 1, *size)."""
         x = upsample(self.input_proj(start), size)
-        for res, reduce, proj, gate, feature in zip(self.res, self.reduce, self.gate_proj, self.gates, gate_features):
+        for res, reduce, proj, gate, feature in zip(
+            self.res, self.reduce, self.gate_proj, self.gates, gate_features
+        ):
             x = gate(reduce(res(x)), upsample(proj(feature), size))
         return self.head(x)
 
@@ -276,11 +301,15 @@ class GSCNN(nn.Module):
         if backbone not in BACKBONES:
             raise UnosatError(f"model backbone {backbone!r} is not one of {', '.join(BACKBONES)}")
         if in_channels is None or in_channels < 1 or num_classes < 1:
-            raise UnosatError(f"model needs at least one input band and one class, got in_channels={in_channels}, "
-                              f"num_classes={num_classes}")
+            raise UnosatError(
+                f"model needs at least one input band and one class, got in_channels={in_channels}, "
+                f"num_classes={num_classes}"
+            )
         if input_recipe is not None and len(input_recipe.get("bands", ())) != in_channels:
-            raise UnosatError(f"model input_recipe has bands {list(input_recipe.get('bands', ()))} but "
-                              f"in_channels={in_channels}")
+            raise UnosatError(
+                f"model input_recipe has bands {list(input_recipe.get('bands', ()))} but "
+                f"in_channels={in_channels}"
+            )
         if output_stride not in OUTPUT_STRIDES:
             raise UnosatError(f"model output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
         if int(fine_channels) < 1:
@@ -295,10 +324,16 @@ class GSCNN(nn.Module):
         ch = self.backbone.stage_channels
         self.size_divisor = int(self.backbone.stage_strides[self.taps.deep])
 
-        self.shape_stream = ShapeStream(ch[self.taps.shape_input], [ch[i] for i in self.taps.gates], shape_channels)
+        self.shape_stream = ShapeStream(
+            ch[self.taps.shape_input], [ch[i] for i in self.taps.gates], shape_channels
+        )
         self.image_gradient = gradient_for_recipe(
-            None if input_recipe is None else dict(input_recipe), gradient_band, gradient_db_floor,
-            gradient_sigma_px, gradient_scale_db)
+            None if input_recipe is None else dict(input_recipe),
+            gradient_band,
+            gradient_db_floor,
+            gradient_sigma_px,
+            gradient_scale_db,
+        )
         self.fusion = nn.Conv2d(2, 1, kernel_size=1, bias=False)
         self.aspp = ASPP(ch[self.taps.deep], aspp_channels, aspp_rates, guidance_channels=1)
         self.low_level = ConvBNReLU(ch[self.taps.low_level], low_level_channels, kernel_size=1)
@@ -311,8 +346,9 @@ class GSCNN(nn.Module):
         else:
             fine = int(fine_channels)
             self.adapt_1_4 = nn.Conv2d(decoder_channels, fine, kernel_size=1, bias=False)
-            self.input_branch = nn.Sequential(ConvBNReLU(self.in_channels, fine, kernel_size=3),
-                                              ConvBNReLU(fine, fine, kernel_size=3))
+            self.input_branch = nn.Sequential(
+                ConvBNReLU(self.in_channels, fine, kernel_size=3), ConvBNReLU(fine, fine, kernel_size=3)
+            )
             self.refine_1_1 = ConvBNReLU(fine + 1, fine, kernel_size=3)  # + the fused edge map
             self.classifier_1_1 = nn.Conv2d(fine, num_classes, kernel_size=1)
 
@@ -325,7 +361,8 @@ class GSCNN(nn.Module):
                 f"model.aspp_rates {list(self.aspp.rates)}: a {x.shape[-2]} x {x.shape[-1]} px training crop gives "
                 f"{h} x {w} px features at the ASPP (stride {self.size_divisor}); dilation(s) {dead} reach only zero "
                 f"padding there, so those taps would never learn. Use rates below {min(h, w)} (e.g. about 1/6, 1/3, "
-                f"1/2 of it) or a larger crop (data.augment's RandomCrop)")
+                f"1/2 of it) or a larger crop (data.augment's RandomCrop)"
+            )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, in_channels, H, W) -> (segmentation logits (N, num_classes, H, W), edge logits (N, 1, H, W))."""

@@ -12,8 +12,8 @@ From the normalised network input ``x`` (N, C, H, W), :class:`ImageGradient` tak
 5. divides by ``scale_db`` (dB per pixel that maps to 1), so the map is of order 1 for the fusion conv.
 
 Output (N, 1, H, W), float32 (also under autocast), detached (no gradient flows into it or through it): pure
-torch, batched, on the input's device, no OpenCV. Because step 1 restores the stored values, the map does not depend on the
-normalisation constants (only on the scene).
+torch, batched, on the input's device, no OpenCV. Because step 1 restores the stored values, the map does not
+depend on the normalisation constants (only on the scene).
 
 Without a recipe (``mean``/``std`` None, e.g. a model built in a unit test) the normalised band is used as is
 (no un-normalisation, no dB conversion, no floor): the map then depends on the normalisation.
@@ -80,16 +80,28 @@ class ImageGradient(nn.Module):
     Input (N, C, H, W) normalised; output (N, 1, H, W), detached.
     """
 
-    def __init__(self, band_index: int, mean: float | None = None, std: float | None = None, units: str = "db",
-                 db_floor: float = 1e-3, sigma_px: float = 1.0, scale_db: float = 1.0) -> None:
+    def __init__(
+        self,
+        band_index: int,
+        mean: float | None = None,
+        std: float | None = None,
+        units: str = "db",
+        db_floor: float = 1e-3,
+        sigma_px: float = 1.0,
+        scale_db: float = 1.0,
+    ) -> None:
         super().__init__()
         if units not in UNITS:
             raise UnosatError(f"image gradient: units must be one of {', '.join(UNITS)}, got {units!r}")
         if (mean is None) != (std is None) or (std is not None and not std > 0):
-            raise UnosatError(f"image gradient: needs both mean and a positive std (or neither), got {mean}, {std}")
+            raise UnosatError(
+                f"image gradient: needs both mean and a positive std (or neither), got {mean}, {std}"
+            )
         if not db_floor > 0 or sigma_px < 0 or not scale_db > 0:
-            raise UnosatError(f"image gradient: db_floor and scale_db must be positive and sigma_px >= 0, got "
-                              f"{db_floor}, {scale_db}, {sigma_px}")
+            raise UnosatError(
+                f"image gradient: db_floor and scale_db must be positive and sigma_px >= 0, got "
+                f"{db_floor}, {scale_db}, {sigma_px}"
+            )
         self.band_index = int(band_index)
         self.mean = None if mean is None else float(mean)
         self.std = None if std is None else float(std)
@@ -105,7 +117,7 @@ class ImageGradient(nn.Module):
 
     def band_db(self, x: torch.Tensor) -> torch.Tensor:
         """The chosen band of the normalised input (N, C, H, W), back in dB (N, 1, H, W) (steps 1-2)."""
-        band = x[:, self.band_index: self.band_index + 1].float()
+        band = x[:, self.band_index : self.band_index + 1].float()
         if not self.denormalises:
             return band
         band = band * self.std + self.mean
@@ -116,18 +128,25 @@ class ImageGradient(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] <= self.band_index:
-            raise UnosatError(f"image gradient: band {self.band_index} asked of an input with {x.shape[1]} bands")
+            raise UnosatError(
+                f"image gradient: band {self.band_index} asked of an input with {x.shape[1]} bands"
+            )
         with torch.autocast(device_type=x.device.type, enabled=False):  # dB differences need float32
             magnitude = sobel_magnitude(smooth(self.band_db(x), self.kernel1d))
         return (magnitude / self.scale_db).detach()
 
     def extra_repr(self) -> str:
-        source = f"mean={self.mean}, std={self.std}, units={self.units}" if self.denormalises else "normalised band"
+        source = (
+            f"mean={self.mean}, std={self.std}, units={self.units}"
+            if self.denormalises
+            else "normalised band"
+        )
         return f"band_index={self.band_index}, {source}, scale_db={self.scale_db}"
 
 
-def gradient_for_recipe(input_recipe: dict | None, band: str, db_floor: float, sigma_px: float,
-                        scale_db: float) -> ImageGradient:
+def gradient_for_recipe(
+    input_recipe: dict | None, band: str, db_floor: float, sigma_px: float, scale_db: float
+) -> ImageGradient:
     """The :class:`ImageGradient` of band ``band`` (e.g. ``vv``) of a model's ``input_recipe``
     (``{"bands": [...], "units": ..., "mean": [...], "std": [...]}``, filled in by ``train.py``).
 
@@ -139,7 +158,9 @@ def gradient_for_recipe(input_recipe: dict | None, band: str, db_floor: float, s
         bands: Sequence[str] = list(input_recipe["bands"])
         units, mean, std = input_recipe["units"], list(input_recipe["mean"]), list(input_recipe["std"])
     except (KeyError, TypeError) as err:
-        raise UnosatError(f"model input_recipe must hold bands, units, mean and std, got {input_recipe!r}") from err
+        raise UnosatError(
+            f"model input_recipe must hold bands, units, mean and std, got {input_recipe!r}"
+        ) from err
     if band not in bands:
         raise UnosatError(f"model gradient_band={band!r} is not a band of the dataset ({', '.join(bands)})")
     if len(mean) == 1 and len(std) == 1:

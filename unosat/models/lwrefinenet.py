@@ -117,8 +117,14 @@ class LWRefineNetDecoder(nn.Module):
         in_channels: input bands, for ``input_branch`` (output stride 1 only).
     """
 
-    def __init__(self, encoder_channels: Sequence[int], num_classes: int, output_stride: int = 4,
-                 fine_channels: Sequence[int] = FINE_CHANNELS, in_channels: int = 3) -> None:
+    def __init__(
+        self,
+        encoder_channels: Sequence[int],
+        num_classes: int,
+        output_stride: int = 4,
+        fine_channels: Sequence[int] = FINE_CHANNELS,
+        in_channels: int = 3,
+    ) -> None:
         super().__init__()
         if len(encoder_channels) != 8:
             raise ValueError(f"expected the 8 MobileNetV2 feature channels, got {tuple(encoder_channels)}")
@@ -147,13 +153,17 @@ class LWRefineNetDecoder(nn.Module):
         else:
             fine = tuple(int(c) for c in fine_channels)
             if len(fine) != 2 or min(fine) < 1:
-                raise UnosatError(f"model fine_channels must be 2 positive widths (1/2 and 1/1 levels), got {list(fine)}")
+                raise UnosatError(
+                    f"model fine_channels must be 2 positive widths (1/2 and 1/1 levels), got {list(fine)}"
+                )
             c2, c1 = fine
             self.adapt_1_4 = conv1x1(d, c2)
             self.lateral_16 = conv1x1(c16, c2)
             self.crp_1_2 = ChainedResidualPooling(c2)
             self.adapt_1_2 = conv1x1(c2, c1)
-            self.input_branch = nn.Sequential(ConvBN(in_channels, c1, kernel_size=3), ConvBN(c1, c1, kernel_size=3))
+            self.input_branch = nn.Sequential(
+                ConvBN(in_channels, c1, kernel_size=3), ConvBN(c1, c1, kernel_size=3)
+            )
             self.crp_1_1 = ChainedResidualPooling(c1)
             self.classifier_1_1 = nn.Conv2d(c1, num_classes, kernel_size=3, padding=1, bias=True)
         init_reference_(self)
@@ -173,7 +183,9 @@ class LWRefineNetDecoder(nn.Module):
         if self.output_stride == 4:
             return self.classifier(self.crp_1_4(top))
         if image is None:
-            raise ValueError("the output-stride-1 decoder needs the input image for its full-resolution branch")
+            raise ValueError(
+                "the output-stride-1 decoder needs the input image for its full-resolution branch"
+            )
         top = upsample_to(self.adapt_1_4(self.crp_1_4(top)), f16)
         top = F.relu6(self.lateral_16(f16) + top)  # 1/2
         fine = self.input_branch(image)
@@ -207,8 +219,14 @@ class LWRefineNet(nn.Module):
 
     size_divisor = SIZE_DIVISOR
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 2, upsample_mode: str = "bicubic",
-                 output_stride: int = 4, fine_channels: Sequence[int] = FINE_CHANNELS) -> None:
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 2,
+        upsample_mode: str = "bicubic",
+        output_stride: int = 4,
+        fine_channels: Sequence[int] = FINE_CHANNELS,
+    ) -> None:
         super().__init__()
         if upsample_mode not in UPSAMPLE_MODES:
             raise UnosatError(
@@ -226,14 +244,17 @@ class LWRefineNet(nn.Module):
         self.upsample_mode = upsample_mode
         self.output_stride = int(output_stride)
         self.encoder = MobileNetV2Encoder(in_channels)
-        self.decoder = LWRefineNetDecoder(self.encoder.stage_channels, num_classes, self.output_stride,
-                                          fine_channels, in_channels)
+        self.decoder = LWRefineNetDecoder(
+            self.encoder.stage_channels, num_classes, self.output_stride, fine_channels, in_channels
+        )
 
     def forward_quarter(self, x: torch.Tensor) -> torch.Tensor:
         """Output stride 4 only: (N, in_channels, H, W) -> logits (N, num_classes, ceil(H/4), ceil(W/4)),
         before upsampling."""
         if self.output_stride != 4:
-            raise ValueError("forward_quarter exists at output stride 4 only; this model's logits are full resolution")
+            raise ValueError(
+                "forward_quarter exists at output stride 4 only; this model's logits are full resolution"
+            )
         return self.decoder(self.encoder(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

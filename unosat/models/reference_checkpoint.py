@@ -166,8 +166,13 @@ def load_reference_state_dict(model: LWRefineNet, source: str | Path | Mapping[s
     model.load_state_dict(converted, strict=True)
     log.info("loaded %d reference tensors from %s", len(state), name)
     if dropped:
-        log.info("output stride %d: dropped the reference's 1/4-resolution classifier (%s); %d new full-resolution "
-                 "tensors keep their initial values", model.output_stride, ", ".join(dropped), len(new))
+        log.info(
+            "output stride %d: dropped the reference's 1/4-resolution classifier (%s); %d new full-resolution "
+            "tensors keep their initial values",
+            model.output_stride,
+            ", ".join(dropped),
+            len(new),
+        )
     return model
 
 

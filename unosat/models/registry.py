@@ -73,8 +73,10 @@ def network_spec(model_cfg: Mapping[str, Any]) -> dict:
     name = name_of_target(target)
     if name is None:
         known = ", ".join(f"{n} ({class_paths(c)[1]})" for n, c in NETWORKS.items())
-        raise UnosatError(f"model._target_ '{target}' is not a registered unosat network; known: {known} "
-                          "(add a new network to unosat.models.registry.NETWORKS)")
+        raise UnosatError(
+            f"model._target_ '{target}' is not a registered unosat network; known: {known} "
+            "(add a new network to unosat.models.registry.NETWORKS)"
+        )
     args = {k: v for k, v in model_cfg.items() if k != "_target_"}
     check_plain(args, "model")
     return {"name": name, "args": args}
@@ -99,7 +101,9 @@ def check_plain(value: Any, where: str, depth: int = 0) -> None:
             if not isinstance(key, str):
                 raise UnosatError(f"{where}: key {key!r} is not a string")
             if key.startswith("_"):
-                raise UnosatError(f"{where}.{key}: keys starting with '_' (such as _target_) are not accepted")
+                raise UnosatError(
+                    f"{where}.{key}: keys starting with '_' (such as _target_) are not accepted"
+                )
             check_plain(item, f"{where}.{key}", depth + 1)
         return
     raise UnosatError(f"{where}: a {type(value).__name__} is not plain data (numbers, strings, lists, dicts)")
@@ -118,7 +122,9 @@ def spec_from_checkpoint(entry: Any) -> dict:
         target = entry["_target_"]
         name = name_of_target(target) if isinstance(target, str) else None
         if name is None:
-            raise UnosatError(f"model target {target!r} is not a registered unosat network; refusing to build it")
+            raise UnosatError(
+                f"model target {target!r} is not a registered unosat network; refusing to build it"
+            )
         entry = {"name": name, "args": {k: v for k, v in entry.items() if k != "_target_"}}
     if set(entry) - {"name", "args"}:
         raise UnosatError(f"the model entry has unexpected keys {sorted(set(entry) - {'name', 'args'})}")
@@ -139,8 +145,11 @@ def effective_args(spec: Mapping[str, Any]) -> dict:
     """A validated spec's arguments with the constructor's defaults filled in for those it does not give (a
     checkpoint saved before an argument existed was built with that argument's default)."""
     cls = NETWORKS[spec["name"]]
-    defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
-                if k != "self" and p.default is not inspect.Parameter.empty}
+    defaults = {
+        k: p.default
+        for k, p in inspect.signature(cls.__init__).parameters.items()
+        if k != "self" and p.default is not inspect.Parameter.empty
+    }
     return {**defaults, **spec["args"]}
 
 
@@ -154,7 +163,17 @@ def build_network(spec: Mapping[str, Any]) -> nn.Module:
     except UnosatError:
         raise
     except (TypeError, ValueError, KeyError, IndexError) as err:
-        raise UnosatError(f"model '{spec['name']}': invalid arguments ({str(err).splitlines()[0][:200]})") from None
+        raise UnosatError(
+            f"model '{spec['name']}': invalid arguments ({str(err).splitlines()[0][:200]})"
+        ) from None
 
 
-__all__ = ["NETWORKS", "build_network", "check_plain", "effective_args", "name_of_target", "network_spec", "spec_from_checkpoint"]
+__all__ = [
+    "NETWORKS",
+    "build_network",
+    "check_plain",
+    "effective_args",
+    "name_of_target",
+    "network_spec",
+    "spec_from_checkpoint",
+]

@@ -48,8 +48,9 @@ class Bottleneck(nn.Module):
         out_channels = width * EXPANSION
         self.conv1 = nn.Conv2d(in_channels, width, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, kernel_size=3, stride=stride, padding=dilation, dilation=dilation,
-                               bias=False)
+        self.conv2 = nn.Conv2d(
+            width, width, kernel_size=3, stride=stride, padding=dilation, dilation=dilation, bias=False
+        )
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, out_channels, kernel_size=1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
@@ -85,7 +86,9 @@ class ResNet(nn.Module):
     block weight 0, so that each residual block starts as the identity (trains from scratch more easily).
     """
 
-    def __init__(self, in_channels: int = 3, blocks: Sequence[int] = RESNET50_BLOCKS, output_stride: int = 8) -> None:
+    def __init__(
+        self, in_channels: int = 3, blocks: Sequence[int] = RESNET50_BLOCKS, output_stride: int = 8
+    ) -> None:
         super().__init__()
         if output_stride not in OUTPUT_STRIDES:
             raise UnosatError(f"ResNet output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")

@@ -30,20 +30,32 @@ class TileClassifier(nn.Module):
     #: tells ``train.py`` which LightningModule trains it, and ``predict.py`` what it is
     task = "tile_classification"
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 2, num_stages: int = 7, dropout: float = 0.2,
-                 window_px: int | None = None):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 2,
+        num_stages: int = 7,
+        dropout: float = 0.2,
+        window_px: int | None = None,
+    ):
         super().__init__()
         if num_classes != 2:
-            raise UnosatError(f"the tile classifier predicts building / no building: num_classes must be 2, got {num_classes}")
+            raise UnosatError(
+                f"the tile classifier predicts building / no building: num_classes must be 2, got {num_classes}"
+            )
         encoder = MobileNetV2Encoder(in_channels)
         if not 1 <= num_stages <= len(encoder.stages):
-            raise UnosatError(f"tile classifier: num_stages must be in 1..{len(encoder.stages)}, got {num_stages}")
+            raise UnosatError(
+                f"tile classifier: num_stages must be in 1..{len(encoder.stages)}, got {num_stages}"
+            )
         self.stem = encoder.stem
         self.stages = nn.ModuleList(list(encoder.stages)[:num_stages])
         channels = encoder.stage_channels[num_stages]
         self.in_channels = in_channels
         if window_px is not None and window_px < 32:
-            raise UnosatError(f"tile classifier: window_px must be at least 32 (the encoder's stride), got {window_px}")
+            raise UnosatError(
+                f"tile classifier: window_px must be at least 32 (the encoder's stride), got {window_px}"
+            )
         self.window_px = None if window_px is None else int(window_px)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * channels, 1))
         init_reference_(self.head)

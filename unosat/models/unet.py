@@ -20,8 +20,9 @@ A DoubleConv is (3x3 conv without bias, BatchNorm, ReLU) twice. Upsampling is bi
 (``align_corners=False``) to the exact size of the skip feature, not a transposed convolution: it has no
 parameters, cannot print the checkerboard pattern a stride-2 transposed convolution leaves at the 1-pixel scale
 the buildings live at, and works for any input size (a max pooling of an odd side rounds down; the upsampling
-goes back to the skip's side; pooling rounds odd sides up). :attr:`UNet.size_divisor` = 2^(D-1) (16 by default) is the side multiple at
-which every level is exactly half the previous one; other sizes work too and still give (H, W) logits.
+goes back to the skip's side; pooling rounds odd sides up). :attr:`UNet.size_divisor` = 2^(D-1) (16 by default)
+is the side multiple at which every level is exactly half the previous one; other sizes work too and still give
+(H, W) logits.
 
 Parameters for 3 bands, 2 classes and the default widths: 1,964,114 (encoder 1,179,760, decoder 784,320,
 classifier 34); ``tests/test_models_unet.py`` derives them from the table above.
@@ -82,15 +83,20 @@ class UNet(nn.Module):
         encoder, decoder (``nn.ModuleList``), classifier.
     """
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 2, widths: Sequence[int] = DEFAULT_WIDTHS) -> None:
+    def __init__(
+        self, in_channels: int = 3, num_classes: int = 2, widths: Sequence[int] = DEFAULT_WIDTHS
+    ) -> None:
         super().__init__()
         widths = tuple(int(w) for w in widths)
         if in_channels is None or in_channels < 1 or num_classes < 1:
-            raise UnosatError(f"model needs at least one input band and one class, got in_channels={in_channels}, "
-                              f"num_classes={num_classes}")
+            raise UnosatError(
+                f"model needs at least one input band and one class, got in_channels={in_channels}, "
+                f"num_classes={num_classes}"
+            )
         if len(widths) < 2 or min(widths) < 1:
-            raise UnosatError(f"model widths must be at least 2 positive channel counts (one per level), got "
-                              f"{list(widths)}")
+            raise UnosatError(
+                f"model widths must be at least 2 positive channel counts (one per level), got {list(widths)}"
+            )
         self.in_channels = int(in_channels)
         self.num_classes = int(num_classes)
         self.widths = widths
@@ -100,8 +106,7 @@ class UNet(nn.Module):
             DoubleConv(self.in_channels if k == 0 else widths[k - 1], w) for k, w in enumerate(widths)
         )
         self.decoder = nn.ModuleList(
-            UpBlock(widths[k + 1], widths[k], widths[k])
-            for k in reversed(range(len(widths) - 1))
+            UpBlock(widths[k + 1], widths[k], widths[k]) for k in reversed(range(len(widths) - 1))
         )
         self.classifier = nn.Conv2d(widths[0], self.num_classes, kernel_size=1, bias=True)
         self.reset_parameters()

@@ -52,8 +52,13 @@ class Runtime:
 
     def describe(self) -> dict:
         precision = type(self.fabric.strategy.precision).__name__ if self.fabric is not None else "Precision"
-        return {"device": str(self.device), "world_size": self.world_size, "precision_plugin": precision,
-                "channels_last": self.channels_last, "torch_threads": torch.get_num_threads()}
+        return {
+            "device": str(self.device),
+            "world_size": self.world_size,
+            "precision_plugin": precision,
+            "channels_last": self.channels_last,
+            "torch_threads": torch.get_num_threads(),
+        }
 
     # ----------------------------------------------------------------- tensors
     def prepare_module(self, net: nn.Module) -> nn.Module:

@@ -62,9 +62,13 @@ class LoadedModel:
         return getattr(self.net, "task", "segmentation")
 
     def identity(self) -> dict:
-        return {"checkpoint": str(self.path) if self.path else self.name, "sha256": self.sha256,
-                "model": describe_model(self.model or {}), "recipe": self.recipe.to_dict(),
-                "normalization": {k: v for k, v in self.normalization.to_dict().items() if k != "source"}}
+        return {
+            "checkpoint": str(self.path) if self.path else self.name,
+            "sha256": self.sha256,
+            "model": describe_model(self.model or {}),
+            "recipe": self.recipe.to_dict(),
+            "normalization": {k: v for k, v in self.normalization.to_dict().items() if k != "source"},
+        }
 
 
 def file_sha256(path: Path) -> str:
@@ -91,33 +95,50 @@ def load_model(path: Path | str, onnx_options=None) -> LoadedModel:
     checkpoint = load_checkpoint(path)
     data = checkpoint["unosat"].get("data") or {}
     if "recipe" not in data or "normalization" not in data:
-        raise UnosatError(f"{path}: the checkpoint records no band recipe or normalisation (unosat.data); it was "
-                          "not made by train.py")
+        raise UnosatError(
+            f"{path}: the checkpoint records no band recipe or normalisation (unosat.data); it was "
+            "not made by train.py"
+        )
     recipe = BandRecipe.from_dict(data["recipe"])
     normalization = Normalization.from_dict(data["normalization"])
     if normalization.count != recipe.count:
-        raise UnosatError(f"{path}: normalisation has {normalization.count} bands but recipe '{recipe.name}' has "
-                          f"{recipe.count}")
+        raise UnosatError(
+            f"{path}: normalisation has {normalization.count} bands but recipe '{recipe.name}' has "
+            f"{recipe.count}"
+        )
     classes = class_names(data.get("classes"), f"{path}: classes")  # None (older checkpoints): the default
     cfg = model_config(checkpoint, path)
     in_channels = cfg["args"].get("in_channels")
     if in_channels is not None and int(in_channels) != recipe.count:
-        raise UnosatError(f"{path}: the network takes {in_channels} bands but its recipe '{recipe.name}' has "
-                          f"{recipe.count}")
+        raise UnosatError(
+            f"{path}: the network takes {in_channels} bands but its recipe '{recipe.name}' has {recipe.count}"
+        )
     raw_input = data.get("raw_input")
     if raw_input is not None and not isinstance(raw_input, dict):
         raise UnosatError(f"{path}: malformed raw-input settings in the checkpoint's data recipe")
     raw_input = RawInput.from_dict(raw_input) if raw_input is not None else None
     net = build_model(checkpoint, path)
-    return LoadedModel(path.name, net, recipe, normalization, path.resolve(), file_sha256(path), cfg,
-                       {k: v for k, v in checkpoint["unosat"].items() if k != "config"}, raw_input, classes)
+    return LoadedModel(
+        path.name,
+        net,
+        recipe,
+        normalization,
+        path.resolve(),
+        file_sha256(path),
+        cfg,
+        {k: v for k, v in checkpoint["unosat"].items() if k != "config"},
+        raw_input,
+        classes,
+    )
 
 
 #: ``input_mismatch`` values: what to do when predict-time raw-input settings differ from a checkpoint's
 INPUT_MISMATCH = ("refuse", "allow")
 
 
-def resolve_raw_input(models: Sequence[LoadedModel], discovery: DiscoveryConfig, mismatch: str = "refuse") -> RawInput:
+def resolve_raw_input(
+    models: Sequence[LoadedModel], discovery: DiscoveryConfig, mismatch: str = "refuse"
+) -> RawInput:
     """The raw-input settings (units, nodata) to read raw scenes with.
 
     ``discovery.units`` / ``nodata_values`` / ``file_nodata`` left unset (null) come from the checkpoints'
@@ -130,12 +151,18 @@ def resolve_raw_input(models: Sequence[LoadedModel], discovery: DiscoveryConfig,
         raise UnosatError(f"input_mismatch must be one of {list(INPUT_MISMATCH)}, got '{mismatch}'")
     recorded = [(m, m.raw_input) for m in models if m.raw_input is not None]
     distinct = list(dict.fromkeys(r for _, r in recorded))
-    explicit = discovery.units is not None and discovery.nodata_values is not None and discovery.file_nodata is not None
+    explicit = (
+        discovery.units is not None
+        and discovery.nodata_values is not None
+        and discovery.file_nodata is not None
+    )
     if len(distinct) > 1 and not explicit:
         listing = "; ".join(f"{m.path or m.name}: {r.to_dict()}" for m, r in recorded)
-        raise UnosatError(f"the checkpoints were trained on raw inputs read with different settings ({listing}); set "
-                          "discovery.units, discovery.nodata_values and discovery.file_nodata for these scenes, and "
-                          "input_mismatch=allow")
+        raise UnosatError(
+            f"the checkpoints were trained on raw inputs read with different settings ({listing}); set "
+            "discovery.units, discovery.nodata_values and discovery.file_nodata for these scenes, and "
+            "input_mismatch=allow"
+        )
     raw = discovery.raw_input(distinct[0] if distinct else None)
     if mismatch == "refuse":
         check_raw_input(models, raw, "predict.py's discovery settings")
@@ -202,8 +229,10 @@ class Ensemble:
             raise UnosatError("no checkpoint to predict with")
         for m in models:
             if m.task != "segmentation":
-                raise UnosatError(f"checkpoint {m.path or m.name} is a {m.task.replace('_', ' ')} model, not a "
-                                  "segmentation model: pass it as gate.ckpt, and a segmentation checkpoint as ckpt")
+                raise UnosatError(
+                    f"checkpoint {m.path or m.name} is a {m.task.replace('_', ' ')} model, not a "
+                    "segmentation model: pass it as gate.ckpt, and a segmentation checkpoint as ckpt"
+                )
         self.models = list(models)
         self.runtime = runtime
         self.transforms: tuple[D4Transform, ...] = tta_transforms(tta)
@@ -230,8 +259,10 @@ class Ensemble:
         self.forward_calls += 1
         out = forward_padded(net, x)
         if out.shape[-2:] != x.shape[-2:] or out.ndim != 4 or out.shape[1] != len(CLASS_NAMES):
-            raise UnosatError(f"{name}: the network maps {tuple(x.shape)} inputs to {tuple(out.shape)} logits; "
-                              f"expected (N, {len(CLASS_NAMES)}, {x.shape[-2]}, {x.shape[-1]})")
+            raise UnosatError(
+                f"{name}: the network maps {tuple(x.shape)} inputs to {tuple(out.shape)} logits; "
+                f"expected (N, {len(CLASS_NAMES)}, {x.shape[-2]}, {x.shape[-1]})"
+            )
         if getattr(net, "returns_probabilities", False):  # an exported graph ends in the softmax
             return out[:, TARGET]
         return torch.softmax(out, dim=1)[:, TARGET]
@@ -243,7 +274,10 @@ class Ensemble:
         with self.runtime.forward_context():
             tensors = [self.runtime.to_input(a) for a in inputs]
             for net, m, g in zip(self.nets, self.models, self.group_of):
-                p = tta_average(lambda t, net=net, m=m: self._building_probability(net, m.name, t), tensors[g],
-                                self.transforms)
+                p = tta_average(
+                    lambda t, net=net, m=m: self._building_probability(net, m.name, t),
+                    tensors[g],
+                    self.transforms,
+                )
                 total = p if total is None else total + p
         return (total / len(self.models)).float().cpu().numpy()

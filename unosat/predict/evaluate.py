@@ -51,20 +51,37 @@ log = logging.getLogger(__name__)
 #: rows of the prediction read at a time
 EVAL_BLOCK_ROWS = 1024
 
+
 def count_keys(class_names: Sequence[str] = CLASS_NAMES) -> tuple[str, ...]:
     """The keys of an evaluation's ``counts`` (``true_<target>_pixels``: ``true_building_pixels`` by default)."""
     target = class_names[TARGET]
-    return ("valid_pixels", "nodata_pixels", f"true_{target}_pixels", f"predicted_{target}_pixels",
-            "true_polygons", "true_polygons_evaluated", "true_polygons_in_nodata", "predicted_polygons")
+    return (
+        "valid_pixels",
+        "nodata_pixels",
+        f"true_{target}_pixels",
+        f"predicted_{target}_pixels",
+        "true_polygons",
+        "true_polygons_evaluated",
+        "true_polygons_in_nodata",
+        "predicted_polygons",
+    )
 
 
 #: the count keys of the default classes
 COUNT_KEYS = count_keys()
 
 
-def evaluate_city(pred_mask_path, pred_polygons_path, label_path, all_touched: bool = True,
-                  iou_threshold: float = 0.5, *, block_rows: int = EVAL_BLOCK_ROWS,
-                  labels: LabelsConfig | None = None, class_names: Sequence[str] = CLASS_NAMES) -> dict:
+def evaluate_city(
+    pred_mask_path,
+    pred_polygons_path,
+    label_path,
+    all_touched: bool = True,
+    iou_threshold: float = 0.5,
+    *,
+    block_rows: int = EVAL_BLOCK_ROWS,
+    labels: LabelsConfig | None = None,
+    class_names: Sequence[str] = CLASS_NAMES,
+) -> dict:
     """Pixel and object scores of one city (or scene) prediction; a JSON-ready dict.
 
     Args:
@@ -87,17 +104,25 @@ def evaluate_city(pred_mask_path, pred_polygons_path, label_path, all_touched: b
     ``building`` by default). A missing, unreadable or CRS-less label
     or polygon file raises :class:`UnosatError` naming it.
     """
-    pred_mask_path, pred_polygons_path, label_path = Path(pred_mask_path), Path(pred_polygons_path), Path(label_path)
+    pred_mask_path, pred_polygons_path, label_path = (
+        Path(pred_mask_path),
+        Path(pred_polygons_path),
+        Path(label_path),
+    )
     with gdal_env(), open_raster(pred_mask_path) as src:
         grid = Grid.of(src)
         if grid.crs is None:
-            raise UnosatError(f"{pred_mask_path}: the prediction has no CRS, it cannot be compared with labels")
+            raise UnosatError(
+                f"{pred_mask_path}: the prediction has no CRS, it cannot be compared with labels"
+            )
         with label_reader(label_path, grid, labels, all_touched, pred_mask_path.stem) as burner:
             confusion = pixel_confusion(src, burner, block_rows)
             if isinstance(burner, VectorBurner):
                 true_geoms = burner.geoms
             else:
-                true_geoms = _polygons(polygonize_strips(_BurntLabels(burner, label_path), TARGET, block_rows))
+                true_geoms = _polygons(
+                    polygonize_strips(_BurntLabels(burner, label_path), TARGET, block_rows)
+                )
             perfect = _polygons(polygonize_strips(_BurntLabels(burner, label_path, src), TARGET, block_rows))
         nodata = _polygons(polygonize_strips(src, IGNORE_INDEX, block_rows))
 
@@ -107,11 +132,21 @@ def evaluate_city(pred_mask_path, pred_polygons_path, label_path, all_touched: b
     ceiling = match_polygons(perfect, truth, iou_threshold)
     valid = int(confusion.sum())
     if valid == 0:
-        log.warning("evaluation: %s has no valid pixel (nodata everywhere): its pixel scores are undefined (null)",
-                    pred_mask_path)
+        log.warning(
+            "evaluation: %s has no valid pixel (nodata everywhere): its pixel scores are undefined (null)",
+            pred_mask_path,
+        )
     class_names = class_names_checked(class_names)
-    counts = (valid, grid.width * grid.height - valid, int(confusion[TARGET].sum()), int(confusion[:, TARGET].sum()),
-              in_scene, len(truth), in_nodata, len(pred))
+    counts = (
+        valid,
+        grid.width * grid.height - valid,
+        int(confusion[TARGET].sum()),
+        int(confusion[:, TARGET].sum()),
+        in_scene,
+        len(truth),
+        in_nodata,
+        len(pred),
+    )
     return {
         "pixel": {"confusion": confusion.tolist(), **scores_from_confusion(confusion, class_names)},
         "object": object_scores(match.tp, match.fp, match.fn),
@@ -119,13 +154,18 @@ def evaluate_city(pred_mask_path, pred_polygons_path, label_path, all_touched: b
         "counts": dict(zip(count_keys(class_names), counts, strict=True)),
         "classes": list(class_names),
         "settings": {"all_touched": bool(all_touched), "iou_threshold": float(iou_threshold)},
-        "files": {"mask": str(pred_mask_path), "polygons": str(pred_polygons_path), "labels": str(label_path),
-                  "labels_source": labels.source if labels is not None else "vector"},
+        "files": {
+            "mask": str(pred_mask_path),
+            "polygons": str(pred_polygons_path),
+            "labels": str(label_path),
+            "labels_source": labels.source if labels is not None else "vector",
+        },
     }
 
 
-def label_reader(label_path: Path, grid: Grid, labels: LabelsConfig | None, all_touched: bool,
-                 name: str) -> VectorBurner | RasterAligner:
+def label_reader(
+    label_path: Path, grid: Grid, labels: LabelsConfig | None, all_touched: bool, name: str
+) -> VectorBurner | RasterAligner:
     """What burns the truth on ``grid``: polygons (vector labels) or a label raster aligned to the grid."""
     source = labels.source if labels is not None else "vector"
     if source == "vector":
@@ -162,8 +202,10 @@ def pixel_confusion(src, burner: VectorBurner | RasterAligner, block_rows: int) 
         pred = read_window(src, window, 1)
         valid = pred != IGNORE_INDEX
         if (pred[valid] > TARGET).any():
-            raise UnosatError(f"{src.name}: a prediction mask holds 0, 1 and 255 only; found "
-                              f"{sorted(set(np.unique(pred[valid]).tolist()) - {0, 1})[:5]}")
+            raise UnosatError(
+                f"{src.name}: a prediction mask holds 0, 1 and 255 only; found "
+                f"{sorted(set(np.unique(pred[valid]).tolist()) - {0, 1})[:5]}"
+            )
         target = np.where(valid, burner.burn(window), IGNORE_INDEX)
         total += confusion_matrix(target, pred, len(CLASS_NAMES), IGNORE_INDEX)
     return total
@@ -221,7 +263,9 @@ def evaluation_report(per_city: dict[str, dict]) -> dict:
     overall = {
         "pixel": {"confusion": confusion.tolist(), **scores_from_confusion(confusion, class_names)},
         "object": _summed_objects(per_city.values(), "object"),
-        "counts": {k: sum(int(city["counts"][k]) for city in per_city.values()) for k in count_keys(class_names)},
+        "counts": {
+            k: sum(int(city["counts"][k]) for city in per_city.values()) for k in count_keys(class_names)
+        },
         "settings": next(iter(settings.values())),
         "classes": list(class_names),
         "n_cities": len(per_city),
@@ -231,8 +275,11 @@ def evaluation_report(per_city: dict[str, dict]) -> dict:
     undefined: list[str] = []
     report = json_safe({"overall": overall, "cities": dict(per_city)}, "", undefined)
     if undefined:
-        log.warning("evaluation: %d score(s) are undefined (a ratio of zero counts) and written as null: %s",
-                    len(undefined), ", ".join(undefined[:8]) + (" ..." if len(undefined) > 8 else ""))
+        log.warning(
+            "evaluation: %d score(s) are undefined (a ratio of zero counts) and written as null: %s",
+            len(undefined),
+            ", ".join(undefined[:8]) + (" ..." if len(undefined) > 8 else ""),
+        )
     return report
 
 
@@ -260,17 +307,36 @@ def evaluation_table(report: dict) -> str:
     precision, recall, F1 of the target class (``building`` by default) and object-level precision, recall, F1
     (counts of matches)."""
     target = (report["overall"].get("classes") or CLASS_NAMES)[TARGET]
-    header = ("", "pixel IoU", "pixel P", "pixel R", "pixel F1", "object P", "object R", "object F1", "TP/FP/FN")
+    header = (
+        "",
+        "pixel IoU",
+        "pixel P",
+        "pixel R",
+        "pixel F1",
+        "object P",
+        "object R",
+        "object F1",
+        "TP/FP/FN",
+    )
     rows = [(name, score) for name, score in report["cities"].items()] + [("overall", report["overall"])]
     width = max(len(header[1]), *(len(name) for name, _ in rows))
     lines = [f"{'':<{width}}  " + "  ".join(f"{h:>9}" for h in header[1:-1]) + f"  {header[-1]}"]
     for name, score in rows:
         px, ob = score["pixel"], score["object"]
-        values = (px[f"iou_{target}"], px[f"precision_{target}"], px[f"recall_{target}"], px[f"f1_{target}"],
-                  ob["precision"], ob["recall"], ob["f1"])
+        values = (
+            px[f"iou_{target}"],
+            px[f"precision_{target}"],
+            px[f"recall_{target}"],
+            px[f"f1_{target}"],
+            ob["precision"],
+            ob["recall"],
+            ob["f1"],
+        )
         cells = (f"{v:>9.4f}" if v is not None else f"{'n/a':>9}" for v in values)  # None: undefined (0/0)
         lines.append(f"{name:<{width}}  " + "  ".join(cells) + f"  {ob['tp']}/{ob['fp']}/{ob['fn']}")
     ceiling = report["overall"].get("object_ceiling")
     if ceiling is not None and ceiling["f1"] is not None:
-        lines.append(f"object F1 of a perfect per-pixel prediction (the labels burnt on this grid): {ceiling['f1']:.4f}")
+        lines.append(
+            f"object F1 of a perfect per-pixel prediction (the labels burnt on this grid): {ceiling['f1']:.4f}"
+        )
     return "\n".join(lines)

@@ -40,7 +40,9 @@ def window_cells(x: np.ndarray, cell: int | None) -> np.ndarray:
     if cell is None:
         return x[:, None]
     h, w = min(cell, x.shape[2]), min(cell, x.shape[3])
-    cells = [x[:, :, r:r + h, c:c + w] for r in cell_starts(x.shape[2], h) for c in cell_starts(x.shape[3], w)]
+    cells = [
+        x[:, :, r : r + h, c : c + w] for r in cell_starts(x.shape[2], h) for c in cell_starts(x.shape[3], w)
+    ]
     return np.stack(cells, axis=1)
 
 
@@ -60,8 +62,10 @@ class TileGate:
 
     def __post_init__(self):
         if self.model.task != "tile_classification":
-            raise UnosatError(f"gate.ckpt {self.model.path or self.model.name} is a {self.model.task} model, not a tile "
-                              "classifier (train one with python train.py model=tile_classifier)")
+            raise UnosatError(
+                f"gate.ckpt {self.model.path or self.model.name} is a {self.model.task} model, not a tile "
+                "classifier (train one with python train.py model=tile_classifier)"
+            )
         if not 0.0 <= self.threshold <= 1.0:
             raise UnosatError(f"gate.threshold must be in [0, 1], got {self.threshold}")
         self.net = self.runtime.prepare_module(self.model.net)
@@ -69,14 +73,20 @@ class TileGate:
     @classmethod
     def attach(cls, model: LoadedModel, threshold: float, ensemble: Ensemble) -> TileGate:
         """A gate reading windows normalised for its own recipe (registered with the ensemble's inputs)."""
-        return cls(model, threshold, ensemble.runtime, ensemble.input_group(model.recipe, model.normalization))
+        return cls(
+            model, threshold, ensemble.runtime, ensemble.input_group(model.recipe, model.normalization)
+        )
 
     def __call__(self, batch: WindowBatch) -> np.ndarray:
         cells = window_cells(batch.inputs[self.group], getattr(self.model.net, "window_px", None))
         n, k = cells.shape[:2]
         with self.runtime.forward_context():
             logits = self.net(self.runtime.to_input(cells.reshape(n * k, *cells.shape[2:])))
-        p = logits.float() if getattr(self.net, "returns_probabilities", False) else torch.sigmoid(logits.float())
+        p = (
+            logits.float()
+            if getattr(self.net, "returns_probabilities", False)
+            else torch.sigmoid(logits.float())
+        )
         p = p.reshape(n, k).amax(dim=1).cpu().numpy()
         self.probabilities.extend(p.tolist())
         return p < self.threshold

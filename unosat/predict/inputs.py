@@ -33,9 +33,9 @@ class InputScene:
     """One acquisition to predict.
 
     ``kind`` is ``raw`` (``scene.sources`` give the VH and VV files, read in ``raw.units`` with the nodata
-    values ``vh_nodata`` / ``vv_nodata``: the raw-input settings plus each file's own tag) or ``prepared`` (``bands_path`` is the band stack, whose
-    recipe is ``recipe``). ``label_dirs`` are where the city's label vectors are looked for (the raw
-    directory).
+    values ``vh_nodata`` / ``vv_nodata``: the raw-input settings plus each file's own tag) or ``prepared``
+    (``bands_path`` is the band stack, whose recipe is ``recipe``). ``label_dirs`` are where the city's label
+    vectors are looked for (the raw directory).
     """
 
     scene: Scene
@@ -59,9 +59,19 @@ class InputScene:
     def identity(self) -> dict:
         """What identifies the pixels read (file names and sizes, band recipe or nodata rules)."""
         if self.kind == "prepared":
-            return {"kind": "prepared", "bands": file_identity(self.bands_path), "recipe": self.recipe.to_dict()}
-        return {"kind": "raw", "units": self.raw.units, "nodata": {"vh": list(self.vh_nodata), "vv": list(self.vv_nodata)},
-                "sources": {pol: {**file_identity(p), "band": b} for pol, (p, b) in sorted(self.scene.sources.items())}}
+            return {
+                "kind": "prepared",
+                "bands": file_identity(self.bands_path),
+                "recipe": self.recipe.to_dict(),
+            }
+        return {
+            "kind": "raw",
+            "units": self.raw.units,
+            "nodata": {"vh": list(self.vh_nodata), "vv": list(self.vv_nodata)},
+            "sources": {
+                pol: {**file_identity(p), "band": b} for pol, (p, b) in sorted(self.scene.sources.items())
+            },
+        }
 
     def quicklook_source(self) -> tuple[Path, int, str]:
         """``(path, band, units)`` of the VV backscatter, for quicklooks."""
@@ -81,7 +91,10 @@ class InputScene:
                 src = stack.enter_context(open_raster(self.bands_path))
                 yield PreparedReader(self, src)
             else:
-                srcs = {pol: stack.enter_context(open_raster(path)) for pol, (path, _) in self.scene.sources.items()}
+                srcs = {
+                    pol: stack.enter_context(open_raster(path))
+                    for pol, (path, _) in self.scene.sources.items()
+                }
                 yield RawReader(self, srcs)
 
 
@@ -117,8 +130,9 @@ class _RawBlock(PixelBlock):
     def bands(self, recipe: BandRecipe) -> np.ndarray:
         # only the polarisations the recipe needs: the same stack (and nodata) as prepare.py makes
         vh, vv = (a if p in recipe.needs() else None for p, a in (("vh", self.vh), ("vv", self.vv)))
-        stack, _, _ = polarisations_to_stack(vh, vv, recipe, self.scene.vh_nodata, self.scene.raw.units,
-                                             self.scene.vv_nodata)
+        stack, _, _ = polarisations_to_stack(
+            vh, vv, recipe, self.scene.vh_nodata, self.scene.raw.units, self.scene.vv_nodata
+        )
         return stack
 
     def take(self, rows: np.ndarray, cols: np.ndarray) -> PixelBlock:
@@ -155,8 +169,10 @@ class _PreparedBlock(PixelBlock):
             vh, vv = self.scene.recipe.polarisations(self.stack)
             return recipe.compute(vh, vv)
         if differ:
-            raise UnosatError(f"{self.scene.bands_path}: holds bands of recipe '{self.scene.recipe.name}', not "
-                              f"'{recipe.name}' ({'; '.join(differ)})")
+            raise UnosatError(
+                f"{self.scene.bands_path}: holds bands of recipe '{self.scene.recipe.name}', not "
+                f"'{recipe.name}' ({'; '.join(differ)})"
+            )
         return self.stack
 
     def take(self, rows: np.ndarray, cols: np.ndarray) -> PixelBlock:
@@ -183,8 +199,10 @@ class ArrayReader(SceneReader):
 
         stack = np.asarray(stack, dtype=np.float32)
         if stack.ndim != 3 or stack.shape[0] != recipe.count:
-            raise UnosatError(f"ArrayReader: expected a ({recipe.count}, rows, cols) stack for recipe "
-                              f"'{recipe.name}', got shape {stack.shape}")
+            raise UnosatError(
+                f"ArrayReader: expected a ({recipe.count}, rows, cols) stack for recipe "
+                f"'{recipe.name}', got shape {stack.shape}"
+            )
         grid = grid or Grid(None, Affine.identity(), stack.shape[2], stack.shape[1])
         scene = Scene("array", "00AAA", "00000000", None, None, {})
         super().__init__(InputScene(scene, "prepared", grid, recipe=recipe))
@@ -208,7 +226,11 @@ class Selection:
     fold: int | None = None
 
     def to_dict(self) -> dict:
-        return {"cities": list(self.cities) if self.cities is not None else None, "split": self.split, "fold": self.fold}
+        return {
+            "cities": list(self.cities) if self.cities is not None else None,
+            "split": self.split,
+            "fold": self.fold,
+        }
 
 
 def input_kind(path: Path) -> str:
@@ -216,8 +238,9 @@ def input_kind(path: Path) -> str:
     return "prepared" if PreparedDataset(path).exists() else "raw"
 
 
-def find_inputs(input_dir: Path | str, selection: Selection, discovery: DiscoveryConfig,
-                raw: RawInput | None = None) -> tuple[str, list[InputScene]]:
+def find_inputs(
+    input_dir: Path | str, selection: Selection, discovery: DiscoveryConfig, raw: RawInput | None = None
+) -> tuple[str, list[InputScene]]:
     """``(kind, scenes)`` to predict under ``input_dir``, sorted by city then scene id.
 
     Raw scenes are read with the raw-input settings ``raw`` (default: ``discovery``'s), their files' values
@@ -233,8 +256,10 @@ def find_inputs(input_dir: Path | str, selection: Selection, discovery: Discover
         scenes = _prepared_scenes(PreparedDataset(input_dir), selection)
     else:
         if selection.split is not None or selection.fold is not None:
-            raise UnosatError(f"dataset_split/fold select scenes of a prepared dataset; {input_dir} holds raw scenes "
-                              "(no dataset.json): use cities=[...] instead")
+            raise UnosatError(
+                f"dataset_split/fold select scenes of a prepared dataset; {input_dir} holds raw scenes "
+                "(no dataset.json): use cities=[...] instead"
+            )
         found = discover_scenes(input_dir, discovery)
         chosen = _select_cities(found, selection.cities, input_dir)
         raw = raw or discovery.raw_input()
@@ -243,8 +268,17 @@ def find_inputs(input_dir: Path | str, selection: Selection, discovery: Discover
             grid = scene_grid(s)
             check_scene_units(s, raw, discovery.units_check)
             vh_nodata, vv_nodata = scene_nodata(s, raw)
-            scenes.append(InputScene(s, "raw", grid, raw=raw, vh_nodata=vh_nodata, vv_nodata=vv_nodata,
-                                     label_dirs=(input_dir.resolve(),)))
+            scenes.append(
+                InputScene(
+                    s,
+                    "raw",
+                    grid,
+                    raw=raw,
+                    vh_nodata=vh_nodata,
+                    vv_nodata=vv_nodata,
+                    label_dirs=(input_dir.resolve(),),
+                )
+            )
     return kind, scenes
 
 
@@ -255,7 +289,9 @@ def _select_cities(scenes: Sequence[Scene], cities: Sequence[str] | None, where:
     chosen = [s for s in scenes if s.city in wanted]
     if not chosen:
         have = sorted({s.city for s in scenes})
-        raise UnosatError(f"no scene of cities {wanted} in {where}; it holds {have} (cities=null predicts all)")
+        raise UnosatError(
+            f"no scene of cities {wanted} in {where}; it holds {have} (cities=null predicts all)"
+        )
     return chosen
 
 
@@ -276,24 +312,46 @@ def _prepared_scenes(dataset: PreparedDataset, selection: Selection) -> list[Inp
         if selection.fold is not None:
             keep = keep[keep["fold"].astype(int) == int(selection.fold)]
         if keep.empty:
-            have = sorted({(r.split, int(r.fold)) for r in stats[["split", "fold"]].drop_duplicates().itertuples()})
-            raise UnosatError(f"{dataset.root}: no scene in split {selection.split!r} / fold {selection.fold!r}; "
-                              f"its (split, fold) pairs are {have}")
+            have = sorted(
+                {(r.split, int(r.fold)) for r in stats[["split", "fold"]].drop_duplicates().itertuples()}
+            )
+            raise UnosatError(
+                f"{dataset.root}: no scene in split {selection.split!r} / fold {selection.fold!r}; "
+                f"its (split, fold) pairs are {have}"
+            )
         table = table[table["scene_id"].isin(set(keep["scene_id"]))]
     scenes = []
     for rec in table.to_dict("records"):
-        scene = Scene(rec["city"], rec["mgrs"], rec["date"], rec["time"] or None, rec["pass"] or None,
-                      {p: (Path(rec[f"{p}_path"]), int(rec[f"{p}_band"])) for p in ("vh", "vv") if rec[f"{p}_path"]})
+        scene = Scene(
+            rec["city"],
+            rec["mgrs"],
+            rec["date"],
+            rec["time"] or None,
+            rec["pass"] or None,
+            {p: (Path(rec[f"{p}_path"]), int(rec[f"{p}_band"])) for p in ("vh", "vv") if rec[f"{p}_path"]},
+        )
         path = dataset.bands_path(rec["scene_id"])
         with open_raster(path) as src:
             grid = Grid.of(src)
             if src.count != recipe.count:
-                raise UnosatError(f"{path}: {src.count} bands, but {dataset.manifest_path} says recipe "
-                                  f"'{recipe.name}' has {recipe.count}")
-        scenes.append(InputScene(scene, "prepared", grid, bands_path=path, recipe=recipe,
-                                 raw=raw,
-                                 label_dirs=(raw_dir,) if str(raw_dir) else ()))
-    scenes = [s for s in scenes if s.scene.city in selection.cities] if selection.cities is not None else scenes
+                raise UnosatError(
+                    f"{path}: {src.count} bands, but {dataset.manifest_path} says recipe "
+                    f"'{recipe.name}' has {recipe.count}"
+                )
+        scenes.append(
+            InputScene(
+                scene,
+                "prepared",
+                grid,
+                bands_path=path,
+                recipe=recipe,
+                raw=raw,
+                label_dirs=(raw_dir,) if str(raw_dir) else (),
+            )
+        )
+    scenes = (
+        [s for s in scenes if s.scene.city in selection.cities] if selection.cities is not None else scenes
+    )
     if not scenes:
         cities = sorted(set(table["city"])) if not table.empty else []
         raise UnosatError(f"{dataset.root}: no scene matches {selection.to_dict()} (its cities: {cities})")

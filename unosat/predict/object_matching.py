@@ -80,7 +80,9 @@ def match_polygons(pred, truth, iou_threshold: float = 0.5) -> MatchResult:
             used_pred[a] = used_true[b] = True
             taken.append(k)
     taken = np.asarray(taken, dtype=np.int64)
-    return MatchResult(np.stack([i[taken], j[taken]], axis=1).reshape(-1, 2), iou[taken], len(pred), len(truth))
+    return MatchResult(
+        np.stack([i[taken], j[taken]], axis=1).reshape(-1, 2), iou[taken], len(pred), len(truth)
+    )
 
 
 def object_scores(tp: int, fp: int, fn: int) -> dict[str, float | int]:
@@ -88,5 +90,11 @@ def object_scores(tp: int, fp: int, fn: int) -> dict[str, float | int]:
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-    return {"tp": int(tp), "fp": int(fp), "fn": int(fn), "precision": float(precision), "recall": float(recall),
-            "f1": float(f1)}
+    return {
+        "tp": int(tp),
+        "fp": int(fp),
+        "fn": int(fn),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+    }

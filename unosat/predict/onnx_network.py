@@ -63,8 +63,10 @@ class OnnxOptions:
         wanted = [str(p) for p in self.providers]
         unknown = [p for p in wanted if p not in available]
         if unknown or not wanted:
-            raise UnosatError(f"onnxruntime.providers {wanted}: {unknown or 'none'} not available here "
-                              f"(available: {list(available)})")
+            raise UnosatError(
+                f"onnxruntime.providers {wanted}: {unknown or 'none'} not available here "
+                f"(available: {list(available)})"
+            )
         return wanted
 
 
@@ -128,11 +130,27 @@ def load_onnx_model(path: Path | str, options: OnnxOptions | None = None):
         first = (str(err).splitlines() or [type(err).__name__])[0][:200]
         raise UnosatError(f"{path}: not a readable ONNX model ({first})") from None
     meta = read_metadata(session.get_modelmeta().custom_metadata_map, str(path))
-    classes = class_names([meta["class_names"][k] for k in sorted(meta["class_names"], key=int)],
-                          f"{path}: class_names")
+    classes = class_names(
+        [meta["class_names"][k] for k in sorted(meta["class_names"], key=int)], f"{path}: class_names"
+    )
     units = meta["unosat_input"].get("units", "linear")
-    net = OnnxNetwork(session, str(meta["unosat_task"]), meta.get("unosat_window_px"),
-                      int(meta.get("unosat_size_divisor") or 1))
-    return LoadedModel(path.name, net, polarisation_recipe(units), PASS_THROUGH, path.resolve(), file_sha256(path),
-                       meta["unosat_model"], {"onnx": {k: v for k, v in meta.items() if k.startswith("unosat_")},
-                                              "providers": session.get_providers()}, classes=classes)
+    net = OnnxNetwork(
+        session,
+        str(meta["unosat_task"]),
+        meta.get("unosat_window_px"),
+        int(meta.get("unosat_size_divisor") or 1),
+    )
+    return LoadedModel(
+        path.name,
+        net,
+        polarisation_recipe(units),
+        PASS_THROUGH,
+        path.resolve(),
+        file_sha256(path),
+        meta["unosat_model"],
+        {
+            "onnx": {k: v for k, v in meta.items() if k.startswith("unosat_")},
+            "providers": session.get_providers(),
+        },
+        classes=classes,
+    )

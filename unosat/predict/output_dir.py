@@ -46,29 +46,43 @@ def check_output_dir(out_dir: Path, settings: dict, overwrite: bool) -> tuple[di
     if not manifest_path.is_file():
         entries = foreign_entries(out_dir)
         if entries and not overwrite:
-            raise UnosatError(f"output {out_dir} is not empty and holds no {MANIFEST}: it is not a unosat prediction "
-                              f"(it holds {sorted(entries)[:5]}); choose another output, or overwrite=true to write "
-                              "into it anyway")
+            raise UnosatError(
+                f"output {out_dir} is not empty and holds no {MANIFEST}: it is not a unosat prediction "
+                f"(it holds {sorted(entries)[:5]}); choose another output, or overwrite=true to write "
+                "into it anyway"
+            )
         return None, False
     try:
         previous = json.loads(manifest_path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         if overwrite:
             return None, False
-        raise UnosatError(f"{manifest_path}: unreadable ({err}); overwrite=true replaces the prediction") from None
+        raise UnosatError(
+            f"{manifest_path}: unreadable ({err}); overwrite=true replaces the prediction"
+        ) from None
     if not isinstance(previous, dict) or previous.get("format") != FORMAT:
         if overwrite:
             return None, False
-        raise UnosatError(f"{manifest_path} is not a unosat prediction manifest; overwrite=true to write into it anyway")
+        raise UnosatError(
+            f"{manifest_path} is not a unosat prediction manifest; overwrite=true to write into it anyway"
+        )
     old = previous.get("settings") or {}
     differ = differing_keys(old, settings)
     if differ and previous.get("status") == STATUS_FAILED:
-        log.warning("output %s holds a prediction that failed (%s) with other settings: this run replaces it", out_dir,
-                    previous.get("reason", "no reason recorded"))
+        log.warning(
+            "output %s holds a prediction that failed (%s) with other settings: this run replaces it",
+            out_dir,
+            previous.get("reason", "no reason recorded"),
+        )
         return None, True
     if not overwrite:
-        refuse_other_settings(manifest_path, "a prediction", old, settings,
-                              "choose another output, or overwrite=true to redo it")
+        refuse_other_settings(
+            manifest_path,
+            "a prediction",
+            old,
+            settings,
+            "choose another output, or overwrite=true to redo it",
+        )
     return (None if differ else previous), False
 
 
@@ -98,13 +112,26 @@ def record_failure(out_dir: Path, err: BaseException, state: dict) -> None:
                 previous = json.loads(manifest_path.read_text())
             except (OSError, json.JSONDecodeError):
                 return
-            if not isinstance(previous, dict) or previous.get("format") != FORMAT or previous.get("status") != STATUS_FAILED:
+            if (
+                not isinstance(previous, dict)
+                or previous.get("format") != FORMAT
+                or previous.get("status") != STATUS_FAILED
+            ):
                 return  # a finished or interrupted prediction, or not ours: left as it is
         elif foreign_entries(out_dir):
             return
-        manifest = {"format": FORMAT, "version": FORMAT_VERSION, "started": state.get("started"), "settings": None}
-    manifest = {**manifest, "status": STATUS_FAILED, "reason": failure_reason(err),
-                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        manifest = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "started": state.get("started"),
+            "settings": None,
+        }
+    manifest = {
+        **manifest,
+        "status": STATUS_FAILED,
+        "reason": failure_reason(err),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
     try:
         write_json_atomic(manifest_path, manifest)
     except OSError as write_error:

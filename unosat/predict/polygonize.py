@@ -142,7 +142,9 @@ def _object_array(items: Sequence) -> np.ndarray:
     return out
 
 
-def _strip_pieces(labels: np.ndarray, n: int, row_off: int, transform: Affine, in_pixels: np.ndarray) -> np.ndarray:
+def _strip_pieces(
+    labels: np.ndarray, n: int, row_off: int, transform: Affine, in_pixels: np.ndarray
+) -> np.ndarray:
     """Polygons of labels ``1..n`` of a strip starting at row ``row_off`` (object array, index ``i`` for
     label ``i + 1``): in pixel coordinates of the whole raster (x = column, y = row) where ``in_pixels[i]``,
     in map coordinates of ``transform`` elsewhere.
@@ -186,8 +188,11 @@ def _strip_pieces(labels: np.ndarray, n: int, row_off: int, transform: Affine, i
         if len(values) != int((~rect).sum()) or len(set(values)) != len(values):
             raise RuntimeError(f"polygonize returned {len(values)} polygons for {int((~rect).sum())} regions")
         counts = np.fromiter((len(r) for r in rings), dtype=np.int64, count=len(rings))
-        coords.append(np.fromiter(chain.from_iterable(chain.from_iterable(rings)), dtype=np.float64,
-                                  count=2 * int(counts.sum())).reshape(-1, 2))
+        coords.append(
+            np.fromiter(
+                chain.from_iterable(chain.from_iterable(rings)), dtype=np.float64, count=2 * int(counts.sum())
+            ).reshape(-1, 2)
+        )
         ring_counts.append(counts)
         owners = np.asarray(owners, dtype=np.int64)
         ring_labels.append(np.asarray(values, dtype=np.int64)[owners])
@@ -203,11 +208,11 @@ def _strip_pieces(labels: np.ndarray, n: int, row_off: int, transform: Affine, i
     polygons = shapely.polygons(linear, indices=ring_polygon)
     polygon_labels = np.zeros(len(polygons), dtype=np.int64)
     polygon_labels[ring_polygon] = ring_labels
-    traced_polygons = polygons[len(xs):]
+    traced_polygons = polygons[len(xs) :]
     invalid = ~shapely.is_valid(traced_polygons)
     if invalid.any():  # not seen from GDAL's polygonize, but unions need valid input
         traced_polygons[invalid] = shapely.make_valid(traced_polygons[invalid])
-        polygons[len(xs):] = traced_polygons
+        polygons[len(xs) :] = traced_polygons
     out[polygon_labels - 1] = polygons
     return out
 

@@ -40,8 +40,16 @@ RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
 DPI = 100
 
 
-def quicklook(image_path, band: int, units: str, out_png, predicted=None, truth=None, max_px: int = 1024,
-              title: str = "") -> None:
+def quicklook(
+    image_path,
+    band: int,
+    units: str,
+    out_png,
+    predicted=None,
+    truth=None,
+    max_px: int = 1024,
+    title: str = "",
+) -> None:
     """Write a quicklook PNG of band ``band`` (1-based) of ``image_path`` to ``out_png`` (atomically).
 
     Args:
@@ -96,8 +104,9 @@ def gray_rgb(shown: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def outline_pixels(source, grid: Grid, factor: int, shape: tuple[int, int], transform: Affine,
-                   is_truth: bool = False) -> np.ndarray:
+def outline_pixels(
+    source, grid: Grid, factor: int, shape: tuple[int, int], transform: Affine, is_truth: bool = False
+) -> np.ndarray:
     """Boolean ``shape`` array of the PNG pixels on the outline of ``source``'s buildings (see
     :func:`quicklook` for what ``source`` may be)."""
     if isinstance(source, str | Path) and Path(source).suffix.lower() in RASTER_SUFFIXES:
@@ -111,14 +120,18 @@ def outline_pixels(source, grid: Grid, factor: int, shape: tuple[int, int], tran
         series = source if source.crs is None or grid.crs is None else source.to_crs(grid.crs)
         geoms = np.asarray(series.values, dtype=object)
     elif isinstance(source, str | Path):
-        geoms = np.asarray((read_polygons if is_truth else read_vectorized)(source, grid.crs).values, dtype=object)
+        geoms = np.asarray(
+            (read_polygons if is_truth else read_vectorized)(source, grid.crs).values, dtype=object
+        )
     else:
         raise UnosatError(f"quicklook outlines: expected a path or a GeoSeries, got {type(source).__name__}")
     geoms = geoms[~shapely.is_missing(geoms)]
     lines = shapely.boundary(geoms[~shapely.is_empty(geoms)])
     if len(lines) == 0:
         return np.zeros(shape, dtype=bool)
-    burnt = rasterize(((g, 1) for g in lines), out_shape=shape, transform=transform, all_touched=True, dtype="uint8")
+    burnt = rasterize(
+        ((g, 1) for g in lines), out_shape=shape, transform=transform, all_touched=True, dtype="uint8"
+    )
     return burnt.astype(bool)
 
 
@@ -132,8 +145,12 @@ def save_png(rgb: np.ndarray, title: str, legend: str, path: Path) -> None:
     fig = Figure(figsize=(w / DPI, h / DPI), dpi=DPI)
     canvas = FigureCanvasAgg(fig)
     fig.figimage(rgb, xo=0, yo=0, origin="upper")
-    style = {"color": "white", "fontsize": float(np.clip(w / 90, 5, 11)), "ha": "left",
-             "bbox": {"facecolor": "black", "alpha": 0.55, "pad": 1.5, "edgecolor": "none"}}
+    style = {
+        "color": "white",
+        "fontsize": float(np.clip(w / 90, 5, 11)),
+        "ha": "left",
+        "bbox": {"facecolor": "black", "alpha": 0.55, "pad": 1.5, "edgecolor": "none"},
+    }
     if title:
         fig.text(3 / w, 1 - 3 / h, title, va="top", **style)
     if legend:

@@ -116,13 +116,21 @@ def predict(cfg: DictConfig, out_dir: Path, state: dict) -> dict | None:
 
     runtime = make_runtime(cfg.trainer, bool(cfg.channels_last))
     manifest = {
-        "format": FORMAT, "version": FORMAT_VERSION, "status": "running",
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "status": "running",
         "started": state.get("started") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "settings": settings_dict, "checkpoints": [m.identity() for m in models],
+        "settings": settings_dict,
+        "checkpoints": [m.identity() for m in models],
         "gate": gate_model.identity() | {"threshold": settings.gate_threshold} if gate_model else None,
-        "input": {"dir": str(input_dir.resolve()), "kind": kind, "selection": selection.to_dict(),
-                  "scenes": [s.scene_id for s in scenes]},
-        "runtime": runtime.describe(), "resumed": previous is not None,
+        "input": {
+            "dir": str(input_dir.resolve()),
+            "kind": kind,
+            "selection": selection.to_dict(),
+            "scenes": [s.scene_id for s in scenes],
+        },
+        "runtime": runtime.describe(),
+        "resumed": previous is not None,
     }
     if runtime.is_global_zero:
         start_output_dir(out_dir, manifest)
@@ -136,21 +144,33 @@ def predict(cfg: DictConfig, out_dir: Path, state: dict) -> dict | None:
         return None
 
     records = {r["scene_id"]: r for r in done}
-    manifest["scenes"] = [records.get(s.scene_id, {"scene_id": s.scene_id, "city": s.city, "skipped": True,
-                                                   **paths.scene_files(s.scene_id)}) for s in scenes]
+    manifest["scenes"] = [
+        records.get(
+            s.scene_id,
+            {"scene_id": s.scene_id, "city": s.city, "skipped": True, **paths.scene_files(s.scene_id)},
+        )
+        for s in scenes
+    ]
     t_products = time.perf_counter()
     products = make_products(cities, paths, params, settings)
     timings = {"scenes_s": seconds_scenes, "products_s": time.perf_counter() - t_products}
     if settings.evaluate:
         manifest["evaluation"] = evaluate_products(products, truth, paths, settings)
-        manifest["tracking"] = log_evaluation(manifest["evaluation"], out_dir / EVALUATION, models, settings.tracking,
-                                              out_dir)
+        manifest["tracking"] = log_evaluation(
+            manifest["evaluation"], out_dir / EVALUATION, models, settings.tracking, out_dir
+        )
     if settings.quicklooks:
         write_quicklooks(products, cities, paths, settings, truth)
     manifest["products"] = products
     complete_manifest(manifest, previous, timings, started, done, seconds_scenes)
     write_json_atomic(out_dir / MANIFEST, manifest)
-    log.info("prediction of %d scenes (%d computed) in %.1f s: %s", len(scenes), len(done), timings["total_s"], out_dir)
+    log.info(
+        "prediction of %d scenes (%d computed) in %.1f s: %s",
+        len(scenes),
+        len(done),
+        timings["total_s"],
+        out_dir,
+    )
     return manifest
 
 
@@ -158,7 +178,11 @@ def load_models(cfg: DictConfig, settings: Settings) -> tuple[list[LoadedModel],
     """The checkpoints (``ckpt``) and the tile gate's (``gate.ckpt``), loaded; ``settings`` takes their classes
     and the gate's hash."""
     checkpoints = resolve_checkpoints(cfg.get("ckpt"), Path(cfg.paths.log_dir).expanduser())
-    onnx_options = OnnxOptions(**OmegaConf.to_container(cfg.onnxruntime, resolve=True)) if cfg.get("onnxruntime") else None
+    onnx_options = (
+        OnnxOptions(**OmegaConf.to_container(cfg.onnxruntime, resolve=True))
+        if cfg.get("onnxruntime")
+        else None
+    )
     models = [load_model(p, onnx_options) for p in checkpoints]
     settings.resolve_classes(models)
     gate_model = load_model(settings.gate_ckpt, onnx_options) if settings.gate_ckpt is not None else None
@@ -167,7 +191,9 @@ def load_models(cfg: DictConfig, settings: Settings) -> tuple[list[LoadedModel],
     return models, gate_model
 
 
-def find_scenes(cfg: DictConfig, input_dir: Path, selection: Selection, all_models: list[LoadedModel]) -> tuple[str, list[InputScene]]:
+def find_scenes(
+    cfg: DictConfig, input_dir: Path, selection: Selection, all_models: list[LoadedModel]
+) -> tuple[str, list[InputScene]]:
     """``(kind, scenes)``: the selected scenes of ``input_dir`` (raw or prepared), checked against every
     model's band recipe and raw-input settings."""
     discovery = instantiate(cfg.discovery)
@@ -177,11 +203,15 @@ def find_scenes(cfg: DictConfig, input_dir: Path, selection: Selection, all_mode
     if kind == "raw":
         for scene in scenes:
             for m in all_models:
-                check_scene_polarisations(scene.scene, m.recipe, f"checkpoint {m.path or m.name}'s band recipe")
+                check_scene_polarisations(
+                    scene.scene, m.recipe, f"checkpoint {m.path or m.name}'s band recipe"
+                )
     if kind == "prepared":
         check_prepared_recipe(all_models, PreparedDataset(input_dir).recipe, input_dir)
         if mismatch == "refuse":
-            check_raw_input(all_models, PreparedDataset(input_dir).raw_input(), f"the prepared dataset {input_dir}")
+            check_raw_input(
+                all_models, PreparedDataset(input_dir).raw_input(), f"the prepared dataset {input_dir}"
+            )
     return kind, scenes
 
 
@@ -204,8 +234,14 @@ def check_city_products(cities: dict[str, list[InputScene]], settings: Settings)
         settings.vector_config()
 
 
-def complete_manifest(manifest: dict, previous: dict | None, timings: dict, started: float, done: list[dict],
-                      seconds_scenes: float) -> None:
+def complete_manifest(
+    manifest: dict,
+    previous: dict | None,
+    timings: dict,
+    started: float,
+    done: list[dict],
+    seconds_scenes: float,
+) -> None:
     """Mark ``manifest`` complete with its timings, keeping the records of earlier runs into the same directory
     that this run did not redo."""
     if previous is not None:  # the directory also holds what earlier runs predicted (e.g. other cities)
@@ -214,5 +250,6 @@ def complete_manifest(manifest: dict, previous: dict | None, timings: dict, star
     timings["total_s"] = time.perf_counter() - started
     pixels = sum(r.get("pixels", 0) for r in done)
     timings["megapixels_per_s"] = pixels / 1e6 / seconds_scenes if pixels and seconds_scenes > 0 else None
-    manifest.update(status="complete", timings=timings,
-                    finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    manifest.update(
+        status="complete", timings=timings, finished=datetime.now(timezone.utc).isoformat(timespec="seconds")
+    )

@@ -29,6 +29,7 @@ from unosat.predict.vectorize import VectorizeConfig
 
 log = logging.getLogger(__name__)
 
+
 def resolve_checkpoints(value, log_dir: Path) -> list[Path]:
     """``ckpt``: a path, a list of paths, or null (the best checkpoint of the latest segmentation training
     run)."""
@@ -52,8 +53,11 @@ def resolve_input(cfg: DictConfig) -> tuple[Path, Selection]:
     else:
         path = Path(str(cfg.input)).expanduser()
     fold = cfg.get("fold")
-    return path, Selection(tuple(cities) if cities is not None else None, cfg.get("dataset_split"),
-                           int(fold) if fold is not None else None)
+    return path, Selection(
+        tuple(cities) if cities is not None else None,
+        cfg.get("dataset_split"),
+        int(fold) if fold is not None else None,
+    )
 
 
 class Settings:
@@ -84,7 +88,9 @@ class Settings:
         gate = cfg.get("gate") or {}
         self.gate_ckpt = Path(str(gate.ckpt)).expanduser() if gate.get("ckpt") else None
         if self.gate_ckpt is not None and gate.get("threshold") is None:
-            raise UnosatError("gate.ckpt is set but gate.threshold is not: set the probability below which windows are skipped")
+            raise UnosatError(
+                "gate.ckpt is set but gate.threshold is not: set the probability below which windows are skipped"
+            )
         self.gate_threshold = float(gate.threshold) if self.gate_ckpt is not None else None
         self.gate_sha256 = ""
         self.overwrite = bool(cfg.overwrite)
@@ -106,13 +112,17 @@ class Settings:
         recorded = {m.classes: m for m in models}
         if len(recorded) > 1:
             listing = "; ".join(f"{m.path or m.name}: {list(c)}" for c, m in recorded.items())
-            raise UnosatError(f"the checkpoints were trained on different classes ({listing}); an ensemble averages "
-                              "the probability of one class")
+            raise UnosatError(
+                f"the checkpoints were trained on different classes ({listing}); an ensemble averages "
+                "the probability of one class"
+            )
         self.classes = next(iter(recorded)) if recorded else CLASS_NAMES
         if self.requested_classes is not None and self.requested_classes != self.classes:
             model = next(iter(recorded.values()))
-            raise UnosatError(f"classes.names={list(self.requested_classes)} but checkpoint {model.path or model.name} "
-                              f"was trained on {list(self.classes)}; leave classes.names=null to use the checkpoint's")
+            raise UnosatError(
+                f"classes.names={list(self.requested_classes)} but checkpoint {model.path or model.name} "
+                f"was trained on {list(self.classes)}; leave classes.names=null to use the checkpoint's"
+            )
         if (self.tracking.wandb or self.tracking.mlflow) and not self.evaluate:
             raise UnosatError("tracking.wandb / tracking.mlflow log the evaluation: they need evaluate=true")
 
@@ -121,9 +131,17 @@ class Settings:
 
     def scene_params(self, scene: InputScene, models: Sequence[LoadedModel]) -> dict:
         """Parameters of a scene's probability raster."""
-        params = {"product": "scene_probability", "scene_id": scene.scene_id, "input": scene.identity(),
-                  "models": [m.sha256 for m in models], "window": self.window.to_dict(), "tta": self.tta,
-                  "precision": self.precision, "dtype": self.dtype, "threshold": self.threshold}
+        params = {
+            "product": "scene_probability",
+            "scene_id": scene.scene_id,
+            "input": scene.identity(),
+            "models": [m.sha256 for m in models],
+            "window": self.window.to_dict(),
+            "tta": self.tta,
+            "precision": self.precision,
+            "dtype": self.dtype,
+            "threshold": self.threshold,
+        }
         if self.gate_ckpt is not None:
             params["gate"] = {"sha256": self.gate_sha256, "threshold": self.gate_threshold}
         return params
@@ -132,15 +150,24 @@ class Settings:
         """The settings recorded in ``predict.json`` and compared on re-runs (which scenes of the input are
         predicted is not one: more cities can be predicted into the same directory later)."""
         out = {
-            "input": str(input_dir.resolve()), "kind": kind,
-            "checkpoints": [m.sha256 for m in models], "window": self.window.to_dict(), "tta": self.tta,
-            "precision": self.precision, "threshold": self.threshold, "probability_dtype": self.dtype,
-            "aggregate": self.aggregate.to_dict(), "vectorize": self.vectorize, "evaluate": self.evaluate,
+            "input": str(input_dir.resolve()),
+            "kind": kind,
+            "checkpoints": [m.sha256 for m in models],
+            "window": self.window.to_dict(),
+            "tta": self.tta,
+            "precision": self.precision,
+            "threshold": self.threshold,
+            "probability_dtype": self.dtype,
+            "aggregate": self.aggregate.to_dict(),
+            "vectorize": self.vectorize,
+            "evaluate": self.evaluate,
         }
         if self.gate_ckpt is not None:
             out["gate"] = {"sha256": self.gate_sha256, "threshold": self.gate_threshold}
         if self.vectorize:
-            out["vectorization"] = {k: v for k, v in asdict(self.vector_config()).items() if k != "block_rows"}
+            out["vectorization"] = {
+                k: v for k, v in asdict(self.vector_config()).items() if k != "block_rows"
+            }
         if self.evaluate:
             out["evaluation"] = self.evaluation
         if self.classes != CLASS_NAMES:  # recorded when not the default (earlier predictions stay resumable)

@@ -70,11 +70,19 @@ class WindowConfig:
         if self.margin is None:
             object.__setattr__(self, "margin", self.overlap // 2)
         if self.size <= 0 or self.batch_size <= 0:
-            raise UnosatError(f"window.size and window.batch_size must be positive, got {self.size}, {self.batch_size}")
+            raise UnosatError(
+                f"window.size and window.batch_size must be positive, got {self.size}, {self.batch_size}"
+            )
         if not 0 <= self.overlap < self.size:
             raise UnosatError(f"window.overlap must be in [0, window.size={self.size}), got {self.overlap}")
-        if self.edge < 0 or (self.overlap and 2 * self.edge >= self.overlap) or (not self.overlap and self.edge):
-            raise UnosatError(f"window.edge must be >= 0 and less than half window.overlap={self.overlap}, got {self.edge}")
+        if (
+            self.edge < 0
+            or (self.overlap and 2 * self.edge >= self.overlap)
+            or (not self.overlap and self.edge)
+        ):
+            raise UnosatError(
+                f"window.edge must be >= 0 and less than half window.overlap={self.overlap}, got {self.edge}"
+            )
         if self.margin < 0:
             raise UnosatError(f"window.margin must be >= 0, got {self.margin}")
         if self.pad_mode not in PAD_MODES:
@@ -82,8 +90,13 @@ class WindowConfig:
 
     def to_dict(self) -> dict:
         """The settings that change the result (not the batch size)."""
-        return {"size": self.size, "overlap": self.overlap, "margin": self.margin, "edge": self.edge,
-                "pad_mode": self.pad_mode}
+        return {
+            "size": self.size,
+            "overlap": self.overlap,
+            "margin": self.margin,
+            "edge": self.edge,
+            "pad_mode": self.pad_mode,
+        }
 
 
 @dataclass(frozen=True)
@@ -217,7 +230,9 @@ class _RowAccumulator:
 
     def rows(self, r0: int, r1: int) -> slice:
         if r0 < self.start or r1 > self.start + self.capacity:
-            raise AssertionError(f"rows {r0}:{r1} outside the accumulator {self.start}:{self.start + self.capacity}")
+            raise AssertionError(
+                f"rows {r0}:{r1} outside the accumulator {self.start}:{self.start + self.capacity}"
+            )
         return slice(r0 - self.start, r1 - self.start)
 
 
@@ -240,15 +255,23 @@ def _strip(rows: AxisLayout, row: int, config: WindowConfig) -> _Strip:
     return _Strip(row, first, last - first + 1, np.where(inside, index - first, 0), inside)
 
 
-def _window_batch(reader: SceneReader, strip: _Strip, cols: AxisLayout, js: Sequence[int], ensemble: Ensemble,
-                  config: WindowConfig) -> WindowBatch:
+def _window_batch(
+    reader: SceneReader,
+    strip: _Strip,
+    cols: AxisLayout,
+    js: Sequence[int],
+    ensemble: Ensemble,
+    config: WindowConfig,
+) -> WindowBatch:
     """Windows ``js`` of a strip: their valid masks and normalised inputs, read and computed from the
     scene pixels they span (mirrored, or filled as nodata, outside the scene)."""
     size = config.size
     col_index = cols.source_index(cols.offsets[js[0]], cols.offsets[js[-1]] + size, config.pad_mode)
     col_inside = col_index >= 0
     first = int(col_index[col_inside].min())
-    block = reader.read(Window(first, strip.first, int(col_index[col_inside].max()) - first + 1, strip.n_rows))
+    block = reader.read(
+        Window(first, strip.first, int(col_index[col_inside].max()) - first + 1, strip.n_rows)
+    )
     part = block.take(strip.local_rows, np.where(col_inside, col_index - first, 0))
     inside = strip.row_inside[:, None] & col_inside[None, :]
     valid = part.valid & inside
@@ -259,13 +282,16 @@ def _window_batch(reader: SceneReader, strip: _Strip, cols: AxisLayout, js: Sequ
         inputs.append(normed)
     xs = [cols.offsets[j] - cols.offsets[js[0]] for j in js]  # window starts in the columns taken
     return WindowBatch(
-        rows=np.full(len(js), strip.row), cols=np.array([cols.offsets[j] for j in js]),
+        rows=np.full(len(js), strip.row),
+        cols=np.array([cols.offsets[j] for j in js]),
         valid=np.stack([valid[:, x : x + size] for x in xs]),
         inputs=[np.stack([a[:, :, x : x + size] for x in xs]) for a in inputs],
     )
 
 
-def _decide(batch: WindowBatch, skips: Sequence[WindowSkip], stats: SceneStats) -> tuple[np.ndarray, np.ndarray]:
+def _decide(
+    batch: WindowBatch, skips: Sequence[WindowSkip], stats: SceneStats
+) -> tuple[np.ndarray, np.ndarray]:
     """``(run, fill)``: which windows go through the networks, and the probability given to skipped ones
     (NaN: none, they add nothing)."""
     n = len(batch.rows)

@@ -20,9 +20,12 @@ from unosat.wandb_mode import resolve_wandb_mode
 
 log = logging.getLogger(__name__)
 
+
 def pixel_keys(target: str = CLASS_NAMES[TARGET]) -> tuple[str, ...]:
     """The pixel scores sent to trackers: the target class's IoU, precision, recall, F1, and the mean IoU."""
     return (f"iou_{target}", f"precision_{target}", f"recall_{target}", f"f1_{target}", "miou")
+
+
 OBJECT_KEYS = ("precision", "recall", "f1", "tp", "fp", "fn")
 
 
@@ -56,8 +59,9 @@ def evaluation_metrics(report: dict, prefix: str = "predict") -> dict[str, float
     return {k: v for k, v in out.items() if math.isfinite(v)}
 
 
-def log_evaluation(report: dict, report_path: Path, models: Sequence[LoadedModel], config: TrackingConfig,
-                   out_dir: Path) -> list[dict]:
+def log_evaluation(
+    report: dict, report_path: Path, models: Sequence[LoadedModel], config: TrackingConfig, out_dir: Path
+) -> list[dict]:
     """Log ``report`` to the configured trackers; returns where it went (for the manifest)."""
     metrics = evaluation_metrics(report)
     logged: list[dict] = []
@@ -77,8 +81,10 @@ def _to_mlflow(metrics: dict[str, float], report_path: Path, models: Sequence[Lo
     for m in models:
         run = (m.metadata or {}).get("mlflow")
         if not run:
-            raise UnosatError(f"tracking.mlflow=true: checkpoint {m.path or m.name} was not trained with logger=mlflow "
-                              "(it names no MLflow run)")
+            raise UnosatError(
+                f"tracking.mlflow=true: checkpoint {m.path or m.name} was not trained with logger=mlflow "
+                "(it names no MLflow run)"
+            )
         client = MlflowClient(run["tracking_uri"])
         for name, value in metrics.items():
             client.log_metric(run["run_id"], name, value)
@@ -88,16 +94,28 @@ def _to_mlflow(metrics: dict[str, float], report_path: Path, models: Sequence[Lo
     return logged
 
 
-def _to_wandb(metrics: dict[str, float], report_path: Path, models: Sequence[LoadedModel], config: TrackingConfig,
-              out_dir: Path) -> list[dict]:
+def _to_wandb(
+    metrics: dict[str, float],
+    report_path: Path,
+    models: Sequence[LoadedModel],
+    config: TrackingConfig,
+    out_dir: Path,
+) -> list[dict]:
     import wandb
 
     mode = resolve_wandb_mode(config.wandb_mode)
     logged = []
     ids = {(m.metadata or {}).get("wandb_run_id") for m in models} or {None}
     for run_id in sorted(ids, key=str):
-        run = wandb.init(project=config.wandb_project, id=run_id, resume="allow" if run_id else None, mode=mode,
-                         dir=str(out_dir), job_type="predict", reinit="finish_previous")
+        run = wandb.init(
+            project=config.wandb_project,
+            id=run_id,
+            resume="allow" if run_id else None,
+            mode=mode,
+            dir=str(out_dir),
+            job_type="predict",
+            reinit="finish_previous",
+        )
         run.log(metrics)
         run.summary.update(metrics)
         run.save(str(report_path), base_path=str(report_path.parent), policy="now")

@@ -68,8 +68,9 @@ def tta_transforms(name: str) -> tuple[D4Transform, ...]:
     return TTA_SETS[name]
 
 
-def tta_average(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                transforms: tuple[D4Transform, ...]) -> torch.Tensor:
+def tta_average(
+    predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, transforms: tuple[D4Transform, ...]
+) -> torch.Tensor:
     """Mean over ``transforms`` of ``invert(predict(apply(x)))``.
 
     ``predict`` maps ``(N, C, H, W)`` to ``(N, ..., H, W)`` maps (probabilities); ``H == W`` unless the set

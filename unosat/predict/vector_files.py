@@ -77,8 +77,15 @@ class _OgrWriter:
             pd.concat(self.buffer, ignore_index=True) if self.buffer else _empty_frame(self.crs),
             crs=self.crs,
         )
-        pyogrio.write_dataframe(frame, self.path, driver=self.driver, layer=self.layer, append=self.created,
-                                geometry_type="Polygon", promote_to_multi=False)
+        pyogrio.write_dataframe(
+            frame,
+            self.path,
+            driver=self.driver,
+            layer=self.layer,
+            append=self.created,
+            geometry_type="Polygon",
+            promote_to_multi=False,
+        )
         self.created = True
         self.buffer, self.buffered = [], 0
 
@@ -88,8 +95,12 @@ class _OgrWriter:
 
 def _empty_frame(crs: CRS) -> gpd.GeoDataFrame:
     return gpd.GeoDataFrame(
-        {"id": np.array([], np.int64), "area_m2": np.array([], np.float64), "mean_prob": np.array([], np.float64),
-         "n_dates": np.array([], np.int32)},
+        {
+            "id": np.array([], np.int64),
+            "area_m2": np.array([], np.float64),
+            "mean_prob": np.array([], np.float64),
+            "n_dates": np.array([], np.int32),
+        },
         geometry=gpd.GeoSeries([], crs=crs),
     )
 
@@ -119,8 +130,10 @@ class _GeoJSONWriter:
         geometries = shapely.to_geojson(polygons).tolist()
         names = [c for c in frame.columns if c != frame.geometry.name]
         columns = [[f'"{name}": {token}' for token in _json_tokens(frame[name].to_numpy())] for name in names]
-        lines = [f'{{"type": "Feature", "properties": {{{", ".join(props)}}}, "geometry": {geom}}}'
-                 for *props, geom in zip(*columns, geometries)]
+        lines = [
+            f'{{"type": "Feature", "properties": {{{", ".join(props)}}}, "geometry": {geom}}}'
+            for *props, geom in zip(*columns, geometries)
+        ]
         self.file.write(("" if self.first else ",\n") + ",\n".join(lines))
         self.first = False
 

@@ -73,7 +73,9 @@ class VectorizeConfig:
         if self.crs is not None:
             _parse_crs(self.crs)
         if not self.simplify_tolerance >= 0:
-            raise UnosatError(f"vectorize simplify_tolerance must be >= 0 (metres), got {self.simplify_tolerance}")
+            raise UnosatError(
+                f"vectorize simplify_tolerance must be >= 0 (metres), got {self.simplify_tolerance}"
+            )
         if not self.min_area_m2 >= 0:
             raise UnosatError(f"vectorize min_area_m2 must be >= 0, got {self.min_area_m2}")
         if int(self.block_rows) <= 0:
@@ -103,8 +105,10 @@ def _attribute_sums(prob_src, date_srcs: Sequence) -> StripStats:
         if prob_src is not None:
             p = decode_probability(read_window(prob_src, window, 1)).ravel()[nz]
             ok = np.isfinite(p)
-            cols += [np.bincount(ids[ok], weights=p[ok].astype(np.float64), minlength=n),
-                     np.bincount(ids[ok], minlength=n)]
+            cols += [
+                np.bincount(ids[ok], weights=p[ok].astype(np.float64), minlength=n),
+                np.bincount(ids[ok], minlength=n),
+            ]
         else:
             cols += [np.zeros(n), np.zeros(n)]
         for src in date_srcs:
@@ -144,9 +148,13 @@ def simplify_metres(geoms: np.ndarray, tolerance_m: float, grid: Grid) -> np.nda
             factor = 1.0
         return shapely.simplify(geoms, tolerance_m / factor, preserve_topology=True)
     left, bottom, right, top = grid.bounds
-    local = CRS.from_proj4(f"+proj=aeqd +lat_0={(bottom + top) / 2} +lon_0={(left + right) / 2} +datum=WGS84 +units=m")
+    local = CRS.from_proj4(
+        f"+proj=aeqd +lat_0={(bottom + top) / 2} +lon_0={(left + right) / 2} +datum=WGS84 +units=m"
+    )
     projected = gpd.GeoSeries(geoms, crs=grid.crs).to_crs(local)
-    simplified = gpd.GeoSeries(shapely.simplify(projected.values, tolerance_m, preserve_topology=True), crs=local)
+    simplified = gpd.GeoSeries(
+        shapely.simplify(projected.values, tolerance_m, preserve_topology=True), crs=local
+    )
     return simplified.to_crs(grid.crs).values
 
 
@@ -157,8 +165,15 @@ def _geodesic_area_m2(geoms: np.ndarray, crs: CRS) -> np.ndarray:
     return np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in geoms], dtype=np.float64)
 
 
-def _features(geoms: np.ndarray, sums: np.ndarray, grid: Grid, pixel_area: float | None, config: VectorizeConfig,
-              out_crs: CRS, has_prob: bool) -> gpd.GeoDataFrame:
+def _features(
+    geoms: np.ndarray,
+    sums: np.ndarray,
+    grid: Grid,
+    pixel_area: float | None,
+    config: VectorizeConfig,
+    out_crs: CRS,
+    has_prob: bool,
+) -> gpd.GeoDataFrame:
     """Polygons of one strip (map coordinates) -> output features (without ``id``), filtered/simplified."""
     area = sums[:, 0] * pixel_area if pixel_area is not None else _geodesic_area_m2(geoms, grid.crs)
     if config.min_area_m2 > 0:
@@ -211,7 +226,10 @@ def vectorize(mask_path, out_path, config: VectorizeConfig, prob_path=None, date
         sums = _attribute_sums(prob, dates)
         pixel_area = _pixel_area_m2(grid)
         n = 0
-        with atomic_vector(out_path, config.driver) as tmp, feature_writer(tmp, config.driver, out_path.stem, out_crs) as out:
+        with (
+            atomic_vector(out_path, config.driver) as tmp,
+            feature_writer(tmp, config.driver, out_path.stem, out_crs) as out,
+        ):
             for geoms, strip_sums in polygonize_strips(src, TARGET, config.block_rows, sums):
                 if len(geoms) == 0:
                     continue

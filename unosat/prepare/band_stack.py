@@ -43,7 +43,9 @@ def stack_params(task: BandStackTask) -> dict:
         "nodata_values": [float(v) for v in task.raw.nodata_values],
         "input_units": task.raw.units,
         "file_nodata": task.raw.file_nodata,
-        "sources": {pol: {**file_identity(p), "band": b} for pol, (p, b) in sorted(task.scene.sources.items())},
+        "sources": {
+            pol: {**file_identity(p), "band": b} for pol, (p, b) in sorted(task.scene.sources.items())
+        },
     }
 
 
@@ -55,8 +57,13 @@ def make_band_stack(task: BandStackTask) -> dict:
     scene = task.scene
     grid = scene_grid(scene)
     params = stack_params(task)
-    record = {**scene.to_record(), "height": grid.height, "width": grid.width,
-              "crs": grid.crs.to_string(), "transform": json.dumps(list(grid.transform)[:6])}
+    record = {
+        **scene.to_record(),
+        "height": grid.height,
+        "width": grid.width,
+        "crs": grid.crs.to_string(),
+        "transform": json.dumps(list(grid.transform)[:6]),
+    }
     if not needs_work(task.out_path, params, task.overwrite):
         with open_raster(task.out_path) as src:
             counts = json.loads(src.tags()["UNOSAT_COUNTS"])
@@ -74,8 +81,10 @@ def make_band_stack(task: BandStackTask) -> dict:
 
         def blocks() -> Iterator[tuple[int, np.ndarray]]:
             for window in row_windows(grid.width, grid.height, task.block_rows):
-                vh, vv = (read_window(srcs[p], window, scene.sources[p][1]) if p in srcs else None
-                          for p in ("vh", "vv"))
+                vh, vv = (
+                    read_window(srcs[p], window, scene.sources[p][1]) if p in srcs else None
+                    for p in ("vh", "vv")
+                )
                 stack, valid, n_nonfinite = polarisations_to_stack(
                     vh, vv, task.recipe, vh_nodata, task.raw.units, vv_nodata
                 )
@@ -89,6 +98,12 @@ def make_band_stack(task: BandStackTask) -> dict:
             PARAMS_TAG: json.dumps(params, sort_keys=True),
             "UNOSAT_SCENE": json.dumps(scene.to_record()),
         }
-        write_rows(task.out_path, profile, blocks(), tags, list(task.recipe.bands),
-                   late_tags=lambda: {"UNOSAT_COUNTS": json.dumps(counts)})
+        write_rows(
+            task.out_path,
+            profile,
+            blocks(),
+            tags,
+            list(task.recipe.bands),
+            late_tags=lambda: {"UNOSAT_COUNTS": json.dumps(counts)},
+        )
     return {**record, **counts, "skipped": False}

@@ -18,8 +18,9 @@ with ``shift_reference: zero``; with ``pass_median`` (default) it is the median 
 the same orbit pass when there are at least 3 of them: buildings lay over toward the sensor (a 10 m building
 at 35 degrees incidence by ~14 m), and all-touched labels include a ring lit on the sensor side and shadowed
 on the far side, so well-registered ascending and descending acquisitions typically fit best at (0, -1) and
-(0, +1) px; a misregistered acquisition or label file stands out against that. Flags go to ``quality.csv``, to the ``quality_flag`` column of the statistics (training can
-drop flagged acquisitions with ``data.exclude_flagged=true``), and to the report.
+(0, +1) px; a misregistered acquisition or label file stands out against that. Flags go to ``quality.csv``,
+to the ``quality_flag`` column of the statistics (training can drop flagged acquisitions with
+``data.exclude_flagged=true``), and to the report.
 """
 
 from __future__ import annotations
@@ -62,9 +63,13 @@ class QualityConfig:
 
     def __post_init__(self):
         if self.shift_reference not in ("pass_median", "zero"):
-            raise UnosatError(f"quality.shift_reference must be 'pass_median' or 'zero', got '{self.shift_reference}'")
+            raise UnosatError(
+                f"quality.shift_reference must be 'pass_median' or 'zero', got '{self.shift_reference}'"
+            )
         if self.ring_px < 1 or self.max_shift_px < 1 or self.window_px <= 2 * self.max_shift_px:
-            raise UnosatError(f"quality: ring_px and max_shift_px must be >= 1 and window_px > 2 max_shift_px: {self}")
+            raise UnosatError(
+                f"quality: ring_px and max_shift_px must be >= 1 and window_px > 2 max_shift_px: {self}"
+            )
 
 
 @dataclass(frozen=True)
@@ -81,8 +86,13 @@ class QualityTask:
 
 
 def quality_params(task: QualityTask) -> dict:
-    return {"step": "quality", "scene_id": task.scene_id, "config": asdict(task.config),
-            "bands": digest(stored_params(task.stack_path) or {}), "labels": digest(stored_params(task.mask_path) or {})}
+    return {
+        "step": "quality",
+        "scene_id": task.scene_id,
+        "config": asdict(task.config),
+        "bands": digest(stored_params(task.stack_path) or {}),
+        "labels": digest(stored_params(task.mask_path) or {}),
+    }
 
 
 def scene_label_quality(task: QualityTask) -> dict:
@@ -144,9 +154,18 @@ def best_shift(task: QualityTask) -> dict:
     with open_raster(task.stack_path) as stack, open_raster(task.mask_path) as masks:
         height, width = stack.height, stack.width
         if height <= 2 * s or width <= 2 * s:
-            return {"shift_rows": 0, "shift_cols": 0, "shift_score": float("nan"), "score_at_zero": float("nan")}
+            return {
+                "shift_rows": 0,
+                "shift_cols": 0,
+                "shift_score": float("nan"),
+                "score_at_zero": float("nan"),
+            }
         step = max(1, size - 2 * s)
-        origins = [(r, c) for r in range(0, max(1, height - 2 * s), step) for c in range(0, max(1, width - 2 * s), step)]
+        origins = [
+            (r, c)
+            for r in range(0, max(1, height - 2 * s), step)
+            for c in range(0, max(1, width - 2 * s), step)
+        ]
         rng = np.random.default_rng(cfg.seed)
         rng.shuffle(origins)
         used = 0
@@ -156,7 +175,7 @@ def best_shift(task: QualityTask) -> dict:
             h, w = min(size, height - r), min(size, width - c)
             mask = read_window(masks, Window(c, r, w, h), 1)
             inner = (slice(s, h - s), slice(s, w - s))
-            labels = (mask[inner] == TARGET)
+            labels = mask[inner] == TARGET
             if labels.sum() < 4:
                 continue
             values = read_window(stack, Window(c, r, w, h), band)
@@ -173,10 +192,21 @@ def best_shift(task: QualityTask) -> dict:
                     score[i, j] += float((m * shifted).sum()) / m_valid.sum()
             used += 1
     if used == 0:
-        return {"shift_rows": 0, "shift_cols": 0, "shift_score": float("nan"), "score_at_zero": float("nan"), "shift_windows": 0}
+        return {
+            "shift_rows": 0,
+            "shift_cols": 0,
+            "shift_score": float("nan"),
+            "score_at_zero": float("nan"),
+            "shift_windows": 0,
+        }
     i, j = np.unravel_index(int(np.argmax(score)), score.shape)
-    return {"shift_rows": int(i - s), "shift_cols": int(j - s), "shift_score": float(score[i, j] / used),
-            "score_at_zero": float(score[s, s] / used), "shift_windows": used}
+    return {
+        "shift_rows": int(i - s),
+        "shift_cols": int(j - s),
+        "shift_score": float(score[i, j] / used),
+        "score_at_zero": float(score[s, s] / used),
+        "shift_windows": used,
+    }
 
 
 def flag_acquisitions(records: list[dict], config: QualityConfig) -> pd.DataFrame:
@@ -193,7 +223,10 @@ def flag_acquisitions(records: list[dict], config: QualityConfig) -> pd.DataFram
     for orbit_pass, group in table.groupby(table["pass"].fillna("")):
         ok = group.dropna(subset=["shift_score"])
         if config.shift_reference == "pass_median" and len(ok) >= 3:
-            reference[orbit_pass] = (int(np.round(ok["shift_rows"].median())), int(np.round(ok["shift_cols"].median())))
+            reference[orbit_pass] = (
+                int(np.round(ok["shift_rows"].median())),
+                int(np.round(ok["shift_cols"].median())),
+            )
         else:
             reference[orbit_pass] = (0, 0)
     # bright targets (buildings) stand above their surroundings, dark ones (water) below: the sign comes from
@@ -205,19 +238,31 @@ def flag_acquisitions(records: list[dict], config: QualityConfig) -> pd.DataFram
     reasons = []
     for row in table.to_dict("records"):
         why = []
-        off = max(abs(row["shift_rows"] - row["reference_rows"]), abs(row["shift_cols"] - row["reference_cols"]))
+        off = max(
+            abs(row["shift_rows"] - row["reference_rows"]), abs(row["shift_cols"] - row["reference_cols"])
+        )
         if off > config.shift_tolerance_px:
-            why.append(f"labels fit best shifted by ({row['shift_rows']}, {row['shift_cols']}) px, reference "
-                       f"({row['reference_rows']}, {row['reference_cols']}) for {row['pass'] or 'unknown'} passes")
+            why.append(
+                f"labels fit best shifted by ({row['shift_rows']}, {row['shift_cols']}) px, reference "
+                f"({row['reference_rows']}, {row['reference_cols']}) for {row['pass'] or 'unknown'} passes"
+            )
         value = row[col] if col else float("nan")
-        others = table[(table["city"] == row["city"]) & (table["scene_id"] != row["scene_id"])][col] if col else pd.Series()
+        others = (
+            table[(table["city"] == row["city"]) & (table["scene_id"] != row["scene_id"])][col]
+            if col
+            else pd.Series()
+        )
         if np.isfinite(value):
             kind = "" if sign > 0 else " (dark target: contrast counted below the surroundings)"
             if sign * value < config.min_contrast_db:
-                why.append(f"contrast {value:.1f} dB, weaker than {sign * config.min_contrast_db:+.1f} dB{kind}")
+                why.append(
+                    f"contrast {value:.1f} dB, weaker than {sign * config.min_contrast_db:+.1f} dB{kind}"
+                )
             elif len(others.dropna()) and sign * value < sign * others.median() - config.contrast_drop_db:
-                why.append(f"contrast {value:.1f} dB, {abs(others.median() - value):.1f} dB weaker than the city's other "
-                           f"acquisitions{kind}")
+                why.append(
+                    f"contrast {value:.1f} dB, {abs(others.median() - value):.1f} dB weaker than the city's other "
+                    f"acquisitions{kind}"
+                )
         reasons.append("; ".join(why))
     table["quality_reason"] = reasons
     table["quality_flag"] = table["quality_reason"] != ""

@@ -2,9 +2,10 @@
 
 Vector labels (any format OGR reads) are reprojected to the scene CRS, repaired, and rasterized block by
 block (``all_touched`` as configured; the UNOSAT team used true). Raster labels (one mask per scene) are
-aligned to the scene grid with nearest-neighbour resampling (:class:`~unosat.io.labels.RasterAligner`: their own nodata tag,
-values other than 0/1/nodata refused unless ``positive_values`` says which are the target). Wherever the band stack is nodata the mask is
-255 (ignored by losses and metrics), never 0 or 1: the label polygons also cover the swath's nodata wedge.
+aligned to the scene grid with nearest-neighbour resampling (:class:`~unosat.io.labels.RasterAligner`: their own
+nodata tag, values other than 0/1/nodata refused unless ``positive_values`` says which are the target). Wherever
+the band stack is nodata the mask is 255 (ignored by losses and metrics), never 0 or 1: the label polygons also
+cover the swath's nodata wedge.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def label_params(task: LabelTask) -> dict:
         "label_file": file_identity(task.label_path) if task.label_path is not None else None,
         "all_touched": task.config.all_touched if task.config.source == "vector" else None,
         "raster_nodata": task.config.raster_nodata if task.config.source == "raster" else None,
-        "positive_values": list(task.config.positive_values or []) if task.config.source == "raster" else None,
+        "positive_values": list(task.config.positive_values or [])
+        if task.config.source == "raster"
+        else None,
         "bands": digest(stored_params(task.stack_path) or {}),
     }
 
@@ -69,9 +72,16 @@ def make_label_mask(task: LabelTask) -> dict:
         elif task.config.source == "vector":
             burner = VectorBurner(task.label_path, grid, task.config.all_touched, task.scene_id)
         else:
-            burner = RasterAligner(task.label_path, grid, task.config.raster_nodata, task.config.positive_values)
-        counts = {"n_background": 0, "n_building": 0, "n_ignore": 0, "n_polygons": burner.n_polygons,
-                  "intersects": burner.intersects}
+            burner = RasterAligner(
+                task.label_path, grid, task.config.raster_nodata, task.config.positive_values
+            )
+        counts = {
+            "n_background": 0,
+            "n_building": 0,
+            "n_ignore": 0,
+            "n_polygons": burner.n_polygons,
+            "intersects": burner.intersects,
+        }
 
         def blocks() -> Iterator[tuple[int, np.ndarray]]:
             with burner:
@@ -89,8 +99,11 @@ def make_label_mask(task: LabelTask) -> dict:
             stack_profile(grid, 1, "uint8", IGNORE_INDEX),
             blocks(),
             {PARAMS_TAG: json.dumps(params, sort_keys=True), "UNOSAT_LABELS": str(task.label_path)},
-            ["label: 0 background, 1 building, 255 ignore" if task.label_path is not None
-             else "label: none (unlabelled scene), 255 everywhere"],
+            [
+                "label: 0 background, 1 building, 255 ignore"
+                if task.label_path is not None
+                else "label: none (unlabelled scene), 255 everywhere"
+            ],
             late_tags=lambda: {"UNOSAT_COUNTS": json.dumps(counts)},
         )
     return {"scene_id": task.scene_id, **counts, "skipped": False}

@@ -70,13 +70,25 @@ def step_tokens(settings: Mapping, scene_ids: Sequence[str], done: Iterable[str]
     tokens: dict[str, str] = {}
     for step in STEPS:
         inputs = {s: tokens[s] for s in STEP_INPUTS[step] if s not in OPTIONAL_INPUTS or s in done}
-        tokens[step] = digest({"step": step, "settings": {k: setting(settings, k) for k in STEP_SETTINGS[step]},
-                               "scenes": scenes, "inputs": inputs})
+        tokens[step] = digest(
+            {
+                "step": step,
+                "settings": {k: setting(settings, k) for k in STEP_SETTINGS[step]},
+                "scenes": scenes,
+                "inputs": inputs,
+            }
+        )
     return tokens
 
 
-def plan_steps(requested: Sequence[str], previous: Mapping[str, str | None], settings: Mapping,
-               scene_ids: Sequence[str], overwrite: bool, where: str = "the dataset") -> list[str]:
+def plan_steps(
+    requested: Sequence[str],
+    previous: Mapping[str, str | None],
+    settings: Mapping,
+    scene_ids: Sequence[str],
+    overwrite: bool,
+    where: str = "the dataset",
+) -> list[str]:
     """The steps this run does, in order: ``requested`` plus the steps downstream of them that must be redone.
 
     Args:
@@ -92,8 +104,13 @@ def plan_steps(requested: Sequence[str], previous: Mapping[str, str | None], set
     run = set(requested)
     while True:
         tokens = step_tokens(settings, scene_ids, set(previous) | run)
-        added = {s for s in previous if s not in run and any(u in run for u in upstream(s))
-                 and (overwrite or not _up_to_date(previous[s], tokens[s]))}
+        added = {
+            s
+            for s in previous
+            if s not in run
+            and any(u in run for u in upstream(s))
+            and (overwrite or not _up_to_date(previous[s], tokens[s]))
+        }
         if not added:
             break
         run |= added
@@ -103,7 +120,8 @@ def plan_steps(requested: Sequence[str], previous: Mapping[str, str | None], set
         why = f"steps {readers} read them" if readers else "the dataset would mix recipes"
         raise UnosatError(
             f"{where}: step(s) {stale} were done with other settings or scenes than this run's and are not in steps "
-            f"({why}); add them: steps=[{','.join(s for s in STEPS if s in run or s in stale)}]")
+            f"({why}); add them: steps=[{','.join(s for s in STEPS if s in run or s in stale)}]"
+        )
     return [s for s in STEPS if s in run]
 
 

@@ -25,5 +25,8 @@ def map_scenes(func: Callable[[T], R], items: Sequence[T], workers: int, desc: s
     items = list(items)
     if workers <= 1 or len(items) <= 1:
         return [func(item) for item in tqdm(items, desc=desc, unit="scene", leave=False)]
-    with WorkerPool(min(workers, len(items))) as pool, tqdm(total=len(items), desc=desc, unit="scene", leave=False) as bar:
+    with (
+        WorkerPool(min(workers, len(items))) as pool,
+        tqdm(total=len(items), desc=desc, unit="scene", leave=False) as bar,
+    ):
         return pool.map(func, items, progress=bar.update)

@@ -1,8 +1,8 @@
 """Step ``report``: an exploratory report of a prepared dataset, in ``<out_dir>/report/``.
 
 Figures: a quicklook per scene (VV or the first band, in dB, with the label outline and the nodata area),
-backscatter histograms of target (``classes.names``) vs background pixels per band, the target-ratio distribution per city,
-and the nodata fraction per scene; ``report.md`` links them with summary tables.
+backscatter histograms of target (``classes.names``) vs background pixels per band, the target-ratio
+distribution per city, and the nodata fraction per scene; ``report.md`` links them with summary tables.
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ def display_db(values: np.ndarray, recipe: BandRecipe) -> np.ndarray:
     return values if recipe.units == "db" else to_db(values)
 
 
-def quicklook(dataset: PreparedDataset, scene_id: str, recipe: BandRecipe, config: ReportConfig, path: Path) -> None:
+def quicklook(
+    dataset: PreparedDataset, scene_id: str, recipe: BandRecipe, config: ReportConfig, path: Path
+) -> None:
     """Quicklook PNG of one scene: VV (or band 1) in dB, label outline in yellow, nodata area in red."""
     band = recipe.bands.index("vv") + 1 if "vv" in recipe.bands else 1
     with open_raster(dataset.mask_path(scene_id)) as src:
@@ -76,7 +78,10 @@ def sample_pixels(dataset: PreparedDataset, tiles: pd.DataFrame, config: ReportC
     for scene_id, group in tiles.groupby("scene_id"):
         chosen = group.sample(n=min(config.tiles_per_scene, len(group)), random_state=config.seed)
         per_scene = {0: [], TARGET: []}
-        with open_raster(dataset.bands_path(scene_id)) as stack, open_raster(dataset.mask_path(scene_id)) as masks:
+        with (
+            open_raster(dataset.bands_path(scene_id)) as stack,
+            open_raster(dataset.mask_path(scene_id)) as masks,
+        ):
             for t in chosen.itertuples():
                 w = Window(t.col_off, t.row_off, t.width, t.height)
                 image = read_window(stack, w, boundless=True, fill_value=np.nan)
@@ -91,13 +96,20 @@ def sample_pixels(dataset: PreparedDataset, tiles: pd.DataFrame, config: ReportC
     return {cls: np.concatenate(v) if v else np.empty((0, n_bands), np.float32) for cls, v in samples.items()}
 
 
-def histograms(samples: dict, recipe: BandRecipe, config: ReportConfig, path: Path,
-               class_names: Sequence[str] = CLASS_NAMES) -> None:
+def histograms(
+    samples: dict,
+    recipe: BandRecipe,
+    config: ReportConfig,
+    path: Path,
+    class_names: Sequence[str] = CLASS_NAMES,
+) -> None:
     """Histograms (dB) of the sampled target and background pixels, one panel per band."""
     background, target = class_names[0], class_names[TARGET]
     n = recipe.count
     cols = min(n, 3)
-    fig, axes = subplots(math.ceil(n / cols), cols, figsize=(4.5 * cols, 3.2 * math.ceil(n / cols)), squeeze=False)
+    fig, axes = subplots(
+        math.ceil(n / cols), cols, figsize=(4.5 * cols, 3.2 * math.ceil(n / cols)), squeeze=False
+    )
     for i, name in enumerate(recipe.bands):
         ax = axes.flat[i]
         bg = display_db(samples[0][:, i], recipe)
@@ -117,11 +129,15 @@ def histograms(samples: dict, recipe: BandRecipe, config: ReportConfig, path: Pa
     save_figure(fig, path, config.dpi)
 
 
-def target_ratio_figure(stats: pd.DataFrame, config: ReportConfig, path: Path, target: str = CLASS_NAMES[TARGET]) -> None:
+def target_ratio_figure(
+    stats: pd.DataFrame, config: ReportConfig, path: Path, target: str = CLASS_NAMES[TARGET]
+) -> None:
     train = stats[(stats["scheme"] == "train") & ~stats["skip"]]
     cities = sorted(train["city"].unique())
     fig, ax = subplots(figsize=(1.6 * max(3, len(cities)), 3.5))
-    ax.boxplot([100 * train.loc[train["city"] == c, "target_ratio"].to_numpy() for c in cities], showfliers=True)
+    ax.boxplot(
+        [100 * train.loc[train["city"] == c, "target_ratio"].to_numpy() for c in cities], showfliers=True
+    )
     ax.set_xticks(range(1, len(cities) + 1), cities)
     ax.set_ylabel(f"{target} pixels per tile (%)")
     ax.set_title("Target ratio of train tiles per city")
@@ -140,16 +156,25 @@ def nodata_figure(scenes: pd.DataFrame, config: ReportConfig, path: Path) -> Non
 
 def quality_figure(quality: pd.DataFrame, band: str, config: ReportConfig, path: Path) -> None:
     """Contrast of the likelihood band per acquisition (flagged ones in red), best shift written above."""
-    col = f"contrast_{band}_db" if f"contrast_{band}_db" in quality else next(c for c in quality if c.startswith("contrast_"))
+    col = (
+        f"contrast_{band}_db"
+        if f"contrast_{band}_db" in quality
+        else next(c for c in quality if c.startswith("contrast_"))
+    )
     quality = quality.sort_values(["city", "scene_id"]).reset_index(drop=True)
     flagged = quality["quality_flag"].astype(str).str.lower() == "true"
     fig, ax = subplots(figsize=(max(4, 0.5 * len(quality)), 3.8))
     ax.bar(range(len(quality)), quality[col], color=np.where(flagged, "tab:red", "tab:blue"))
     for i, row in quality.iterrows():
-        ax.annotate(f"({row.shift_rows},{row.shift_cols})", (i, row[col]), ha="center", va="bottom", fontsize=6)
+        ax.annotate(
+            f"({row.shift_rows},{row.shift_cols})", (i, row[col]), ha="center", va="bottom", fontsize=6
+        )
     ax.set_xticks(range(len(quality)), quality["city"] + " " + quality["scene_id"], rotation=90, fontsize=7)
     ax.set_ylabel(f"{col.removeprefix('contrast_').removesuffix('_db')} contrast, labels vs around (dB)")
-    ax.set_title("Label quality per acquisition: contrast (bars), best label shift in px (above); red = flagged", fontsize=8)
+    ax.set_title(
+        "Label quality per acquisition: contrast (bars), best label shift in px (above); red = flagged",
+        fontsize=8,
+    )
     save_figure(fig, path, config.dpi)
 
 
@@ -182,37 +207,61 @@ def write_report(dataset: PreparedDataset, config: ReportConfig) -> Path:
     for sid in scenes["scene_id"]:
         quicklook(dataset, sid, recipe, config, out / "quicklooks" / f"{sid}.png")
     train_tiles = stats[(stats["scheme"] == "train") & ~stats["skip"]]
-    histograms(sample_pixels(dataset, train_tiles, config, recipe.count), recipe, config, out / "histograms.png", names)
+    histograms(
+        sample_pixels(dataset, train_tiles, config, recipe.count),
+        recipe,
+        config,
+        out / "histograms.png",
+        names,
+    )
     target_ratio_figure(stats, config, out / "target_ratio.png", target)
     nodata_figure(scenes, config, out / "nodata.png")
 
     size = scenes["height"] * scenes["width"]
-    scene_table = pd.DataFrame({
-        "scene": scenes["scene_id"], "city": scenes["city"], "date": scenes["date"], "pass": scenes["pass"],
-        "size (px)": scenes["height"].astype(str) + " x " + scenes["width"].astype(str),
-        "nodata %": 100 * scenes["n_nodata"] / size,
-        "NaN/inf px": scenes["n_nonfinite"],
-        f"{target} % of valid": 100 * scenes.get("n_building", 0) / scenes["n_valid"].clip(lower=1),
-        "labels intersect": scenes.get("intersects", True),
-    })
-    per_city = stats[stats["scheme"] == "train"].groupby("city").agg(
-        fold=("fold", "first"), split=("split", "first"), tiles=("tile_id", "count"), skipped=("skip", "sum"),
-        **{f"with_{plural(target)}": ("target_ratio", lambda r: int((r > 0).sum()))}, mean_target_pct=("target_ratio", lambda r: 100 * r.mean()),
-    ).reset_index()
+    scene_table = pd.DataFrame(
+        {
+            "scene": scenes["scene_id"],
+            "city": scenes["city"],
+            "date": scenes["date"],
+            "pass": scenes["pass"],
+            "size (px)": scenes["height"].astype(str) + " x " + scenes["width"].astype(str),
+            "nodata %": 100 * scenes["n_nodata"] / size,
+            "NaN/inf px": scenes["n_nonfinite"],
+            f"{target} % of valid": 100 * scenes.get("n_building", 0) / scenes["n_valid"].clip(lower=1),
+            "labels intersect": scenes.get("intersects", True),
+        }
+    )
+    per_city = (
+        stats[stats["scheme"] == "train"]
+        .groupby("city")
+        .agg(
+            fold=("fold", "first"),
+            split=("split", "first"),
+            tiles=("tile_id", "count"),
+            skipped=("skip", "sum"),
+            **{f"with_{plural(target)}": ("target_ratio", lambda r: int((r > 0).sum()))},
+            mean_target_pct=("target_ratio", lambda r: 100 * r.mean()),
+        )
+        .reset_index()
+    )
     norm_table = pd.DataFrame({"band": list(recipe.bands), "mean": norm.mean, "std": norm.std})
     quality_text = "Not measured (run the `quality` step)."
     if "quality" in dataset.manifest.get("steps_done", []) and dataset.quality_csv.exists():
         quality = pd.read_csv(dataset.quality_csv, dtype={"scene_id": str, "city": str})
         band = dataset.manifest["settings"].get("quality", {}).get("likelihood_band", "vv")
         quality_figure(quality, band, config, out / "label_quality.png")
-        cols = ["scene_id", "city"] + [c for c in quality.columns if c.startswith("contrast_")] + \
-            ["shift_rows", "shift_cols", "quality_flag", "quality_reason"]
+        cols = (
+            ["scene_id", "city"]
+            + [c for c in quality.columns if c.startswith("contrast_")]
+            + ["shift_rows", "shift_cols", "quality_flag", "quality_reason"]
+        )
         quality_text = markdown_table(quality[cols]) + "\n\n![label quality](label_quality.png)"
     quick = "\n".join(f"![{sid}](quicklooks/{sid}.png)" for sid in scenes["scene_id"])
+    bands = ", ".join(recipe.bands)
     text = f"""# Prepared dataset report
 
-Dataset: `{dataset.root}`. Classes: 0 {background}, 1 {target}. Band recipe `{recipe.name}`: {', '.join(recipe.bands)} ({recipe.units}).
-{len(scenes)} scenes, {scenes['city'].nunique()} cities, {len(stats)} tiles ({int(stats['skip'].sum())} skipped).
+Dataset: `{dataset.root}`. Classes: 0 {background}, 1 {target}. Band recipe `{recipe.name}`: {bands} ({recipe.units}).
+{len(scenes)} scenes, {scenes["city"].nunique()} cities, {len(stats)} tiles ({int(stats["skip"].sum())} skipped).
 
 ## Scenes
 {markdown_table(scene_table)}

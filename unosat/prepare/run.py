@@ -62,13 +62,16 @@ def run(cfg: DictConfig) -> PreparedDataset:
     out_dir = Path(cfg.out_dir).expanduser().resolve()
     requested = validate_steps(cfg.steps)
     if out_dir == raw_dir or raw_dir in out_dir.parents:
-        raise UnosatError(f"out_dir {out_dir} must not be inside raw_dir {raw_dir}: raw inputs are never modified")
+        raise UnosatError(
+            f"out_dir {out_dir} must not be inside raw_dir {raw_dir}: raw inputs are never modified"
+        )
     with contextlib.ExitStack() as hold:  # out_dir's lock, taken once the inputs are known to be usable
         return prepare_steps(cfg, raw_dir, out_dir, requested, hold)
 
 
-def prepare_steps(cfg: DictConfig, raw_dir: Path, out_dir: Path, requested: list[str],
-                  hold: contextlib.ExitStack) -> PreparedDataset:
+def prepare_steps(
+    cfg: DictConfig, raw_dir: Path, out_dir: Path, requested: list[str], hold: contextlib.ExitStack
+) -> PreparedDataset:
     """The body of :func:`run`; locks ``out_dir`` (in ``hold``) after checking the configuration and inputs."""
     ensure_demo_raw(cfg, raw_dir)
 
@@ -108,13 +111,37 @@ def prepare_steps(cfg: DictConfig, raw_dir: Path, out_dir: Path, requested: list
     steps = plan_steps(requested, previous, settings, scene_ids, overwrite, where=str(out_dir))
     extra = [s for s in steps if s not in requested]
     if extra:
-        log.warning("redoing %s too: they read the outputs of %s, which this run redoes", extra,
-                    sorted({r for r in requested for s in extra if s in downstream(r)}, key=STEPS.index))
+        log.warning(
+            "redoing %s too: they read the outputs of %s, which this run redoes",
+            extra,
+            sorted({r for r in requested for s in extra if s in downstream(r)}, key=STEPS.index),
+        )
     tokens = step_tokens(settings, scene_ids, set(previous) | set(steps))
-    done = {s: tokens[s] for s in previous if s not in steps}  # the steps this run does are not done until they are
+    done = {
+        s: tokens[s] for s in previous if s not in steps
+    }  # the steps this run does are not done until they are
     write_manifest(dataset, settings, scenes, raw_dir, done, classes=classes)
-    prep = Preparation(raw_dir, dataset, scenes, settings, classes, tokens, done, discovery, recipe, labels, tiling,
-                       stats_cfg, report_cfg, quality_cfg, test_cities, folds, overwrite, workers, block_rows)
+    prep = Preparation(
+        raw_dir,
+        dataset,
+        scenes,
+        settings,
+        classes,
+        tokens,
+        done,
+        discovery,
+        recipe,
+        labels,
+        tiling,
+        stats_cfg,
+        report_cfg,
+        quality_cfg,
+        test_cities,
+        folds,
+        overwrite,
+        workers,
+        block_rows,
+    )
     for name, step in STEP_FUNCTIONS:
         if name in steps:
             step(prep)
@@ -163,15 +190,27 @@ class Preparation:
         self.timings[name] = round(now - self.clock, 3)
         self.clock = now
         self.done[name] = self.tokens[name]
-        write_manifest(self.dataset, self.settings, self.scenes, self.raw_dir, self.done, self.timings, self.classes)
+        write_manifest(
+            self.dataset, self.settings, self.scenes, self.raw_dir, self.done, self.timings, self.classes
+        )
 
 
 def make_stacks(prep: Preparation) -> None:
     """Step ``bands``: a band stack per scene (:mod:`unosat.prepare.band_stack`)."""
     dataset = prep.dataset
     raw_input = prep.discovery.raw_input()
-    tasks = [BandStackTask(s, dataset.bands_path(s.scene_id), prep.recipe, raw_input, prep.block_rows, prep.overwrite,
-                           prep.discovery.units_check) for s in prep.scenes]
+    tasks = [
+        BandStackTask(
+            s,
+            dataset.bands_path(s.scene_id),
+            prep.recipe,
+            raw_input,
+            prep.block_rows,
+            prep.overwrite,
+            prep.discovery.units_check,
+        )
+        for s in prep.scenes
+    ]
     update_scenes_table(dataset, map_scenes(make_band_stack, tasks, prep.workers, "bands"))
 
 
@@ -179,15 +218,26 @@ def make_masks(prep: Preparation) -> None:
     """Step ``labels``: a label mask per scene (:mod:`unosat.prepare.labels`)."""
     dataset, labels = prep.dataset, prep.labels
     if labels.source == "prepared":
-        raise UnosatError("labels=prepared reads a prepared dataset's masks for predict.py evaluate=true; "
-                          "prepare.py takes labels=vector or labels=raster")
+        raise UnosatError(
+            "labels=prepared reads a prepared dataset's masks for predict.py evaluate=true; "
+            "prepare.py takes labels=vector or labels=raster"
+        )
     dataset.require("scenes.csv", "bands")
     dirs = [Path(d) for d in (labels.dirs or [prep.raw_dir])]
     tasks = []
     for s in prep.scenes:
         if labels.source == "none":
-            tasks.append(LabelTask(s.scene_id, dataset.bands_path(s.scene_id), None, dataset.mask_path(s.scene_id),
-                                   labels, prep.block_rows, prep.overwrite))
+            tasks.append(
+                LabelTask(
+                    s.scene_id,
+                    dataset.bands_path(s.scene_id),
+                    None,
+                    dataset.mask_path(s.scene_id),
+                    labels,
+                    prep.block_rows,
+                    prep.overwrite,
+                )
+            )
             continue
         if labels.source == "vector":
             path = find_label_file(dirs, labels.template, s)
@@ -196,10 +246,21 @@ def make_masks(prep: Preparation) -> None:
             path = find_raster_label(dirs, labels.template, s)
             what = labels.template.format(**s.fields())
         if path is None:
-            raise UnosatError(f"no label file for scene {s.scene_id} of {s.city}: expected {what} under "
-                              f"{', '.join(map(str, dirs))}")
-        tasks.append(LabelTask(s.scene_id, dataset.bands_path(s.scene_id), path, dataset.mask_path(s.scene_id),
-                               labels, prep.block_rows, prep.overwrite))
+            raise UnosatError(
+                f"no label file for scene {s.scene_id} of {s.city}: expected {what} under "
+                f"{', '.join(map(str, dirs))}"
+            )
+        tasks.append(
+            LabelTask(
+                s.scene_id,
+                dataset.bands_path(s.scene_id),
+                path,
+                dataset.mask_path(s.scene_id),
+                labels,
+                prep.block_rows,
+                prep.overwrite,
+            )
+        )
     records = map_scenes(make_label_mask, tasks, prep.workers, "labels")
     for r, t in zip(records, tasks):
         r["label_file"] = str(t.label_path) if t.label_path is not None else ""
@@ -211,8 +272,20 @@ def rate_labels(prep: Preparation) -> None:
     """Step ``quality``: label quality per acquisition (:mod:`unosat.prepare.label_quality`)."""
     dataset = prep.dataset
     dataset.require("scenes.csv", "bands", "masks")
-    tasks = [QualityTask(s.scene_id, s.city, s.orbit_pass or "", dataset.bands_path(s.scene_id), dataset.mask_path(s.scene_id), prep.recipe,
-                         prep.quality, dataset.root / "quality" / f"{s.scene_id}.json", prep.overwrite) for s in prep.scenes]
+    tasks = [
+        QualityTask(
+            s.scene_id,
+            s.city,
+            s.orbit_pass or "",
+            dataset.bands_path(s.scene_id),
+            dataset.mask_path(s.scene_id),
+            prep.recipe,
+            prep.quality,
+            dataset.root / "quality" / f"{s.scene_id}.json",
+            prep.overwrite,
+        )
+        for s in prep.scenes
+    ]
     quality = flag_acquisitions(map_scenes(scene_label_quality, tasks, prep.workers, "quality"), prep.quality)
     write_csv_atomic(dataset.quality_csv, quality)
     flagged = quality[quality["quality_flag"]]
@@ -243,10 +316,17 @@ def compute_statistics(prep: Preparation) -> None:
     ids = {s.scene_id for s in prep.scenes}
     tiles = tiles[tiles["scene_id"].isin(ids)]
     tasks = [
-        StatsTask(sid, dataset.bands_path(sid), dataset.mask_path(sid),
-                  tuple((r.tile_id, r.row_off, r.col_off, r.height, r.width) for r in group.itertuples()),
-                  recipe.bands, dataset.scene_stats_dir / f"{sid}.json", prep.stats, prep.overwrite,
-                  labelled=prep.labels.source != "none")
+        StatsTask(
+            sid,
+            dataset.bands_path(sid),
+            dataset.mask_path(sid),
+            tuple((r.tile_id, r.row_off, r.col_off, r.height, r.width) for r in group.itertuples()),
+            recipe.bands,
+            dataset.scene_stats_dir / f"{sid}.json",
+            prep.stats,
+            prep.overwrite,
+            labelled=prep.labels.source != "none",
+        )
         for sid, group in tiles.groupby("scene_id", sort=True)
     ]
     rows = [row for part in map_scenes(scene_tile_statistics, tasks, prep.workers, "stats") for row in part]
@@ -258,13 +338,24 @@ def compute_statistics(prep: Preparation) -> None:
     if train.empty and prep.labels.source == "none":
         train = table[(table["scheme"] == "train") & ~table["skip"]]  # normalisation over every valid tile
     if train.empty:
-        raise UnosatError(f"no usable training tile: every city is a test city or every tile is skipped "
-                          f"(test cities {prep.test_cities}, stats.min_valid_fraction {prep.stats.min_valid_fraction})")
+        raise UnosatError(
+            f"no usable training tile: every city is a test city or every tile is skipped "
+            f"(test cities {prep.test_cities}, stats.min_valid_fraction {prep.stats.min_valid_fraction})"
+        )
     train_folds = sorted(int(f) for f in train["fold"].unique())
     norm = pooled_normalization(train, recipe.bands, source=f"train tiles of folds {train_folds}")
-    write_json_atomic(dataset.normalization_json, {**norm.to_dict(), "units": recipe.units,
-                                                   "bands": list(recipe.bands), "n_valid": int(train["n_valid"].sum())})
-    log.info("statistics: %d tiles (%d skipped); folds %s", len(table), int(table["skip"].sum()), fold_of_city)
+    write_json_atomic(
+        dataset.normalization_json,
+        {
+            **norm.to_dict(),
+            "units": recipe.units,
+            "bands": list(recipe.bands),
+            "n_valid": int(train["n_valid"].sum()),
+        },
+    )
+    log.info(
+        "statistics: %d tiles (%d skipped); folds %s", len(table), int(table["skip"].sum()), fold_of_city
+    )
 
 
 def make_report(prep: Preparation) -> None:
@@ -311,8 +402,14 @@ def check_settings(dataset: PreparedDataset, settings: dict, overwrite: bool) ->
         return
     current = json.loads(json.dumps(settings, default=str))
     # only this run's keys: a setting an older unosat recorded and this one no longer has is not a difference
-    refuse_other_settings(dataset.manifest_path, "a dataset", dataset.manifest.get("settings", {}), current,
-                          REDO_OUTPUT, keys=current)
+    refuse_other_settings(
+        dataset.manifest_path,
+        "a dataset",
+        dataset.manifest.get("settings", {}),
+        current,
+        REDO_OUTPUT,
+        keys=current,
+    )
 
 
 def previous_steps(dataset: PreparedDataset, overwrite: bool) -> dict[str, str | None]:
@@ -329,8 +426,15 @@ def previous_steps(dataset: PreparedDataset, overwrite: bool) -> dict[str, str |
     return {s: tokens.get(s) for s in STEPS if s in manifest.get("steps_done", [])}
 
 
-def write_manifest(dataset: PreparedDataset, settings: dict, scenes, raw_dir: Path, done: dict[str, str],
-                   timings: dict | None = None, classes: Sequence[str] = CLASS_NAMES) -> None:
+def write_manifest(
+    dataset: PreparedDataset,
+    settings: dict,
+    scenes,
+    raw_dir: Path,
+    done: dict[str, str],
+    timings: dict | None = None,
+    classes: Sequence[str] = CLASS_NAMES,
+) -> None:
     """Write ``dataset.json``: the settings, the class names, the scenes, and the steps done with their tokens.
 
     The class names are not a setting the masks are made with (re-running with other names only renames:
@@ -364,7 +468,11 @@ def update_scenes_table(dataset: PreparedDataset, records: list[dict]) -> None:
     if dataset.scenes_csv.exists():
         old = dataset.scenes()
         old = old[["scene_id"] + [c for c in old.columns if c not in new.columns]]
-        new = new.merge(old, on="scene_id", how="left") if "city" in new.columns else old.merge(new, on="scene_id", how="left")
+        new = (
+            new.merge(old, on="scene_id", how="left")
+            if "city" in new.columns
+            else old.merge(new, on="scene_id", how="left")
+        )
     write_csv_atomic(dataset.scenes_csv, new)
 
 

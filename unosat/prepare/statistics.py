@@ -85,15 +85,31 @@ def scene_tile_statistics(task: StatsTask) -> list[dict]:
             image = read_window(stack, window)  # (C, n_rows, W)
             mask = read_window(masks, window, 1)  # (n_rows, W)
             for tile_id, _, col_off, h, w in tiles:
-                rows_out.append({"tile_id": tile_id, **tile_statistics(
-                    image[:, :h, col_off:col_off + w], mask[:h, col_off:col_off + w], h * w, task.band_names,
-                    task.config.min_valid_fraction, task.labelled)})
+                rows_out.append(
+                    {
+                        "tile_id": tile_id,
+                        **tile_statistics(
+                            image[:, :h, col_off : col_off + w],
+                            mask[:h, col_off : col_off + w],
+                            h * w,
+                            task.band_names,
+                            task.config.min_valid_fraction,
+                            task.labelled,
+                        ),
+                    }
+                )
     write_json_atomic(task.out_path, {"params": params, "rows": rows_out})
     return rows_out
 
 
-def tile_statistics(image: np.ndarray, mask: np.ndarray, n_pixels: int, band_names: Sequence[str],
-                    min_valid_fraction: float, labelled: bool = True) -> dict:
+def tile_statistics(
+    image: np.ndarray,
+    mask: np.ndarray,
+    n_pixels: int,
+    band_names: Sequence[str],
+    min_valid_fraction: float,
+    labelled: bool = True,
+) -> dict:
     """Statistics of one tile.
 
     Args:
@@ -118,16 +134,27 @@ def tile_statistics(image: np.ndarray, mask: np.ndarray, n_pixels: int, band_nam
         if n_valid:
             v = values[i]
             lo, hi = float(v.min()), float(v.max())
-            row.update({f"{name}_min": lo, f"{name}_max": hi, f"{name}_mean": float(v.mean()), f"{name}_std": float(v.std())})
+            row.update(
+                {
+                    f"{name}_min": lo,
+                    f"{name}_max": hi,
+                    f"{name}_mean": float(v.mean()),
+                    f"{name}_std": float(v.std()),
+                }
+            )
             constant &= lo == hi
         else:
-            row.update({f"{name}_min": np.nan, f"{name}_max": np.nan, f"{name}_mean": np.nan, f"{name}_std": np.nan})
+            row.update(
+                {f"{name}_min": np.nan, f"{name}_max": np.nan, f"{name}_mean": np.nan, f"{name}_std": np.nan}
+            )
     row["constant"] = bool(n_valid > 0 and constant)
     row["skip"] = bool(n_valid == 0 or row["constant"] or n_valid / n_pixels < min_valid_fraction)
     return row
 
 
-def assign_folds(cities: Sequence[str], folds: Mapping[str, int] | None, test_cities: Sequence[str]) -> dict[str, int]:
+def assign_folds(
+    cities: Sequence[str], folds: Mapping[str, int] | None, test_cities: Sequence[str]
+) -> dict[str, int]:
     """City -> fold index. Test cities get :data:`TEST_FOLD`; cities named in ``folds`` keep their index;
     the others get the next free indices, one per city, in alphabetical order."""
     folds = dict(folds or {})
@@ -151,8 +178,12 @@ def assign_folds(cities: Sequence[str], folds: Mapping[str, int] | None, test_ci
     return out
 
 
-def merge_statistics(tiles: pd.DataFrame, stats_rows: list[dict], fold_of_city: Mapping[str, int],
-                     quality: pd.DataFrame | None = None) -> pd.DataFrame:
+def merge_statistics(
+    tiles: pd.DataFrame,
+    stats_rows: list[dict],
+    fold_of_city: Mapping[str, int],
+    quality: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """The statistics table: the tile index joined with per-tile statistics, fold and split, and the label
     quality flag of each tile's acquisition when the ``quality`` step ran."""
     stats = pd.DataFrame(stats_rows)

@@ -34,7 +34,8 @@ class TilingConfig:
             raise UnosatError(f"tile sizes must be positive: train {self.train_size}, test {self.test_size}")
         if not 0 <= self.train_min_overlap < self.train_size:
             raise UnosatError(
-                f"tiling.train_min_overlap must be in [0, train_size): got {self.train_min_overlap} for size {self.train_size}"
+                f"tiling.train_min_overlap must be in [0, train_size): got {self.train_min_overlap} "
+                f"for size {self.train_size}"
             )
 
 
@@ -68,22 +69,24 @@ def tile_records(scene: dict, grid: Grid, schemes: tuple[str, ...], config: Tili
     for scheme in schemes:
         for i, w in enumerate(tile_windows(grid.height, grid.width, scheme, config)):
             left, bottom, right, top = rasterio.windows.bounds(w, grid.transform)
-            records.append({
-                "tile_id": f"{scene['scene_id']}_{scheme}_{i:05d}",
-                "scene_id": scene["scene_id"],
-                "city": scene["city"],
-                "mgrs": scene["mgrs"],
-                "date": scene["date"],
-                "time": scene["time"],
-                "pass": scene["pass"],
-                "scheme": scheme,
-                "row_off": int(w.row_off),
-                "col_off": int(w.col_off),
-                "height": int(w.height),
-                "width": int(w.width),
-                "minx": left,
-                "miny": bottom,
-                "maxx": right,
-                "maxy": top,
-            })
+            records.append(
+                {
+                    "tile_id": f"{scene['scene_id']}_{scheme}_{i:05d}",
+                    "scene_id": scene["scene_id"],
+                    "city": scene["city"],
+                    "mgrs": scene["mgrs"],
+                    "date": scene["date"],
+                    "time": scene["time"],
+                    "pass": scene["pass"],
+                    "scheme": scheme,
+                    "row_off": int(w.row_off),
+                    "col_off": int(w.col_off),
+                    "height": int(w.height),
+                    "width": int(w.width),
+                    "minx": left,
+                    "miny": bottom,
+                    "maxx": right,
+                    "maxy": top,
+                }
+            )
     return records

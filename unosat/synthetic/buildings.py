@@ -76,7 +76,9 @@ class PointTargets:
     vh: np.ndarray
 
 
-def _rectangles_px(centres: np.ndarray, length: np.ndarray, width: np.ndarray, angle_rad: np.ndarray) -> np.ndarray:
+def _rectangles_px(
+    centres: np.ndarray, length: np.ndarray, width: np.ndarray, angle_rad: np.ndarray
+) -> np.ndarray:
     """Corners ``(n, 5, 2)`` (closed rings) of rotated rectangles in pixel coordinates ``(col, row)``."""
     u = np.stack([np.cos(angle_rad), np.sin(angle_rad)], axis=1) * (length / 2)[:, None]
     v = np.stack([-np.sin(angle_rad), np.cos(angle_rad)], axis=1) * (width / 2)[:, None]
@@ -86,7 +88,12 @@ def _rectangles_px(centres: np.ndarray, length: np.ndarray, width: np.ndarray, a
 
 
 def _pixel_masks(
-    centres: np.ndarray, length: np.ndarray, width: np.ndarray, angle_rad: np.ndarray, origins: np.ndarray, size: int
+    centres: np.ndarray,
+    length: np.ndarray,
+    width: np.ndarray,
+    angle_rad: np.ndarray,
+    origins: np.ndarray,
+    size: int,
 ) -> np.ndarray:
     """``(n, size, size)`` bool: which pixels of the window starting at ``origins`` ``(n, 2)`` ``(row, col)``
     have their centre inside each rotated rectangle (the rule of ``rasterize(all_touched=False)``)."""
@@ -137,7 +144,9 @@ def _pack(
     while placed < target_px and weights.sum() > 0:
         n = CANDIDATE_BATCH
         r, c = np.divmod(_candidates(rng, weights, n), cols)
-        centres = np.stack([c, r], axis=1) + 0.5 + rng.uniform(-CENTRE_JITTER_PX, CENTRE_JITTER_PX, size=(n, 2))
+        centres = (
+            np.stack([c, r], axis=1) + 0.5 + rng.uniform(-CENTRE_JITTER_PX, CENTRE_JITTER_PX, size=(n, 2))
+        )
         length = lo * (hi / lo) ** (rng.uniform(size=n) ** SIZE_SKEW)
         width = np.maximum(lo, length * rng.uniform(*ASPECT_RATIO, size=n))
         if angle_deg is None:
@@ -193,14 +202,21 @@ def hamlet_weights(rng: np.random.Generator, rural_px: np.ndarray, spec: DemoSpe
     reach = int(np.ceil(4 * sigma))
     field = np.zeros_like(weights)
     for r, c in zip(*centres):
-        r0, r1, c0, c1 = max(0, r - reach), min(rows, r + reach + 1), max(0, c - reach), min(cols, c + reach + 1)
+        r0, r1, c0, c1 = (
+            max(0, r - reach),
+            min(rows, r + reach + 1),
+            max(0, c - reach),
+            min(cols, c + reach + 1),
+        )
         dr = np.arange(r0, r1)[:, None] - r
         dc = np.arange(c0, c1)[None, :] - c
         field[r0:r1, c0:c1] += np.exp(-(dr**2 + dc**2) / (2 * sigma**2))
     return weights * field
 
 
-def place_footprints(rng: np.random.Generator, landcover: LandCoverMap, grid: Grid, spec: DemoSpec) -> Footprints:
+def place_footprints(
+    rng: np.random.Generator, landcover: LandCoverMap, grid: Grid, spec: DemoSpec
+) -> Footprints:
     """Footprints of one city covering about ``spec.building_fraction`` of the scene's pixels.
 
     Town buildings are drawn with a density that falls off from each town's centre (exp(-(d/r)^2)), the
@@ -224,7 +240,7 @@ def place_footprints(rng: np.random.Generator, landcover: LandCoverMap, grid: Gr
         closer = d < nearest
         nearest[closer] = d[closer]
         town_angle[closer] = town.angle_deg
-    town_weight[town_px] = np.exp(-nearest[town_px] ** 2)
+    town_weight[town_px] = np.exp(-(nearest[town_px] ** 2))
 
     pad = _window_size(spec)
     taken = np.pad(np.zeros(shape, dtype=bool), pad, constant_values=True)  # the border blocks footprints
@@ -235,7 +251,8 @@ def place_footprints(rng: np.random.Generator, landcover: LandCoverMap, grid: Gr
         log.warning(
             "demo: only %.2f %% building pixels placed of the %.2f %% asked (building_fraction): no room left "
             "for footprints; lower building_fraction, town_building_density (larger towns) or building_gap_px",
-            100 * (in_towns + rural) / (shape[0] * shape[1]), 100 * spec.building_fraction,
+            100 * (in_towns + rural) / (shape[0] * shape[1]),
+            100 * spec.building_fraction,
         )
 
     n = len(rings)
@@ -249,7 +266,9 @@ def place_footprints(rng: np.random.Generator, landcover: LandCoverMap, grid: Gr
     u_vh = np.clip(u + rng.normal(0.0, VH_VV_DECORRELATION, size=n), 0.0, 1.0)
     vv_lo, vv_hi = spec.double_bounce_vv_db
     vh_lo, vh_hi = spec.double_bounce_vh_db
-    aspect = rng.uniform(-spec.double_bounce_aspect_db, spec.double_bounce_aspect_db, size=(len(ORBIT_PASSES), n))
+    aspect = rng.uniform(
+        -spec.double_bounce_aspect_db, spec.double_bounce_aspect_db, size=(len(ORBIT_PASSES), n)
+    )
     shadow = rng.integers(spec.shadow_length_px[0], spec.shadow_length_px[1] + 1, size=n)
     return Footprints(
         polygons=np.asarray(polygons, dtype=object),
@@ -266,7 +285,9 @@ def footprint_ids(footprints: Footprints, grid: Grid) -> np.ndarray:
         return np.zeros(grid.shape, dtype=np.int32)
     # GeoJSON-like dicts of the exterior rings: rasterio reads them twice as fast as shapely objects
     exteriors = shapely.get_exterior_ring(footprints.polygons)
-    rings = np.split(shapely.get_coordinates(exteriors), np.cumsum(shapely.get_num_coordinates(exteriors))[:-1])
+    rings = np.split(
+        shapely.get_coordinates(exteriors), np.cumsum(shapely.get_num_coordinates(exteriors))[:-1]
+    )
     shapes = (({"type": "Polygon", "coordinates": [ring.tolist()]}, i + 1) for i, ring in enumerate(rings))
     return rasterio.features.rasterize(
         shapes, out_shape=grid.shape, transform=grid.transform, fill=0, all_touched=False, dtype="int32"
@@ -285,7 +306,9 @@ def _shift_cols(mask: np.ndarray, step: int) -> np.ndarray:
     return out
 
 
-def layover_and_shadow(ids: np.ndarray, shadow_px: np.ndarray, ascending: bool) -> tuple[np.ndarray, np.ndarray]:
+def layover_and_shadow(
+    ids: np.ndarray, shadow_px: np.ndarray, ascending: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """Layover and shadow masks ``(rows, cols)`` bool of the buildings in ``ids`` (see :func:`footprint_ids`).
 
     Layover: the one pixel next to a building on the sensor side (west when ``ascending``, east when

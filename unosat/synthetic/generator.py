@@ -179,7 +179,8 @@ def scene_paths(raw_dir: Path | str, city: CitySpec, acquisition: Acquisition | 
     acq = acquisition if isinstance(acquisition, Acquisition) else Acquisition.parse(acquisition)
     folder = Path(raw_dir) / f"{city.name}_{CITY_FOLDER_YEAR}" / f"{acq.date}_{city.mgrs}"
     return {
-        pol: folder / f"s1a_{city.mgrs}_{pol}_{acq.orbit_pass}_{acq.date}t{acq.time}.tif" for pol in ("vh", "vv")
+        pol: folder / f"s1a_{city.mgrs}_{pol}_{acq.orbit_pass}_{acq.date}t{acq.time}.tif"
+        for pol in ("vh", "vv")
     }
 
 
@@ -220,9 +221,12 @@ def _warn_if_other_spec(raw_dir: Path, spec: DemoSpec) -> None:
     wanted = json.loads(json.dumps(spec.to_dict()))
     differ = differing_keys(saved, wanted)
     if differ:
-        log.warning("demo dataset %s was generated with other settings (%s differ from the configured demo); "
-                    "delete it (and the prepared copies next to it) to generate the configured one",
-                    raw_dir, ", ".join(differ))
+        log.warning(
+            "demo dataset %s was generated with other settings (%s differ from the configured demo); "
+            "delete it (and the prepared copies next to it) to generate the configured one",
+            raw_dir,
+            ", ".join(differ),
+        )
 
 
 def generate_demo(raw_dir: Path | str, spec: DemoSpec, overwrite: bool = False) -> Path:
@@ -255,7 +259,9 @@ def generate_demo(raw_dir: Path | str, spec: DemoSpec, overwrite: bool = False) 
             layout = city_layout(spec, city)
             lpath = label_path(tmp, city)
             n_polygons = write_labels(lpath, layout)
-            labels.append({"city": city.name, "path": lpath.relative_to(tmp).as_posix(), "polygons": n_polygons})
+            labels.append(
+                {"city": city.name, "path": lpath.relative_to(tmp).as_posix(), "polygons": n_polygons}
+            )
             for acq in city.parsed_acquisitions:
                 scene = render_scene(spec, city, acq, layout)
                 paths = scene_paths(tmp, city, acq)
@@ -276,12 +282,19 @@ def generate_demo(raw_dir: Path | str, spec: DemoSpec, overwrite: bool = False) 
                         "nodata_fraction": float(np.count_nonzero(~valid)) / valid.size,
                     }
                 )
-        manifest = {"generator": "unosat.synthetic", "seed": spec.seed, "spec": spec.to_dict(),
-                    "scenes": scenes, "labels": labels}
+        manifest = {
+            "generator": "unosat.synthetic",
+            "seed": spec.seed,
+            "spec": spec.to_dict(),
+            "scenes": scenes,
+            "labels": labels,
+        }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     log.info(
         "demo dataset: %d scenes of %d cities written to %s in %.1f s",
-        len(scenes), len(spec.cities), raw_dir, time.perf_counter() - start,
+        len(scenes),
+        len(spec.cities),
+        raw_dir,
+        time.perf_counter() - start,
     )
     return raw_dir
-

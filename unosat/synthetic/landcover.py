@@ -118,7 +118,9 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], scale_px: flo
     return field.astype(np.float32)
 
 
-def _river(rng: np.random.Generator, shape: tuple[int, int], width_px: float, scale_px: float) -> tuple[np.ndarray, np.ndarray]:
+def _river(
+    rng: np.random.Generator, shape: tuple[int, int], width_px: float, scale_px: float
+) -> tuple[np.ndarray, np.ndarray]:
     """A meandering river across the scene: ``(water mask, distance to its centre line in px)``."""
     rows, cols = shape
     horizontal = rng.random() < 0.5
@@ -132,7 +134,9 @@ def _river(rng: np.random.Generator, shape: tuple[int, int], width_px: float, sc
     return distance < width_px / 2.0, distance
 
 
-def _parcels(rng: np.random.Generator, shape: tuple[int, int], size_px: tuple[float, float]) -> tuple[np.ndarray, int]:
+def _parcels(
+    rng: np.random.Generator, shape: tuple[int, int], size_px: tuple[float, float]
+) -> tuple[np.ndarray, int]:
     """Rectangular parcels: rows of fields of random heights, each row cut into fields of random widths."""
     rows, cols = shape
 

@@ -88,13 +88,17 @@ class CitySpec:
         self.towns = int(self.towns)
         where = f"demo city '{self.name}'"
         if not self.name or "_" in self.name or "/" in self.name:
-            raise UnosatError(f"{where}: the name must be non-empty without '_' or '/' (it names the folder <name>_2015)")
+            raise UnosatError(
+                f"{where}: the name must be non-empty without '_' or '/' (it names the folder <name>_2015)"
+            )
         if not _MGRS_RX.match(self.mgrs):
             raise UnosatError(f"{where}: mgrs '{self.mgrs}' is not an MGRS tile id such as 38SLF")
         if self.role not in ROLES:
             raise UnosatError(f"{where}: role must be one of {ROLES}, got '{self.role}'")
         if self.label_format not in LABEL_FORMATS:
-            raise UnosatError(f"{where}: label_format must be one of {LABEL_FORMATS}, got '{self.label_format}'")
+            raise UnosatError(
+                f"{where}: label_format must be one of {LABEL_FORMATS}, got '{self.label_format}'"
+            )
         if not self.acquisitions:
             raise UnosatError(f"{where}: no acquisitions")
         keys = [Acquisition.parse(a).key for a in self.acquisitions]
@@ -185,8 +189,14 @@ class DemoSpec:
             if f.type.startswith("tuple"):
                 value = tuple(value)
                 if len(value) != 2 or value[0] > value[1]:
-                    raise UnosatError(f"demo.{f.name} must be a (min, max) pair with min <= max, got {list(value)}")
-                setattr(self, f.name, tuple(int(v) for v in value) if "int" in f.type else tuple(float(v) for v in value))
+                    raise UnosatError(
+                        f"demo.{f.name} must be a (min, max) pair with min <= max, got {list(value)}"
+                    )
+                setattr(
+                    self,
+                    f.name,
+                    tuple(int(v) for v in value) if "int" in f.type else tuple(float(v) for v in value),
+                )
             elif f.type == "int":
                 setattr(self, f.name, int(value))
             elif f.type == "float":
@@ -202,7 +212,9 @@ class DemoSpec:
             if dupes:
                 raise UnosatError(f"demo.cities: {key} {dupes} used by more than one city")
         if self.height < 16 or self.width < 16:
-            raise UnosatError(f"demo.height and demo.width must be at least 16 px, got {self.height} x {self.width}")
+            raise UnosatError(
+                f"demo.height and demo.width must be at least 16 px, got {self.height} x {self.width}"
+            )
         if self.seed < 0:
             raise UnosatError(f"demo.seed must be >= 0, got {self.seed}")
         if self.pixel_size <= 0:
@@ -214,23 +226,33 @@ class DemoSpec:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UnosatError(f"demo.{name} must be within [0, 1], got {getattr(self, name)}")
         if self.hamlets_per_km2 < 0 or self.hamlet_radius_m < self.pixel_size:
-            raise UnosatError(f"demo.hamlets_per_km2 must be >= 0 and demo.hamlet_radius_m at least one pixel "
-                              f"({self.pixel_size} m), got {self.hamlets_per_km2} and {self.hamlet_radius_m}")
+            raise UnosatError(
+                f"demo.hamlets_per_km2 must be >= 0 and demo.hamlet_radius_m at least one pixel "
+                f"({self.pixel_size} m), got {self.hamlets_per_km2} and {self.hamlet_radius_m}"
+            )
         if not 0.0 < self.town_building_density < 1.0:
-            raise UnosatError(f"demo.town_building_density must be within (0, 1), got {self.town_building_density}")
+            raise UnosatError(
+                f"demo.town_building_density must be within (0, 1), got {self.town_building_density}"
+            )
         if not (0.0 <= self.wedge_fraction[0] and self.wedge_fraction[1] <= 0.5):
-            raise UnosatError(f"demo.wedge_fraction must lie within [0, 0.5], got {list(self.wedge_fraction)}")
+            raise UnosatError(
+                f"demo.wedge_fraction must lie within [0, 0.5], got {list(self.wedge_fraction)}"
+            )
         if self.building_size_m[0] < self.pixel_size:
             raise UnosatError(
                 f"demo.building_size_m minimum {self.building_size_m[0]} m is below one pixel ({self.pixel_size} m): "
                 "such footprints may hold no pixel centre"
             )
         if self.looks <= 0 or self.speckle_correlation_px < 0 or self.noise_floor_linear < 0:
-            raise UnosatError("demo.looks must be positive, speckle_correlation_px and noise_floor_linear >= 0")
+            raise UnosatError(
+                "demo.looks must be positive, speckle_correlation_px and noise_floor_linear >= 0"
+            )
         if self.point_targets < 0 or self.building_gap_px < 0 or self.shadow_length_px[0] < 0:
             raise UnosatError("demo.point_targets, building_gap_px and shadow_length_px must be >= 0")
         if min(self.landscape_scale_m, self.crop_parcel_m[0]) < self.pixel_size or self.river_width_m < 0:
-            raise UnosatError("demo.landscape_scale_m and crop_parcel_m must be at least one pixel, river_width_m >= 0")
+            raise UnosatError(
+                "demo.landscape_scale_m and crop_parcel_m must be at least one pixel, river_width_m >= 0"
+            )
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -285,7 +307,9 @@ def _city_from_mapping(d: Any) -> CitySpec:
     known = {f.name for f in dataclasses.fields(CitySpec)}
     unknown = sorted(set(d) - known)
     if unknown:
-        raise UnosatError(f"demo city {d.get('name', '?')}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+        raise UnosatError(
+            f"demo city {d.get('name', '?')}: unknown key(s) {unknown}; known keys: {sorted(known)}"
+        )
     missing = sorted({"name", "mgrs"} - set(d))
     if missing:
         raise UnosatError(f"demo city {dict(d)}: missing {missing}")

@@ -49,7 +49,9 @@ def gamma_from_normal(z: np.ndarray, looks: float) -> np.ndarray:
     """
     q, dq = _gamma_quantile_table(float(looks))
     nodes_per_unit = np.float32((QUANTILE_TABLE_NODES - 1) / (2.0 * Z_LIMIT))
-    position = (np.clip(np.asarray(z, dtype=np.float32), -Z_LIMIT, Z_LIMIT) + np.float32(Z_LIMIT)) * nodes_per_unit
+    position = (
+        np.clip(np.asarray(z, dtype=np.float32), -Z_LIMIT, Z_LIMIT) + np.float32(Z_LIMIT)
+    ) * nodes_per_unit
     index = np.minimum(position.astype(np.int32), QUANTILE_TABLE_NODES - 2)
     return q.take(index) + (position - index.astype(np.float32)) * dq.take(index)
 
@@ -64,7 +66,9 @@ def _filtered_noise_std(sigma_px: float) -> float:
     return float(np.sum(kernel**2))  # sqrt(sum k^2) per axis, squared for two axes
 
 
-def correlated_gaussian(rng: np.random.Generator, shape: tuple[int, int], correlation_px: float) -> np.ndarray:
+def correlated_gaussian(
+    rng: np.random.Generator, shape: tuple[int, int], correlation_px: float
+) -> np.ndarray:
     """Standard-normal field ``(rows, cols)`` float32, correlated by a Gaussian kernel of standard deviation
     ``correlation_px`` pixels (0: white). Neighbours at lag ``d`` correlate as ``exp(-d^2 / (4 sigma^2))``."""
     white = rng.standard_normal(shape, dtype=np.float32)

@@ -60,8 +60,14 @@ def iou_below(building: np.ndarray, background: np.ndarray) -> np.ndarray:
         return np.nan_to_num(tp / (tp + fp + fn))
 
 
-def vv_threshold_baseline(train: TileDataset, val: TileDataset, band_name: str = "vv",
-                          lo_db: float = -40.0, hi_db: float = 40.0, bins: int = 800) -> ThresholdBaseline:
+def vv_threshold_baseline(
+    train: TileDataset,
+    val: TileDataset,
+    band_name: str = "vv",
+    lo_db: float = -40.0,
+    hi_db: float = 40.0,
+    bins: int = 800,
+) -> ThresholdBaseline:
     """Best single threshold and direction on ``band_name`` (dB) over the training tiles, and its IoU on
     validation."""
     bands = train.recipe.bands

@@ -45,7 +45,8 @@ def fsync_directory(directory: Path) -> None:
 
 
 def save_atomically(obj: Any, path: Path | str, save: Callable[[Any, Any], None] | None = None) -> None:
-    """``save(obj, file)`` (default :func:`torch.save`) into a temporary sibling of ``path``, fsync, rename to ``path``, fsync the folder.
+    """``save(obj, file)`` (default :func:`torch.save`) into a temporary sibling of ``path``, fsync, rename to
+    ``path``, fsync the folder.
 
     On any failure (including a ``KeyboardInterrupt`` during serialisation) the temporary is removed and
     ``path`` is left as it was.
@@ -80,7 +81,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         save_atomically(checkpoint, str(path).removeprefix("file://"))
 
-    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         if weights_only is False:
             log.debug("AtomicCheckpointIO reads %s with weights_only=True (asked: False)", path)
         if is_remote(path):

@@ -27,8 +27,15 @@ def confusion_figure(confusion: np.ndarray, class_names: Sequence[str], title: s
     ax.imshow(pct, cmap="Blues", vmin=0, vmax=100)
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
-            ax.text(j, i, f"{pct[i, j]:.1f}%\n{int(cm[i, j]):,}", ha="center", va="center", fontsize=7,
-                    color="white" if pct[i, j] > 60 else "black")
+            ax.text(
+                j,
+                i,
+                f"{pct[i, j]:.1f}%\n{int(cm[i, j]):,}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if pct[i, j] > 60 else "black",
+            )
     ax.set_xticks(range(len(class_names)), class_names)
     ax.set_yticks(range(len(class_names)), class_names)
     ax.set_xlabel("predicted")
@@ -37,7 +44,9 @@ def confusion_figure(confusion: np.ndarray, class_names: Sequence[str], title: s
     return fig
 
 
-def save_and_log_figure(fig: Figure, path: Path, key: str, loggers: Sequence[Logger], step: int, dpi: int = 100) -> Path:
+def save_and_log_figure(
+    fig: Figure, path: Path, key: str, loggers: Sequence[Logger], step: int, dpi: int = 100
+) -> Path:
     """Save ``fig`` as a PNG at ``path`` (atomically) and log it as image ``key`` to W&B/TensorBoard/MLflow."""
     path = Path(path)
     save_figure(fig, path, dpi)

@@ -33,8 +33,16 @@ class UnosatModule(pl.LightningModule):
     #: what the module trains its network for: ``segmentation`` or ``tile_classification``
     task: ClassVar[str]
 
-    def __init__(self, net: nn.Module, loss: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
-                 scheduler_interval: str = "step", channels_last: bool = False, metadata: dict | None = None):
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        optimizer: Callable,
+        scheduler: Callable | None = None,
+        scheduler_interval: str = "step",
+        channels_last: bool = False,
+        metadata: dict | None = None,
+    ):
         super().__init__()
         self.net = net
         self.loss = loss
@@ -43,7 +51,9 @@ class UnosatModule(pl.LightningModule):
         self.scheduler_interval = scheduler_interval
         self.channels_last = bool(channels_last)
         self.metadata = {**dict(metadata or {}), "task": self.task}
-        self._epoch_sums: dict[str, dict[str, torch.Tensor]] = {}  # stage -> term -> sum of value * batch size
+        self._epoch_sums: dict[
+            str, dict[str, torch.Tensor]
+        ] = {}  # stage -> term -> sum of value * batch size
         self._epoch_counts: dict[str, int] = {}  # stage -> samples accumulated this epoch
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -57,10 +67,22 @@ class UnosatModule(pl.LightningModule):
         """Log a batch's loss terms: in training each step as ``train/<term>_step`` (this rank's value, no
         collective), and accumulate them (weighted by ``batch_size``) for :meth:`log_epoch_terms`."""
         if stage == "train":
-            self.log_dict({f"train/{k}_step": v.detach() for k, v in terms.items() if k != "loss"},
-                          on_step=True, on_epoch=False, sync_dist=False, batch_size=batch_size)
-            self.log("train/loss_step", terms["loss"].detach(), on_step=True, on_epoch=False, prog_bar=True,
-                     sync_dist=False, batch_size=batch_size)
+            self.log_dict(
+                {f"train/{k}_step": v.detach() for k, v in terms.items() if k != "loss"},
+                on_step=True,
+                on_epoch=False,
+                sync_dist=False,
+                batch_size=batch_size,
+            )
+            self.log(
+                "train/loss_step",
+                terms["loss"].detach(),
+                on_step=True,
+                on_epoch=False,
+                prog_bar=True,
+                sync_dist=False,
+                batch_size=batch_size,
+            )
         sums = self._epoch_sums.setdefault(stage, {})
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + v.detach().float() * batch_size
@@ -81,14 +103,22 @@ class UnosatModule(pl.LightningModule):
         names = sorted(sums)
         if not names:
             return
-        packed = torch.stack([torch.as_tensor(sums[k], dtype=torch.float32, device=self.device) for k in names]
-                             + [torch.tensor(float(count), device=self.device)])
+        packed = torch.stack(
+            [torch.as_tensor(sums[k], dtype=torch.float32, device=self.device) for k in names]
+            + [torch.tensor(float(count), device=self.device)]
+        )
         packed = self.trainer.strategy.reduce(packed, reduce_op="sum")
         means = packed[:-1] / packed[-1].clamp_min(1.0)
         suffix = "_epoch" if stage == "train" else ""
         for name, value in zip(names, means):
-            self.log(f"{stage}/{name}{suffix}", value, on_step=False, on_epoch=True, sync_dist=False,
-                     prog_bar=name == "loss" and stage == "val")
+            self.log(
+                f"{stage}/{name}{suffix}",
+                value,
+                on_step=False,
+                on_epoch=True,
+                sync_dist=False,
+                prog_bar=name == "loss" and stage == "val",
+            )
 
     # ---------------------------------------------------- steps and epoch ends
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
@@ -131,7 +161,10 @@ class UnosatModule(pl.LightningModule):
         else:
             total = int(self.trainer.max_epochs)
         scheduler = self.scheduler_factory(optimizer, total_steps=total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
+        }
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)

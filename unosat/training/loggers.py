@@ -14,9 +14,18 @@ from unosat.wandb_mode import resolve_wandb_mode
 
 log = logging.getLogger(__name__)
 
-def wandb_logger(project: str = "unosat", save_dir: str = ".", mode: str = "auto", id: str | None = None,
-                 name: str | None = None, group: str | None = None, tags: list | None = None,
-                 log_model: bool = False, **kwargs):
+
+def wandb_logger(
+    project: str = "unosat",
+    save_dir: str = ".",
+    mode: str = "auto",
+    id: str | None = None,
+    name: str | None = None,
+    group: str | None = None,
+    tags: list | None = None,
+    log_model: bool = False,
+    **kwargs,
+):
     """A Lightning ``WandbLogger`` whose mode is resolved by :func:`resolve_wandb_mode`.
 
     ``id`` keeps one W&B run across resumes (the training run stores it in the checkpoint).
@@ -24,8 +33,18 @@ def wandb_logger(project: str = "unosat", save_dir: str = ".", mode: str = "auto
     resolved = resolve_wandb_mode(mode)
     log.info("W&B mode: %s", resolved)
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    return WandbLogger(project=project, save_dir=save_dir, mode=resolved, id=id, name=name, group=group,
-                       tags=list(tags or []), log_model=log_model, resume="allow" if id else None, **kwargs)
+    return WandbLogger(
+        project=project,
+        save_dir=save_dir,
+        mode=resolved,
+        id=id,
+        name=name,
+        group=group,
+        tags=list(tags or []),
+        log_model=log_model,
+        resume="allow" if id else None,
+        **kwargs,
+    )
 
 
 def finish_wandb(loggers: Iterable[Logger]) -> None:
@@ -38,8 +57,15 @@ def finish_wandb(loggers: Iterable[Logger]) -> None:
             wandb.finish()
 
 
-def mlflow_logger(experiment_name: str = "unosat", tracking_dir: str = "mlruns", tracking_uri: str | None = None,
-                  run_name: str | None = None, run_id: str | None = None, log_model: bool = False, **kwargs):
+def mlflow_logger(
+    experiment_name: str = "unosat",
+    tracking_dir: str = "mlruns",
+    tracking_uri: str | None = None,
+    run_name: str | None = None,
+    run_id: str | None = None,
+    log_model: bool = False,
+    **kwargs,
+):
     """A Lightning ``MLFlowLogger`` writing to a local tracking store by default.
 
     ``tracking_dir`` holds a SQLite store (``mlflow.db``) and the artifacts; browse it with
@@ -58,5 +84,12 @@ def mlflow_logger(experiment_name: str = "unosat", tracking_dir: str = "mlruns",
         directory.mkdir(parents=True, exist_ok=True)
         tracking_uri = f"sqlite:///{directory / 'mlflow.db'}"
         artifact_location = str(directory / "artifacts")
-    return MLFlowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri, run_name=run_name, run_id=run_id,
-                        log_model=log_model, artifact_location=artifact_location, **kwargs)
+    return MLFlowLogger(
+        experiment_name=experiment_name,
+        tracking_uri=tracking_uri,
+        run_name=run_name,
+        run_id=run_id,
+        log_model=log_model,
+        artifact_location=artifact_location,
+        **kwargs,
+    )

@@ -31,8 +31,13 @@ class LastEveryEpochCheckpoint(ModelCheckpoint):
         self._last_written_step: int | None = None
 
     def _may_write(self, trainer: pl.Trainer) -> bool:
-        return (bool(self.save_last) and not trainer.fast_dev_run and trainer.state.fn == TrainerFn.FITTING
-                and not trainer.sanity_checking and trainer.global_step > 0)
+        return (
+            bool(self.save_last)
+            and not trainer.fast_dev_run
+            and trainer.state.fn == TrainerFn.FITTING
+            and not trainer.sanity_checking
+            and trainer.global_step > 0
+        )
 
     def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict) -> None:
         if not self._may_write(trainer):
@@ -45,13 +50,20 @@ class LastEveryEpochCheckpoint(ModelCheckpoint):
         if self._last_written_step != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
         if trainer.world_size > 1 or self._last_written_step == trainer.global_step:
             return
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         if self._last_written_step == trainer.global_step:
-            log.warning("training stopped by %s at epoch %d, step %d: saved %s (resume with ckpt_path=last)",
-                        type(exception).__name__, trainer.current_epoch, trainer.global_step, self.last_model_path)
+            log.warning(
+                "training stopped by %s at epoch %d, step %d: saved %s (resume with ckpt_path=last)",
+                type(exception).__name__,
+                trainer.current_epoch,
+                trainer.global_step,
+                self.last_model_path,
+            )
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._last_written_step != trainer.global_step:

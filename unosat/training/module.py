@@ -50,10 +50,12 @@ class SegmentationModule(UnosatModule):
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)
         self.class_names = tuple(class_names)
-        self.confusion = nn.ModuleDict({
-            f"{stage}_split": MulticlassConfusionMatrix(self.num_classes, ignore_index=self.ignore_index)
-            for stage in STAGES  # ("train" alone would clash with nn.Module.train)
-        })
+        self.confusion = nn.ModuleDict(
+            {
+                f"{stage}_split": MulticlassConfusionMatrix(self.num_classes, ignore_index=self.ignore_index)
+                for stage in STAGES  # ("train" alone would clash with nn.Module.train)
+            }
+        )
 
     # ------------------------------------------------------------------ steps
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
@@ -77,6 +79,13 @@ class SegmentationModule(UnosatModule):
         self.log(f"{stage}/{headline}", scores[headline], prog_bar=True, sync_dist=False)
         if stage != "train" and self.trainer.is_global_zero:
             out_dir = Path(self.trainer.default_root_dir) / "figures"
-            fig = confusion_figure(confusion, self.class_names, f"{stage} confusion, epoch {self.current_epoch}")
-            save_and_log_figure(fig, out_dir / f"{stage}_confusion_epoch{self.current_epoch:03d}.png",
-                                f"{stage}/confusion_matrix", self.loggers, self.global_step)
+            fig = confusion_figure(
+                confusion, self.class_names, f"{stage} confusion, epoch {self.current_epoch}"
+            )
+            save_and_log_figure(
+                fig,
+                out_dir / f"{stage}_confusion_epoch{self.current_epoch:03d}.png",
+                f"{stage}/confusion_matrix",
+                self.loggers,
+                self.global_step,
+            )

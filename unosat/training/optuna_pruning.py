@@ -24,17 +24,26 @@ log = logging.getLogger(__name__)
 
 class OptunaPruning(pl.Callback):
     """Report ``monitor`` to Optuna trial ``trial`` of ``study_name`` in ``storage`` at each validation epoch
-    and stop training when ``pruner`` (e.g. ``optuna.pruners.MedianPruner``, or its config) says so. With ``trial`` None (a run outside a sweep, or a sweep without pruner) it does nothing."""
+    and stop training when ``pruner`` (e.g. ``optuna.pruners.MedianPruner``, or its config) says so. With
+    ``trial`` None (a run outside a sweep, or a sweep without pruner) it does nothing."""
 
-    def __init__(self, monitor: str, trial: int | None = None, storage: str | None = None,
-                 study_name: str | None = None, pruner: Any = None) -> None:
+    def __init__(
+        self,
+        monitor: str,
+        trial: int | None = None,
+        storage: str | None = None,
+        study_name: str | None = None,
+        pruner: Any = None,
+    ) -> None:
         super().__init__()
         self.monitor = monitor
         self.number = None if trial is None else int(trial)
         if self.number is not None and not (storage and study_name):
-            raise UnosatError(f"optuna.trial={trial} needs optuna.storage and optuna.study_name (set by the sweeper)")
+            raise UnosatError(
+                f"optuna.trial={trial} needs optuna.storage and optuna.study_name (set by the sweeper)"
+            )
         self.storage, self.study_name = storage, study_name
-        self.pruner = pruner   # a config with _target_, or the pruner Hydra's instantiate already built
+        self.pruner = pruner  # a config with _target_, or the pruner Hydra's instantiate already built
         self.trial = None
         self.pruned_at: int | None = None
         self._warned_missing = False
@@ -44,8 +53,12 @@ class OptunaPruning(pl.Callback):
             from unosat.sweeps import attach_trial
 
             self.trial = attach_trial(self.storage, self.study_name, self.number, self.pruner)
-            log.info("reporting %s to Optuna trial %d of study '%s' for pruning", self.monitor, self.number,
-                     self.study_name)
+            log.info(
+                "reporting %s to Optuna trial %d of study '%s' for pruning",
+                self.monitor,
+                self.number,
+                self.study_name,
+            )
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.number is None or trainer.sanity_checking:
@@ -56,7 +69,9 @@ class OptunaPruning(pl.Callback):
             score = trainer.callback_metrics.get(self.monitor)
             if score is None:
                 if not self._warned_missing:
-                    log.warning("Optuna pruning: %s was not logged at epoch %d; nothing reported", self.monitor, epoch)
+                    log.warning(
+                        "Optuna pruning: %s was not logged at epoch %d; nothing reported", self.monitor, epoch
+                    )
                     self._warned_missing = True
             else:
                 value = float(score.item() if torch.is_tensor(score) else score)
@@ -74,5 +89,9 @@ class OptunaPruning(pl.Callback):
             from unosat.sweeps import PRUNED_ATTR
 
             self.trial.set_user_attr(PRUNED_ATTR, epoch)
-            log.info("Optuna trial %d pruned at epoch %d (%s worse than the pruner allows): training stops",
-                     self.number, epoch, self.monitor)
+            log.info(
+                "Optuna trial %d pruned at epoch %d (%s worse than the pruner allows): training stops",
+                self.number,
+                epoch,
+                self.monitor,
+            )

@@ -17,8 +17,8 @@ log = logging.getLogger(__name__)
 
 class OverfitCheck(pl.Callback):
     """Args:
-        max_ratio: the criterion, last epoch's training loss over the first epoch's (e.g. 0.2: down by 80 %).
-        metric: the epoch-level training loss that is compared.
+    max_ratio: the criterion, last epoch's training loss over the first epoch's (e.g. 0.2: down by 80 %).
+    metric: the epoch-level training loss that is compared.
     """
 
     def __init__(self, max_ratio: float = 0.2, metric: str = "train/loss_epoch"):
@@ -42,13 +42,22 @@ class OverfitCheck(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         last = self._current(trainer)
         if self.first is None or last is None:
-            log.warning("overfit check: %s was not logged over 2 epochs or more; nothing to compare", self.metric)
+            log.warning(
+                "overfit check: %s was not logged over 2 epochs or more; nothing to compare", self.metric
+            )
             return
         ratio = last / self.first if self.first > 0 else float("inf")
         self.passed = ratio <= self.max_ratio
-        log.log(logging.INFO if self.passed else logging.WARNING,
-                "overfit check %s: %s went from %.4f (first epoch) to %.4f (epoch %d), ratio %.3f; criterion <= %.2f",
-                "PASS" if self.passed else "FAIL", self.metric, self.first, last, trainer.current_epoch, ratio,
-                self.max_ratio)
+        log.log(
+            logging.INFO if self.passed else logging.WARNING,
+            "overfit check %s: %s went from %.4f (first epoch) to %.4f (epoch %d), ratio %.3f; criterion <= %.2f",
+            "PASS" if self.passed else "FAIL",
+            self.metric,
+            self.first,
+            last,
+            trainer.current_epoch,
+            ratio,
+            self.max_ratio,
+        )
         for logger in trainer.loggers:
             logger.log_metrics({"debug/overfit_loss_ratio": ratio}, step=trainer.global_step)

@@ -83,33 +83,58 @@ class PredictionGrid(pl.Callback):
             output = pl_module(images)
         pl_module.train(was_training)
         preds = segmentation_logits(output).argmax(dim=1).cpu().numpy()
-        edges = torch.sigmoid(output[1]).cpu().numpy()[:, 0] if isinstance(output, tuple | list) and len(output) > 1 else None
+        edges = (
+            torch.sigmoid(output[1]).cpu().numpy()[:, 0]
+            if isinstance(output, tuple | list) and len(output) > 1
+            else None
+        )
         fig = self.figure(samples, preds, edges, band, dataset)
-        path = Path(trainer.default_root_dir) / "figures" / f"prediction_grid_epoch{trainer.current_epoch:03d}.png"
-        save_and_log_figure(fig, path, "val/prediction_grid", pl_module.loggers, trainer.global_step, self.dpi)
+        path = (
+            Path(trainer.default_root_dir)
+            / "figures"
+            / f"prediction_grid_epoch{trainer.current_epoch:03d}.png"
+        )
+        save_and_log_figure(
+            fig, path, "val/prediction_grid", pl_module.loggers, trainer.global_step, self.dpi
+        )
 
     def figure(self, samples, preds, edges, band: int, dataset) -> Figure:
         cols = ["image", "image + prediction", "prediction", "image + ground truth", "ground truth"]
         if edges is not None:
             cols.append("predicted edges")
-        fig, axes = subplots(len(samples), len(cols), figsize=(2.3 * len(cols), 2.4 * len(samples)), squeeze=False)
+        fig, axes = subplots(
+            len(samples), len(cols), figsize=(2.3 * len(cols), 2.4 * len(samples)), squeeze=False
+        )
         for r, (sample, pred) in enumerate(zip(samples, preds)):
             gray = display_band(sample["image"][band].numpy())
             target = sample["mask"].numpy()
             gt = target == TARGET
             shown_gt = np.where(target == IGNORE_INDEX, 0.5, gt.astype(float))
-            panels = [gray, overlay(gray, pred == TARGET, (1, 0.1, 0.1)), pred == TARGET,
-                      overlay(gray, gt, (0.1, 1, 0.1)), shown_gt]
+            panels = [
+                gray,
+                overlay(gray, pred == TARGET, (1, 0.1, 0.1)),
+                pred == TARGET,
+                overlay(gray, gt, (0.1, 1, 0.1)),
+                shown_gt,
+            ]
             if edges is not None:
                 panels.append(edges[r])
             for c, panel in enumerate(panels):
                 ax = axes[r, c]
-                ax.imshow(panel, cmap="gray" if np.ndim(panel) == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+                ax.imshow(
+                    panel,
+                    cmap="gray" if np.ndim(panel) == 2 else None,
+                    vmin=0,
+                    vmax=1,
+                    interpolation="nearest",
+                )
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if r == 0:
                     ax.set_title(cols[c], fontsize=8)
             tile = dataset.tiles.iloc[sample["index"]]
-            axes[r, 0].set_ylabel(f"{tile['city']} {tile['scene_id'][-16:]}\nIoU {tile_iou(pred, target):.3f}", fontsize=7)
+            axes[r, 0].set_ylabel(
+                f"{tile['city']} {tile['scene_id'][-16:]}\nIoU {tile_iou(pred, target):.3f}", fontsize=7
+            )
         fig.tight_layout()
         return fig

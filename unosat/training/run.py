@@ -102,7 +102,9 @@ def train(cfg: DictConfig, ckpt_path: Path | None, checkpoint: dict | None) -> f
             log.info("weights from %s", ckpt_path)
 
     net = instantiate(model_cfg)
-    module_factory = instantiate(cfg.module, _partial_=True)  # conf/module/: the LightningModule and its own options
+    module_factory = instantiate(
+        cfg.module, _partial_=True
+    )  # conf/module/: the LightningModule and its own options
     module: UnosatModule = module_factory(
         net=net,
         loss=instantiate(cfg.loss),
@@ -114,7 +116,9 @@ def train(cfg: DictConfig, ckpt_path: Path | None, checkpoint: dict | None) -> f
     )
     check_module_fits_network(module, net, str(cfg.module._target_))
     if ckpt_path is not None:
-        check_weights(checkpoint, module.state_dict(), ckpt_path)  # a one-line error, not Lightning's traceback
+        check_weights(
+            checkpoint, module.state_dict(), ckpt_path
+        )  # a one-line error, not Lightning's traceback
 
     loggers = build_loggers(cfg, previous)
     for lg in loggers:
@@ -122,9 +126,16 @@ def train(cfg: DictConfig, ckpt_path: Path | None, checkpoint: dict | None) -> f
             module.metadata["wandb_run_id"] = lg.version
         elif isinstance(lg, MLFlowLogger):
             module.metadata["mlflow"] = {"run_id": lg.run_id, "tracking_uri": lg.experiment.tracking_uri}
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                      **distributed_options(cfg.trainer), **slurm_options(cfg))
+    callbacks = [
+        instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c
+    ]
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        **distributed_options(cfg.trainer),
+        **slurm_options(cfg),
+    )
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if trainer.is_global_zero:
@@ -132,8 +143,11 @@ def train(cfg: DictConfig, ckpt_path: Path | None, checkpoint: dict | None) -> f
     for lg in loggers:
         if isinstance(lg, MLFlowLogger) and previous.get("mlflow"):
             # MLflow params cannot change within a run: a resumed run records its config as an artifact
-            lg.experiment.log_text(lg.run_id, OmegaConf.to_yaml(OmegaConf.create(resolved)),
-                                   f"config_resumed_{output_dir.name}.yaml")
+            lg.experiment.log_text(
+                lg.run_id,
+                OmegaConf.to_yaml(OmegaConf.create(resolved)),
+                f"config_resumed_{output_dir.name}.yaml",
+            )
             continue
         lg.log_hyperparams(resolved)
 
@@ -141,12 +155,24 @@ def train(cfg: DictConfig, ckpt_path: Path | None, checkpoint: dict | None) -> f
     if cfg.get("baseline", True) and trainer.is_global_zero and isinstance(module, SegmentationModule):
         base = vv_threshold_baseline(datamodule.train_dataset, datamodule.val_dataset)
         target = getattr(datamodule, "class_names", CLASS_NAMES)[TARGET]
-        summary["baseline"] = {"vv_threshold_db": base.threshold_db, "direction": base.direction,
-                               f"train_iou_{target}": base.train_iou, f"val_iou_{target}": base.val_iou}
-        log.info("baseline (one VV threshold, target %s %.2f dB, chosen on the training tiles): val %s IoU %.4f",
-                 base.direction, base.threshold_db, target, base.val_iou)
+        summary["baseline"] = {
+            "vv_threshold_db": base.threshold_db,
+            "direction": base.direction,
+            f"train_iou_{target}": base.train_iou,
+            f"val_iou_{target}": base.val_iou,
+        }
+        log.info(
+            "baseline (one VV threshold, target %s %.2f dB, chosen on the training tiles): val %s IoU %.4f",
+            base.direction,
+            base.threshold_db,
+            target,
+            base.val_iou,
+        )
         for lg in loggers:
-            lg.log_metrics({f"baseline/val_iou_{target}": base.val_iou, "baseline/vv_threshold_db": base.threshold_db}, step=0)
+            lg.log_metrics(
+                {f"baseline/val_iou_{target}": base.val_iou, "baseline/vv_threshold_db": base.threshold_db},
+                step=0,
+            )
 
     try:
         summary.update(fit_and_test(cfg, trainer, module, datamodule, ckpt_path))
@@ -156,7 +182,9 @@ def train(cfg: DictConfig, ckpt_path: Path | None, checkpoint: dict | None) -> f
     summary["seconds"] = time.perf_counter() - started
     if trainer.is_global_zero:
         write_json_atomic(output_dir / "summary.json", summary)
-        log.info("summary: %s", json.dumps({k: summary[k] for k in summary if k != "fit_metrics"}, default=str))
+        log.info(
+            "summary: %s", json.dumps({k: summary[k] for k in summary if k != "fit_metrics"}, default=str)
+        )
     metric_name = cfg.get("optimized_metric")
     if not training:  # nothing was optimised: the test score of the metric, when the test stage ran
         test_name = f"test/{metric_name.split('/', 1)[-1]}" if metric_name else None
@@ -166,7 +194,9 @@ def train(cfg: DictConfig, ckpt_path: Path | None, checkpoint: dict | None) -> f
         if summary.get("best_score") is not None:  # the checkpoint callback monitors optimized_metric
             return summary["best_score"]
         if metric_name not in metrics:
-            raise UnosatError(f"optimized_metric '{metric_name}' was not logged; logged metrics: {sorted(metrics)}")
+            raise UnosatError(
+                f"optimized_metric '{metric_name}' was not logged; logged metrics: {sorted(metrics)}"
+            )
         return metrics[metric_name]
     return None
 
@@ -179,7 +209,9 @@ def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, module: UnosatModule, dat
     training = bool(cfg.get("train", True))
     if training:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    metrics = {
+        k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1
+    }
     summary["fit_metrics"] = metrics
     best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
     if best:
@@ -190,11 +222,15 @@ def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, module: UnosatModule, dat
     if cfg.get("test", False):
         split = str(cfg.get("test_split", "test"))
         if split not in ("test", "val"):
-            raise UnosatError(f"test_split must be test (the test cities) or val (the validation folds), got '{split}'")
+            raise UnosatError(
+                f"test_split must be test (the test cities) or val (the validation folds), got '{split}'"
+            )
         dataset = datamodule.test_dataset if split == "test" else datamodule.val_dataset
         weights = (best or None) if training else (str(ckpt_path) if ckpt_path else None)
         if not training and weights is None:
-            raise UnosatError("train=false test=true needs the weights to score: ckpt_path=<file>, best or last")
+            raise UnosatError(
+                "train=false test=true needs the weights to score: ckpt_path=<file>, best or last"
+            )
         if len(dataset) == 0:
             message = f"no {split} tiles in {datamodule.dir}"
             if not training:
@@ -203,12 +239,20 @@ def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, module: UnosatModule, dat
         else:
             datamodule.test_dataset = dataset
             trainer.test(module, datamodule=datamodule, ckpt_path=weights, verbose=False)
-            summary["test_metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items()
-                                       if k.startswith("test/") and torch.is_tensor(v) and v.numel() == 1}
+            summary["test_metrics"] = {
+                k: float(v)
+                for k, v in trainer.callback_metrics.items()
+                if k.startswith("test/") and torch.is_tensor(v) and v.numel() == 1
+            }
             summary["test_split"], summary["test_checkpoint"] = split, weights or "the weights in memory"
             if trainer.is_global_zero:
-                print(score_table(summary["test_metrics"], f"{split} split, {len(dataset)} tiles, "
-                                  f"weights: {summary['test_checkpoint']}"), flush=True)
+                print(
+                    score_table(
+                        summary["test_metrics"],
+                        f"{split} split, {len(dataset)} tiles, weights: {summary['test_checkpoint']}",
+                    ),
+                    flush=True,
+                )
     return summary
 
 
@@ -217,9 +261,11 @@ def check_module_fits_network(module: UnosatModule, net: torch.nn.Module, target
     declares ``tile_classification``; a network that declares nothing is a segmentation network)."""
     predicts = getattr(net, "task", SegmentationModule.task)
     if module.task != predicts:
-        raise UnosatError(f"the module {target} trains {module.task.replace('_', ' ')}, but the network "
-                          f"{type(net).__name__} predicts {predicts.replace('_', ' ')}; choose the module=... of "
-                          "conf/module/ that fits the model (model=tile_classifier selects module=tile_classification)")
+        raise UnosatError(
+            f"the module {target} trains {module.task.replace('_', ' ')}, but the network "
+            f"{type(net).__name__} predicts {predicts.replace('_', ' ')}; choose the module=... of "
+            "conf/module/ that fits the model (model=tile_classifier selects module=tile_classification)"
+        )
 
 
 def score_table(metrics: dict[str, float], title: str) -> str:
@@ -239,13 +285,17 @@ def distributed_options(trainer_cfg) -> dict:
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     strategy = str(trainer_cfg.get("strategy", "auto"))
     if "ddp" in strategy and not on_gpu:
-        log.info("DDP on CPU: gloo backend; batch norm is not synchronised across ranks (each rank normalises "
-                 "its own batch; SyncBatchNorm needs GPUs)")
+        log.info(
+            "DDP on CPU: gloo backend; batch norm is not synchronised across ranks (each rank normalises "
+            "its own batch; SyncBatchNorm needs GPUs)"
+        )
     if str(requested) == "auto":
         return {"sync_batchnorm": on_gpu}
     if bool(requested) and not on_gpu:
-        raise UnosatError(f"trainer.sync_batchnorm=true needs GPUs (trainer.accelerator={accelerator}); use "
-                          "trainer.sync_batchnorm=auto or false on CPU")
+        raise UnosatError(
+            f"trainer.sync_batchnorm=true needs GPUs (trainer.accelerator={accelerator}); use "
+            "trainer.sync_batchnorm=auto or false on CPU"
+        )
     return {}
 
 
@@ -268,9 +318,16 @@ def slurm_options(cfg: DictConfig) -> dict:
     except KeyError:
         raise UnosatError(f"slurm.requeue_signal: unknown signal '{name}' (e.g. SIGUSR1)") from None
     plugins = list(instantiate(cfg.trainer.get("plugins") or []))
-    plugins.append(SLURMEnvironment(auto_requeue=bool(settings.get("auto_requeue", True)), requeue_signal=requeue_signal))
-    log.info("SLURM job %s (restart %s): auto-requeue %s on %s", os.environ.get("SLURM_JOB_ID"),
-             os.environ.get("SLURM_RESTART_COUNT", 0), bool(settings.get("auto_requeue", True)), requeue_signal.name)
+    plugins.append(
+        SLURMEnvironment(auto_requeue=bool(settings.get("auto_requeue", True)), requeue_signal=requeue_signal)
+    )
+    log.info(
+        "SLURM job %s (restart %s): auto-requeue %s on %s",
+        os.environ.get("SLURM_JOB_ID"),
+        os.environ.get("SLURM_RESTART_COUNT", 0),
+        bool(settings.get("auto_requeue", True)),
+        requeue_signal.name,
+    )
     return {"plugins": plugins}
 
 
@@ -286,12 +343,15 @@ def requeued_checkpoint(output_dir: Path) -> tuple[Path | None, dict | None]:
         return None, None
     hpc, hpc_tmp = checkpoint_files([output_dir], "hpc_ckpt_*.ckpt")
     own, own_tmp = checkpoint_files([output_dir / "checkpoints"], "*.ckpt")
-    candidates = sorted(hpc + own, key=lambda p: (p.stat().st_mtime, p.name.startswith("hpc_ckpt")), reverse=True)
+    candidates = sorted(
+        hpc + own, key=lambda p: (p.stat().st_mtime, p.name.startswith("hpc_ckpt")), reverse=True
+    )
     if not candidates and not hpc_tmp + own_tmp:
         log.info("SLURM restart %d: no checkpoint in %s yet, starting from scratch", restarts, output_dir)
         return None, None
-    return newest_loadable(candidates, f"SLURM restart {restarts} of {output_dir}", hpc_tmp + own_tmp,
-                           fresh_start=True)
+    return newest_loadable(
+        candidates, f"SLURM restart {restarts} of {output_dir}", hpc_tmp + own_tmp, fresh_start=True
+    )
 
 
 def check_resumable(checkpoint: dict, path: Path, max_epochs) -> None:
@@ -302,11 +362,15 @@ def check_resumable(checkpoint: dict, path: Path, max_epochs) -> None:
         return
     saved_max = ((checkpoint["unosat"].get("config") or {}).get("trainer") or {}).get("max_epochs")
     if saved_max is not None and done >= int(saved_max):
-        raise UnosatError(f"{path}: this run already finished ({done} of its {saved_max} epochs); to train longer set "
-                          f"trainer.max_epochs above {done}; to score it: python train.py train=false test=true "
-                          f"ckpt_path={path}")
-    raise UnosatError(f"{path}: the checkpoint has completed {done} epoch(s), not fewer than trainer.max_epochs="
-                      f"{max_epochs}: nothing left to train; set trainer.max_epochs above {done}")
+        raise UnosatError(
+            f"{path}: this run already finished ({done} of its {saved_max} epochs); to train longer set "
+            f"trainer.max_epochs above {done}; to score it: python train.py train=false test=true "
+            f"ckpt_path={path}"
+        )
+    raise UnosatError(
+        f"{path}: the checkpoint has completed {done} epoch(s), not fewer than trainer.max_epochs="
+        f"{max_epochs}: nothing left to train; set trainer.max_epochs above {done}"
+    )
 
 
 def model_config_for_data(model_cfg: dict, datamodule) -> dict:
@@ -317,18 +381,26 @@ def model_config_for_data(model_cfg: dict, datamodule) -> dict:
     if model_cfg.get("in_channels") is None:
         model_cfg["in_channels"] = recipe.count
     elif int(model_cfg["in_channels"]) != recipe.count:
-        raise UnosatError(f"model.in_channels={model_cfg['in_channels']} but the dataset {datamodule.dir} has "
-                          f"{recipe.count} bands ({recipe.name}: {', '.join(recipe.bands)}); set model.in_channels="
-                          f"{recipe.count} or null")
+        raise UnosatError(
+            f"model.in_channels={model_cfg['in_channels']} but the dataset {datamodule.dir} has "
+            f"{recipe.count} bands ({recipe.name}: {', '.join(recipe.bands)}); set model.in_channels="
+            f"{recipe.count} or null"
+        )
     if int(model_cfg.get("num_classes", len(CLASS_NAMES))) != len(CLASS_NAMES):
         raise UnosatError(f"model.num_classes must be {len(CLASS_NAMES)} ({', '.join(CLASS_NAMES)})")
     if "input_recipe" in model_cfg and model_cfg["input_recipe"] is None:
-        model_cfg["input_recipe"] = {"bands": list(recipe.bands), "units": recipe.units,
-                                     "mean": list(datamodule.normalization.mean), "std": list(datamodule.normalization.std)}
+        model_cfg["input_recipe"] = {
+            "bands": list(recipe.bands),
+            "units": recipe.units,
+            "mean": list(datamodule.normalization.mean),
+            "std": list(datamodule.normalization.std),
+        }
     return model_cfg
 
 
-def resolve_ckpt_path(value, log_dir: Path, output_dir: Path, training: bool = True) -> tuple[Path | None, dict | None]:
+def resolve_ckpt_path(
+    value, log_dir: Path, output_dir: Path, training: bool = True
+) -> tuple[Path | None, dict | None]:
     """The checkpoint to resume from (or to score with ``train=false``) and its content.
 
     ``null`` -> (None, None). ``last``: the newest checkpoint of earlier training runs under
@@ -342,8 +414,11 @@ def resolve_ckpt_path(value, log_dir: Path, output_dir: Path, training: bool = T
     if value in (None, "", "null"):
         return None, None
     if str(value) in ("last", "best"):
-        directories = [d for d in log_dir.glob("train/**/checkpoints")
-                       if d.is_dir() and output_dir not in d.parents and d.parent != output_dir]
+        directories = [
+            d
+            for d in log_dir.glob("train/**/checkpoints")
+            if d.is_dir() and output_dir not in d.parents and d.parent != output_dir
+        ]
         pattern = "*.ckpt" if str(value) == "last" else "best-*.ckpt"
         candidates, temporaries = checkpoint_files(directories, pattern)
         what = f"ckpt_path={value} (under {log_dir / 'train'})"

@@ -37,7 +37,9 @@ class PolyLR(_ConfiguredSchedule, PolynomialLR):
     config_keys = ("total_iters", "power")
 
     def __init__(self, optimizer: Optimizer, total_steps: int, power: float = 0.9, last_epoch: int = -1):
-        super().__init__(optimizer, total_iters=max(1, int(total_steps)), power=float(power), last_epoch=last_epoch)
+        super().__init__(
+            optimizer, total_iters=max(1, int(total_steps)), power=float(power), last_epoch=last_epoch
+        )
 
 
 class WarmupCosineLR(_ConfiguredSchedule):
@@ -51,18 +53,29 @@ class WarmupCosineLR(_ConfiguredSchedule):
 
     config_keys = ("total_steps", "warmup_steps", "warmup_start_factor", "min_lr_factor")
 
-    def __init__(self, optimizer: Optimizer, total_steps: int, warmup_steps: int | None = None,
-                 warmup_fraction: float = 0.05, warmup_start_factor: float = 0.01, min_lr_factor: float = 0.0,
-                 last_epoch: int = -1):
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        total_steps: int,
+        warmup_steps: int | None = None,
+        warmup_fraction: float = 0.05,
+        warmup_start_factor: float = 0.01,
+        min_lr_factor: float = 0.0,
+        last_epoch: int = -1,
+    ):
         self.total_steps = max(1, int(total_steps))
-        self.warmup_steps = int(warmup_steps) if warmup_steps is not None else int(round(warmup_fraction * self.total_steps))
+        self.warmup_steps = (
+            int(warmup_steps) if warmup_steps is not None else int(round(warmup_fraction * self.total_steps))
+        )
         self.warmup_start_factor = float(warmup_start_factor)
         self.min_lr_factor = float(min_lr_factor)
         super().__init__(optimizer, last_epoch)
 
     def factor(self, step: int) -> float:
         if step < self.warmup_steps:
-            return self.warmup_start_factor + (1 - self.warmup_start_factor) * step / max(1, self.warmup_steps)
+            return self.warmup_start_factor + (1 - self.warmup_start_factor) * step / max(
+                1, self.warmup_steps
+            )
         span = max(1, self.total_steps - self.warmup_steps)
         progress = min(1.0, (step - self.warmup_steps) / span)
         return self.min_lr_factor + (1 - self.min_lr_factor) * 0.5 * (1 + math.cos(math.pi * progress))

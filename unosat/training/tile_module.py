@@ -33,18 +33,35 @@ class TileClassificationModule(UnosatModule):
 
     task = "tile_classification"
 
-    def __init__(self, net: nn.Module, loss: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
-                 scheduler_interval: str = "step", channels_last: bool = False, metadata: dict | None = None,
-                 threshold: float = 0.5):
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        optimizer: Callable,
+        scheduler: Callable | None = None,
+        scheduler_interval: str = "step",
+        channels_last: bool = False,
+        metadata: dict | None = None,
+        threshold: float = 0.5,
+    ):
         super().__init__(net, loss, optimizer, scheduler, scheduler_interval, channels_last, metadata)
         self.threshold = float(threshold)
-        self.metrics = nn.ModuleDict({
-            f"{stage}_split": MetricCollection({
-                "precision": BinaryPrecision(threshold=self.threshold), "recall": BinaryRecall(threshold=self.threshold),
-                "f1": BinaryF1Score(threshold=self.threshold), "auroc": BinaryAUROC(),
-            }) for stage in STAGES
-        })
-        self.counts = nn.ModuleDict({f"{stage}_split": BinaryStatScores(threshold=self.threshold) for stage in STAGES})
+        self.metrics = nn.ModuleDict(
+            {
+                f"{stage}_split": MetricCollection(
+                    {
+                        "precision": BinaryPrecision(threshold=self.threshold),
+                        "recall": BinaryRecall(threshold=self.threshold),
+                        "f1": BinaryF1Score(threshold=self.threshold),
+                        "auroc": BinaryAUROC(),
+                    }
+                )
+                for stage in STAGES
+            }
+        )
+        self.counts = nn.ModuleDict(
+            {f"{stage}_split": BinaryStatScores(threshold=self.threshold) for stage in STAGES}
+        )
         self._warned: set[str] = set()
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
@@ -67,8 +84,15 @@ class TileClassificationModule(UnosatModule):
             values["auroc"] = math.nan
             if stage not in self._warned and not self.trainer.sanity_checking:
                 self._warned.add(stage)
-                log.warning("%s: all %d windows %s building pixels, so AUROC is undefined (logged as NaN) and the "
-                            "classifier cannot learn to tell them apart; use a smaller model.window_px or data with "
-                            "empty areas", stage, tp + fp + tn + fn, "hold" if tn + fp == 0 else "lack")
+                log.warning(
+                    "%s: all %d windows %s building pixels, so AUROC is undefined (logged as NaN) and the "
+                    "classifier cannot learn to tell them apart; use a smaller model.window_px or data with "
+                    "empty areas",
+                    stage,
+                    tp + fp + tn + fn,
+                    "hold" if tn + fp == 0 else "lack",
+                )
         if not self.trainer.sanity_checking:
-            self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val", sync_dist=False)
+            self.log_dict(
+                {f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val", sync_dist=False
+            )
