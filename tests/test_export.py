@@ -427,14 +427,34 @@ def test_split_decoder_concats_keeps_the_unets_values_and_leaves_the_checkpoint_
         type(b) is UpBlock for b in net.decoder
     )
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
-    for shape in [(2, 3, 64, 64), (1, 3, 37, 50)]:  # a multiple of the size divisor, and odd sides
+    for shape in [(2, 3, 64, 64), (1, 3, 40, 56)]:  # multiples of the size divisor (8), one not square
         x = torch.randn(shape)
         with torch.inference_mode():
             want, got = net(x), split(x)
         assert got.shape == want.shape == (shape[0], 2, *shape[2:])
         assert torch.allclose(got, want, atol=1e-5), float((got - want).abs().max())
+    with pytest.raises(UnosatError, match="multiples of its size divisor"):
+        split(torch.randn(1, 3, 37, 50))  # the network itself takes odd sides; its exported form does not
     other = torch.nn.Conv2d(3, 2, 1)
     assert split_decoder_concats(other) is other  # networks without U-Net decoder levels: as they are
+
+
+def test_an_exported_unet_is_checked_and_described_at_multiples_of_its_size_divisor(exports, tmp_path):
+    ckpt, path = exports["unet"]  # widths [8, 16, 32]: size divisor 4
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(props["unosat_input"])["side_multiple"] == 4
+    assert "must be multiples of 4 px" in path.with_suffix(".md").read_text()
+    for override, name in [
+        ("check.sizes=[[48,78]]", r"check.sizes=\[78\]"),
+        ("trace.size=66", "trace.size=66"),
+        ("window.size=510", "deepness.tile_px=510"),
+    ]:
+        with pytest.raises(UnosatError, match=f"{name}.*multiples of 4 px"):
+            run(export_cfg(ckpt, tmp_path / "odd.onnx", override))
+    assert not (tmp_path / "odd.onnx").exists()
+    lw_ckpt, lw_path = exports["lwrefinenet"]
+    lw_props = {p.key: p.value for p in onnx.load(str(lw_path)).metadata_props}
+    assert json.loads(lw_props["unosat_input"])["side_multiple"] == 1  # other networks take any side
 
 
 def test_two_class_probabilities_are_the_softmax():

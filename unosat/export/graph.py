@@ -49,6 +49,12 @@ TORCH_BAND_FORMULAS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tens
 INPUT_BANDS: tuple[str, ...] = ("vh", "vv")
 
 
+def as_float32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as float32; a float32 tensor as it is, so that the traced graph holds no Cast that copies it
+    unchanged (``Tensor.float()`` is traced as one)."""
+    return t if t.dtype == torch.float32 else t.float()
+
+
 class PolarisationInput(nn.Module):
     """``(N, 2, H, W)`` VH, VV -> the network's normalised ``(N, recipe.count, H, W)`` input (module docstring).
 
@@ -92,7 +98,7 @@ class PolarisationInput(nn.Module):
         return ok
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        vh, vv = x[:, 0:1].float(), x[:, 1:2].float()
+        vh, vv = as_float32(x[:, 0:1]), as_float32(x[:, 1:2])
         valid = self.valid(vh, vv)
         if self.input_units == "db":
             vh, vv = torch.pow(10.0, vh / 10.0), torch.pow(10.0, vv / 10.0)
@@ -133,7 +139,7 @@ class ExportedSegmentation(nn.Module):
         self.probabilities = probabilities
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.probabilities(segmentation_logits(self.net(self.prepare(x))).float())
+        return self.probabilities(as_float32(segmentation_logits(self.net(self.prepare(x)))))
 
 
 class ExportedTileClassifier(nn.Module):
@@ -145,7 +151,7 @@ class ExportedTileClassifier(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(self.prepare(x)).float())
+        return torch.sigmoid(as_float32(self.net(self.prepare(x))))
 
 
 def exported_module(net: nn.Module, prepare: PolarisationInput, rewrite: bool = True) -> nn.Module:

@@ -13,6 +13,27 @@ BAND_WORDS = {
 }
 
 
+SQUARE_TILES = (
+    "in QGIS give square tiles: Deepness checks that the output is square, "
+    "so both spatial axes carry one symbol"
+)
+
+
+def _sides(meta: dict) -> str:
+    """What heights and widths the graph takes (``unosat_input.side_multiple``, absent in older exports)."""
+    divisor = meta.get("unosat_size_divisor", 1)
+    multiple = meta["unosat_input"].get("side_multiple", 1)
+    if multiple > 1:
+        return (
+            f"Any batch works; **height and width must be multiples of {multiple} px** (512 is; {SQUARE_TILES}). "
+            "predict.py pads other windows to such multiples by mirroring and crops the result back."
+        )
+    return (
+        f"Any batch, height and width work ({SQUARE_TILES}); sides that are multiples of {divisor} px (512 is) give "
+        "exactly what predict.py computes, which pads other windows to such multiples by mirroring."
+    )
+
+
 def _recipe_words(recipe: dict) -> str:
     bands = ", ".join(BAND_WORDS.get(b, b) for b in recipe["bands"])
     units = (
@@ -44,10 +65,7 @@ def model_card(meta: dict, summary: dict, onnx_name: str) -> str:
         "## Input: VH and VV, nothing else",
         "",
         f"One tensor `{inp['name']}`, {inp['layout']}, shape (batch, 2, height, width): **band 1 = VH, band 2 = VV**, "
-        f"Sentinel-1 backscatter in {units}. Any batch, height and width work (in QGIS give square tiles: "
-        "Deepness checks that the output is square, so both spatial axes carry one symbol); sides that are "
-        f"multiples of {meta.get('unosat_size_divisor', 1)} px (512 is) give exactly what predict.py computes, "
-        "which pads other windows to such multiples by mirroring.",
+        f"Sentinel-1 backscatter in {units}. {_sides(meta)}",
         "",
         f"The band recipe is inside the graph: it computes {_recipe_words(meta['unosat_recipe'])} from VH and VV, "
         f"then standardises each band with the training tiles' mean {[round(m, 4) for m in norm['mean']]} and "

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from unosat.checkpoint import best_of_latest_run
 from unosat.classes import TARGET
 from unosat.errors import UnosatError
+from unosat.export.concat_split import needs_size_multiples
 from unosat.export.graph import INPUT_BANDS, PolarisationInput, exported_module
 from unosat.export.model_card import model_card
 from unosat.io.atomic import atomic_path, write_text_atomic
@@ -131,6 +132,21 @@ def check_against_torch(
     return worst
 
 
+def check_sides(net: torch.nn.Module, sides: dict[str, list[int]]) -> None:
+    """:class:`UnosatError` naming the setting when the exported form of ``net`` takes only multiples of its size
+    divisor (:func:`~unosat.export.concat_split.needs_size_multiples`) and one of ``sides`` is not."""
+    if not needs_size_multiples(net):
+        return
+    divisor = size_divisor(net)
+    for setting, values in sides.items():
+        bad = [v for v in values if v % divisor]
+        if bad:
+            raise UnosatError(
+                f"{setting}={bad if len(values) > 1 else bad[0]}: the exported {type(net).__name__} takes sides "
+                f"that are multiples of {divisor} px; choose such sizes"
+            )
+
+
 def metadata_for(
     model: LoadedModel, task: str, settings: DeepnessSettings, input_units: str, nodata_values: list[float]
 ) -> dict:
@@ -147,6 +163,8 @@ def metadata_for(
                 "nodata_values": nodata_values,
                 "layout": "NCHW float32",
                 "name": INPUT_NAME,
+                # height and width must be multiples of this (1: any side)
+                "side_multiple": size_divisor(model.net) if needs_size_multiples(model.net) else 1,
             },
             "unosat_output": {
                 "name": OUTPUT_NAMES[task],
@@ -212,6 +230,14 @@ def run(cfg: DictConfig) -> dict:
     )
     sizes = [(int(r), int(c)) for r, c in cfg.check.sizes]
     meta = metadata_for(model, task, settings, units, nodata_values)
+    check_sides(
+        model.net,
+        {
+            "trace.size": [int(cfg.trace.size)],
+            "check.sizes": [v for rc in sizes for v in rc],
+            "deepness.tile_px": [int(settings.tile_px)],
+        },
+    )
 
     with atomic_path(output) as tmp:
         onnx_export(module, torch.from_numpy(trace), tmp, task, int(cfg.opset), dict(cfg.axes))
