@@ -649,20 +649,23 @@ def fmt(value: tuple[float, float] | None, digits: int = 3) -> str:
 
 def ceiling_line(records: list[dict], fold_cities: dict[int, list[str]]) -> str:
     """The object F1 of a perfect per-pixel prediction (predict.py's ``object_ceiling``: the labels burnt on the
-    prediction grid) of each validation city and the test city: the most any model's object F1 can reach."""
+    prediction grid) of each validation city and the test city: the most any model's object F1 can reach. It does
+    not depend on the model: the first run that recorded it is taken (runs scored before it existed have none)."""
+
+    def first(values) -> float | None:
+        return next((v for v in values if v is not None), None)
+
     cells = []
     for fold in sorted({r["fold"] for r in records}):
-        value = next(
-            (r["val"].get("object_f1_ceiling") for r in records if r["fold"] == fold and r.get("val")), None
+        value = first(
+            r["val"].get("object_f1_ceiling") for r in records if r["fold"] == fold and r.get("val")
         )
-        cells.append(
-            f"{fold_cities[fold][0]} {value:.3f}" if value is not None else f"{fold_cities[fold][0]} n/a"
-        )
-    test = next((r["test"].get("object_f1_ceiling") for r in records if r.get("test")), None)
+        city = fold_cities[fold][0]
+        cells.append(f"{city} {value:.3f}" if value is not None else f"{city} n/a")
+    test = first(r["test"].get("object_f1_ceiling") for r in records if r.get("test"))
     cells.append(f"test {test:.3f}" if test is not None else "test n/a")
-    return "object F1 ceiling (a perfect per-pixel prediction: the labels burnt on the grid): " + ", ".join(
-        cells
-    )
+    prefix = "object F1 ceiling (a perfect per-pixel prediction: the labels burnt on the grid): "
+    return prefix + ", ".join(cells)
 
 
 def markdown(rows: list[dict]) -> str:
