@@ -24,11 +24,13 @@ REPO = Path(__file__).resolve().parents[1]
 def pytest_configure(config):
     """Register the ``slow`` marker: end-to-end tests (they train a network, predict whole scenes with a trained
     one, run an entry point in a subprocess, prepare the demo several times, or build the full-size default
-    demo). ``pytest -m "not slow"`` is the quick suite; CI and the README's command run everything."""
+    demo), and tests that take about a second or more on 2 cores because they run a whole stage (a preparation,
+    an Optuna study, three exports) or compose every configuration. ``pytest -m "not slow"`` is the quick suite
+    (under a minute); CI and the README's command run everything."""
     config.addinivalue_line(
         "markers",
-        "slow: end-to-end test (training, whole-scene prediction, subprocesses, "
-        "repeated or full-size preparation)",
+        "slow: end-to-end test (training, whole-scene prediction, subprocesses, repeated or full-size "
+        "preparation) or one of about a second or more (a whole stage, every configuration)",
     )
 
 

@@ -107,6 +107,7 @@ def test_pixel_classifier_refuses_one_class():
         fit_pixel_classifier(items, 1, windows=[3], samples=10)
 
 
+@pytest.mark.slow
 def test_vv_threshold_fit_on_a_prepared_fold_is_the_training_runs_baseline(tiny_prepared_db, tmp_path):
     from hydra.utils import instantiate
 

@@ -86,6 +86,7 @@ def water_dataset(tiny_raw_session, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_prepare_records_the_names_and_the_report_uses_them(water_dataset):
     manifest = json.loads((water_dataset / "dataset.json").read_text())
     assert manifest["classes"] == ["land", "water"]
@@ -181,6 +182,7 @@ def test_default_config_keeps_building():
     assert compose_config("train", ["classes.names=[dry,flood]"]).optimized_metric == "val/iou_flood"
 
 
+@pytest.mark.slow
 def test_a_dataset_is_renamed_by_the_report_step(water_dataset, tmp_path):
     """Renaming needs no re-preparation: steps=[report] with other names rewrites dataset.json and the report."""
     copy = Path(shutil.copytree(water_dataset, tmp_path / "copy"))

@@ -71,6 +71,7 @@ def test_the_code_is_the_source_of_the_label_values():
     assert (prepare["ignore_index"], prepare["num_classes"]) == (IGNORE_INDEX, len(CLASS_NAMES))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", [None, *options("experiment")])
 def test_every_experiment_model_and_loss_passes_the_label_values_on(experiment):
     """Every experiment composes with every model and every loss (paired, the loss list turned by one per
@@ -90,6 +91,7 @@ def test_every_experiment_model_and_loss_passes_the_label_values_on(experiment):
         assert any(p.startswith("loss.") and p.endswith("ignore_index") for p in found), loss
 
 
+@pytest.mark.slow
 def test_every_augmentation_and_debug_option_fills_masks_with_the_ignore_value():
     for group in ("augment", "debug"):
         for option in options(group):
@@ -97,6 +99,7 @@ def test_every_augmentation_and_debug_option_fills_masks_with_the_ignore_value()
             assert (group, option) == ("debug", "fdr") or any(p.endswith("fill_mask") for p in found), option
 
 
+@pytest.mark.slow
 def test_a_changed_label_value_reaches_every_loss_augmentation_and_model():
     for loss in options("loss"):
         cfg = resolved(
@@ -110,6 +113,7 @@ def test_a_changed_label_value_reaches_every_loss_augmentation_and_model():
     }
 
 
+@pytest.mark.slow
 def test_the_checkpoint_records_resolved_model_arguments():
     """train.py records ``network_spec`` of the resolved model config: plain numbers that predict.py and the
     export rebuild the network from (spec_from_checkpoint accepts it)."""
@@ -120,6 +124,7 @@ def test_the_checkpoint_records_resolved_model_arguments():
         assert spec_from_checkpoint(spec) == spec
 
 
+@pytest.mark.slow
 def test_the_dataset_group_sets_the_directory_and_its_preparation_together():
     demo = Path("/root/data/demo")
     expected = {  # option -> (prepared directory, prepare.py overrides): what the experiments restated before
@@ -154,6 +159,7 @@ def test_the_dataset_group_sets_the_directory_and_its_preparation_together():
     assert resolved("experiment=unosat_5b", "data.dir=/mine")["data"]["dir"] == "/mine"
 
 
+@pytest.mark.slow
 def test_experiments_keep_the_original_settings_they_no_longer_restate():
     cfg = resolved("experiment=unosat_ce")
     assert cfg["scheduler"]["schedule"]["power"] == 0.9 and cfg["scheduler"]["interval"] == "step"

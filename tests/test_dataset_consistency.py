@@ -34,6 +34,7 @@ def test_a_consistent_dataset_is_accepted(db_copy):
     assert dm.recipe.name == "db" and len(dm.train_tiles) > 0
 
 
+@pytest.mark.slow
 def test_normalization_of_another_recipe_is_refused(db_copy, tiny_prepared):
     shutil.copy(tiny_prepared / "normalization.json", db_copy / "normalization.json")
     with pytest.raises(

@@ -132,6 +132,7 @@ def test_precedence_name_then_tags_then_sidecar_and_the_order_is_configurable(tm
     assert scene.orbit_pass == "ASC"
 
 
+@pytest.mark.slow
 def test_a_multiband_file_without_a_date_gets_it_from_its_sidecar(tmp_path):
     raw = tmp_path / "raw"
     pols = backscatter(2, "db")

@@ -441,6 +441,7 @@ def test_split_decoder_concats_keeps_the_unets_values_and_leaves_the_checkpoint_
     assert split_decoder_concats(other) is other  # networks without U-Net decoder levels: as they are
 
 
+@pytest.mark.slow
 def test_an_exported_unet_is_checked_and_described_at_multiples_of_its_size_divisor(exports, tmp_path):
     ckpt, path = exports["unet"]  # widths [8, 16, 32]: size divisor 4
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}

@@ -263,6 +263,7 @@ def test_image_gradient_of_a_ramp_and_the_floor():
 # ----------------------------------------------------------------------------------------- configs and runs
 
 
+@pytest.mark.slow
 def test_experiment_gscnn_is_the_unosat_baseline_with_gscnn():
     cfg = compose_config("train", ["experiment=gscnn"])
     base = compose_config("train", ["experiment=unosat_ce"])

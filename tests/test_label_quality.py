@@ -47,6 +47,7 @@ def degraded(tiny_raw_session, tmp_path_factory):
     return out, shifted.scene_id, dull.scene_id
 
 
+@pytest.mark.slow
 def test_known_shift_is_found_and_flagged(degraded):
     out, shifted, _ = degraded
     q = pd.read_csv(out / "quality.csv").set_index("scene_id")
@@ -55,6 +56,7 @@ def test_known_shift_is_found_and_flagged(degraded):
     assert row.quality_flag and "shifted by" in row.quality_reason
 
 
+@pytest.mark.slow
 def test_known_contrast_is_measured_and_flagged(degraded):
     out, _, dull = degraded
     ds = PreparedDataset(out)
@@ -76,6 +78,7 @@ def test_known_contrast_is_measured_and_flagged(degraded):
     assert q.loc[dull, "quality_flag"] and "contrast" in q.loc[dull, "quality_reason"]
 
 
+@pytest.mark.slow
 def test_clean_acquisitions_are_not_flagged_and_flags_reach_statistics_and_training(degraded):
     out, shifted, dull = degraded
     q = pd.read_csv(out / "quality.csv").set_index("scene_id")

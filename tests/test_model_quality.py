@@ -160,6 +160,7 @@ def test_benchmark_end_to_end_on_the_tiny_demo(tiny_prepared_db, tmp_path, capsy
         bench.main([*argv, "--epochs", "2"])
 
 
+@pytest.mark.slow
 def test_a_configuration_that_does_not_compose_is_a_clear_error(tiny_prepared_db, tmp_path):
     bench = load_benchmark()
     base = ["--data", str(tiny_prepared_db), "--workdir", str(tmp_path / "work"), *FAST]

@@ -67,6 +67,7 @@ def test_every_parameter_gets_a_gradient() -> None:
             assert prm.grad is not None and prm.grad.abs().sum() > 0, name
 
 
+@pytest.mark.slow
 def test_pretrained_backbone_and_bad_settings(tmp_path) -> None:
     source = resnet50(3)
     with torch.no_grad():

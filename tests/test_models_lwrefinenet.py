@@ -167,6 +167,7 @@ def test_parameter_counts(model: LWRefineNet) -> None:
     assert n_params(LWRefineNet(num_classes=21)) == 3_284_565
 
 
+@pytest.mark.slow
 def test_encoder_features_and_quarter_logits_for_512(model: LWRefineNet) -> None:
     assert model.encoder.stage_channels == (32, 16, 24, 32, 64, 96, 160, 320)
     assert model.encoder.stage_strides == (2, 2, 4, 8, 16, 16, 32, 32)
@@ -301,6 +302,7 @@ def test_load_reference_state_dict_lands_every_tensor(prefix: str) -> None:
         torch.testing.assert_close(net(x), expected)
 
 
+@pytest.mark.slow
 def test_load_from_path_with_weights_only(tmp_path) -> None:
     ref = random_reference_state_dict(seed=2)
     for i, saved in enumerate(

@@ -24,6 +24,7 @@ def test_results_keep_the_order_of_the_items():
     assert map_scenes(int, items, 3, "test") == list(range(7)) == map_scenes(int, items, 1, "test")
 
 
+@pytest.mark.slow
 def test_an_error_in_a_worker_is_raised_in_the_main_process():
     with pytest.raises(UnosatError, match=r"unknown step\(s\) \['nope'\]"):
         map_scenes(validate_steps, [["bands"], ["nope"], ["stats"]], 2, "test")

@@ -247,6 +247,7 @@ def test_truncated_geotiff_is_reported_and_leaves_no_output(tiny_raw, tmp_path):
     assert not [p for p in (tmp_path / "out").rglob("*") if ".tmp-" in p.name]
 
 
+@pytest.mark.slow
 def test_garbage_file_named_like_a_scene_is_reported(tiny_raw, tmp_path):
     vv = next(tiny_raw.rglob("*_vv_*.tif"))
     vv.write_bytes(b"this is not a tiff")
@@ -295,6 +296,7 @@ def test_labels_outside_the_scene_warn_and_give_an_all_background_mask(tiny_raw,
     assert not ds.scenes().set_index("scene_id").loc[sid, "intersects"]
 
 
+@pytest.mark.slow
 def test_nan_and_inf_backscatter_are_nodata_and_counted(tiny_raw, tmp_path):
     vv = next(tiny_raw.rglob("*_vv_*.tif"))
     with rasterio.open(vv, "r+") as dst:
@@ -360,6 +362,7 @@ def test_entry_point_prints_one_clear_error_line(tmp_path):
 # --------------------------------------------------------------------- nothing is lost
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_work_and_raw_inputs_are_untouched(tiny_raw, tmp_path):
     before = tree_digest(tiny_raw)
     out = tmp_path / "out"
@@ -372,6 +375,7 @@ def test_rerun_skips_finished_work_and_raw_inputs_are_untouched(tiny_raw, tmp_pa
     assert tree_digest(tiny_raw) == before
 
 
+@pytest.mark.slow
 def test_other_settings_are_refused_without_overwrite(tiny_raw, tmp_path):
     out = tmp_path / "out"
     run(prepare_config(tiny_raw, out, "steps=[bands]"))
@@ -523,6 +527,7 @@ def test_redoing_the_bands_in_another_recipe_redoes_every_step_downstream(tiny_r
     assert {p: p.stat().st_mtime_ns for p in redone.rglob("*.tif")} == stamps
 
 
+@pytest.mark.slow
 def test_a_redone_step_leaves_the_steps_it_does_not_feed_alone(tiny_raw_session, tmp_path):
     out = tmp_path / "out"
     run(prepare_config(tiny_raw_session, out, "steps=[bands,labels,tiles,stats]"))
@@ -536,6 +541,7 @@ def test_a_redone_step_leaves_the_steps_it_does_not_feed_alone(tiny_raw_session,
     assert PreparedDataset(out).manifest["steps_done"] == ["bands", "labels", "tiles", "stats"]
 
 
+@pytest.mark.slow
 def test_an_out_of_date_step_that_is_not_redone_is_refused_by_name(tiny_raw_session, tmp_path):
     out = tmp_path / "out"
     run(prepare_config(tiny_raw_session, out, "steps=[bands,labels,tiles,stats,report]"))

@@ -93,6 +93,7 @@ def test_mask_rasters_keep_small_buildings_visible(tmp_path, scene):
     assert tuple(image[80, 50]) == PREDICTED_RGB
 
 
+@pytest.mark.slow
 def test_size_follows_max_px_and_db_images_are_shown_as_they_are(tmp_path):
     rng = np.random.default_rng(1)
     db = rng.normal(-10, 3, (700, 1000)).astype(np.float32)

@@ -201,6 +201,7 @@ def test_stac_item_with_two_cog_assets_found_prepared_and_predicted(stac_raw, tm
     assert_on_grid(manifest["scenes"][0]["probability"], UTM, UTM_TRANSFORM)
 
 
+@pytest.mark.slow
 def test_stac_items_with_remote_or_missing_assets_are_refused(stac_raw):
     from hydra.utils import instantiate
 
@@ -283,6 +284,7 @@ def test_sen1floods11_chip_found_prepared_and_predicted(chip_raw, tmp_path):
     assert (prob[:6] == 255).all() and (prob[6:] != 255).all()
 
 
+@pytest.mark.slow
 def test_scenes_prepared_without_labels_are_marked_and_refused_by_training(hyp3_raw, tmp_path):
     from unosat.data.datamodule import UnosatDataModule
 

@@ -139,6 +139,7 @@ def test_sampled_values_are_written_as_overrides_hydra_reads_back_unchanged():
 # ------------------------------------------------------------------------------------- resume
 
 
+@pytest.mark.slow
 def test_a_killed_study_resumes_to_n_trials_without_replay_or_reused_job_numbers(tmp_path, caplog):
     params = {"optimizer.lr": "interval(0.0001, 0.01)", "loss.label_smoothing": "choice(0.0, 0.05, 0.1)"}
 
@@ -180,6 +181,7 @@ def test_a_killed_study_resumes_to_n_trials_without_replay_or_reused_job_numbers
     assert done.numbers == [] and len(states(tmp_path)) == 5
 
 
+@pytest.mark.slow
 def test_failed_jobs_are_recorded_fail_and_the_sweep_goes_on_up_to_max_failure_rate(tmp_path):
     def objective(o):
         if float(o["loss.label_smoothing"]) >= 1:
@@ -227,6 +229,7 @@ class MetricSequenceModel(BoringModel):
         return DataLoader(RandomDataset(32, 2), batch_size=2)
 
 
+@pytest.mark.slow
 def test_a_hopeless_trial_is_pruned_by_the_lightning_callback_and_told_pruned(tmp_path):
     # values exact in float32 (Lightning logs float32 tensors)
     sequences = {
@@ -304,6 +307,7 @@ def test_without_a_pruner_or_a_storage_jobs_get_no_trial_and_the_callback_does_n
         attach_trial(f"sqlite:///{tmp_path}/optuna.db", "unosat", 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["tpe_seeded", "tpe", "random", "cmaes", "grid"])
 def test_each_configured_sampler_runs_a_study(tmp_path, name):
     from hydra import compose, initialize_config_dir

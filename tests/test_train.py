@@ -438,6 +438,7 @@ def test_checkpoint_from_another_model(best_ckpt, tiny_prepared_db, tmp_path):
         run(train_cfg(tiny_prepared_db, tmp_path, f"ckpt_path={not_ours}", run_name="c"))
 
 
+@pytest.mark.slow
 def test_crafted_checkpoints_given_to_ckpt_path_end_with_one_line(tiny_prepared_db, tmp_path, capsys):
     from unosat.errors import exit_on_user_error
     from unosat.models import LWRefineNet
@@ -491,6 +492,7 @@ def test_crafted_checkpoints_given_to_ckpt_path_end_with_one_line(tiny_prepared_
     assert not victim.exists()
 
 
+@pytest.mark.slow
 def test_two_runs_cannot_resume_one_run_at_once(tmp_path):
     from unosat.io.lock import output_lock
     from unosat.training.run import resumed_run_dir

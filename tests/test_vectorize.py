@@ -82,6 +82,7 @@ def canonical(geoms) -> set[bytes]:
     return set(shapely.to_wkb(shapely.normalize(shapely.simplify(np.asarray(geoms), 0.0))).tolist())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_polygons_rasterize_back_to_the_mask_for_any_strip_height(tmp_path, seed):
     import geopandas as gpd
@@ -120,6 +121,7 @@ SHAPES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SHAPES))
 @pytest.mark.parametrize("block_rows", [1, 2, 3, 100])
 def test_hand_made_shapes(tmp_path, name, block_rows):
@@ -243,6 +245,7 @@ def test_areas_are_geodesic_on_a_geographic_grid(tmp_path):
 @pytest.mark.parametrize(
     "driver,name", [("GPKG", "b.gpkg"), ("ESRI Shapefile", "b.shp"), ("geojson", "b.geojson")]
 )
+@pytest.mark.slow
 def test_drivers_write_the_same_polygons_atomically(tmp_path, driver, name):
     import geopandas as gpd
 
