@@ -495,3 +495,15 @@ def test_the_exported_unet_graph_has_no_decoder_concat(tmp_path):
         counts[rewrite] = (concats_into_convs, sum(1 for n in nodes if n.op_type == "Softmax"))
     # the 2 decoder levels of the reference concatenate into a conv; the rewritten graph has no such concat
     assert counts == {False: (2, 1), True: (0, 0)}
+
+
+def test_onnxruntime_providers_auto_take_cuda_when_offered_and_a_list_is_checked():
+    from unosat.predict.onnx_network import CPU, CUDA, OnnxOptions
+
+    assert OnnxOptions().provider_list([CUDA, CPU]) == [CUDA, CPU]  # onnxruntime-gpu: CUDA first, CPU behind
+    assert OnnxOptions().provider_list([CPU]) == [CPU]
+    assert OnnxOptions(providers=[CPU]).provider_list([CUDA, CPU]) == [CPU]  # a list is taken as given
+    with pytest.raises(UnosatError, match=r"\['CUDAExecutionProvider'\] not available"):
+        OnnxOptions(providers=[CUDA]).provider_list([CPU])
+    with pytest.raises(UnosatError, match="must be 'auto' or a list"):
+        OnnxOptions(providers="cuda").provider_list([CUDA, CPU])
