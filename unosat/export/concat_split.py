@@ -43,7 +43,7 @@ from unosat.models.unet import UNet, UpBlock
 class SplitUpBlock(nn.Module):
     """An :class:`UpBlock` (in eval mode) whose first convolution and batch norm read ``up`` and ``skip`` through two
     kernels summed, instead of their concatenation. Same inputs, outputs (``(N, C_out, H, W)``) and values as the
-    block it was made from."""
+    block it was made from, whose later layers it takes over (give it a copy: :func:`split_decoder_concats` does)."""
 
     def __init__(self, block: UpBlock, deep_channels: int) -> None:
         super().__init__()
@@ -62,7 +62,7 @@ class SplitUpBlock(nn.Module):
         weight = first.weight.detach() * scale.view(-1, 1, 1, 1)
         self.conv_up = self._part(first, weight[:, :deep_channels], None)
         self.conv_skip = self._part(first, weight[:, deep_channels:], shift)
-        self.rest = nn.Sequential(*copy.deepcopy(list(block.conv)[2:]))  # ReLU, conv, BN, ReLU
+        self.rest = nn.Sequential(*list(block.conv)[2:])  # ReLU, conv, BN, ReLU: the block's own layers
 
     @staticmethod
     def _part(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Conv2d:
@@ -99,7 +99,7 @@ def needs_size_multiples(net: nn.Module) -> bool:
 def split_decoder_concats(net: nn.Module) -> nn.Module:
     """A deep copy of ``net`` with every U-Net decoder level made a :class:`SplitUpBlock`; other networks are
     returned unchanged (not copied). ``net`` itself is not modified."""
-    if not isinstance(net, UNet):
+    if not needs_size_multiples(net):  # the networks this rewrite applies to
         return net
     rewritten = copy.deepcopy(net)
     depth = len(rewritten.widths)
