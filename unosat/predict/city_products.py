@@ -86,6 +86,19 @@ def city_product(
     remade = False
     need_prob = needs_work(prob_out, prob_params, settings.overwrite)
     need_mask = needs_work(mask_out, city_mask_params, settings.overwrite)
+
+    def store_probability(blocks) -> None:
+        write_probability(
+            prob_out,
+            grid,
+            blocks,
+            settings.dtype,
+            settings.cog,
+            prob_params,
+            target=settings.target,
+            threshold=agg.threshold,
+        )
+
     if need_prob or (need_mask and agg.method == "mean"):
         # the mean of the dates' decoded probabilities, thresholded before it is quantised again for storage
         blocks = (
@@ -105,30 +118,12 @@ def city_product(
             ) as sink:
                 blocks = masked_as_they_pass(blocks, agg.threshold, sink)
                 if need_prob:
-                    write_probability(
-                        prob_out,
-                        grid,
-                        blocks,
-                        settings.dtype,
-                        settings.cog,
-                        prob_params,
-                        target=settings.target,
-                        threshold=agg.threshold,
-                    )
+                    store_probability(blocks)
                 else:
                     for _ in blocks:
                         pass
         else:
-            write_probability(
-                prob_out,
-                grid,
-                blocks,
-                settings.dtype,
-                settings.cog,
-                prob_params,
-                target=settings.target,
-                threshold=agg.threshold,
-            )
+            store_probability(blocks)
         remade = True
     if need_mask and agg.method != "mean":
         k = agg.votes_needed(len(members))

@@ -55,6 +55,20 @@ def predict_one(
     mparams = mask_params(params, settings.threshold)
     need_prob = needs_work(prob_path, params, settings.overwrite)
     need_mask = needs_work(mask_path, mparams, settings.overwrite)
+
+    def store_probability(blocks) -> None:
+        write_probability(
+            prob_path,
+            scene.grid,
+            blocks,
+            settings.dtype,
+            settings.cog,
+            params,
+            {"UNOSAT_SCENE": json.dumps(scene.scene.to_record())},
+            settings.target,
+            settings.threshold,
+        )
+
     if need_prob or need_mask:
         # the mask thresholds the network's float probabilities as they stream out; the stored probability is
         # quantised (uint8: steps of 1/254) with each value kept on its pixel's side of the threshold, which
@@ -74,32 +88,12 @@ def predict_one(
                 ) as mask_out:
                     blocks = masked_as_they_pass(blocks, settings.threshold, mask_out)
                     if need_prob:
-                        write_probability(
-                            prob_path,
-                            scene.grid,
-                            blocks,
-                            settings.dtype,
-                            settings.cog,
-                            params,
-                            {"UNOSAT_SCENE": json.dumps(scene.scene.to_record())},
-                            settings.target,
-                            settings.threshold,
-                        )
+                        store_probability(blocks)
                     else:
                         for _ in blocks:
                             pass
             else:
-                write_probability(
-                    prob_path,
-                    scene.grid,
-                    blocks,
-                    settings.dtype,
-                    settings.cog,
-                    params,
-                    {"UNOSAT_SCENE": json.dumps(scene.scene.to_record())},
-                    settings.target,
-                    settings.threshold,
-                )
+                store_probability(blocks)
     t_prob = time.perf_counter() - t0
     seconds = time.perf_counter() - t0
     log.info(
