@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from unosat.bands import BandRecipe, Normalization
 from unosat.classes import IGNORE_INDEX
+from unosat.data.transforms import split_read_crop
 from unosat.io.raster import memmap_geotiff
 from unosat.prepared import PreparedDataset
 
@@ -166,15 +167,19 @@ class TileDataset(Dataset):
     ``fill``), ``mask`` (H, W) int64 (0 background, 1 building, 255 ignore), ``index`` (int).
 
     Order of operations: optional speckle noise (physical units), normalisation, then the geometric
-    ``transform`` (an albumentations pipeline taking ``image`` (H, W, C) and ``mask`` (H, W)).
+    ``transform`` (an albumentations pipeline taking ``image`` (H, W, C) and ``mask`` (H, W)). When the
+    pipeline starts with an always-applied ``RandomCrop`` or ``CenterCrop`` (the ``augment=...`` configs), that
+    crop is made while reading (:func:`~unosat.data.transforms.split_read_crop`): only its window of the tile
+    is read, checked and normalised, with the same distribution of crops; tiles smaller than the crop, and
+    ``count_once`` datasets, go through the whole pipeline.
 
     ``count_once``: pixels that another tile of the same scene owns (see :func:`owned_pixels`) are set to
     ignore in the mask, so that overlapping tiles count each pixel once in validation scores and losses.
 
     Random streams: :meth:`set_epoch` (called by the sampler every epoch) reseeds the transform and numpy's
-    global generator (speckle) from ``(seed, rank, epoch)`` in the main process; DataLoader workers reseed
-    themselves with :func:`seed_worker`. ``rank`` (the DDP rank) keeps ranks from drawing the same
-    augmentations.
+    global generator (speckle) and the read-time crops' generator from ``(seed, rank, epoch)`` in the main
+    process; DataLoader workers reseed themselves with :func:`seed_worker`. ``rank`` (the DDP rank) keeps ranks
+    from drawing the same augmentations.
     """
 
     def __init__(
@@ -196,12 +201,14 @@ class TileDataset(Dataset):
         self.recipe = recipe
         self.normalization = normalization
         self.transform = transform
+        self.read_crop, self.after_crop = split_read_crop(transform)
         self.speckle = speckle
         self.count_once = bool(count_once)
         self._overlapping = overlapping_tiles(self.tiles) if self.count_once else None
         self.seed = int(seed)
         self.rank = 0
         self.epoch = 0
+        self.crop_rng = np.random.default_rng(derived_seed(self.seed, self.rank, self.epoch))
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch``: the main process's augmentation stream restarts from ``(seed, rank, epoch)``."""
@@ -211,9 +218,11 @@ class TileDataset(Dataset):
     def reseed(self, *entropy: int) -> None:
         """Seed the transform and numpy's global generator from ``(seed, rank, *entropy)``."""
         seed = derived_seed(self.seed, self.rank, *entropy)
-        if self.transform is not None and hasattr(self.transform, "set_random_seed"):
-            self.transform.set_random_seed(seed)
+        for transform in (self.transform, self.after_crop):
+            if transform is not None and hasattr(transform, "set_random_seed"):
+                transform.set_random_seed(seed)
         np.random.seed(seed)
+        self.crop_rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
         return len(self.tiles)
@@ -229,13 +238,28 @@ class TileDataset(Dataset):
             mask = np.where(owned, mask, np.uint8(IGNORE_INDEX)).astype(mask.dtype)
         return image, mask
 
+    def read_cropped(self, index: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The pipeline's leading crop of the tile, read alone (as :meth:`read_raw`), or None when it cannot
+        be made at read time (no such crop, ``count_once``, or a tile smaller than the crop)."""
+        if self.read_crop is None or self.count_once:
+            return None
+        sid, r, c, h, w = self._windows[index]
+        offsets = self.read_crop.offsets(int(h), int(w), self.crop_rng)
+        if offsets is None:
+            return None
+        return self.reader.read(
+            str(sid), int(r) + offsets[0], int(c) + offsets[1], self.read_crop.height, self.read_crop.width
+        )
+
     def __getitem__(self, index: int) -> dict:
-        image, mask = self.read_raw(index)
+        cropped = self.read_cropped(index)
+        transform = self.transform if cropped is None else self.after_crop
+        image, mask = self.read_raw(index) if cropped is None else cropped
         if self.speckle is not None:
             image = self.speckle(image, self.recipe)
         image = self.normalization.apply(image)
-        if self.transform is not None:
-            out = self.transform(image=image, mask=mask)
+        if transform is not None:
+            out = transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         mask = torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64))

@@ -7,6 +7,7 @@ with the image (nearest-neighbour for the mask, so 255 = ignore survives every t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import albumentations as A
 import numpy as np
@@ -46,3 +47,46 @@ def compose(transforms: Sequence[A.BasicTransform] | None, seed: int | None = No
     if not transforms:
         return None
     return A.Compose(list(transforms), seed=seed)
+
+
+@dataclass(frozen=True)
+class ReadCrop:
+    """A crop that a dataset can make while reading a tile instead of after: only the crop's pixels are read,
+    checked for nodata and normalised (16x fewer than a 512 px tile for a 128 px crop).
+
+    ``height``, ``width``: crop size in pixels; ``random``: a uniformly placed crop
+    (``albumentations.RandomCrop``), else the centred one (``albumentations.CenterCrop``: offsets
+    ``(tile - crop) // 2``).
+    """
+
+    height: int
+    width: int
+    random: bool
+
+    def offsets(self, tile_height: int, tile_width: int, rng: np.random.Generator) -> tuple[int, int] | None:
+        """Row and column offsets (px) of the crop inside a ``tile_height`` x ``tile_width`` tile, or None when
+        the tile is smaller than the crop (the pipeline's own crop then pads it as configured)."""
+        spare_rows, spare_cols = tile_height - self.height, tile_width - self.width
+        if spare_rows < 0 or spare_cols < 0:
+            return None
+        if self.random:
+            return int(rng.integers(0, spare_rows + 1)), int(rng.integers(0, spare_cols + 1))
+        return spare_rows // 2, spare_cols // 2
+
+
+def split_read_crop(transform: A.Compose | None) -> tuple[ReadCrop | None, A.Compose | None]:
+    """The leading crop of a pipeline, when it can be made at read time, and the pipeline after it.
+
+    A pipeline whose first transform is an always-applied ``RandomCrop`` or ``CenterCrop`` (``p == 1``; the
+    ``augment=...`` configs' crop of ``data.crop_px``) gives ``(ReadCrop, rest)``; ``rest`` is None when the
+    crop was the whole pipeline. Any other pipeline gives ``(None, transform)``. The rest keeps the
+    pipeline's seed; :meth:`~unosat.data.tile_dataset.TileDataset.reseed` reseeds both.
+    """
+    if transform is None or not transform.transforms:
+        return None, transform
+    first = transform.transforms[0]
+    if type(first) not in (A.RandomCrop, A.CenterCrop) or first.p != 1.0:
+        return None, transform
+    crop = ReadCrop(int(first.height), int(first.width), isinstance(first, A.RandomCrop))
+    rest = list(transform.transforms[1:])
+    return crop, (A.Compose(rest, seed=transform.seed) if rest else None)
