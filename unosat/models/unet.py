@@ -4,14 +4,14 @@ At 10 m a building is 1-5 pixels, so the network must be able to draw a 1-pixel 
 decoder level works on the input grid and sees the first encoder level through a skip connection.
 
 For an input ``(N, in_channels, H, W)`` and ``widths = (w_0, ..., w_{D-1})`` (D = ``len(widths)`` levels;
-the default ``(16, 32, 64, 128, 256)``), with sizes for a 512 x 512 input and the default widths:
+the default ``(16, 32, 64, 128)``), with sizes for a 512 x 512 input and the default widths:
 
 ===========================  ==============================================================  ==========================
 module                       what                                                            output, 512 x 512 input
 ===========================  ==============================================================  ==========================
 ``encoder[0]``               DoubleConv in_channels -> w_0                                   16 @ 512 (1/1)
 ``encoder[k]``, k >= 1       2x2 max pooling stride 2 (ceil), DoubleConv w_{k-1} -> w_k      32 @ 256 ... 256 @ 32
-``decoder[j]``, j = 0..D-2   bilinear up to the size of the skip ``encoder[D-2-j]``, concat  128 @ 64 ... 16 @ 512
+``decoder[j]``, j = 0..D-2   bilinear up to the size of the skip ``encoder[D-2-j]``, concat  64 @ 128 ... 16 @ 512
                              it, DoubleConv w_{D-1-j} + w_{D-2-j} -> w_{D-2-j}
 ``classifier``               1x1 conv w_0 -> num_classes (with bias)                         2 @ 512 (1/1)
 ===========================  ==============================================================  ==========================
@@ -20,12 +20,14 @@ A DoubleConv is (3x3 conv without bias, BatchNorm, ReLU) twice. Upsampling is bi
 (``align_corners=False``) to the exact size of the skip feature, not a transposed convolution: it has no
 parameters, cannot print the checkerboard pattern a stride-2 transposed convolution leaves at the 1-pixel scale
 the buildings live at, and works for any input size (a max pooling of an odd side rounds down; the upsampling
-goes back to the skip's side; pooling rounds odd sides up). :attr:`UNet.size_divisor` = 2^(D-1) (16 by default)
+goes back to the skip's side; pooling rounds odd sides up). :attr:`UNet.size_divisor` = 2^(D-1) (8 by default)
 is the side multiple at which every level is exactly half the previous one; other sizes work too and still give
 (H, W) logits.
 
-Parameters for 3 bands, 2 classes and the default widths: 1,964,114 (encoder 1,179,760, decoder 784,320,
-classifier 34); ``tests/test_models_unet.py`` derives them from the table above.
+Parameters for 3 bands, 2 classes and the default widths: 488,018 (encoder 294,000, decoder 193,984, classifier
+34); with a fifth level of 256 channels (the default until the read-time crops made more training steps fit the
+Quickstart budget, see the README's model-quality section), 1,964,114. ``tests/test_models_unet.py`` derives
+both from the table above.
 Initialisation: convs He-normal (fan out, ReLU gain), BatchNorm weight 1 and bias 0, classifier bias 0.
 """
 
@@ -40,7 +42,7 @@ from torch import nn
 from unosat.errors import UnosatError
 from unosat.models.init import init_he_
 
-DEFAULT_WIDTHS = (16, 32, 64, 128, 256)
+DEFAULT_WIDTHS = (16, 32, 64, 128)
 
 
 class DoubleConv(nn.Sequential):
