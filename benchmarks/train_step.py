@@ -175,8 +175,8 @@ def main() -> None:
         f"\nLightning overhead: {100 * overhead:+.1f} % (goal <= 5 %: {'met' if overhead <= 0.05 else 'NOT met'})"
     )
     print(
-        f"\ndata module: {tiles_per_s:.1f} tiles/s per worker (a {args.crop} px crop of a 512 px tile read, normalise, flips, "
-        f"rot90); the model consumes {1 / b:.1f} samples/s on this CPU -> "
+        f"\ndata module: {tiles_per_s:.1f} tiles/s per worker (a {args.crop} px crop of a 512 px tile read, "
+        f"normalise, flips, rot90); the model consumes {1 / b:.1f} samples/s on this CPU -> "
         f"{max(1, math.ceil((1 / b) / tiles_per_s))} worker(s) keep it fed; a GPU consuming N samples/s needs "
         f"about N / {tiles_per_s:.0f} workers"
     )
