@@ -216,9 +216,13 @@ class TileDataset(Dataset):
         self.reseed(self.epoch)
 
     def reseed(self, *entropy: int) -> None:
-        """Seed the transform and numpy's global generator from ``(seed, rank, *entropy)``."""
+        """Seed the transform (and the part after a read-time crop), numpy's global generator and the read-time
+        crops' generator from ``(seed, rank, *entropy)``."""
         seed = derived_seed(self.seed, self.rank, *entropy)
-        for transform in (self.transform, self.after_crop):
+        pipelines = (
+            (self.transform,) if self.after_crop is self.transform else (self.transform, self.after_crop)
+        )
+        for transform in pipelines:
             if transform is not None and hasattr(transform, "set_random_seed"):
                 transform.set_random_seed(seed)
         np.random.seed(seed)
