@@ -28,16 +28,18 @@ def test_a_leading_always_applied_crop_is_split_off() -> None:
         [A.RandomCrop(48, 48, p=0.5)],  # not always applied
         [A.HorizontalFlip(p=0.5), A.RandomCrop(48, 48)],  # not first
         [A.RandomResizedCrop(size=(48, 48))],  # resizes: not a window
-        [A.RandomCrop(48, 48, pad_if_needed=True, fill=0.0, fill_mask=255), A.Rotate(limit=10)],
     ],
 )
 def test_other_pipelines_are_left_whole(transforms) -> None:
     pipeline = compose(transforms)
-    crop, rest = split_read_crop(pipeline)
-    if isinstance(transforms[0], A.RandomCrop) and transforms[0].p == 1.0:
-        assert crop == ReadCrop(48, 48, random=True)  # padding only matters for tiles smaller than the crop
-    else:
-        assert crop is None and rest is pipeline
+    assert split_read_crop(pipeline) == (None, pipeline)
+
+
+def test_a_padding_crop_is_split_too_and_no_pipeline_gives_nothing() -> None:
+    # padding only matters for tiles smaller than the crop, which keep the whole pipeline (tested below)
+    padding = A.RandomCrop(48, 48, pad_if_needed=True, fill=0.0, fill_mask=255)
+    crop, rest = split_read_crop(compose([padding, A.Rotate(limit=10)]))
+    assert crop == ReadCrop(48, 48, random=True) and [type(t) for t in rest.transforms] == [A.Rotate]
     assert split_read_crop(None) == (None, None)
 
 
