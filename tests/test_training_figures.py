@@ -40,6 +40,7 @@ def test_importing_the_figure_modules_leaves_matplotlib_alone():
 
 
 def test_a_figure_is_saved_and_sent_to_each_logger_by_its_class(tmp_path):
+    pytest.importorskip("tensorboard", reason="TensorBoard is the .[tensorboard] extra")
     wandb_like = RecordingWandbLogger()
     tensorboard = TensorBoardLogger(tmp_path / "tb", name="", version="v")
     csv = CSVLogger(tmp_path / "csv")  # takes no images: left alone
