@@ -1,5 +1,5 @@
 """Composing the project's Hydra configs from code (e.g. preparing the demo from inside ``train.py``), and the
-``${unosat:NAME}`` resolver through which configs read values the code defines.
+``${unosat:NAME}`` resolver through which configs read values the code defines or detects.
 
 Importing this module registers the resolver; the entry points (``train.py``, ``prepare.py``) import it before
 Hydra composes, and :func:`compose_config` is defined here, so every composed config can resolve it.
@@ -7,7 +7,7 @@ Hydra composes, and :func:`compose_config` is defined here, so every composed co
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -31,10 +31,25 @@ CODE_VALUES: dict[str, int] = {
 }
 
 
-def code_value(name: str) -> int:
+def _cpu_training_precision() -> str:
+    from unosat.cpu_precision import cpu_training_precision  # imports torch: only when a config asks
+
+    return cpu_training_precision()
+
+
+#: What ``${unosat:NAME}`` gives for values detected on this machine when a config is resolved.
+DETECTED_VALUES: dict[str, Callable[[], str]] = {
+    "cpu_precision": _cpu_training_precision,  # bf16-mixed on CPUs with AMX, else 32-true (conf/trainer/)
+}
+
+
+def code_value(name: str) -> int | str:
     """The value of ``${unosat:NAME}``; raises :class:`UnosatError` naming the known names for any other."""
+    if name in DETECTED_VALUES:
+        return DETECTED_VALUES[name]()
     if name not in CODE_VALUES:
-        raise UnosatError(f"${{{RESOLVER}:{name}}}: unknown name; known: {', '.join(CODE_VALUES)}")
+        known = ", ".join([*CODE_VALUES, *DETECTED_VALUES])
+        raise UnosatError(f"${{{RESOLVER}:{name}}}: unknown name; known: {known}")
     return CODE_VALUES[name]
 
 

@@ -1,0 +1,86 @@
+"""The CPU training precision: bf16-mixed only where oneDNN has AMX tiles (elsewhere bf16 is emulated and slower
+than fp32), resolved into ``trainer.precision`` by the default trainer config, overridable like any key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from unosat.config import compose_config
+from unosat.cpu_precision import ISA_CAP_VARIABLES, cpu_has_amx, cpu_training_precision
+
+
+@pytest.fixture
+def amx(monkeypatch):
+    """Set whether torch reports AMX tiles; no oneDNN cap in the environment."""
+    for name in ISA_CAP_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+    def set_amx(present: bool) -> None:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: present, raising=False)
+
+    return set_amx
+
+
+def trainer_precision(*overrides: str) -> str:
+    cfg = compose_config("train", ["paths.output_dir=/out", "paths.root_dir=/root", *overrides])
+    return OmegaConf.to_container(cfg.trainer, resolve=True)["precision"]
+
+
+@pytest.mark.parametrize(("present", "expected"), [(True, "bf16-mixed"), (False, "32-true")])
+def test_bf16_only_where_the_cpu_has_amx(amx, present, expected):
+    amx(present)
+    assert cpu_has_amx() is present
+    assert cpu_training_precision() == expected
+    assert trainer_precision() == expected
+    assert trainer_precision("trainer=cpu") == expected
+
+
+@pytest.mark.parametrize(
+    ("cap", "expected"),
+    [
+        ("AVX512_CORE_BF16", "32-true"),
+        ("avx2", "32-true"),
+        ("AVX512_CORE_AMX", "bf16-mixed"),
+        ("ALL", "bf16-mixed"),
+    ],
+)
+def test_a_onednn_cap_below_amx_means_no_amx(amx, monkeypatch, cap, expected):
+    amx(True)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert cpu_training_precision() == expected
+
+
+def test_a_torch_without_the_probe_means_no_amx(amx, monkeypatch):
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    assert cpu_training_precision() == "32-true"
+
+
+def test_an_explicit_precision_and_the_gpu_trainers_are_not_changed(amx):
+    amx(True)
+    assert trainer_precision("trainer.precision=32-true") == "32-true"
+    amx(False)
+    assert trainer_precision("trainer=gpu") == "bf16-mixed"
+    assert trainer_precision("trainer=ddp") == "bf16-mixed"
+
+
+@pytest.mark.parametrize("entry_point", ["train.py", "predict.py", "prepare.py"])
+def test_every_entry_point_resolves_its_config_from_the_command_line(entry_point, tmp_path):
+    """``${unosat:...}`` is registered before Hydra composes: ``--cfg job --resolve`` prints every value."""
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, entry_point, "--cfg", "job", "--resolve", f"paths.output_dir={tmp_path}"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "${" not in out.stdout
+    if entry_point != "prepare.py":
+        assert f"precision: {cpu_training_precision()}" in out.stdout
