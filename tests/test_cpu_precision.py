@@ -27,8 +27,8 @@ def amx(monkeypatch):
     return set_amx
 
 
-def trainer_precision(*overrides: str) -> str:
-    cfg = compose_config("train", ["paths.output_dir=/out", "paths.root_dir=/root", *overrides])
+def trainer_precision(*overrides: str, name: str = "train") -> str:
+    cfg = compose_config(name, ["paths.output_dir=/out", "paths.root_dir=/root", *overrides])
     return OmegaConf.to_container(cfg.trainer, resolve=True)["precision"]
 
 
@@ -82,5 +82,16 @@ def test_every_entry_point_resolves_its_config_from_the_command_line(entry_point
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "${" not in out.stdout
-    if entry_point != "prepare.py":
-        assert f"precision: {cpu_training_precision()}" in out.stdout
+    expected = {"train.py": cpu_training_precision(), "predict.py": "32-true"}.get(entry_point)
+    if expected:
+        assert f"precision: {expected}" in out.stdout
+
+
+@pytest.mark.parametrize("present", [True, False])
+def test_predict_is_fp32_on_any_cpu_unless_asked(amx, present):
+    """Probabilities that do not depend on the CPU: predict.py's default trainer is cpu_fp32."""
+    amx(present)
+    assert trainer_precision(name="predict") == "32-true"
+    assert trainer_precision("trainer.precision=bf16-mixed", name="predict") == "bf16-mixed"
+    assert trainer_precision("trainer=default", name="predict") == cpu_training_precision()
+    assert trainer_precision("trainer=gpu", name="predict") == "bf16-mixed"

@@ -274,7 +274,8 @@ def test_test_only_scores_the_checkpoint_weights_as_a_direct_evaluation(
     from unosat.metrics import scores_from_confusion
 
     best = best_ckpt  # the shared LW-RefineNet run's (conftest.trained_log_dir)
-    model = ["model=lwrefinenet", "model.output_stride=4"]
+    # fp32 as the direct evaluation below (the default trainer picks bf16-mixed on a CPU with AMX)
+    model = ["model=lwrefinenet", "model.output_stride=4", "trainer.precision=32-true"]
     cfg = train_cfg(tiny_prepared_db, tmp_path, *model)
     assert cfg.channels_last
     datamodule = instantiate(cfg.data)
@@ -715,6 +716,7 @@ def test_ddp_with_two_cpu_processes_and_the_progress_bar_matches_one_process(tin
             f"data.dir={tiny_prepared_db}",
             f"hydra.run.dir={tmp_path / 'rescored'}",
             "model.widths=[16,32,64,128,256]",  # the network the DDP run trained (_ddp_args)
+            "trainer.precision=32-true",  # and its precision
             "data.val_batch_size=2",
             "logger=csv",
             "baseline=false",
