@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
-from unosat.config import compose_config
+from unosat.config import by_precision, compose_config
 from unosat.cpu_precision import ISA_CAP_VARIABLES, cpu_has_amx, cpu_training_precision
+from unosat.errors import UnosatError
 
 
 @pytest.fixture
@@ -95,3 +97,38 @@ def test_predict_is_fp32_on_any_cpu_unless_asked(amx, present):
     assert trainer_precision("trainer.precision=bf16-mixed", name="predict") == "bf16-mixed"
     assert trainer_precision("trainer=default", name="predict") == cpu_training_precision()
     assert trainer_precision("trainer=gpu", name="predict") == "bf16-mixed"
+
+
+def resolved(*overrides: str) -> dict:
+    cfg = compose_config("train", ["paths.output_dir=/out", "paths.root_dir=/root", *overrides])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize(("present", "crops", "lr"), [(True, 2304, 4.0e-3), (False, 1152, 2.0e-3)])
+def test_the_default_recipe_trains_the_steps_its_precision_buys(amx, present, crops, lr):
+    """bf16 on an AMX CPU makes about twice the fp32 steps in the Quickstart's time: twice the crops an epoch
+    at twice the learning rate; fp32 CPUs keep the recipe that fits their time."""
+    amx(present)
+    cfg = resolved()
+    assert (cfg["data"]["epoch_length"], cfg["optimizer"]["lr"]) == (crops, lr)
+    assert isinstance(cfg["data"]["epoch_length"], int) and isinstance(cfg["optimizer"]["lr"], float)
+    # an explicit precision picks its own row on any CPU; explicit values win over the table
+    cfg = resolved("trainer.precision=bf16-mixed")
+    assert (cfg["data"]["epoch_length"], cfg["optimizer"]["lr"]) == (2304, 4.0e-3)
+    cfg = resolved("trainer.precision=32-true", "data.epoch_length=99", "optimizer.lr=1e-4")
+    assert (cfg["data"]["epoch_length"], cfg["optimizer"]["lr"]) == (99, 1e-4)
+    assert resolved("trainer=gpu")["data"]["epoch_length"] == 2304
+
+
+def test_a_precision_table_without_the_key_or_a_default_names_both():
+    cfg = OmegaConf.create({"p": "16-mixed", "v": "${unosat_by_precision:${p},{bf16-mixed: 1, 32-true: 2}}"})
+    with pytest.raises(
+        InterpolationResolutionError, match=r"UnosatError.*no value for precision '16-mixed'.*"
+    ):
+        _ = cfg.v
+    with pytest.raises(UnosatError, match=r"the table has bf16-mixed, 32-true"):
+        by_precision("16-mixed", {"bf16-mixed": 1, "32-true": 2})
+    cfg.p = 32  # Lightning's short forms are looked up as the names they stand for
+    assert cfg.v == 2
+    cfg.p = "bf16"
+    assert cfg.v == 1
