@@ -58,7 +58,8 @@ def test_the_code_is_the_source_of_the_label_values():
     assert code_value("ignore_index") == IGNORE_INDEX == 255
     assert code_value("num_classes") == len(CLASS_NAMES) == 2
     with pytest.raises(
-        UnosatError, match=r"\$\{unosat:classes\}: unknown name; known: ignore_index, num_classes, cpu_precision"
+        UnosatError,
+        match=r"\$\{unosat:classes\}: unknown name; known: ignore_index, num_classes, cpu_precision",
     ):
         code_value("classes")
     for classes in options("classes"):
