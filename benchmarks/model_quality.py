@@ -120,7 +120,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--epoch-length",
         type=int,
         default=None,
-        help="data.epoch_length: tiles per epoch of every job (default: the configuration's own; the default recipe's 2304 in bf16, 1152 in fp32)",
+        help="data.epoch_length: tiles per epoch of every job (default: the configuration's own; "
+        "the default recipe's: 2304 in bf16, 1024 in fp32)",
     )
     parser.add_argument(
         "--max-minutes",
