@@ -7,7 +7,7 @@ from unosat.config import register_resolver
 from unosat.errors import exit_on_user_error
 from unosat.prepare import run
 
-register_resolver()  # the configs read ${unosat:ignore_index} and ${unosat:num_classes}
+register_resolver()  # the configs read ${unosat:...} (label values, CPU precision) and ${unosat_by_precision:...}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="prepare")

@@ -4,8 +4,9 @@
 trainer's precision (e.g. how many crops an epoch the Quickstart's time buys: bf16 on a CPU with AMX makes
 about twice the fp32 steps).
 
-Importing this module registers the resolvers; the entry points (``train.py``, ``prepare.py``) import it before
-Hydra composes, and :func:`compose_config` is defined here, so every composed config can resolve it.
+Importing this module registers the resolvers; the entry points (``train.py``, ``prepare.py``, ``predict.py``)
+import it before Hydra composes, and :func:`compose_config` is defined here, so every composed config can resolve
+it.
 """
 
 from __future__ import annotations
