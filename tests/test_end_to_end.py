@@ -77,6 +77,7 @@ def test_training_beats_the_baseline_and_predict_reproduces_the_validation_score
                 f"paths.output_dir={tmp_path / 'hydra'}",
                 "aggregate.method=none",
                 "evaluate=true",
+                "tta=none",  # validation runs the network once per tile
                 "window.size=64",
                 "window.overlap=8",
                 "window.margin=0",

@@ -44,9 +44,9 @@ def test_an_output_made_with_other_settings_or_not_a_prediction_is_refused(
     common = [f"ckpt={best_ckpt}", f"input={tiny_raw_session}", "cities=[Samawah]"]
     with pytest.raises(
         UnosatError,
-        match=r"holds a prediction made with other settings .*tta: 'none' -> 'flips'.*overwrite=true",
+        match=r"holds a prediction made with other settings .*tta: 'flips' -> 'none'.*overwrite=true",
     ):
-        run(predict_cfg(finished_run, *common, "tta=flips"))
+        run(predict_cfg(finished_run, *common, "tta=none"))
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")

@@ -24,7 +24,7 @@ def test_default_run_predicts_the_demo_test_cities_as_cogs_on_the_input_grid(
     assert manifest["status"] == "complete"
     assert [s["scene_id"] for s in manifest["scenes"]] == list(SAMAWAH)  # the tiny demo's only test city
     assert manifest["checkpoints"][0]["checkpoint"] == str(best_ckpt.resolve())
-    assert manifest["settings"]["tta"] == "none" and manifest["timings"]["total_s"] > 0
+    assert manifest["settings"]["tta"] == "flips" and manifest["timings"]["total_s"] > 0
     scenes = {s.scene_id: s for s in discover_scenes(tiny_raw_session)}
     for sid in SAMAWAH:
         with rasterio.open(scenes[sid].vv) as vv_src, rasterio.open(scenes[sid].vh) as vh_src:
