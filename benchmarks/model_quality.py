@@ -12,7 +12,8 @@ time limit (Lightning's ``trainer.max_time``), each job in its own directory, th
   pixels (nodata 255 ignored), object F1 (connected components as polygons, one-to-one matching at
   IoU >= 0.5);
 - the dataset's test city (Samawah for the demo) is predicted and scored as ``python predict.py
-  evaluate=true`` does (city product: the multi-date vote).
+  evaluate=true`` does (predict.py's defaults: the multi-date mean of the probabilities, ``tta=flips``;
+  ``--predict-overrides tta=none`` for one pass, as the README's tables before 2026-12-05 were scored).
 
 Baselines, fitted on the training cities of each fold and exported as checkpoints so the same prediction
 and evaluation score them: one global VV threshold (dB, chosen on the training tiles: the baseline every
@@ -121,7 +122,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=int,
         default=None,
         help="data.epoch_length: tiles per epoch of every job (default: the configuration's own; "
-        "the default recipe's: 2304 in bf16, 1024 in fp32)",
+        "the default recipe's: 4608 in bf16, 2048 in fp32, 4 epochs)",
     )
     parser.add_argument(
         "--max-minutes",
