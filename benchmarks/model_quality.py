@@ -115,7 +115,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--epochs",
         type=int,
         default=None,
-        help="trainer.max_epochs of every job (default: the configuration's own, the demo's 8 unless it says)",
+        help="trainer.max_epochs of every job (default: the configuration's own, the default's 4 unless it says)",
     )
     parser.add_argument(
         "--epoch-length",
