@@ -124,8 +124,9 @@ def model_card(meta: dict, summary: dict, onnx_name: str) -> str:
         "sliding windows, blending, COGs and polygons as a checkpoint (CPU; the CUDA provider when "
         "onnxruntime-gpu has one).",
         "Ensembles and test-time augmentation are prediction-time choices, not part of the file: "
-        f"`ckpt=[{onnx_name},other.onnx]` averages the models' probabilities, `tta=d4` averages 8 flips and "
-        "rotations.",
+        f"`ckpt=[{onnx_name},other.onnx]` averages the models' probabilities; predict.py averages each window "
+        "over its four flips by default (`tta=flips`), `tta=none` runs it once as QGIS Deepness does, `tta=d4` "
+        "adds rotations (only for a model trained with them: they turn the SAR look direction).",
         "",
     ]
     return "\n".join(lines)
