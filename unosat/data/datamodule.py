@@ -47,6 +47,9 @@ class UnosatDataModule(pl.LightningDataModule):
         speckle: optional :class:`~unosat.data.transforms.SpeckleNoise` for training.
         crop_px: side (px) of the random training crops that the ``augment=...`` configs make; recorded in
             the checkpoint's data recipe (None: not a crop-based pipeline).
+        crop_foreground: probability that a training crop is placed around a building pixel of its tile
+            instead of uniformly (foreground oversampling, see :class:`~unosat.data.tile_dataset.TileDataset`);
+            needs ``augment`` to start with a ``RandomCrop``. 0: uniform crops.
         normalization: ``dataset`` (pooled over the training tiles) or ``{mean: [...], std: [...]}`` in the
             stack's units (e.g. the original's linear/5: mean 0, std 5).
         exclude_flagged: drop tiles of acquisitions flagged by the label-quality step (``quality_flag``).
@@ -80,6 +83,7 @@ class UnosatDataModule(pl.LightningDataModule):
         val_augment: Sequence | None = None,
         speckle: SpeckleNoise | None = None,
         crop_px: int | None = None,
+        crop_foreground: float = 0.0,
         normalization: str | Mapping = "dataset",
         exclude_flagged: bool = False,
         demo_dir: str | Path | None = None,
@@ -105,6 +109,7 @@ class UnosatDataModule(pl.LightningDataModule):
         self.val_augment = list(val_augment or [])
         self.speckle = speckle
         self.crop_px = None if crop_px is None else int(crop_px)
+        self.crop_foreground = float(crop_foreground)
         self.normalization_config = normalization
         self.exclude_flagged = exclude_flagged
         self.demo_dir = Path(demo_dir).expanduser() if demo_dir else None
@@ -211,6 +216,7 @@ class UnosatDataModule(pl.LightningDataModule):
             train_tf,
             self.speckle,
             seed=self.seed,
+            foreground_p=self.crop_foreground,
         )
         self.val_dataset = TileDataset(
             self.dir,

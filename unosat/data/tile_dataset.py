@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from unosat.bands import BandRecipe, Normalization
 from unosat.classes import IGNORE_INDEX
 from unosat.data.transforms import split_read_crop
+from unosat.errors import UnosatError
 from unosat.io.raster import memmap_geotiff
 from unosat.prepared import PreparedDataset
 
@@ -59,6 +60,11 @@ class TileReader:
 
     def read_image(self, scene_id: str, row_off: int, col_off: int, height: int, width: int) -> np.ndarray:
         return self._sources(scene_id)[0].read(row_off, col_off, height, width)
+
+    def read_labels(self, scene_id: str, row_off: int, col_off: int, height: int, width: int) -> np.ndarray:
+        """The stored mask of a window, ``(h, w)`` uint8, without reading the bands (so nodata of the bands is
+        not marked in it)."""
+        return self._sources(scene_id)[1].read(row_off, col_off, height, width)[..., 0]
 
 
 class _Source:
@@ -173,6 +179,12 @@ class TileDataset(Dataset):
     is read, checked and normalised, with the same distribution of crops; tiles smaller than the crop, and
     ``count_once`` datasets, go through the whole pipeline.
 
+    ``foreground_p``: the probability that a read-time random crop is placed around a target pixel (nnU-Net's
+    foreground oversampling): a pixel of a non-background class (1..254) drawn uniformly from the tile's mask,
+    at a uniformly random place inside the crop as far as the tile's edges allow. Tiles without such a pixel
+    get a uniform crop. 0 (the default) draws every crop uniformly, with the same random stream as before
+    the option existed. It needs a pipeline that starts with an always-applied ``RandomCrop``.
+
     ``count_once``: pixels that another tile of the same scene owns (see :func:`owned_pixels`) are set to
     ignore in the mask, so that overlapping tiles count each pixel once in validation scores and losses.
 
@@ -192,6 +204,7 @@ class TileDataset(Dataset):
         speckle: Callable | None = None,
         seed: int = 0,
         count_once: bool = False,
+        foreground_p: float = 0.0,
     ):
         self.reader = TileReader(root)
         self.tiles = tiles.reset_index(drop=True)
@@ -205,6 +218,15 @@ class TileDataset(Dataset):
         self.speckle = speckle
         self.count_once = bool(count_once)
         self._overlapping = overlapping_tiles(self.tiles) if self.count_once else None
+        self.foreground_p = float(foreground_p)
+        if not 0.0 <= self.foreground_p <= 1.0:
+            raise UnosatError(f"data.crop_foreground must lie in [0, 1], got {foreground_p}")
+        if self.foreground_p > 0 and (self.read_crop is None or not self.read_crop.random or self.count_once):
+            raise UnosatError(
+                f"data.crop_foreground={foreground_p} places random crops around buildings, but the training "
+                "augmentations (data.augment) do not start with an always-applied albumentations.RandomCrop "
+                "(augment=flips and the other augment configs do); set data.crop_foreground=0 or add the crop"
+            )
         self.seed = int(seed)
         self.rank = 0
         self.epoch = 0
@@ -248,12 +270,27 @@ class TileDataset(Dataset):
         if self.read_crop is None or self.count_once:
             return None
         sid, r, c, h, w = self._windows[index]
-        offsets = self.read_crop.offsets(int(h), int(w), self.crop_rng)
+        offsets = None
+        if self.foreground_p > 0 and self.crop_rng.random() < self.foreground_p:
+            offsets = self.foreground_offsets(index)
+        if offsets is None:
+            offsets = self.read_crop.offsets(int(h), int(w), self.crop_rng)
         if offsets is None:
             return None
         return self.reader.read(
             str(sid), int(r) + offsets[0], int(c) + offsets[1], self.read_crop.height, self.read_crop.width
         )
+
+    def foreground_offsets(self, index: int) -> tuple[int, int] | None:
+        """Offsets (px, inside the tile) of a read-time crop around one target pixel of tile ``index`` drawn
+        uniformly, or None when the tile has no target pixel or is smaller than the crop."""
+        sid, r, c, h, w = self._windows[index]
+        labels = self.reader.read_labels(str(sid), int(r), int(c), int(h), int(w))
+        target = np.flatnonzero((labels > 0) & (labels != IGNORE_INDEX))
+        if target.size == 0:
+            return None
+        row, col = divmod(int(target[self.crop_rng.integers(target.size)]), int(w))
+        return self.read_crop.offsets_around(row, col, int(h), int(w), self.crop_rng)
 
     def __getitem__(self, index: int) -> dict:
         cropped = self.read_cropped(index)

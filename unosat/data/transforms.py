@@ -73,6 +73,18 @@ class ReadCrop:
             return int(rng.integers(0, spare_rows + 1)), int(rng.integers(0, spare_cols + 1))
         return spare_rows // 2, spare_cols // 2
 
+    def offsets_around(
+        self, row: int, col: int, tile_height: int, tile_width: int, rng: np.random.Generator
+    ) -> tuple[int, int] | None:
+        """Offsets (px) of a crop that contains pixel ``(row, col)`` of the tile, at a uniformly random place
+        inside the crop as far as the tile's edges allow (a crop never leaves the tile); None when the tile is
+        smaller than the crop."""
+        if tile_height < self.height or tile_width < self.width:
+            return None
+        r0 = int(rng.integers(max(0, row - self.height + 1), min(row, tile_height - self.height) + 1))
+        c0 = int(rng.integers(max(0, col - self.width + 1), min(col, tile_width - self.width) + 1))
+        return r0, c0
+
 
 def split_read_crop(transform: A.Compose | None) -> tuple[ReadCrop | None, A.Compose | None]:
     """The leading crop of a pipeline, when it can be made at read time, and the pipeline after it.
