@@ -1,8 +1,8 @@
 """Foreground oversampling (``data.crop_foreground``): a read-time random crop placed around a target pixel.
 
 The crop contains the drawn pixel anywhere inside it that the tile's edges allow; tiles without a target fall
-back to a uniform crop; 0 keeps the uniform crops' random stream unchanged; pipelines without a leading random
-crop refuse the option."""
+back to a uniform crop; 0 keeps the uniform crops' random stream unchanged; a pipeline without a leading random
+crop cannot use the option (the datamodule leaves it out with a warning)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from unosat.config import compose_config
 from unosat.data import UnosatDataModule
 from unosat.data.tile_dataset import TileDataset
-from unosat.data.transforms import ReadCrop
+from unosat.data.transforms import ReadCrop, compose
 from unosat.errors import UnosatError
 
 
@@ -87,12 +87,21 @@ def test_zero_keeps_the_uniform_crops_random_stream(tiny_prepared_db) -> None:
         np.testing.assert_array_equal(image, full[r0 : r0 + 24, c0 : c0 + 24])
 
 
-def test_the_option_needs_a_leading_random_crop_and_a_probability(tiny_prepared_db) -> None:
+def test_the_option_needs_a_leading_random_crop_and_a_probability(tiny_prepared_db, caplog) -> None:
+    # the dataset refuses it without a random crop to place; the datamodule (a user's data.augment without
+    # a crop, e.g. data.augment=[]) leaves it out and says so
+    flips = compose([A.HorizontalFlip(p=0.5)])
+    dm = UnosatDataModule(tiny_prepared_db, augment=[A.HorizontalFlip(p=0.5)], crop_foreground=0.5)
+    dm.setup("fit")
     with pytest.raises(UnosatError, match="crop_foreground.*RandomCrop"):
-        dm = UnosatDataModule(
-            tiny_prepared_db, augment=[A.HorizontalFlip(p=0.5)], crop_foreground=0.5, epoch_length=4
-        )
-        dm.setup("fit")
+        TileDataset(tiny_prepared_db, dm.train_tiles, dm.recipe, dm.normalization, flips, foreground_p=0.5)
+    for augment in ([A.HorizontalFlip(p=0.5)], [A.CenterCrop(24, 24)], []):
+        caplog.clear()
+        dm = UnosatDataModule(tiny_prepared_db, augment=augment, crop_foreground=0.5, epoch_length=4)
+        with caplog.at_level("WARNING", logger="unosat.data.datamodule"):
+            dm.setup("fit")
+        assert dm.train_dataset.foreground_p == 0.0
+        assert "data.crop_foreground=0.5 is not used" in caplog.text
     with pytest.raises(UnosatError, match=r"crop_foreground must lie in \[0, 1\]"):
         _dataset(tiny_prepared_db, 1.5)
 

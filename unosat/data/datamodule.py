@@ -24,7 +24,7 @@ from unosat.classes import IGNORE_INDEX
 from unosat.classes import class_names as class_names_checked
 from unosat.data.sampler import DistributedWeightedSampler, UnpaddedDistributedSampler, tile_weights
 from unosat.data.tile_dataset import TileDataset, seed_worker
-from unosat.data.transforms import SpeckleNoise, compose
+from unosat.data.transforms import SpeckleNoise, compose, split_read_crop
 from unosat.errors import UnosatError
 from unosat.prepared import PreparedDataset, check_consistency
 
@@ -49,7 +49,8 @@ class UnosatDataModule(pl.LightningDataModule):
             the checkpoint's data recipe (None: not a crop-based pipeline).
         crop_foreground: probability that a training crop is placed around a building pixel of its tile
             instead of uniformly (foreground oversampling, see :class:`~unosat.data.tile_dataset.TileDataset`);
-            needs ``augment`` to start with a ``RandomCrop``. 0: uniform crops.
+            used when ``augment`` starts with an always-applied ``RandomCrop`` (with another pipeline it is
+            ignored, with a warning). 0: uniform crops.
         normalization: ``dataset`` (pooled over the training tiles) or ``{mean: [...], std: [...]}`` in the
             stack's units (e.g. the original's linear/5: mean 0, std 5).
         exclude_flagged: drop tiles of acquisitions flagged by the label-quality step (``quality_flag``).
@@ -207,6 +208,16 @@ class UnosatDataModule(pl.LightningDataModule):
         if self.speckle is not None:
             self.recipe.polarisation_indices()  # the noise needs VH and VV in the stack
         train_tf = compose(self.augment, seed=self.seed)
+        foreground_p = self.crop_foreground
+        read_crop = split_read_crop(train_tf)[0]
+        if foreground_p > 0 and (read_crop is None or not read_crop.random):
+            log.warning(
+                "data.crop_foreground=%s is not used: the training augmentations (data.augment) do not start "
+                "with an always-applied albumentations.RandomCrop, so there is no random crop to place "
+                "around buildings (set data.crop_foreground=0 to silence this)",
+                foreground_p,
+            )
+            foreground_p = 0.0
         val_tf = compose(self.val_augment, seed=self.seed)
         self.train_dataset = TileDataset(
             self.dir,
@@ -216,7 +227,7 @@ class UnosatDataModule(pl.LightningDataModule):
             train_tf,
             self.speckle,
             seed=self.seed,
-            foreground_p=self.crop_foreground,
+            foreground_p=foreground_p,
         )
         self.val_dataset = TileDataset(
             self.dir,
