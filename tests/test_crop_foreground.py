@@ -114,3 +114,14 @@ def test_the_config_reaches_the_training_dataset_only(tiny_prepared_db) -> None:
     dm.setup("fit")
     assert dm.train_dataset.foreground_p == 0.25
     assert dm.val_dataset.foreground_p == 0.0 and dm.test_dataset.foreground_p == 0.0
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["experiment=unosat_ce"], ["experiment=gscnn"], ["model=tile_classifier"], ["debug=overfit"]],
+)
+def test_the_original_recipe_the_gate_and_overfit_keep_uniform_crops(overrides) -> None:
+    # the original's RandomResizedCrop and overfit's centre crop have no random crop to place; the gate's
+    # probabilities must keep the tiles' share of empty windows
+    assert compose_config("train", overrides).data.crop_foreground == 0.0
+    assert compose_config("train", []).data.crop_foreground > 0.0
