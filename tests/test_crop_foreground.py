@@ -125,3 +125,27 @@ def test_the_original_recipe_the_gate_and_overfit_keep_uniform_crops(overrides) 
     # probabilities must keep the tiles' share of empty windows
     assert compose_config("train", overrides).data.crop_foreground == 0.0
     assert compose_config("train", []).data.crop_foreground > 0.0
+
+
+def test_worker_processes_place_crops_around_buildings_too(tiny_prepared_db) -> None:
+    # the configuration users run may use loader workers: each reseeds its stream and opens the files itself
+    dm = UnosatDataModule(
+        tiny_prepared_db,
+        batch_size=4,
+        epoch_length=16,
+        num_workers=2,
+        augment=[A.RandomCrop(16, 16)],
+        crop_foreground=1.0,
+        seed=3,
+    )
+    dm.setup("fit")
+    has_target = {
+        i: _target_pixels(dm.train_dataset.read_raw(i)[1]) > 0 for i in range(len(dm.train_dataset))
+    }
+    seen = 0
+    for batch in dm.train_dataloader():
+        for index, mask in zip(batch["index"].tolist(), batch["mask"].numpy()):
+            if has_target[index]:
+                assert _target_pixels(mask) > 0
+                seen += 1
+    assert seen > 0
