@@ -81,9 +81,9 @@ def test_zero_keeps_the_uniform_crops_random_stream(tiny_prepared_db) -> None:
     b.set_epoch(3)
     h, w = (int(v) for v in a.tiles.loc[0, ["height", "width"]])
     expected = [a.read_crop.offsets(h, w, b.crop_rng) for _ in range(5)]
+    full = a.read_raw(0)[0]
     for r0, c0 in expected:
         image, _ = a.read_cropped(0)
-        full = a.read_raw(0)[0]
         np.testing.assert_array_equal(image, full[r0 : r0 + 24, c0 : c0 + 24])
 
 
