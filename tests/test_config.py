@@ -187,6 +187,30 @@ def test_experiments_keep_the_original_settings_they_no_longer_restate():
     assert resolved("experiment=demo") == resolved()
 
 
+def test_the_unet_trains_on_more_smaller_crops_and_the_other_models_keep_theirs():
+    """model=unet (the default) draws 32 crops of 64 px a batch, 4 x the crops an epoch: the pixels a step and the
+    steps an epoch of the 128 px recipe the other models keep (GSCNN's ASPP needs its crops: rates < crop / 32)."""
+    pixels = {}
+    for model in ("unet", "lwrefinenet", "gscnn", "fpn"):
+        data = resolved(f"model={model}", "trainer.precision=32-true")["data"]
+        side = data["augment"][0]["height"]
+        assert data["augment"][0]["_target_"] == "albumentations.RandomCrop" and side == data["crop_px"]
+        pixels[model] = (data["batch_size"] * side**2, data["epoch_length"] // data["batch_size"])
+        assert (side, data["batch_size"]) == ((64, 32) if model == "unet" else (128, 8))
+    assert len(set(pixels.values())) == 1  # (131072 px a step, 256 steps an epoch) for every model
+    gscnn = resolved("model=gscnn")
+    assert max(gscnn["model"]["aspp_rates"]) < gscnn["data"]["crop_px"] // 32
+    # explicit values win over the model's, on the command line and in an experiment
+    data = resolved("data.crop_px=128", "data.batch_size=8", "data.epoch_length=2048")["data"]
+    assert (data["crop_px"], data["batch_size"], data["epoch_length"], data["augment"][0]["height"]) == (
+        128,
+        8,
+        2048,
+        128,
+    )
+    assert resolved("experiment=demo")["model"]["_target_"] == "unosat.models.UNet"
+
+
 def test_the_tile_classifier_crops_its_window_with_data_crop_px():
     cfg = resolved("model=tile_classifier", "model.window_px=96")
     assert cfg["data"]["crop_px"] == 96

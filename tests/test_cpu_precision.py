@@ -104,7 +104,7 @@ def resolved(*overrides: str) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-@pytest.mark.parametrize(("present", "crops", "lr"), [(True, 4608, 4.0e-3), (False, 2048, 2.0e-3)])
+@pytest.mark.parametrize(("present", "crops", "lr"), [(True, 18432, 4.0e-3), (False, 8192, 2.0e-3)])
 def test_the_default_recipe_trains_the_steps_its_precision_buys(amx, present, crops, lr):
     """bf16 on an AMX CPU makes about twice the fp32 steps in the Quickstart's time: twice the crops an epoch
     at twice the learning rate; fp32 CPUs keep the recipe that fits their time."""
@@ -114,10 +114,13 @@ def test_the_default_recipe_trains_the_steps_its_precision_buys(amx, present, cr
     assert isinstance(cfg["data"]["epoch_length"], int) and isinstance(cfg["optimizer"]["lr"], float)
     # an explicit precision picks its own row on any CPU; explicit values win over the table
     cfg = resolved("trainer.precision=bf16-mixed")
-    assert (cfg["data"]["epoch_length"], cfg["optimizer"]["lr"]) == (4608, 4.0e-3)
+    assert (cfg["data"]["epoch_length"], cfg["optimizer"]["lr"]) == (18432, 4.0e-3)
     cfg = resolved("trainer.precision=32-true", "data.epoch_length=99", "optimizer.lr=1e-4")
     assert (cfg["data"]["epoch_length"], cfg["optimizer"]["lr"]) == (99, 1e-4)
-    assert resolved("trainer=gpu")["data"]["epoch_length"] == 4608
+    assert resolved("trainer=gpu")["data"]["epoch_length"] == 18432
+    # the other models' 128 px crops: a quarter of the crops, the same pixels
+    assert resolved("trainer=gpu", "model=lwrefinenet")["data"]["epoch_length"] == 4608
+    assert resolved("trainer.precision=32-true", "model=fpn")["data"]["epoch_length"] == 2048
 
 
 def test_a_precision_table_without_the_key_or_a_default_names_both():
