@@ -9,7 +9,7 @@ import pytest
 
 from unosat.data import UnosatDataModule
 from unosat.data.tile_dataset import TileDataset
-from unosat.data.transforms import ReadCrop, compose, split_read_crop
+from unosat.data.transforms import ReadCrop, compose, split_read_crop, starts_with_random_crop
 
 
 def test_a_leading_always_applied_crop_is_split_off() -> None:
@@ -33,6 +33,14 @@ def test_a_leading_always_applied_crop_is_split_off() -> None:
 def test_other_pipelines_are_left_whole(transforms) -> None:
     pipeline = compose(transforms)
     assert split_read_crop(pipeline) == (None, pipeline)
+    assert not starts_with_random_crop(pipeline)  # nothing for data.crop_foreground to place
+
+
+def test_only_a_leading_random_read_crop_can_be_placed_around_buildings() -> None:
+    assert starts_with_random_crop(compose([A.RandomCrop(48, 48), A.HorizontalFlip(p=0.5)]))
+    assert not starts_with_random_crop(compose([A.CenterCrop(48, 48), A.HorizontalFlip(p=0.5)]))
+    assert not starts_with_random_crop(compose([]))
+    assert not starts_with_random_crop(None)
 
 
 def test_a_padding_crop_is_split_too_and_no_pipeline_gives_nothing() -> None:

@@ -24,7 +24,7 @@ from unosat.classes import IGNORE_INDEX
 from unosat.classes import class_names as class_names_checked
 from unosat.data.sampler import DistributedWeightedSampler, UnpaddedDistributedSampler, tile_weights
 from unosat.data.tile_dataset import TileDataset, seed_worker
-from unosat.data.transforms import SpeckleNoise, compose, split_read_crop
+from unosat.data.transforms import SpeckleNoise, compose, starts_with_random_crop
 from unosat.errors import UnosatError
 from unosat.prepared import PreparedDataset, check_consistency
 
@@ -209,8 +209,7 @@ class UnosatDataModule(pl.LightningDataModule):
             self.recipe.polarisation_indices()  # the noise needs VH and VV in the stack
         train_tf = compose(self.augment, seed=self.seed)
         foreground_p = self.crop_foreground
-        read_crop = split_read_crop(train_tf)[0]
-        if foreground_p > 0 and (read_crop is None or not read_crop.random):
+        if foreground_p > 0 and not starts_with_random_crop(train_tf):
             log.warning(
                 "data.crop_foreground=%s is not used: the training augmentations (data.augment) do not start "
                 "with an always-applied albumentations.RandomCrop, so there is no random crop to place "

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from unosat.bands import BandRecipe, Normalization
 from unosat.classes import IGNORE_INDEX
-from unosat.data.transforms import split_read_crop
+from unosat.data.transforms import split_read_crop, starts_with_random_crop
 from unosat.errors import UnosatError
 from unosat.io.raster import memmap_geotiff
 from unosat.prepared import PreparedDataset
@@ -221,7 +221,7 @@ class TileDataset(Dataset):
         self.foreground_p = float(foreground_p)
         if not 0.0 <= self.foreground_p <= 1.0:
             raise UnosatError(f"data.crop_foreground must lie in [0, 1], got {foreground_p}")
-        if self.foreground_p > 0 and (self.read_crop is None or not self.read_crop.random or self.count_once):
+        if self.foreground_p > 0 and (self.count_once or not starts_with_random_crop(transform)):
             raise UnosatError(
                 f"data.crop_foreground={foreground_p} places random crops around buildings, but the training "
                 "augmentations (data.augment) do not start with an always-applied albumentations.RandomCrop "

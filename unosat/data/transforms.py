@@ -86,6 +86,13 @@ class ReadCrop:
         return r0, c0
 
 
+def starts_with_random_crop(transform: A.Compose | None) -> bool:
+    """Whether the pipeline's leading crop is a random one cut at read time (:func:`split_read_crop`): the crop
+    that ``data.crop_foreground`` can place around a building pixel."""
+    read_crop = split_read_crop(transform)[0]
+    return read_crop is not None and read_crop.random
+
+
 def split_read_crop(transform: A.Compose | None) -> tuple[ReadCrop | None, A.Compose | None]:
     """The leading crop of a pipeline, when it can be made at read time, and the pipeline after it.
 
