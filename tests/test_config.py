@@ -200,7 +200,7 @@ def test_the_unet_trains_on_more_smaller_crops_and_the_other_models_keep_theirs(
     assert len(set(pixels.values())) == 1  # (131072 px a step, 256 steps an epoch) for every model
     gscnn = resolved("model=gscnn")
     assert max(gscnn["model"]["aspp_rates"]) < gscnn["data"]["crop_px"] // 32
-    # explicit values win over the model's, on the command line and in an experiment
+    # command-line values win over the model's; experiment=demo (train.yaml's defaults by name) is the U-Net
     data = resolved("data.crop_px=128", "data.batch_size=8", "data.epoch_length=2048")["data"]
     assert (data["crop_px"], data["batch_size"], data["epoch_length"], data["augment"][0]["height"]) == (
         128,
